@@ -1,0 +1,264 @@
+"""The HTTP API of CONTRACT §5 (FastAPI; OpenAPI at /docs)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from monitor import __version__
+from monitor.config import Settings
+from monitor.metrics import Metrics
+from monitor.ports import TelemetryStore
+from monitor.registry import ParsedRows, parse_csv, parse_rows
+from monitor.schema import MEASUREMENTS, Measurement, field_owner
+from monitor.state import MeterFilter, SqliteState
+from monitor.telemetry import format_ts, parse_ts
+
+
+@dataclass
+class ApiContext:
+    """What the API reads and writes; built by the service, or by a test."""
+
+    settings: Settings
+    state: SqliteState
+    store: TelemetryStore
+    metrics: Metrics
+    broker_connected: Callable[[], bool]
+
+
+def encode_cursor(last_id: str) -> str:
+    """Opaque keyset cursor."""
+    return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    """Inverse of encode_cursor; a 400 when it was not ours."""
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise HTTPException(400, f"cursor {cursor!r} is not one this API returned") from None
+
+
+def _time_param(name: str, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_ts(int(value) if value.lstrip("-").isdigit() else value)
+    except ValueError as exc:
+        raise HTTPException(400, f"{name}: {exc}") from None
+
+
+def _readable(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        parts.append(f"{loc}: {err.get('msg')}")
+    return "; ".join(parts)
+
+
+def create_app(ctx: ApiContext) -> FastAPI:
+    """Build the FastAPI application over a context."""
+    app = FastAPI(
+        title="meter-state monitor",
+        version=__version__,
+        description="State evaluation of in-service electricity and taxi fare meters.",
+    )
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _readable(exc), "errors": jsonable(exc.errors())}, 422)
+
+    _add_ops(app, ctx)
+    _add_meters(app, ctx)
+    _add_registry(app, ctx)
+    return app
+
+
+def jsonable(value: Any) -> Any:
+    """Drop what JSON cannot carry from pydantic error lists."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _add_ops(app: FastAPI, ctx: ApiContext) -> None:
+    @app.get("/healthz", tags=["operations"])
+    def healthz() -> JSONResponse:
+        """Liveness and readiness: broker connected, store writable."""
+        store = ctx.store.health()
+        broker = ctx.broker_connected()
+        ok = broker and store.writable
+        body = {
+            "status": "ok" if ok else "degraded",
+            "broker_connected": broker,
+            "store": asdict(store),
+        }
+        return JSONResponse(body, 200 if ok else 503)
+
+    @app.get("/metrics", tags=["operations"])
+    def metrics() -> Response:
+        """Prometheus metrics."""
+        ctx.metrics.unregistered.set(ctx.state.count_unregistered())
+        return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _add_meters(app: FastAPI, ctx: ApiContext) -> None:
+    page_max = ctx.settings.api.page_max
+
+    @app.get("/api/meters", tags=["meters"])
+    def list_meters(
+        kind: Literal["elec", "taxi"] | None = None,
+        state: Literal["normal", "watch", "suspect", "faulty", "unknown"] | None = None,
+        decision: Literal["keep", "extend", "resample", "replace"] | None = None,
+        district: str | None = None,
+        lot: str | None = None,
+        registered: bool | None = None,
+        limit: Annotated[int, Query(ge=1, le=page_max)] = ctx.settings.api.page_default,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """Meters (registry and unregistered senders) with their state and decision."""
+        flt = MeterFilter(kind, district, lot, state, decision, registered)
+        after = decode_cursor(cursor) if cursor else None
+        rows = ctx.state.list_meters(flt, after, limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        items = []
+        for row in rows:
+            item = asdict(row)
+            item["last_ts"] = format_ts(row.last_ts) if row.last_ts else None
+            items.append(item)
+        return {"items": items, "next": encode_cursor(rows[-1].meter_id) if more else None}
+
+    @app.get("/api/meters/{meter}", tags=["meters"])
+    def get_meter(meter: str) -> dict[str, Any]:
+        """One meter: registry row, latest telemetry, decision."""
+        kind, registry, seen = _identify(ctx, meter)
+        latest = {}
+        for m in MEASUREMENTS.values():
+            if m.kind == kind:
+                point = ctx.store.latest(m, meter)
+                if point is not None:
+                    latest[m.channel] = {"ts": format_ts(point.ts_ms), **point.values}
+        return {
+            "meter_id": meter,
+            "kind": kind,
+            "registered": registry is not None,
+            "registry": registry.as_dict() if registry else None,
+            "seen": _seen_json(seen),
+            "latest": latest or None,
+            "decision": ctx.state.decision("meter", meter),
+        }
+
+    @app.get("/api/meters/{meter}/history", tags=["meters"])
+    def history(
+        meter: str,
+        field: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+    ) -> dict[str, Any]:
+        """Stored time series of one meter: `field` (comma-separated), [start, end)."""
+        kind, _, _ = _identify(ctx, meter)
+        measurement, fields = _resolve_fields(kind, field)
+        start_ms, end_ms = _time_param("start", start), _time_param("end", end)
+        if start_ms is not None and end_ms is not None and end_ms <= start_ms:
+            raise HTTPException(400, "end must be after start")
+        points = ctx.store.history(measurement, meter, fields, start_ms, end_ms, limit)
+        return {
+            "meter_id": meter,
+            "measurement": measurement.name,
+            "fields": fields,
+            "points": [{"ts": format_ts(p.ts_ms), **p.values} for p in points],
+        }
+
+
+def _seen_json(seen: dict[str, Any] | None) -> dict[str, Any] | None:
+    if seen is None:
+        return None
+    return {**seen, "first_ts": format_ts(seen["first_ts"]), "last_ts": format_ts(seen["last_ts"])}
+
+
+def _identify(ctx: ApiContext, meter: str) -> tuple[str, Any, dict[str, Any] | None]:
+    registry = ctx.state.get_meter(meter)
+    seen = ctx.state.seen(meter)
+    if registry is None and seen is None:
+        raise HTTPException(
+            404, f"meter {meter!r} is not in the registry and has sent no telemetry"
+        )
+    kind = registry.kind if registry is not None else str(seen["kind"]) if seen else "elec"
+    return kind, registry, seen
+
+
+def _resolve_fields(kind: str, field: str | None) -> tuple[Measurement, list[str]]:
+    names = [
+        f.strip() for f in (field or ("energy_kwh" if kind == "elec" else "meter_km")).split(",")
+    ]
+    owners = {n: field_owner(kind, n) for n in names if n}
+    unknown = [n for n, m in owners.items() if m is None]
+    if unknown or not owners:
+        valid = sorted({f for m in MEASUREMENTS.values() if m.kind == kind for f in m.fields})
+        raise HTTPException(400, f"unknown field(s) {unknown} for a {kind} meter; valid: {valid}")
+    measurements = {m.name: m for m in owners.values() if m is not None}
+    if len(measurements) > 1:
+        raise HTTPException(400, f"fields {names} span {sorted(measurements)}; ask one at a time")
+    return next(iter(measurements.values())), names
+
+
+def _add_registry(app: FastAPI, ctx: ApiContext) -> None:
+    @app.post(
+        "/api/registry",
+        tags=["registry"],
+        openapi_extra={
+            "requestBody": {
+                "content": {
+                    "text/csv": {"schema": {"type": "string"}},
+                    "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
+                },
+                "required": True,
+            }
+        },
+    )
+    async def post_registry(request: Request) -> JSONResponse:
+        """Add or update meters from CSV (CONTRACT §3 columns) or a JSON list of rows."""
+        body = await request.body()
+        parsed = _parse_registry_body(request.headers.get("content-type", ""), body)
+        if parsed.errors:
+            errors = [asdict(e) for e in parsed.errors]
+            summary = "; ".join(str(e) for e in parsed.errors[:5])
+            return JSONResponse(
+                {
+                    "detail": f"{len(errors)} row(s) refused, nothing stored: {summary}",
+                    "errors": errors,
+                },
+                422,
+            )
+        if not parsed.rows:
+            raise HTTPException(400, "no rows in the body")
+        added, updated = ctx.state.upsert_meters(parsed.rows)
+        return JSONResponse({"added": added, "updated": updated})
+
+
+def _parse_registry_body(content_type: str, body: bytes) -> ParsedRows:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise HTTPException(400, "body is not UTF-8") from None
+    if "json" in content_type:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise HTTPException(400, f"invalid JSON: {exc}") from None
+        items = data.get("items") if isinstance(data, dict) else data
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise HTTPException(400, "JSON body must be a list of row objects (or {items: [...]})")
+        return parse_rows(items)
+    if "csv" in content_type or "text/plain" in content_type or not content_type:
+        return parse_csv(text)
+    raise HTTPException(415, f"send text/csv or application/json, not {content_type!r}")

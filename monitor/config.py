@@ -1,0 +1,258 @@
+"""Service settings: `config/monitor.yaml`, overridden by environment variables.
+
+Precedence, lowest first: built-in defaults, `monitor.yaml`, the generic
+`MONITOR_<SECTION>__<KEY>` variables, then the named variables of CONTRACT §8
+(`ENV_ALIASES`). The environment is passed in, never read here, so a test or a
+second worker can build settings side by side.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from monitor.yamlfile import (
+    ConfigError,
+    ConfigProblem,
+    KeyPath,
+    LoadedYaml,
+    load_yaml,
+    problems_from_validation,
+)
+
+# The variables of CONTRACT §8 and the setting each one overrides.
+ENV_ALIASES: dict[str, KeyPath] = {
+    "MONITOR_DATA_DIR": ("storage", "data_dir"),
+    "MONITOR_MQTT_URL": ("mqtt", "url"),
+    "MONITOR_EMBEDDED_MQTT": ("mqtt", "embedded"),
+    "MONITOR_STORE": ("storage", "backend"),
+    "MONITOR_INFLUX_URL": ("storage", "influx", "url"),
+    "MONITOR_INFLUX_TOKEN": ("storage", "influx", "token"),
+    "MONITOR_INFLUX_ORG": ("storage", "influx", "org"),
+    "MONITOR_INFLUX_BUCKET": ("storage", "influx", "bucket"),
+    "MONITOR_HTTP": ("api", "http"),
+}
+CONFIG_DIR_VAR = "MONITOR_CONFIG"
+_GENERIC = re.compile(r"^MONITOR_([A-Z0-9_]+?)__([A-Z0-9_]+(?:__[A-Z0-9_]+)*)$")
+_HOST_PORT = re.compile(r"^[A-Za-z0-9_.:\[\]-]*:\d{1,5}$")
+
+
+def _check_host_port(value: str) -> str:
+    if not _HOST_PORT.match(value):
+        raise ValueError(f"expected host:port, got {value!r}")
+    port = int(value.rsplit(":", 1)[1])
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} out of range")
+    return value
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """`'127.0.0.1:1883'` → `('127.0.0.1', 1883)`."""
+    host, _, port = value.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MqttSettings(_Section):
+    """Where telemetry comes from and how the worker holds its session."""
+
+    url: str | None = Field(
+        None, description="mqtt://[user:pass@]host:port or mqtts://; unset: embedded"
+    )
+    embedded: str = Field("127.0.0.1:1883", description="host:port of the embedded broker")
+    client_id: str = Field("monitor-worker-1", min_length=1, max_length=64)
+    topic_root: str = Field("meters", pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
+    shared_group: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_-]+$", description="MQTT 5 shared subscription group"
+    )
+    protocol: Literal["5", "3.1.1"] = "5"
+    session_expiry_s: int = Field(7 * 86400, ge=0)
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    receive_maximum: int = Field(1000, ge=1, le=65535)
+    max_payload_bytes: int = Field(65536, ge=64)
+    batch_max: int = Field(1000, ge=1, le=100_000)
+    batch_wait_ms: int = Field(20, ge=0, le=10_000)
+    reconnect_min_s: float = Field(1.0, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+    deadletter_topic: str = "monitor/deadletter"
+    alerts_topic_root: str = "monitor/alerts"
+    decisions_topic_root: str = "monitor/decisions"
+
+    @field_validator("embedded")
+    @classmethod
+    def _embedded(cls, value: str) -> str:
+        return _check_host_port(value)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        assert value is not None
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+            raise ValueError("scheme must be mqtt:// or mqtts://")
+        if not parts.hostname:
+            raise ValueError("missing host")
+        _ = parts.port  # raises ValueError on a bad port
+        return value
+
+    @property
+    def subscription(self) -> str:
+        """Topic filter the worker subscribes to (shared when a group is set)."""
+        base = f"{self.topic_root}/#"
+        return f"$share/{self.shared_group}/{base}" if self.shared_group else base
+
+
+class InfluxSettings(_Section):
+    """The InfluxDB the `influxdb` backend writes to (v2 API; 1.8+/2.x/3.x)."""
+
+    url: str | None = None
+    token: str = ""
+    org: str = ""
+    bucket: str = Field("meters", min_length=1, description="bucket, or db/rp on 1.x")
+    timeout_s: float = Field(10.0, gt=0)
+    flush_max_points: int = Field(5000, ge=1)
+    retry_max_s: float = Field(30.0, gt=0)
+    spool_max_mb: float = Field(1024.0, gt=0, description="disk buffer bound while down")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        assert value is not None
+        if urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("InfluxDB url must be http:// or https://")
+        return value.rstrip("/")
+
+
+class StorageSettings(_Section):
+    """Where telemetry and the service's own state are kept."""
+
+    backend: Literal["embedded", "influxdb"] = "embedded"
+    data_dir: Path = Path("./data")
+    influx: InfluxSettings = InfluxSettings()
+
+    @model_validator(mode="after")
+    def _influx_needs_url(self) -> StorageSettings:
+        if self.backend == "influxdb" and not self.influx.url:
+            raise ValueError("backend influxdb needs influx.url (MONITOR_INFLUX_URL)")
+        return self
+
+
+class ApiSettings(_Section):
+    """The HTTP API."""
+
+    http: str = "127.0.0.1:8080"
+    page_default: int = Field(100, ge=1)
+    page_max: int = Field(1000, ge=1)
+
+    @field_validator("http")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        return _check_host_port(value)
+
+
+class SchedulingSettings(_Section):
+    """Periodic work (apscheduler cron fields)."""
+
+    evaluate_cron: str = Field("15 2 * * *", description="crontab line of the evaluation pass")
+    timezone: str = "Asia/Shanghai"
+    rules_reload_s: float = Field(5.0, gt=0, description="how often config files are re-read")
+
+
+class Settings(_Section):
+    """The whole frozen settings tree of one service process."""
+
+    config_dir: Path = Path("config")
+    mqtt: MqttSettings = MqttSettings()
+    storage: StorageSettings = StorageSettings()
+    api: ApiSettings = ApiSettings()
+    scheduling: SchedulingSettings = SchedulingSettings()
+
+    @property
+    def rules_file(self) -> Path:
+        return self.config_dir / "rules.yaml"
+
+    @property
+    def tariffs_file(self) -> Path:
+        return self.config_dir / "tariffs.yaml"
+
+
+def _set_path(data: dict[str, Any], path: KeyPath, value: Any) -> None:
+    node = data
+    for key in path[:-1]:
+        child = node.get(str(key))
+        if not isinstance(child, dict):
+            child = {}
+            node[str(key)] = child
+        node = child
+    node[str(path[-1])] = None if value == "" else value
+
+
+def env_overrides(env: Mapping[str, str]) -> dict[KeyPath, tuple[str, str]]:
+    """Settings paths set by the environment → (variable, value); named variables win."""
+    found: dict[KeyPath, tuple[str, str]] = {}
+    for name, value in sorted(env.items()):
+        match = _GENERIC.match(name)
+        if match:
+            path = (match.group(1).lower(), *match.group(2).lower().split("__"))
+            found[path] = (name, value)
+    for name, path in ENV_ALIASES.items():
+        if name in env:
+            found[path] = (name, env[name])
+    return found
+
+
+def config_dir_from_env(env: Mapping[str, str], given: Path | None = None) -> Path:
+    """The config folder: an explicit `--config`, else MONITOR_CONFIG, else `config/`."""
+    if given is not None:
+        return given
+    return Path(env.get(CONFIG_DIR_VAR) or "config")
+
+
+def load_settings(config_dir: Path, env: Mapping[str, str]) -> Settings:
+    """Read `monitor.yaml` in `config_dir` (optional) and apply environment overrides."""
+    path = config_dir / "monitor.yaml"
+    loaded: LoadedYaml | None = load_yaml(path) if path.exists() else None
+    raw = loaded.data if loaded is not None else {}
+    if not isinstance(raw, dict):
+        raise ConfigError([ConfigProblem(str(path), 1, "", "expected a mapping of sections")])
+    data = copy.deepcopy(raw)
+    overrides = env_overrides(env)
+    for key_path, (_, value) in overrides.items():
+        _set_path(data, key_path, value)
+    data["config_dir"] = str(config_dir)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_locate(exc, loaded, overrides, str(path))) from exc
+
+
+def _locate(
+    exc: ValidationError,
+    loaded: LoadedYaml | None,
+    overrides: Mapping[KeyPath, tuple[str, str]],
+    source: str,
+) -> list[ConfigProblem]:
+    """Blame the environment variable when one set the failing key, else the file line."""
+    out = []
+    for problem, err in zip(
+        problems_from_validation(exc, loaded, source), exc.errors(), strict=True
+    ):
+        loc = tuple(str(p) for p in err["loc"])
+        var = next((v for p, (v, _) in overrides.items() if loc[: len(p)] == p), None)
+        if var is not None:
+            problem = ConfigProblem(f"environment {var}", None, problem.key, problem.reason)
+        out.append(problem)
+    return out

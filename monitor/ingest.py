@@ -1,0 +1,307 @@
+"""The ingest worker: MQTT in, validated batches to the store, dead letters out.
+
+The paho network thread only appends to a queue (it is the throughput
+ceiling). One processing thread takes batches, validates the raw bytes,
+writes the batch durably, publishes dead letters, and only then acknowledges
+every message of the batch, in order (manual acks). A worker killed mid-batch
+has acknowledged nothing it had not stored, so the broker redelivers it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import paho.mqtt.client as paho
+
+from monitor.config import MqttSettings
+from monitor.metrics import Metrics
+from monitor.mqtt import BrokerAddress, connect_properties, make_client
+from monitor.ports import TelemetryStore
+from monitor.schema import Record
+from monitor.state import SeenUpdate, SqliteState
+from monitor.telemetry import Rejection, parse_message
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A message as the network thread hands it over."""
+
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    received: float
+
+
+def deadletter_body(
+    topic: str, payload: bytes, rejection: Rejection, received: float, cap: int
+) -> bytes:
+    """The dead-letter JSON of CONTRACT §2 (payload base64 when it is not UTF-8)."""
+    body: dict[str, Any] = {"topic": topic, "reason": rejection.reason, "detail": rejection.detail}
+    kept = payload[:cap]
+    try:
+        body["payload"] = kept.decode("utf-8")
+        body["encoding"] = "utf-8"
+    except UnicodeDecodeError:
+        body["payload"] = base64.b64encode(kept).decode("ascii")
+        body["encoding"] = "base64"
+    if len(kept) < len(payload):
+        body["truncated_from_bytes"] = len(payload)
+    body["received_at"] = datetime.fromtimestamp(received, UTC).isoformat(timespec="milliseconds")
+    return json.dumps(body, ensure_ascii=False).encode("utf-8")
+
+
+def _kind_of(topic: str, root: str) -> str:
+    rest = topic[len(root) + 1 :] if topic.startswith(root + "/") else ""
+    kind = rest.split("/", 1)[0]
+    return kind if kind in ("elec", "taxi") else "other"
+
+
+def summarise_seen(records: list[Record], received: float) -> dict[str, SeenUpdate]:
+    """Per meter: kind, district, event-time span and message count of a batch."""
+    out: dict[str, SeenUpdate] = {}
+    for r in records:
+        prev = out.get(r.meter)
+        if prev is None:
+            out[r.meter] = SeenUpdate(r.measurement.kind, r.district, r.ts_ms, r.ts_ms, 1, received)
+        else:
+            out[r.meter] = SeenUpdate(
+                prev.kind,
+                prev.district or r.district,
+                min(prev.first_ts, r.ts_ms),
+                max(prev.last_ts, r.ts_ms),
+                prev.messages + 1,
+                received,
+            )
+    return out
+
+
+class IngestWorker:
+    """Subscribes to telemetry and stores it.
+
+    worker = IngestWorker(settings.mqtt, address, store, state, metrics)
+    worker.start(); ...; worker.stop()
+    """
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        address: BrokerAddress,
+        store: TelemetryStore,
+        state: SqliteState,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._s = settings
+        self._address = address
+        self._store = store
+        self._state = state
+        self._metrics = metrics
+        self._clock = clock
+        self._inbox: queue.SimpleQueue[Inbound] = queue.SimpleQueue()
+        self._stopping = threading.Event()
+        self._connected = threading.Event()
+        self._client = make_client(
+            address, settings.client_id, settings.protocol, persistent=True, manual_ack=True
+        )
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._client.reconnect_delay_set(
+            int(settings.reconnect_min_s), int(settings.reconnect_max_s)
+        )
+        self._thread = threading.Thread(target=self._run, name="ingest", daemon=True)
+        self.processed = 0
+        self.last_event_ms = 0
+
+    # -- network thread ----------------------------------------------------
+
+    def _on_connect(self, client: paho.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            log.warning("broker refused connection: %s", reason)
+            return
+        client.subscribe(self._s.subscription, qos=1)
+        self._connected.set()
+        self._metrics.broker_connected.set(1)
+        log.info(
+            "connected to %s, subscribed to %s (session present: %s)",
+            self._address.url,
+            self._s.subscription,
+            flags.session_present,
+        )
+
+    def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self._connected.clear()
+        self._metrics.broker_connected.set(0)
+        if not self._stopping.is_set():
+            log.warning("disconnected from broker (%s); paho reconnects with backoff", reason)
+
+    def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+        self._inbox.put(Inbound(msg.topic, bytes(msg.payload), msg.mid, msg.qos, time.time()))
+
+    # -- lifecycle ---------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def start(self) -> None:
+        """Connect (asynchronously, retried by paho) and start processing."""
+        kwargs: dict[str, Any] = {"keepalive": self._s.keepalive_s}
+        if self._s.protocol == "5":
+            kwargs["clean_start"] = False
+            kwargs["properties"] = connect_properties(
+                self._s.session_expiry_s, self._s.receive_maximum
+            )
+        self._client.connect_async(self._address.host, self._address.port, **kwargs)
+        self._client.loop_start()
+        self._thread.start()
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        """Block until subscribed to the broker, or the timeout."""
+        return self._connected.wait(timeout_s)
+
+    def stop(self, drain_s: float = 5.0) -> None:
+        """Process what is queued (up to `drain_s`), then disconnect."""
+        deadline = time.monotonic() + drain_s
+        while not self._inbox.empty() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self._stopping.set()
+        self._thread.join(timeout=drain_s + 5)
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._metrics.broker_connected.set(0)
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        """Publish QoS 1 on the worker's connection (queued by paho while offline)."""
+        self._client.publish(topic, payload, qos=1, retain=retain)
+
+    # -- processing thread -------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            batch = self._take_batch()
+            if batch:
+                try:
+                    self._process(batch)
+                except Exception:  # never let one batch kill the worker
+                    log.exception(
+                        "batch of %d failed; not acknowledged, broker will redeliver", len(batch)
+                    )
+
+    def _take_batch(self) -> list[Inbound]:
+        try:
+            batch = [self._inbox.get(timeout=0.2)]
+        except queue.Empty:
+            return []
+        deadline = time.monotonic() + self._s.batch_wait_ms / 1000
+        while len(batch) < self._s.batch_max:
+            try:
+                batch.append(self._inbox.get_nowait())
+            except queue.Empty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(self._inbox.get(timeout=remaining))
+                except queue.Empty:
+                    break
+        return batch
+
+    def _process(self, batch: list[Inbound]) -> None:
+        records: list[Record] = []
+        rejected: list[tuple[Inbound, Rejection]] = []
+        kinds: Counter[str] = Counter()
+        ignored = 0
+        root, cap = self._s.topic_root, self._s.max_payload_bytes
+        for msg in batch:
+            kinds[_kind_of(msg.topic, root)] += 1
+            result = parse_message(msg.topic, msg.payload, root, cap)
+            if result is None:
+                ignored += 1
+            elif isinstance(result, Rejection):
+                rejected.append((msg, result))
+            else:
+                records.append(result)
+        if records and not self._store_durably(records):
+            return  # stopping before the store accepted: leave unacknowledged
+        self._note_seen(records)
+        self._deadletter(rejected)
+        self._acknowledge(batch)
+        self._count(batch, records, kinds, ignored, rejected)
+
+    def _store_durably(self, records: list[Record]) -> bool:
+        backoff = 0.2
+        while True:
+            try:
+                self._store.write(records)
+                return True
+            except Exception as exc:
+                log.error(
+                    "store write of %d points failed (%s); retrying in %.1fs",
+                    len(records),
+                    exc,
+                    backoff,
+                )
+            if self._stopping.wait(backoff):
+                return False
+            backoff = min(backoff * 2, 30.0)
+
+    def _note_seen(self, records: list[Record]) -> None:
+        if not records:
+            return
+        try:
+            self._state.note_seen(summarise_seen(records, self._clock()))
+        except Exception:  # presence bookkeeping must not block telemetry
+            log.exception("could not record meters seen")
+
+    def _deadletter(self, rejected: list[tuple[Inbound, Rejection]]) -> None:
+        for msg, rej in rejected:
+            body = deadletter_body(
+                msg.topic, msg.payload, rej, msg.received, self._s.max_payload_bytes
+            )
+            self._client.publish(self._s.deadletter_topic, body, qos=1)
+            log.debug("dead-lettered %s: %s %s", msg.topic, rej.reason, rej.detail)
+
+    def _acknowledge(self, batch: list[Inbound]) -> None:
+        for msg in batch:
+            if msg.qos > 0:
+                self._client.ack(msg.mid, msg.qos)
+
+    def _count(
+        self,
+        batch: list[Inbound],
+        records: list[Record],
+        kinds: Counter[str],
+        ignored: int,
+        rejected: list[tuple[Inbound, Rejection]],
+    ) -> None:
+        m = self._metrics
+        now = time.time()
+        for kind, n in kinds.items():
+            m.received.labels(kind=kind).inc(n)
+        for reason, n in Counter(rej.reason for _, rej in rejected).items():
+            m.rejected.labels(reason=reason).inc(n)
+        if rejected:
+            m.deadletters.inc(len(rejected))
+        if ignored:
+            m.ignored.inc(ignored)
+        if records:
+            self.last_event_ms = max(self.last_event_ms, max(r.ts_ms for r in records))
+            m.last_event_ts.set(self.last_event_ms / 1000)
+        m.batch_size.observe(len(batch))
+        for msg in batch:
+            m.ingest_lag.observe(now - msg.received)
+        self.processed += len(batch)

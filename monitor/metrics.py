@@ -1,0 +1,83 @@
+"""Prometheus metrics of one service instance, on a registry passed in (never global)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+@dataclass
+class Metrics:
+    """Every metric the service exposes; make a fresh one per service or test.
+
+    metrics = Metrics()
+    metrics.received.labels(kind="elec").inc()
+    """
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.received = Counter(
+            "monitor_messages_received", "MQTT messages received", ["kind"], registry=r
+        )
+        self.rejected = Counter(
+            "monitor_messages_rejected",
+            "Messages refused and sent to the dead-letter topic, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.ignored = Counter(
+            "monitor_messages_ignored", "Messages on our own command topics", registry=r
+        )
+        self.written = Counter(
+            "monitor_points_written",
+            "Points durably accepted by the telemetry store, by measurement",
+            ["measurement"],
+            registry=r,
+        )
+        self.flushed = Counter(
+            "monitor_points_flushed", "Points delivered from the spool to InfluxDB", registry=r
+        )
+        self.buffered = Gauge(
+            "monitor_store_buffered_points", "Points spooled on disk awaiting InfluxDB", registry=r
+        )
+        self.dropped = Counter(
+            "monitor_store_dropped_points",
+            "Points dropped because the spool hit its bound",
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "monitor_store_errors", "Failed store writes (retried)", ["backend"], registry=r
+        )
+        self.deadletters = Counter(
+            "monitor_deadletters_published",
+            "Messages published to the dead-letter topic",
+            registry=r,
+        )
+        self.ingest_lag = Histogram(
+            "monitor_ingest_lag_seconds",
+            "From MQTT receipt to durable storage and acknowledgement",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "monitor_ingest_batch_size",
+            "Messages per processed batch",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000),
+            registry=r,
+        )
+        self.last_event_ts = Gauge(
+            "monitor_last_event_timestamp_seconds",
+            "Newest telemetry event time seen (event time, not wall clock)",
+            registry=r,
+        )
+        self.broker_connected = Gauge(
+            "monitor_broker_connected", "1 while the worker's broker connection is up", registry=r
+        )
+        self.unregistered = Gauge(
+            "monitor_unregistered_meters",
+            "Meters sending telemetry but not in the registry",
+            registry=r,
+        )

@@ -1,0 +1,73 @@
+"""Broker addresses and paho-mqtt clients, configured one way for every caller."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """Where a broker is and how to log in."""
+
+    host: str
+    port: int
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """`mqtt://[user:pass@]host:port` or `mqtts://…` → BrokerAddress."""
+    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+    tls = parts.scheme in ("mqtts", "ssl")
+    if not parts.hostname:
+        raise ValueError(f"no host in broker URL {url!r}")
+    return BrokerAddress(
+        host=parts.hostname,
+        port=parts.port or (8883 if tls else 1883),
+        tls=tls,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+    )
+
+
+def make_client(
+    address: BrokerAddress,
+    client_id: str,
+    protocol: str = "5",
+    persistent: bool = False,
+    manual_ack: bool = False,
+) -> paho.Client:
+    """A paho client for `address`; `persistent` keeps the session across reconnects."""
+    v5 = protocol == "5"
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+        clean_session=None if v5 else not persistent,
+        manual_ack=manual_ack,
+    )
+    if address.username:
+        client.username_pw_set(address.username, address.password)
+    if address.tls:
+        client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
+    return client
+
+
+def connect_properties(session_expiry_s: int, receive_maximum: int) -> Properties:
+    """MQTT 5 CONNECT properties of a persistent worker session."""
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = session_expiry_s
+    props.ReceiveMaximum = receive_maximum
+    return props

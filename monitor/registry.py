@@ -1,0 +1,161 @@
+"""The meter registry (CONTRACT §3): rows, CSV parsing, due dates."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from monitor.telemetry import ID_PATTERN
+
+COLUMNS = (
+    "meter_id",
+    "kind",
+    "role",
+    "district",
+    "lot",
+    "manufacturer",
+    "model",
+    "accuracy_class",
+    "installed_on",
+    "verified_on",
+    "period_years",
+    "plate",
+)
+REQUIRED_COLUMNS = ("meter_id", "kind")
+
+
+class MeterRow(BaseModel):
+    """One registry row; empty CSV cells are None."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    meter_id: str = Field(pattern=ID_PATTERN.pattern)
+    kind: Literal["elec", "taxi"]
+    role: Literal["customer", "master"] | None = None
+    district: str | None = Field(None, pattern=ID_PATTERN.pattern)
+    lot: str | None = Field(None, min_length=1, max_length=128)
+    manufacturer: str | None = None
+    model: str | None = None
+    accuracy_class: str | None = Field(None, pattern=r"^(0\.2S|0\.5S|0\.5|1|2|3|A|B|C|D)$")
+    installed_on: date | None = None
+    verified_on: date | None = None
+    period_years: int | None = Field(None, ge=1, le=30)
+    plate: str | None = None
+
+    @model_validator(mode="after")
+    def _kind_rules(self) -> MeterRow:
+        if self.kind == "elec":
+            if self.plate:
+                raise ValueError("plate is for taxi meters only")
+            if not self.district:
+                raise ValueError("an electricity meter needs its district (transformer area)")
+        elif self.role is not None:
+            raise ValueError("role is for electricity meters only")
+        return self
+
+    @property
+    def effective_role(self) -> str | None:
+        """Electricity meters are customers unless marked master."""
+        return (self.role or "customer") if self.kind == "elec" else None
+
+    @property
+    def due_on(self) -> date | None:
+        """Current verification due date: last verification (or installation) + period."""
+        start = self.verified_on or self.installed_on
+        if start is None or self.period_years is None:
+            return None
+        return _add_years(start, self.period_years)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready row with the derived due date."""
+        out = self.model_dump(mode="json")
+        out["due_on"] = self.due_on.isoformat() if self.due_on else None
+        return out
+
+
+def _add_years(day: date, years: int) -> date:
+    try:
+        return day.replace(year=day.year + years)
+    except ValueError:  # 29 February
+        return day.replace(year=day.year + years, day=28)
+
+
+@dataclass(frozen=True)
+class RowError:
+    """Why one input row was refused; `line` counts the header as line 1."""
+
+    line: int
+    meter_id: str | None
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.line} ({self.meter_id or '?'}): {self.reason}"
+
+
+@dataclass(frozen=True)
+class ParsedRows:
+    """Valid rows and the refused ones."""
+
+    rows: list[MeterRow]
+    errors: list[RowError]
+
+
+def _clean(raw: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in raw.items():
+        if isinstance(value, str):
+            value = value.strip()
+        out[key.strip() if isinstance(key, str) else key] = None if value == "" else value
+    return out
+
+
+def _explain(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
+    return "; ".join(parts)
+
+
+def parse_rows(items: Iterable[Mapping[str, Any]], first_line: int = 1) -> ParsedRows:
+    """Validate dict rows; duplicates of a meter id in one input are refused."""
+    rows: list[MeterRow] = []
+    errors: list[RowError] = []
+    seen: set[str] = set()
+    for offset, raw in enumerate(items):
+        line = first_line + offset
+        data = _clean(raw)
+        meter_id = data.get("meter_id")
+        try:
+            row = MeterRow.model_validate(data)
+        except ValidationError as exc:
+            errors.append(RowError(line, str(meter_id) if meter_id else None, _explain(exc)))
+            continue
+        if row.meter_id in seen:
+            errors.append(RowError(line, row.meter_id, "meter_id appears twice in this input"))
+            continue
+        seen.add(row.meter_id)
+        rows.append(row)
+    return ParsedRows(rows, errors)
+
+
+def parse_csv(text: str) -> ParsedRows:
+    """Parse registry CSV (CONTRACT §3 columns; a subset is fine if it has meter_id and kind)."""
+    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff")))
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    unknown = [h for h in header if h not in COLUMNS]
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if unknown or missing:
+        reason = []
+        if missing:
+            reason.append(f"missing column(s) {', '.join(missing)}")
+        if unknown:
+            reason.append(f"unknown column(s) {', '.join(unknown)}; expected {', '.join(COLUMNS)}")
+        return ParsedRows([], [RowError(1, None, "; ".join(reason))])
+    return parse_rows(reader, first_line=2)

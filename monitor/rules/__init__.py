@@ -1,0 +1,1 @@
+"""State-evaluation rules: the rules file schema and, later, the rule logic."""

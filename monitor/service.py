@@ -1,0 +1,132 @@
+"""Wiring: broker, store, state, ingest worker, scheduler and API of one process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from apscheduler.schedulers.background import BackgroundScheduler
+from fastapi import FastAPI
+
+from monitor.api import ApiContext, create_app
+from monitor.broker import EmbeddedBroker
+from monitor.config import Settings, split_host_port
+from monitor.ingest import IngestWorker
+from monitor.metrics import Metrics
+from monitor.mqtt import BrokerAddress, parse_broker_url
+from monitor.ports import TelemetryStore
+from monitor.rules.schema import RuleBook, load_rules
+from monitor.state import SqliteState
+from monitor.store import open_store
+from monitor.taxi.tariff import TariffBook, load_tariffs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Components:
+    """The running parts, for the API and for tests."""
+
+    address: BrokerAddress
+    store: TelemetryStore
+    state: SqliteState
+    worker: IngestWorker
+    rules: RuleBook
+    tariffs: TariffBook
+    broker: EmbeddedBroker | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Service:
+    """One monitor process.
+
+    service = Service(settings); service.start(); service.serve_http()  # blocks
+    """
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.parts: Components | None = None
+        self._scheduler = BackgroundScheduler(timezone=settings.scheduling.timezone)
+        self._http: uvicorn.Server | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.settings.storage.data_dir
+
+    def start(self) -> Components:
+        """Start everything but the HTTP server; config files are validated first."""
+        s = self.settings
+        rules = load_rules(s.rules_file)
+        tariffs = load_tariffs(s.tariffs_file)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        broker, address, mqtt = None, None, s.mqtt
+        if s.mqtt.url is None:
+            broker = EmbeddedBroker(s.mqtt.embedded)
+            broker.start()
+            address = BrokerAddress(broker.client_host, broker.port)
+            # amqtt speaks MQTT 3.1.1 and has no shared subscriptions.
+            mqtt = s.mqtt.model_copy(update={"protocol": "3.1.1", "shared_group": None})
+        else:
+            address = parse_broker_url(s.mqtt.url)
+        store = open_store(s.storage, self.metrics)
+        state = SqliteState(self.data_dir / "state.sqlite")
+        worker = IngestWorker(mqtt, address, store, state, self.metrics)
+        worker.start()
+        self.parts = Components(address, store, state, worker, rules, tariffs, broker)
+        self._scheduler.add_job(self._housekeeping, "interval", seconds=30, id="housekeeping")
+        self._scheduler.start()
+        log.info(
+            "rules %s, %d tariff(s); telemetry store %s; broker %s",
+            rules.version,
+            len(tariffs),
+            s.storage.backend,
+            address.url,
+        )
+        return self.parts
+
+    def _housekeeping(self) -> None:
+        if self.parts is not None:
+            self.metrics.unregistered.set(self.parts.state.count_unregistered())
+
+    def app(self) -> FastAPI:
+        """The API over the running parts."""
+        assert self.parts is not None, "start() first"
+        parts = self.parts
+        ctx = ApiContext(
+            self.settings, parts.state, parts.store, self.metrics, lambda: parts.worker.connected
+        )
+        return create_app(ctx)
+
+    def serve_http(self) -> None:
+        """Serve the API until SIGINT/SIGTERM (in the main thread) or `stop()`."""
+        host, port = split_host_port(self.settings.api.http)
+        config = uvicorn.Config(self.app(), host=host, port=port, log_level="warning")
+        self._http = uvicorn.Server(config)
+        log.info("API on http://%s:%d (OpenAPI at /docs)", host, port)
+        self._http.run()
+
+    def serve_http_in_thread(self) -> threading.Thread:
+        """Serve the API from a background thread (tests, demo)."""
+        thread = threading.Thread(target=self.serve_http, name="http", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        """Stop in reverse order: HTTP, scheduler, worker (drains), store, state, broker."""
+        if self._http is not None:
+            self._http.should_exit = True
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+        if self.parts is None:
+            return
+        self.parts.worker.stop()
+        self.parts.store.close()
+        self.parts.state.close()
+        if self.parts.broker is not None:
+            self.parts.broker.stop()
+        self.parts = None

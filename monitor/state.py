@@ -1,0 +1,233 @@
+"""The service's own state (registry, meters seen, decisions) in SQLite.
+
+Telemetry lives in the telemetry store; what the service *owns* lives here,
+behind plain methods so a PostgreSQL implementation can replace it when
+several workers share one state.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from monitor.registry import COLUMNS, MeterRow
+
+_SCHEMA = [
+    f"""CREATE TABLE IF NOT EXISTS registry (
+        {", ".join(c + (" TEXT PRIMARY KEY" if c == "meter_id" else "") for c in COLUMNS)},
+        updated_at TEXT DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now')))""",
+    """CREATE TABLE IF NOT EXISTS seen (
+        meter_id TEXT PRIMARY KEY, kind TEXT NOT NULL, district TEXT,
+        first_ts INTEGER NOT NULL, last_ts INTEGER NOT NULL, messages INTEGER NOT NULL,
+        last_received REAL NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS decisions (
+        subject TEXT NOT NULL, scope TEXT NOT NULL, kind TEXT NOT NULL,
+        decision TEXT NOT NULL, state TEXT NOT NULL, as_of TEXT NOT NULL,
+        rules_version TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (scope, subject))""",
+    "CREATE INDEX IF NOT EXISTS registry_district ON registry (district)",
+    "CREATE INDEX IF NOT EXISTS registry_lot ON registry (lot)",
+]
+
+
+@dataclass(frozen=True)
+class SeenUpdate:
+    """What one ingest batch saw of one meter."""
+
+    kind: str
+    district: str
+    first_ts: int
+    last_ts: int
+    messages: int
+    received_at: float
+
+
+@dataclass(frozen=True)
+class MeterSummary:
+    """One line of the meter list: registry, telemetry presence, current decision."""
+
+    meter_id: str
+    kind: str
+    registered: bool
+    district: str | None
+    lot: str | None
+    last_ts: int | None
+    messages: int
+    state: str | None
+    decision: str | None
+
+
+@dataclass(frozen=True)
+class MeterFilter:
+    """Filters of `GET /api/meters`; None means any."""
+
+    kind: str | None = None
+    district: str | None = None
+    lot: str | None = None
+    state: str | None = None
+    decision: str | None = None
+    registered: bool | None = None
+
+
+class SqliteState:
+    """SQLite-backed state store.
+
+    state = SqliteState(Path("data/state.sqlite"))
+    state.upsert_meters(rows); state.list_meters(MeterFilter(kind="elec"), after=None, limit=100)
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        for stmt in _SCHEMA:
+            self._db.execute(stmt)
+
+    def _rows(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, tuple(args)).fetchall()
+
+    # -- registry ----------------------------------------------------------
+
+    def upsert_meters(self, rows: Iterable[MeterRow]) -> tuple[int, int]:
+        """Insert or replace registry rows in one transaction; returns (added, updated)."""
+        rows = list(rows)
+        cols = ", ".join(COLUMNS)
+        sql = f"INSERT OR REPLACE INTO registry ({cols}) VALUES ({', '.join('?' * len(COLUMNS))})"
+        dumped = [row.model_dump(mode="json") for row in rows]
+        values = [tuple(d[c] for c in COLUMNS) for d in dumped]
+        with self._lock:
+            existing = {
+                r[0]
+                for chunk in _chunks([r.meter_id for r in rows], 500)
+                for r in self._db.execute(
+                    f"SELECT meter_id FROM registry WHERE meter_id IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                )
+            }
+            self._db.execute("BEGIN")
+            self._db.executemany(sql, values)
+            self._db.execute("COMMIT")
+        updated = sum(1 for r in rows if r.meter_id in existing)
+        return len(rows) - updated, updated
+
+    def get_meter(self, meter_id: str) -> MeterRow | None:
+        """The registry row of a meter, or None when unregistered."""
+        found = self._rows(
+            f"SELECT {', '.join(COLUMNS)} FROM registry WHERE meter_id = ?", [meter_id]
+        )
+        if not found:
+            return None
+        data = {c: v for c, v in zip(COLUMNS, found[0], strict=True) if v is not None}
+        return MeterRow.model_validate(data)
+
+    # -- telemetry presence ------------------------------------------------
+
+    def note_seen(self, updates: Mapping[str, SeenUpdate]) -> None:
+        """Record which meters sent telemetry (one upsert per meter per batch)."""
+        sql = """INSERT INTO seen (meter_id, kind, district, first_ts, last_ts, messages, last_received)
+                 VALUES (?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT(meter_id) DO UPDATE SET
+                   district = coalesce(excluded.district, seen.district),
+                   first_ts = min(seen.first_ts, excluded.first_ts),
+                   last_ts = max(seen.last_ts, excluded.last_ts),
+                   messages = seen.messages + excluded.messages,
+                   last_received = excluded.last_received"""
+        values = [
+            (m, u.kind, u.district or None, u.first_ts, u.last_ts, u.messages, u.received_at)
+            for m, u in updates.items()
+        ]
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany(sql, values)
+            self._db.execute("COMMIT")
+
+    def seen(self, meter_id: str) -> dict[str, Any] | None:
+        """Telemetry presence of one meter."""
+        found = self._rows(
+            "SELECT kind, district, first_ts, last_ts, messages FROM seen WHERE meter_id = ?",
+            [meter_id],
+        )
+        if not found:
+            return None
+        kind, district, first_ts, last_ts, messages = found[0]
+        return {
+            "kind": kind,
+            "district": district,
+            "first_ts": first_ts,
+            "last_ts": last_ts,
+            "messages": messages,
+        }
+
+    def count_unregistered(self) -> int:
+        """Meters that sent telemetry but are not in the registry."""
+        return int(
+            self._rows(
+                "SELECT count(*) FROM seen WHERE meter_id NOT IN (SELECT meter_id FROM registry)"
+            )[0][0]
+        )
+
+    # -- decisions ---------------------------------------------------------
+
+    def decision(self, scope: str, subject: str) -> dict[str, Any] | None:
+        """The stored decision JSON of a meter or lot, or None before the first evaluation."""
+        found = self._rows(
+            "SELECT body FROM decisions WHERE scope = ? AND subject = ?", [scope, subject]
+        )
+        return json.loads(found[0][0]) if found else None
+
+    # -- the fleet list ----------------------------------------------------
+
+    def list_meters(self, flt: MeterFilter, after: str | None, limit: int) -> list[MeterSummary]:
+        """Registry ∪ meters seen, filtered, ordered by meter id, keyset-paginated."""
+        where: list[str] = ["1 = 1"]
+        args: list[object] = []
+        if after is not None:
+            where.append("ids.meter_id > ?")
+            args.append(after)
+        for column, value in (
+            ("coalesce(r.kind, s.kind)", flt.kind),
+            ("coalesce(r.district, s.district)", flt.district),
+            ("r.lot", flt.lot),
+            ("d.state", flt.state),
+            ("d.decision", flt.decision),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if flt.registered is not None:
+            where.append("r.meter_id IS NOT NULL" if flt.registered else "r.meter_id IS NULL")
+        sql = f"""
+            WITH ids AS (SELECT meter_id FROM registry UNION SELECT meter_id FROM seen)
+            SELECT ids.meter_id, coalesce(r.kind, s.kind), r.meter_id IS NOT NULL,
+                   coalesce(r.district, s.district), r.lot, s.last_ts, coalesce(s.messages, 0),
+                   d.state, d.decision
+            FROM ids
+            LEFT JOIN registry r ON r.meter_id = ids.meter_id
+            LEFT JOIN seen s ON s.meter_id = ids.meter_id
+            LEFT JOIN decisions d ON d.scope = 'meter' AND d.subject = ids.meter_id
+            WHERE {" AND ".join(where)}
+            ORDER BY ids.meter_id LIMIT ?"""
+        args.append(limit)
+        return [
+            MeterSummary(
+                row[0], row[1], bool(row[2]), row[3], row[4], row[5], row[6], row[7], row[8]
+            )
+            for row in self._rows(sql, args)
+        ]
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+
+def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]

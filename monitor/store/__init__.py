@@ -1,0 +1,19 @@
+"""Telemetry stores: `embedded` (SQLite) and `influxdb`, behind `ports.TelemetryStore`."""
+
+from __future__ import annotations
+
+from monitor.config import StorageSettings
+from monitor.metrics import Metrics
+from monitor.ports import TelemetryStore
+
+
+def open_store(settings: StorageSettings, metrics: Metrics) -> TelemetryStore:
+    """Open the telemetry store the settings name."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.backend == "influxdb":
+        from monitor.store.influx import InfluxStore
+
+        return InfluxStore(settings.influx, settings.data_dir / "spool", metrics)
+    from monitor.store.embedded import EmbeddedStore
+
+    return EmbeddedStore(settings.data_dir / "telemetry.sqlite", metrics)

@@ -1,0 +1,239 @@
+"""The InfluxDB backend: spool on disk, flush with influxdb-client, read with InfluxQL.
+
+Why not the client's batching `WriteApi`: it holds batches in memory, so a
+message acknowledged to the broker after `write()` would be lost by a crash.
+We journal each batch to the `Spool` (the durable, bounded buffer) first and
+let one flusher thread send the oldest segments with the client's synchronous
+writer (gzip, urllib3 retries), backing off while InfluxDB is down.
+
+Reads use InfluxQL on `/query`, served by InfluxDB 1.x, 2.x (DBRP mapping;
+every 2.x bucket has a virtual one) and 3.x alike. A bucket written `db/rp`
+addresses a 1.x database and retention policy.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+from influxdb_client.client.influxdb_client import InfluxDBClient
+from influxdb_client.client.write_api import SYNCHRONOUS
+from influxdb_client.domain.write_precision import WritePrecision
+from influxdb_client.rest import ApiException
+
+from monitor.config import InfluxSettings
+from monitor.metrics import Metrics
+from monitor.ports import Point, StoreHealth
+from monitor.schema import Measurement, Record
+from monitor.store.lineproto import to_lines
+from monitor.store.spool import Segment, Spool
+
+log = logging.getLogger(__name__)
+
+# 4xx answers that no retry can fix: the points are malformed or conflict with
+# the schema. Anything else (5xx, 429, auth, network) is retried.
+_PERMANENT = {400, 404, 413, 422}
+
+
+def quote_ident(name: str) -> str:
+    """InfluxQL identifier."""
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def quote_literal(value: str) -> str:
+    """InfluxQL string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def db_rp(bucket: str) -> tuple[str, str | None]:
+    """`meters/autogen` → (`meters`, `autogen`); a bare bucket has no rp."""
+    db, _, rp = bucket.partition("/")
+    return db, rp or None
+
+
+class InfluxStore:
+    """Telemetry in InfluxDB, with a disk spool while it is unreachable."""
+
+    backend = "influxdb"
+
+    def __init__(self, settings: InfluxSettings, spool_dir: Path, metrics: Metrics) -> None:
+        assert settings.url, "validated by StorageSettings"
+        self._s = settings
+        self._metrics = metrics
+        self._dropped = 0
+        self._spool = Spool(spool_dir, int(settings.spool_max_mb * 1024 * 1024), self._drop)
+        self._client = InfluxDBClient(
+            url=settings.url,
+            token=settings.token,
+            org=settings.org,
+            timeout=int(settings.timeout_s * 1000),
+            enable_gzip=True,
+        )
+        self._writer = self._client.write_api(write_options=SYNCHRONOUS)
+        self._http = httpx.Client(
+            base_url=settings.url,
+            timeout=settings.timeout_s,
+            headers={"Authorization": f"Token {settings.token}"} if settings.token else {},
+        )
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._last_error = ""
+        self._metrics.buffered.set(self._spool.points)
+        self._thread = threading.Thread(target=self._flush_loop, name="influx-flush", daemon=True)
+        self._thread.start()
+
+    # -- writing -----------------------------------------------------------
+
+    def write(self, records: Sequence[Record]) -> None:
+        """Journal the batch to the spool (durable on return) and wake the flusher."""
+        if not records:
+            return
+        self._spool.append(to_lines(records))
+        counts: dict[str, int] = {}
+        for r in records:
+            counts[r.measurement.name] = counts.get(r.measurement.name, 0) + 1
+        for name, n in counts.items():
+            self._metrics.written.labels(measurement=name).inc(n)
+        self._metrics.buffered.set(self._spool.points)
+        self._wake.set()
+
+    def _flush_loop(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            segments = self._spool.peek(self._s.flush_max_points)
+            if not segments:
+                self._wake.wait(1.0)
+                self._wake.clear()
+                continue
+            if self._flush(segments):
+                backoff = 0.5
+            else:
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self._s.retry_max_s)
+
+    def _flush(self, segments: list[Segment]) -> bool:
+        points = sum(s.points for s in segments)
+        try:
+            self._writer.write(
+                bucket=self._s.bucket,
+                org=self._s.org,
+                record=Spool.read(segments),
+                write_precision=cast(WritePrecision, WritePrecision.MS),
+            )
+        except ApiException as exc:
+            if exc.status in _PERMANENT:
+                log.error(
+                    "InfluxDB refused %d points for good (%s): %s", points, exc.status, exc.body
+                )
+                self._drop(points)
+                self._spool.remove(segments)
+                return True
+            return self._failed(f"InfluxDB answered {exc.status}: {exc.reason}")
+        except Exception as exc:  # network errors come in many urllib3 shapes
+            return self._failed(f"InfluxDB unreachable: {exc.__class__.__name__}: {exc}")
+        self._spool.remove(segments)
+        self._metrics.flushed.inc(points)
+        self._metrics.buffered.set(self._spool.points)
+        self._last_error = ""
+        return True
+
+    def _failed(self, reason: str) -> bool:
+        if reason != self._last_error:
+            log.warning("%s; %d points spooled", reason, self._spool.points)
+        self._last_error = reason
+        self._metrics.store_errors.labels(backend=self.backend).inc()
+        return False
+
+    def _drop(self, points: int) -> None:
+        self._dropped += points
+        self._metrics.dropped.inc(points)
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until the spool is empty (True) or the timeout passes (False)."""
+        deadline = time.monotonic() + timeout_s
+        while self._spool.points and time.monotonic() < deadline:
+            self._wake.set()
+            time.sleep(0.05)
+        return self._spool.points == 0
+
+    # -- reading -----------------------------------------------------------
+
+    def query(self, q: str) -> list[dict[str, Any]]:
+        """Run InfluxQL; rows as dicts with `time` in epoch ms."""
+        db, rp = db_rp(self._s.bucket)
+        params = {"db": db, "q": q, "epoch": "ms"}
+        if rp:
+            params["rp"] = rp
+        resp = self._http.get("/query", params=params)
+        resp.raise_for_status()
+        rows: list[dict[str, Any]] = []
+        for result in resp.json().get("results", []):
+            if "error" in result:
+                raise RuntimeError(f"InfluxQL error: {result['error']}")
+            for series in result.get("series", []):
+                cols = series["columns"]
+                rows.extend(dict(zip(cols, values, strict=True)) for values in series["values"])
+        return rows
+
+    def history(
+        self,
+        measurement: Measurement,
+        meter: str,
+        fields: Sequence[str],
+        start_ms: int | None,
+        end_ms: int | None,
+        limit: int,
+    ) -> list[Point]:
+        """Points of one meter in [start, end), oldest first."""
+        cols = ", ".join(quote_ident(f) for f in fields) or "*"
+        where = [f"{quote_ident('meter')} = {quote_literal(meter)}"]
+        if start_ms is not None:
+            where.append(f"time >= {int(start_ms)}ms")
+        if end_ms is not None:
+            where.append(f"time < {int(end_ms)}ms")
+        q = (
+            f"SELECT {cols} FROM {quote_ident(measurement.name)} WHERE {' AND '.join(where)} "
+            f"ORDER BY time ASC LIMIT {int(limit)}"
+        )
+        return [_point(row) for row in self.query(q)]
+
+    def latest(self, measurement: Measurement, meter: str) -> Point | None:
+        """Newest point of a meter."""
+        q = (
+            f"SELECT * FROM {quote_ident(measurement.name)} "
+            f"WHERE {quote_ident('meter')} = {quote_literal(meter)} ORDER BY time DESC LIMIT 1"
+        )
+        rows = self.query(q)
+        return _point(rows[0]) if rows else None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def health(self) -> StoreHealth:
+        """Writable while the spool is; the detail says whether InfluxDB is reachable."""
+        return StoreHealth(
+            writable=True,
+            backend=self.backend,
+            buffered_points=self._spool.points,
+            dropped_points=self._dropped,
+            detail=self._last_error or "influxdb reachable",
+        )
+
+    def close(self) -> None:
+        """Try a last flush, then stop; what is left stays spooled for next start."""
+        self.flush(timeout_s=5.0)
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=10)
+        self._client.close()
+        self._http.close()
+
+
+def _point(row: dict[str, Any]) -> Point:
+    ts = int(row.pop("time"))
+    row.pop("meter", None)
+    return Point(ts, {k: v for k, v in row.items() if v is not None})

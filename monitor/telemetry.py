@@ -1,0 +1,256 @@
+"""Telemetry in: topics and payloads of CONTRACT §1, validated from raw bytes.
+
+`parse_message` is the one entry point: bytes and a topic in, a `Record`, a
+`Rejection` (with a reason code and a human detail) or `None` (a topic we
+publish ourselves) out. It never raises on bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from monitor.schema import (
+    ELEC_EVENT,
+    ELEC_READING,
+    TAXI_EVENT,
+    TAXI_STATUS,
+    TAXI_TRIP,
+    Measurement,
+    Record,
+)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Epoch milliseconds outside 2000..2100 are almost always epoch *seconds* or garbage.
+MIN_TS_MS = 946_684_800_000
+MAX_TS_MS = 4_102_444_800_000
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+ELEC_EVENT_CODES = (
+    "cover_open",
+    "terminal_cover_open",
+    "magnetic_interference",
+    "reverse_energy",
+    "clock_battery_low",
+    "clock_error",
+    "power_down",
+    "relay_fault",
+    "self_check_fail",
+    "overvoltage",
+    "undervoltage",
+)
+TAXI_EVENT_CODES = (
+    "seal_broken",
+    "param_changed",
+    "power_loss",
+    "tariff_applied",
+    "self_check_fail",
+    "sensor_fault",
+)
+
+
+def parse_ts(value: object) -> int:
+    """Epoch milliseconds from RFC 3339 with an offset, or from integer epoch ms."""
+    if isinstance(value, bool):
+        raise ValueError("timestamp must be RFC 3339 text or integer epoch milliseconds")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int):
+        ms = value
+    elif isinstance(value, str):
+        ms = _parse_rfc3339(value)
+    else:
+        raise ValueError("timestamp must be RFC 3339 text or integer epoch milliseconds")
+    if not MIN_TS_MS <= ms < MAX_TS_MS:
+        raise ValueError(f"timestamp {value!r} is outside 2000..2100 (epoch seconds, not ms?)")
+    return ms
+
+
+def _parse_rfc3339(text: str) -> int:
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"not an RFC 3339 timestamp: {text[:40]!r}") from None
+    if dt.tzinfo is None or dt.tzinfo.utcoffset(dt) is None:
+        raise ValueError("RFC 3339 timestamp needs an offset (Z or ±hh:mm)")
+    return (dt - _EPOCH) // timedelta(milliseconds=1)
+
+
+def ms_to_datetime(ms: int) -> datetime:
+    """Epoch milliseconds → aware UTC datetime."""
+    return _EPOCH + timedelta(milliseconds=ms)
+
+
+def format_ts(ms: int) -> str:
+    """Epoch milliseconds → RFC 3339 UTC text with milliseconds."""
+    return ms_to_datetime(ms).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+EpochMs = Annotated[int, BeforeValidator(parse_ts)]
+NonNeg = Annotated[float, Field(ge=0)]
+Detail = str | dict[str, Any] | list[Any] | int | float | None
+
+
+class _Payload(BaseModel):
+    # Unknown keys are ignored so meters can add fields without being rejected;
+    # NaN and infinity are refused because no store or estimator can use them;
+    # strict: "12" is not a number and 1.5 is not a seq, a meter that sends them is broken.
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, frozen=True, strict=True)
+
+    meter: str | None = Field(None, validation_alias=AliasChoices("meter", "meter_id"))
+    district: str | None = None
+
+
+class ElecReading(_Payload):
+    ts: EpochMs
+    energy_kwh: NonNeg
+    reverse_kwh: NonNeg | None = None
+    voltage_v: NonNeg | None = None
+    current_a: NonNeg | None = None
+    power_kw: float | None = None
+    clock_offset_s: float | None = None
+    seq: Annotated[int, Field(ge=0)] | None = None
+
+
+class ElecEvent(_Payload):
+    ts: EpochMs
+    code: Literal[ELEC_EVENT_CODES]  # type: ignore[valid-type]
+    detail: Detail = None
+
+
+class TaxiTrip(_Payload):
+    trip_id: Annotated[str, Field(min_length=1, max_length=128)]
+    start_ts: EpochMs
+    end_ts: EpochMs
+    meter_km: NonNeg
+    fare_cny: NonNeg
+    tariff_version: Annotated[str, Field(min_length=1, max_length=64)]
+    gps_km: NonNeg | None = None
+    wait_s: NonNeg | None = None
+    empty_km: NonNeg | None = None
+
+
+class TaxiStatus(_Payload):
+    ts: EpochMs
+    seal: Literal["intact", "broken"]
+    tariff_version: Annotated[str, Field(min_length=1, max_length=64)]
+    firmware: str | None = None
+    pulses_per_km: Annotated[float, Field(gt=0)] | None = None
+
+
+class TaxiEvent(_Payload):
+    ts: EpochMs
+    code: Literal[TAXI_EVENT_CODES]  # type: ignore[valid-type]
+    detail: Detail = None
+
+
+MODELS: dict[str, type[_Payload]] = {
+    ELEC_READING.name: ElecReading,
+    ELEC_EVENT.name: ElecEvent,
+    TAXI_TRIP.name: TaxiTrip,
+    TAXI_STATUS.name: TaxiStatus,
+    TAXI_EVENT.name: TaxiEvent,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What a topic says: which measurement, which meter, which district."""
+
+    measurement: Measurement
+    meter: str
+    district: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a message was refused: a short reason code (a metric label) and detail."""
+
+    reason: str
+    detail: str
+
+
+IGNORED = None  # our own command topics under the root: not telemetry, not an error
+
+REASONS = ("oversized", "unknown_topic", "invalid_json", "invalid_payload", "identity_mismatch")
+
+
+def route_topic(topic: str, root: str) -> Route | Rejection | None:
+    """Map a topic to its measurement and identity, per CONTRACT §1."""
+    prefix = root + "/"
+    if not topic.startswith(prefix):
+        return Rejection("unknown_topic", f"topic outside {prefix}#")
+    parts = topic[len(prefix) :].split("/")
+    if parts[0] == "elec" and len(parts) == 4 and parts[3] in ("reading", "event"):
+        district, meter, channel = parts[1], parts[2], parts[3]
+        measurement = ELEC_READING if channel == "reading" else ELEC_EVENT
+    elif parts[0] == "taxi" and len(parts) == 3 and parts[2] in ("trip", "status", "event"):
+        district, meter = "", parts[1]
+        measurement = {"trip": TAXI_TRIP, "status": TAXI_STATUS, "event": TAXI_EVENT}[parts[2]]
+    elif parts[0] == "taxi" and len(parts) >= 3 and parts[2] == "cmd":
+        return IGNORED
+    else:
+        return Rejection("unknown_topic", "not a telemetry topic of CONTRACT §1")
+    for label, value in (("meter", meter), ("district", district)):
+        if value and not ID_PATTERN.match(value):
+            return Rejection(
+                "unknown_topic", f"{label} id {value[:70]!r} is not [A-Za-z0-9_.:-]{{1,64}}"
+            )
+    return Route(measurement, meter, district)
+
+
+def _describe(exc: ValidationError) -> Rejection:
+    errors = exc.errors(include_url=False, include_input=False)
+    if any(e["type"] == "json_invalid" for e in errors):
+        return Rejection("invalid_json", errors[0]["msg"])
+    parts = []
+    for e in errors[:5]:
+        loc = ".".join(str(p) for p in e["loc"]) or "(payload)"
+        parts.append(f"{loc}: {e['msg']}")
+    return Rejection("invalid_payload", "; ".join(parts))
+
+
+def _values(measurement: Measurement, model: _Payload) -> dict[str, float | int | str]:
+    out: dict[str, float | int | str] = {}
+    for name in (*measurement.tags, *measurement.fields):
+        value = getattr(model, name, None)
+        if value is None or name == "district":
+            continue
+        if name == "detail" and not isinstance(value, str):
+            value = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        out[name] = value
+    return out
+
+
+def parse_message(
+    topic: str, payload: bytes, root: str = "meters", max_bytes: int = 65536
+) -> Record | Rejection | None:
+    """Validate one MQTT message; identity comes from the topic, never the payload."""
+    if len(payload) > max_bytes:
+        return Rejection("oversized", f"payload of {len(payload)} bytes exceeds {max_bytes}")
+    route = route_topic(topic, root)
+    if not isinstance(route, Route):
+        return route
+    measurement = route.measurement
+    try:
+        model = MODELS[measurement.name].model_validate_json(payload)
+    except ValidationError as exc:
+        return _describe(exc)
+    if model.meter is not None and model.meter != route.meter:
+        return Rejection(
+            "identity_mismatch", f"payload names meter {model.meter!r}, topic {route.meter!r}"
+        )
+    if route.district and model.district is not None and model.district != route.district:
+        return Rejection(
+            "identity_mismatch",
+            f"payload names district {model.district!r}, topic {route.district!r}",
+        )
+    if isinstance(model, TaxiTrip) and model.end_ts < model.start_ts:
+        return Rejection("invalid_payload", "end_ts is before start_ts")
+    ts = model.end_ts if isinstance(model, TaxiTrip) else model.ts  # type: ignore[attr-defined]
+    return Record(measurement, route.meter, route.district, ts, _values(measurement, model))

@@ -1,0 +1,53 @@
+"""The rules file: the shipped one is valid, a bad one is refused with line and reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from monitor.rules.schema import diff, load_rules, parse_rules
+from monitor.yamlfile import ConfigError
+
+RULES = Path(__file__).resolve().parent.parent / "config" / "rules.yaml"
+
+
+def test_shipped_rules_are_valid_and_versioned() -> None:
+    book = load_rules(RULES)
+    assert book.version.startswith("shanghai-default@2026.1+")
+    assert book.rules.elec.error_limit.in_service_limit_pct["2"] == 3.5
+    assert book.rules.taxi.distance.limit_low_pct == -4.0
+
+
+def test_every_rule_names_its_source() -> None:
+    rules = load_rules(RULES).rules
+    for group in (rules.elec, rules.taxi):
+        for name in type(group).model_fields:
+            rule = getattr(group, name)
+            assert len(rule.source) >= 2 and len(rule.description) >= 10, name
+
+
+def test_a_changed_threshold_changes_the_version_and_is_reported() -> None:
+    text = RULES.read_text()
+    changed = parse_rules(text.replace("watch_fraction: 0.6", "watch_fraction: 0.7"), "new.yaml")
+    old = load_rules(RULES)
+    assert changed.version != old.version
+    assert diff(old, changed) == ["elec.error_limit.watch_fraction: 0.6 → 0.7"]
+
+
+def test_bad_rules_are_refused_with_line_and_reason() -> None:
+    text = RULES.read_text().replace("min_trips: 30", "min_trips: 2")
+    line = next(i for i, ln in enumerate(text.splitlines(), 1) if "min_trips: 2" in ln)
+    with pytest.raises(ConfigError) as err:
+        parse_rules(text, "bad.yaml")
+    assert f"bad.yaml:{line}: taxi.distance.min_trips" in str(err.value)
+
+
+def test_inconsistent_bands_and_unknown_aql_are_refused() -> None:
+    text = RULES.read_text()
+    with pytest.raises(ConfigError, match="guard_low"):
+        parse_rules(text.replace("guard_low_pct: -3.0", "guard_low_pct: -5.0"), "x")
+    with pytest.raises(ConfigError, match="AQL 4.0"):
+        parse_rules(text.replace("aql: 1.0", "aql: 4.0"), "x")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        parse_rules("elec: [", "x")
