@@ -249,6 +249,7 @@ class IngestWorker:
                 self._store.write(records)
                 return True
             except Exception as exc:
+                self._metrics.store_errors.labels(backend=self._store.backend).inc()
                 log.error(
                     "store write of %d points failed (%s); retrying in %.1fs",
                     len(records),

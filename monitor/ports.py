@@ -31,6 +31,8 @@ class Point:
 class TelemetryStore(Protocol):
     """Where validated telemetry is kept (embedded SQLite or InfluxDB)."""
 
+    backend: str
+
     def write(self, records: Sequence[Record]) -> None:
         """Store a batch durably (or spill it durably); raise if that is impossible."""
 

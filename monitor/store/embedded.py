@@ -7,6 +7,7 @@ counting twice. A batch is one transaction; `write` returns after commit.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections import defaultdict
@@ -81,9 +82,9 @@ class EmbeddedStore:
                     self._db.executemany(self._inserts[name], rows)
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
-                self._db.execute("ROLLBACK") if self._db.in_transaction else None
                 self._error = str(exc)
-                self._metrics.store_errors.labels(backend=self.backend).inc()
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
                 raise
         self._error = ""
         for name, rows in groups.items():

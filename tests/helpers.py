@@ -1,0 +1,91 @@
+"""Shared test helpers: a QoS 1 publisher, a collecting subscriber, waiting."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from monitor.mqtt import parse_broker_url
+
+BASE_MS = 1772294400000  # 2026-03-01T00:00:00+08:00
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll until `check()` is true; fail with `what` after the timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Publisher:
+    """A QoS 1 publisher with a persistent session, so a broker restart loses nothing."""
+
+    def __init__(self, url: str, client_id: str = "test-publisher") -> None:
+        addr = parse_broker_url(url)
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  protocol=paho.MQTTv311, clean_session=False)
+        self.client.max_inflight_messages_set(1000)
+        self.client.max_queued_messages_set(0)
+        self.client.reconnect_delay_set(0.1, 1)
+        self.client.connect(addr.host, addr.port)
+        self.client.loop_start()
+        self.infos: list[paho.MQTTMessageInfo] = []
+
+    def send(self, topic: str, payload: bytes | dict[str, Any], retain: bool = False) -> None:
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.infos.append(self.client.publish(topic, body, qos=1, retain=retain))
+
+    def wait_all(self, timeout: float = 60.0) -> None:
+        wait_for(lambda: all(i.is_published() for i in self.infos), timeout, "PUBACK of every message")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class Collector:
+    """Subscribes to a filter and keeps every message."""
+
+    def __init__(self, url: str, topic: str, client_id: str = "test-collector") -> None:
+        addr = parse_broker_url(url)
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  protocol=paho.MQTTv311)
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: self._ready.set()
+        self.client.connect(addr.host, addr.port)
+        self.client.subscribe(topic, qos=1)
+        self.client.loop_start()
+        assert self._ready.wait(10), "subscription not acknowledged"
+
+    def _on_message(self, _c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
+
+    def json(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [json.loads(p) for _, p, _ in self.messages]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def reading(i: int, meter: str = "M1", district: str = "TA1") -> tuple[str, dict[str, Any]]:
+    """The i-th 15-minute reading of a meter."""
+    return (
+        f"meters/elec/{district}/{meter}/reading",
+        {"ts": BASE_MS + i * 900_000, "energy_kwh": round(100 + 0.25 * i, 3), "current_a": 1.1,
+         "seq": i},
+    )
