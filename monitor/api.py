@@ -7,7 +7,7 @@ import binascii
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -37,15 +37,19 @@ class ApiContext:
 
 def encode_cursor(last_id: str) -> str:
     """Opaque keyset cursor."""
-    return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
+    return base64.urlsafe_b64encode(f"after:{last_id}".encode()).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str) -> str:
     """Inverse of encode_cursor; a 400 when it was not ours."""
+    padded = cursor + "=" * (-len(cursor) % 4)
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        text = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise HTTPException(400, f"cursor {cursor!r} is not one this API returned") from None
+        text = ""
+    if not text.startswith("after:"):
+        raise HTTPException(400, f"cursor {cursor!r} is not one this API returned")
+    return text.removeprefix("after:")
 
 
 def _time_param(name: str, value: str | None) -> int | None:
@@ -120,7 +124,7 @@ def _add_meters(app: FastAPI, ctx: ApiContext) -> None:
         district: str | None = None,
         lot: str | None = None,
         registered: bool | None = None,
-        limit: Annotated[int, Query(ge=1, le=page_max)] = ctx.settings.api.page_default,
+        limit: int = Query(ctx.settings.api.page_default, ge=1, le=page_max),
         cursor: str | None = None,
     ) -> dict[str, Any]:
         """Meters (registry and unregistered senders) with their state and decision."""
@@ -162,7 +166,7 @@ def _add_meters(app: FastAPI, ctx: ApiContext) -> None:
         field: str | None = None,
         start: str | None = None,
         end: str | None = None,
-        limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+        limit: int = Query(10_000, ge=1, le=100_000),
     ) -> dict[str, Any]:
         """Stored time series of one meter: `field` (comma-separated), [start, end)."""
         kind, _, _ = _identify(ctx, meter)
