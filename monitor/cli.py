@@ -149,6 +149,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     try:
         func = args.func
         return int(func(args, os.environ if env is None else env))

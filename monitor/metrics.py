@@ -76,6 +76,12 @@ class Metrics:
         self.broker_connected = Gauge(
             "monitor_broker_connected", "1 while the worker's broker connection is up", registry=r
         )
+        self.config_reloads = Counter(
+            "monitor_config_reloads",
+            "Config file changes taken (ok) or refused (the previous version stays)",
+            ["file", "result"],
+            registry=r,
+        )
         self.unregistered = Gauge(
             "monitor_unregistered_meters",
             "Meters sending telemetry but not in the registry",

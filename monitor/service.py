@@ -19,6 +19,7 @@ from monitor.ingest import IngestWorker
 from monitor.metrics import Metrics
 from monitor.mqtt import BrokerAddress, parse_broker_url
 from monitor.ports import TelemetryStore
+from monitor.reload import HotFile
 from monitor.rules.schema import RuleBook, load_rules
 from monitor.state import SqliteState
 from monitor.store import open_store
@@ -35,8 +36,8 @@ class Components:
     store: TelemetryStore
     state: SqliteState
     worker: IngestWorker
-    rules: RuleBook
-    tariffs: TariffBook
+    rules: HotFile[RuleBook]
+    tariffs: HotFile[TariffBook]
     broker: EmbeddedBroker | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -53,6 +54,7 @@ class Service:
         self.parts: Components | None = None
         self._scheduler = BackgroundScheduler(timezone=settings.scheduling.timezone)
         self._http: uvicorn.Server | None = None
+        self._reported: dict[Path, int] = {}
 
     @property
     def data_dir(self) -> Path:
@@ -61,8 +63,8 @@ class Service:
     def start(self) -> Components:
         """Start everything but the HTTP server; config files are validated first."""
         s = self.settings
-        rules = load_rules(s.rules_file)
-        tariffs = load_tariffs(s.tariffs_file)
+        rules = HotFile(s.rules_file, load_rules)
+        tariffs = HotFile(s.tariffs_file, load_tariffs)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         broker, address, mqtt = None, None, s.mqtt
         if s.mqtt.url is None:
@@ -79,15 +81,29 @@ class Service:
         worker.start()
         self.parts = Components(address, store, state, worker, rules, tariffs, broker)
         self._scheduler.add_job(self._housekeeping, "interval", seconds=30, id="housekeeping")
+        self._scheduler.add_job(
+            self._reload, "interval", seconds=s.scheduling.rules_reload_s, id="reload"
+        )
         self._scheduler.start()
         log.info(
             "rules %s, %d tariff(s); telemetry store %s; broker %s",
-            rules.version,
-            len(tariffs),
+            rules.current.version,
+            len(tariffs.current),
             s.storage.backend,
             address.url,
         )
         return self.parts
+
+    def _reload(self) -> None:
+        if self.parts is None:
+            return
+        for hot in (self.parts.rules, self.parts.tariffs):
+            changed = hot.check()
+            if changed:
+                self.metrics.config_reloads.labels(file=hot.path.name, result="ok").inc()
+            elif hot.last_error is not None and hot.failures > self._reported.get(hot.path, 0):
+                self._reported[hot.path] = hot.failures
+                self.metrics.config_reloads.labels(file=hot.path.name, result="refused").inc()
 
     def _housekeeping(self) -> None:
         if self.parts is not None:

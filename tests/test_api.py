@@ -10,12 +10,12 @@ from fastapi.testclient import TestClient
 
 from monitor.api import ApiContext, create_app
 from monitor.config import load_settings
+from monitor.ingest import summarise_seen
 from monitor.metrics import Metrics
 from monitor.registry import COLUMNS
 from monitor.schema import ELEC_READING, TAXI_TRIP, Record
 from monitor.state import SqliteState
 from monitor.store.embedded import EmbeddedStore
-from monitor.ingest import summarise_seen
 from tests.helpers import BASE_MS
 
 CSV = ",".join(COLUMNS) + "\n" + "\n".join(

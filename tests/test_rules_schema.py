@@ -47,7 +47,7 @@ def test_inconsistent_bands_and_unknown_aql_are_refused() -> None:
     text = RULES.read_text()
     with pytest.raises(ConfigError, match="guard_low"):
         parse_rules(text.replace("guard_low_pct: -3.0", "guard_low_pct: -5.0"), "x")
-    with pytest.raises(ConfigError, match="AQL 4.0"):
+    with pytest.raises(ConfigError, match=r"AQL 4\.0"):
         parse_rules(text.replace("aql: 1.0", "aql: 4.0"), "x")
     with pytest.raises(ConfigError, match="invalid YAML"):
         parse_rules("elec: [", "x")

@@ -1,0 +1,8 @@
+"""A deterministic simulated fleet of electricity and taxi meters with known ground truth."""
+
+from monitor.simulate.fleet import Fleet
+from monitor.simulate.pace import run_paced
+from monitor.simulate.registry import write_registry_csv
+from monitor.simulate.spec import FleetSpec, SimMessage
+
+__all__ = ["Fleet", "FleetSpec", "SimMessage", "run_paced", "write_registry_csv"]
