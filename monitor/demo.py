@@ -8,8 +8,6 @@ import threading
 import time
 from datetime import UTC, datetime
 
-import paho.mqtt.client as paho
-
 from monitor.config import Settings
 from monitor.mqtt import BrokerAddress, make_client, parse_broker_url
 from monitor.registry import parse_rows
@@ -43,14 +41,38 @@ def start_ms_of(args: argparse.Namespace) -> int:
     return int(time.time() * 1000) - int(args.backfill_days * DAY_MS)
 
 
-def connect_publisher(address: BrokerAddress, client_id: str) -> paho.Client:
-    """A QoS 1 publisher that queues without limit while the broker catches up."""
-    client = make_client(address, client_id, protocol="3.1.1")
-    client.max_inflight_messages_set(500)
-    client.max_queued_messages_set(0)
-    client.connect(address.host, address.port)
-    client.loop_start()
-    return client
+class QosPublisher:
+    """QoS 1 publishing that can wait until the broker has acknowledged everything."""
+
+    def __init__(self, address: BrokerAddress, client_id: str) -> None:
+        self._client = make_client(address, client_id, protocol="3.1.1")
+        self._client.max_inflight_messages_set(500)
+        self._client.max_queued_messages_set(0)  # queue without limit while the broker catches up
+        self._client.on_publish = self._on_publish
+        self._lock = threading.Lock()
+        self.sent = 0
+        self.acked = 0
+        self._client.connect(address.host, address.port)
+        self._client.loop_start()
+
+    def _on_publish(self, *_: object) -> None:
+        with self._lock:
+            self.acked += 1
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        """Queue one message at QoS 1."""
+        with self._lock:
+            self.sent += 1
+        self._client.publish(topic, payload, qos=1)
+
+    def close(self, timeout_s: float = 60.0) -> bool:
+        """Wait for every PUBACK (up to the timeout), then disconnect; True if none is missing."""
+        deadline = time.monotonic() + timeout_s
+        while self.acked < self.sent and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._client.disconnect()
+        self._client.loop_stop()
+        return self.acked >= self.sent
 
 
 def simulate(
@@ -60,11 +82,7 @@ def simulate(
     start_ms = fleet.spec.start_ms
     if args.registry_out:
         write_registry_csv(fleet.registry_rows(), args.registry_out)
-    client = connect_publisher(address, f"monitor-simulator-{args.seed}")
-
-    def publish(topic: str, payload: bytes) -> None:
-        client.publish(topic, payload, qos=1)
-
+    publisher = QosPublisher(address, f"monitor-simulator-{args.seed}")
     end_ms = start_ms + int(args.duration_days * DAY_MS) if args.duration_days else None
     log.info(
         "simulating %d districts × %d meters and %d taxis from %s at %gx",
@@ -77,7 +95,7 @@ def simulate(
     try:
         return run_paced(
             fleet,
-            publish,
+            publisher.publish,
             start_ms,
             args.speed,
             stop,
@@ -85,8 +103,10 @@ def simulate(
             backfill_ms=int(args.backfill_days * DAY_MS),
         )
     finally:
-        client.disconnect()
-        client.loop_stop()
+        if not publisher.close():
+            log.warning(
+                "%d message(s) not acknowledged by the broker", publisher.sent - publisher.acked
+            )
 
 
 def run_simulator(args: argparse.Namespace) -> int:

@@ -1,0 +1,183 @@
+"""The `monitor` command as a user runs it: real processes, real brokers, real HTTP."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from monitor.registry import parse_csv
+from tests.helpers import BASE_MS, Publisher, reading, wait_for
+from tests.services import Mosquitto, free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class MonitorProcess:
+    """`python -m monitor run` in a subprocess with its own data dir and ports."""
+
+    def __init__(self, tmp: Path, env: dict[str, str]) -> None:
+        self.http = f"127.0.0.1:{free_port()}"
+        self.env = {**os.environ, "MONITOR_CONFIG": str(REPO / "config"),
+                    "MONITOR_DATA_DIR": str(tmp / "data"), "MONITOR_HTTP": self.http, **env}
+        self.log = tmp / "monitor.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "monitor", "run"], env=self.env,
+                                         stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        wait_for(self.ready, 30, f"healthz of monitor run (log: {self.log.read_text()[-2000:]})")
+
+    def ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"monitor exited: {self.log.read_text()[-3000:]}")
+        try:
+            return httpx.get(f"http://{self.http}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def get(self, path: str, **params: object) -> httpx.Response:
+        return httpx.get(f"http://{self.http}{path}", params=params, timeout=10)  # type: ignore[arg-type]
+
+    def metric(self, name: str) -> float:
+        total = 0.0
+        for line in self.get("/metrics").text.splitlines():
+            if line.startswith(name) and not line.startswith("#"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def monitor_on(mosquitto: Mosquitto, tmp_path: Path) -> Iterator[MonitorProcess]:
+    m = MonitorProcess(tmp_path, {"MONITOR_MQTT_URL": mosquitto.url})
+    yield m
+    m.stop()
+
+
+def stored(m: MonitorProcess, meter: str) -> int:
+    r = m.get(f"/api/meters/{meter}/history", limit=100_000)
+    return len(r.json()["points"]) if r.status_code == 200 else 0
+
+
+def test_killed_worker_loses_nothing(monitor_on: MonitorProcess, mosquitto: Mosquitto) -> None:
+    monitor_on.start()
+    pub = Publisher(mosquitto.url)
+    per_meter, meters = 4000, 4
+    for i in range(per_meter):
+        for k in range(meters):
+            pub.send(*reading(i, meter=f"K{k}"))
+    wait_for(lambda: monitor_on.metric("monitor_points_written_total") > 2000, 60, "some points stored")
+    monitor_on.kill()  # SIGKILL mid-stream: no drain, no goodbye
+    pub.wait_all(120)
+    monitor_on.start()  # same client id, same persistent session
+    for k in range(meters):
+        wait_for(lambda k=k: stored(monitor_on, f"K{k}") == per_meter, 120, f"all readings of K{k}")
+    pub.close()
+
+
+def test_run_on_embedded_defaults_serves_what_meters_send(tmp_path: Path) -> None:
+    port = free_port()
+    m = MonitorProcess(tmp_path, {"MONITOR_EMBEDDED_MQTT": f"127.0.0.1:{port}"})
+    m.env.pop("MONITOR_MQTT_URL", None)
+    m.env.pop("MONITOR_STORE", None)
+    try:
+        m.start()
+        pub = Publisher(f"mqtt://127.0.0.1:{port}")
+        for i in range(10):
+            pub.send(*reading(i, meter="EMB1", district="TA7"))
+        pub.send("meters/elec/TA7/EMB1/reading", b"not json")
+        pub.wait_all()
+        wait_for(lambda: stored(m, "EMB1") == 10, 30, "10 readings via the embedded broker")
+        items = m.get("/api/meters").json()["items"]
+        assert [(i["meter_id"], i["registered"], i["district"]) for i in items] == [("EMB1", False, "TA7")]
+        wait_for(lambda: m.metric('monitor_messages_rejected_total{reason="invalid_json"}') == 1,
+                 10, "the rejected message counted")
+        assert (tmp_path / "data" / "telemetry.sqlite").exists()
+        pub.close()
+    finally:
+        m.stop()
+
+
+def test_simulated_fleet_through_mosquitto(monitor_on: MonitorProcess, mosquitto: Mosquitto,
+                                           tmp_path: Path) -> None:
+    monitor_on.start()
+    registry = tmp_path / "fleet.csv"
+    env = {**monitor_on.env}
+    run = subprocess.run(
+        [sys.executable, "-m", "monitor", "simulate", "--broker", mosquitto.url, "--districts", "2",
+         "--meters-per-district", "10", "--taxis", "3", "--start", "2026-03-01T00:00:00+08:00",
+         "--backfill-days", "1", "--duration-days", "1", "--registry-out", str(registry)],
+        env=env, capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert run.returncode == 0, run.stderr
+    sent = int(run.stdout.split("published ")[1].split()[0])
+    assert sent > 2 * 11 * 96 * 0.9  # readings alone (10 customers + 1 master per district)
+    imp = subprocess.run([sys.executable, "-m", "monitor", "registry", "import", str(registry)],
+                         env=env, capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert imp.returncode == 0, imp.stderr
+    rows = parse_csv(registry.read_text()).rows
+    assert f"imported {len(rows)} meter(s)" in imp.stdout
+    wait_for(lambda: monitor_on.metric("monitor_messages_received_total") >= sent, 60, "all received")
+    listed = monitor_on.get("/api/meters", limit=1000).json()["items"]
+    assert {i["meter_id"] for i in listed} == {r.meter_id for r in rows}
+    assert all(i["registered"] and i["messages"] > 0 for i in listed)
+    elec = next(r for r in rows if r.kind == "elec" and r.role != "master")
+    detail = monitor_on.get(f"/api/meters/{elec.meter_id}").json()
+    assert detail["registry"]["district"] == elec.district
+    assert detail["latest"]["reading"]["energy_kwh"] > 0
+    assert detail["seen"]["first_ts"].startswith("2026-02-28T16:")  # 2026-03-01 00:00 +08:00
+
+
+def test_cli_rules_check_and_bad_registry(tmp_path: Path) -> None:
+    env = {**os.environ, "MONITOR_CONFIG": str(REPO / "config"), "MONITOR_DATA_DIR": str(tmp_path)}
+    ok = subprocess.run([sys.executable, "-m", "monitor", "rules", "check"], env=env,
+                        capture_output=True, text=True, cwd=REPO)
+    assert ok.returncode == 0 and "valid, version shanghai-default@2026.1+" in ok.stdout
+    changed = tmp_path / "rules.yaml"
+    changed.write_text((REPO / "config/rules.yaml").read_text().replace("deadline_h: 24", "deadline_h: 12"))
+    out = subprocess.run([sys.executable, "-m", "monitor", "rules", "check", str(changed)], env=env,
+                         capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0 and "taxi.tariff.deadline_h: 24.0 → 12.0" in out.stdout
+    changed.write_text((REPO / "config/rules.yaml").read_text().replace("deadline_h: 24", "deadline_h: -1"))
+    bad = subprocess.run([sys.executable, "-m", "monitor", "rules", "check", str(changed)], env=env,
+                         capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode == 2 and "taxi.tariff.deadline_h" in bad.stderr and "rules.yaml:" in bad.stderr
+    csv = tmp_path / "bad.csv"
+    csv.write_text("meter_id,kind\nA1,elec\n")
+    imp = subprocess.run([sys.executable, "-m", "monitor", "registry", "import", str(csv)], env=env,
+                         capture_output=True, text=True, cwd=REPO)
+    assert imp.returncode == 1 and "line 2 (A1)" in imp.stderr and "nothing imported" in imp.stderr
+
+
+def test_bad_config_refuses_to_start(tmp_path: Path) -> None:
+    cfg = tmp_path / "config"
+    shutil.copytree(REPO / "config", cfg)
+    (cfg / "monitor.yaml").write_text("mqtt:\n  batch_max: 0\n")
+    env = {**os.environ, "MONITOR_CONFIG": str(cfg), "MONITOR_DATA_DIR": str(tmp_path / "d")}
+    run = subprocess.run([sys.executable, "-m", "monitor", "run"], env=env, capture_output=True,
+                         text=True, timeout=60, cwd=REPO)
+    assert run.returncode == 2
+    assert f"{cfg / 'monitor.yaml'}:2: mqtt.batch_max" in run.stderr
