@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from monitor.registry import parse_csv
-from tests.helpers import BASE_MS, Publisher, reading, wait_for
+from tests.helpers import Publisher, reading, wait_for
 from tests.services import Mosquitto, free_port
 
 REPO = Path(__file__).resolve().parent.parent

@@ -20,7 +20,6 @@ START = 1_772_294_400_000  # 2026-03-01T00:00:00+08:00
 HOUR = 3_600_000
 DAY = 24 * HOUR
 SPAN = 3 * DAY
-CLEAN = {"missing_rate": 0.0, "duplicate_rate": 0.0, "disorder_rate": 0.0}
 COLUMNS = (  # CONTRACT §3, in order
     "meter_id",
     "kind",
@@ -77,6 +76,13 @@ TAXI_CODES = {
 }
 
 
+def quiet(**changes: Any) -> FleetSpec:
+    """A spec with perfect delivery: nothing lost, repeated or late."""
+    base: dict[str, Any] = {"start_ms": START, "missing_rate": 0.0}
+    base |= {"duplicate_rate": 0.0, "disorder_rate": 0.0}
+    return FleetSpec(**(base | changes))
+
+
 def ts_ms(value: object) -> int:
     """Epoch ms from either ts format of CONTRACT §1 (and nothing else)."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -125,8 +131,14 @@ def of(
 @pytest.fixture(scope="module")
 def clean() -> tuple[Fleet, list[SimMessage]]:
     """Three days of a default fleet with perfect delivery."""
-    fleet = Fleet(FleetSpec(start_ms=START, **CLEAN))
+    fleet = Fleet(quiet())
     return fleet, list(fleet.messages(START, START + SPAN))
+
+
+@pytest.fixture(scope="module")
+def clean_regs(clean: tuple[Fleet, list[SimMessage]]) -> dict[str, dict[int, dict[str, Any]]]:
+    """The clean run's readings, by meter and time."""
+    return registers(clean[1])
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +179,7 @@ def test_a_later_start_skips_but_simulates_the_gap() -> None:
 
 
 def test_messages_come_on_the_interval_grid_from_the_first_boundary() -> None:
-    fleet = Fleet(FleetSpec(start_ms=START + 100_000, **CLEAN))
+    fleet = Fleet(quiet(start_ms=START + 100_000))
     readings = registers(list(fleet.messages(START + 100_000, START + HOUR)))
     times = {t for by_ts in readings.values() for t in by_ts}
     assert times == {START + 900_000 * i for i in range(1, 4)}
@@ -184,10 +196,10 @@ def test_registers_never_decrease(noisy: tuple[Fleet, list[SimMessage]]) -> None
 
 
 def test_customer_register_counts_its_error_times_true_energy(
-    clean: tuple[Fleet, list[SimMessage]],
+    clean: tuple[Fleet, list[SimMessage]], clean_regs: dict[str, dict[int, dict[str, Any]]]
 ) -> None:
-    fleet, messages = clean
-    truth, regs = fleet.truth(), registers(messages)
+    fleet, regs = clean[0], clean_regs
+    truth = fleet.truth()
     resolution = fleet.spec.register_resolution_kwh
     customers = [m for m, t in truth.items() if t["kind"] == "elec" and t["role"] == "customer"]
     chosen = [m for m in customers if truth[m]["faults"] == ["beyond_limit"] or truth[m]["vacant"]]
@@ -200,9 +212,11 @@ def test_customer_register_counts_its_error_times_true_energy(
         assert abs(registered - expected) < resolution + 1e-6, meter
 
 
-def test_master_meter_balance_holds_without_noise(clean: tuple[Fleet, list[SimMessage]]) -> None:
-    fleet, messages = clean
-    truth, regs = fleet.truth(), registers(messages)
+def test_master_meter_balance_holds_without_noise(
+    clean: tuple[Fleet, list[SimMessage]], clean_regs: dict[str, dict[int, dict[str, Any]]]
+) -> None:
+    fleet, regs = clean[0], clean_regs
+    truth = fleet.truth()
     resolution, hours = fleet.spec.register_resolution_kwh, fleet.spec.interval_s / 3600
     master = truth["M01"]
     customers = [
@@ -219,9 +233,11 @@ def test_master_meter_balance_holds_without_noise(clean: tuple[Fleet, list[SimMe
         assert 0 < (inflow - consumed) / inflow < 0.1  # line loss of a few percent
 
 
-def test_errors_and_loads_are_as_planted(clean: tuple[Fleet, list[SimMessage]]) -> None:
-    fleet, messages = clean
-    truth, regs = fleet.truth(), registers(messages)
+def test_errors_and_loads_are_as_planted(
+    clean: tuple[Fleet, list[SimMessage]], clean_regs: dict[str, dict[int, dict[str, Any]]]
+) -> None:
+    fleet, regs = clean[0], clean_regs
+    truth = fleet.truth()
     customers = {m: t for m, t in truth.items() if t["kind"] == "elec" and t["role"] == "customer"}
     for meter, t in customers.items():
         error = abs(float(t["error_pct"]))  # type: ignore[arg-type]
@@ -232,9 +248,11 @@ def test_errors_and_loads_are_as_planted(clean: tuple[Fleet, list[SimMessage]]) 
     assert sum("beyond_limit" in t["faults"] for t in customers.values()) >= 2  # type: ignore[operator]
 
 
-def test_planted_electricity_faults_show(clean: tuple[Fleet, list[SimMessage]]) -> None:
-    fleet, messages = clean
-    truth, regs = fleet.truth(), registers(messages)
+def test_planted_electricity_faults_show(
+    clean: tuple[Fleet, list[SimMessage]], clean_regs: dict[str, dict[int, dict[str, Any]]]
+) -> None:
+    (fleet, messages), regs = clean, clean_regs
+    truth = fleet.truth()
     by_fault = {f: m for m, t in truth.items() for f in t["faults"]}  # type: ignore[attr-defined]
     stopped = by_fault["stopped"]
     since = truth[stopped]["fault_ms"]["stopped"]  # type: ignore[index]
@@ -385,7 +403,7 @@ def test_stale_meter_keeps_the_old_tariff() -> None:
     new = {**SHANGHAI_2022, "effective_from": "2026-03-02T00:00:00+08:00"}
     new["day"] = {**SHANGHAI_2022["day"], "flag_fall": 16.0}
     book = TariffBook.from_bodies({"SH-2022": SHANGHAI_2022, "SH-2026": new})
-    fleet = Fleet(FleetSpec(start_ms=START, **CLEAN), tariffs=book)
+    fleet = Fleet(quiet(), tariffs=book)
     stale = next(m for m, t in fleet.truth().items() if t.get("stale_tariff"))
     messages = list(fleet.messages(START, START + 2 * DAY))
     for meter, p in of(messages, "status"):
@@ -397,7 +415,7 @@ def test_stale_meter_keeps_the_old_tariff() -> None:
 
 
 def test_pushed_tariff_is_applied_and_acknowledged_except_by_the_stale_meter() -> None:
-    fleet = Fleet(FleetSpec(start_ms=START, **CLEAN))
+    fleet = Fleet(quiet())
     stale = next(m for m, t in fleet.truth().items() if t.get("stale_tariff"))
     first = list(fleet.messages(START, START + DAY))
     new = {**SHANGHAI_2022, "effective_from": "2026-03-02T12:00:00+08:00"}
