@@ -425,6 +425,7 @@ def test_pushed_tariff_is_applied_and_acknowledged_except_by_the_stale_meter() -
     acks = {m: p for m, p in of(second, "event") if p["code"] == "tariff_applied"}
     assert set(acks) == {f"T{j + 1:03d}" for j in range(fleet.spec.taxis)} - {stale}
     assert {p["detail"] for p in acks.values()} == {"SH-2026"}
+    assert "SH-2026" in fleet.tariffs
     late = [(m, p) for m, p in of(second, "status") if ts_ms(p["ts"]) >= START + DAY + 12 * HOUR]
     assert {p["tariff_version"] for m, p in late if m != stale} == {"SH-2026"}
     assert {p["tariff_version"] for m, p in late if m == stale} == {"SH-2022"}

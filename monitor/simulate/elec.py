@@ -159,7 +159,7 @@ class ElecModel:
 
 @dataclass
 class ElecMeter:
-    """Static facts of one electricity meter (customer or master)."""
+    """One electricity meter (customer or master): its facts, planted faults and event log."""
 
     meter_id: str
     district: str
@@ -206,21 +206,30 @@ class ElecFleet:
         n = len(district_of)
         vacant = rng.random(n) < spec.vacant_share
         errors, beyond = self._draw_errors(rng, vacant)
-        households = Households.draw(rng, vacant)
-        self.model = self._draw_model(rng, households, district_of)
-        lots, weights = customer_lots(spec, rng)
-        lot_of = rng.choice(len(lots), size=n, p=np.asarray(weights))
-        self.customers: list[ElecMeter] = []
-        for i in range(n):
-            d = int(district_of[i])
-            self.customers.append(
+        self.model = self._draw_model(rng, Households.draw(rng, vacant), district_of)
+        self.customers = self._draw_customers(rng, district_of, errors, vacant)
+        for i in np.flatnonzero(beyond).tolist():
+            self.customers[i].faults.append("beyond_limit")
+        self.masters = self._draw_masters(rng)
+        self._plant_faults(rng, vacant | beyond)
+        self._init_state(rng)
+
+    def _draw_customers(
+        self, rng: np.random.Generator, district_of: IntArray, errors: FloatArray, vacant: BoolArray
+    ) -> list[ElecMeter]:
+        # Lots mix across districts, as deliveries do; ts formats alternate between meters.
+        lots, weights = customer_lots(self.spec, rng)
+        lot_of = rng.choice(len(lots), size=len(district_of), p=np.asarray(weights)).tolist()
+        customers = []
+        for i, d in enumerate(district_of.tolist()):
+            lot = lots[lot_of[i]]
+            customers.append(
                 ElecMeter(
                     meter_id=f"E{d + 1:02d}-{i + 1:04d}",
                     district=self.district_ids[d],
                     role="customer",
-                    lot=lots[int(lot_of[i])],
-                    installed_on=lots[int(lot_of[i])].installed_on
-                    + timedelta(days=int(rng.integers(0, 61))),
+                    lot=lot,
+                    installed_on=lot.installed_on + timedelta(days=int(rng.integers(0, 61))),
                     error=float(errors[i]),
                     epoch_ts=i % 2 == 1,
                     clock_offset_s=float(rng.uniform(-20, 20)),
@@ -228,11 +237,7 @@ class ElecFleet:
                     vacant=bool(vacant[i]),
                 )
             )
-            if beyond[i]:
-                self.customers[i].faults.append("beyond_limit")
-        self.masters = self._draw_masters(rng)
-        self._plant_faults(rng, vacant | beyond)
-        self._init_state(rng)
+        return customers
 
     def _draw_errors(
         self, rng: np.random.Generator, vacant: BoolArray

@@ -69,6 +69,7 @@ class Fleet:
         Meters apply it and answer `tariff_applied` (detail: the version); a stale meter
         ignores it. A command for a time already simulated takes effect at the next interval.
         """
+        self.tariffs = self.tariffs.with_tariff(version, tariff)
         self.taxi.push_tariff(version, tariff, at_ms, meters)
 
     def messages(self, start_ms: int, end_ms: int) -> Iterator[SimMessage]:

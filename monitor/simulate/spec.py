@@ -14,8 +14,9 @@ DAY_S = 86_400
 class FleetSpec:
     """A simulated fleet: its size, physics, delivery defects and planted faults.
 
-    `FleetSpec(start_ms=...)` gives three transformer areas of 40-60 households, 20 taxis
-    and one of each planted fault. Times of planted faults are seconds after `start_ms`.
+    `FleetSpec(start_ms=...)` gives three transformer areas (districts) of 40-60 customer
+    meters (`meters_per_district`, inclusive) plus one master meter each, 20 taxis, and one
+    of each planted fault. Times of planted faults (`*_after_s`) count from `start_ms`.
     A planted fault that does not fit (too few meters) is left out; `Fleet.truth()` says
     which meters carry which.
     """
@@ -113,9 +114,6 @@ class Produced:
     """Readings and heartbeats: a lost one is simply missing."""
     reliable: list[SimMessage] = field(default_factory=list)
     """Events and trips: the meter keeps them until acknowledged, so never lost."""
-
-    def __len__(self) -> int:
-        return len(self.periodic) + len(self.reliable)
 
 
 def rng_for(seed: int, *keys: int) -> np.random.Generator:

@@ -136,6 +136,7 @@ class TaxiFleet:
         ]
         self._plant_faults(rng)
         self._preload(book)
+        self._inbox: deque[tuple[str, Tariff, int, frozenset[str] | None]] = deque()
 
     def _plant_faults(self, rng: np.random.Generator) -> None:
         # Each planted fault goes to a different taxi; with too few taxis the rest are left out.
@@ -199,18 +200,28 @@ class TaxiFleet:
     def push_tariff(
         self, version: str, tariff: Tariff, at_ms: int, meters: Iterable[str] | None
     ) -> None:
-        """Deliver a tariff command at `at_ms`; each meter except a stale one applies it and
-        answers `tariff_applied` a few seconds later (or as soon as the simulation gets there)."""
-        wanted = None if meters is None else set(meters)
-        for m in self.meters:
-            if (wanted is None or m.meter_id in wanted) and not m.stale:
-                m.pending.append((at_ms + (5 + m.index) * 1000, version, tariff))
+        """Deliver a tariff command to some taxis (None: all) at `at_ms`.
+
+        Each meter except a stale one applies it and answers `tariff_applied` a few seconds
+        later, or at the next interval when that time has already been simulated. Safe to
+        call from another thread (an MQTT callback) while messages are being generated.
+        """
+        wanted = None if meters is None else frozenset(meters)
+        self._inbox.append((version, tariff, at_ms, wanted))  # deque.append is atomic
+
+    def _take_commands(self) -> None:
+        while self._inbox:
+            version, tariff, at_ms, wanted = self._inbox.popleft()
+            for m in self.meters:
+                if (wanted is None or m.meter_id in wanted) and not m.stale:
+                    m.pending.append((at_ms + (5 + m.index) * 1000, version, tariff))
 
     # --- one interval ------------------------------------------------------------------------
 
     def step(self, t0: int, t1: int, k: int, out: Produced) -> None:
         """Everything the taxis publish with event times in [t0, t1)."""
         rng = rng_for(self.spec.seed, _STEP_KEY, k)
+        self._take_commands()
         for meter in self.meters:
             self._apply_pending(meter, t0, t1, out)
             self._seal_event(meter, t0, t1, out)
@@ -251,14 +262,13 @@ class TaxiFleet:
 
     def _heartbeats(self, meter: TaxiMeter, t0: int, t1: int, out: Produced) -> None:
         first = t0 + (meter.phase_ms - t0) % HEARTBEAT_MS
-        # The version only changes at a held tariff's start: one lookup per interval
-        # unless it changes inside this one.
-        steady = meter.tariff_at(t0).version == meter.tariff_at(t1 - 1).version
-        version = json.dumps(meter.tariff_at(t0).version)
-        topic, tail = (
-            self._topic(meter, "status"),
-            (f'"firmware":"{meter.firmware}","pulses_per_km":{meter.pulses_per_km}}}'),
-        )
+        # What a meter applies only moves forward in time, so equal versions at both ends
+        # of the interval mean one lookup serves every heartbeat in it.
+        current = meter.tariff_at(t0).version
+        steady = current == meter.tariff_at(t1 - 1).version
+        version = json.dumps(current)
+        topic = self._topic(meter, "status")
+        tail = f'"firmware":"{meter.firmware}","pulses_per_km":{meter.pulses_per_km}}}'
         for at in range(first, t1, HEARTBEAT_MS):
             ts = at if meter.epoch_ts else f'"{rfc3339(at, self.tz)}"'
             if not steady:
