@@ -49,7 +49,10 @@ class Metrics:
             registry=r,
         )
         self.store_errors = Counter(
-            "monitor_store_errors", "Failed store writes and flushes (retried)", ["backend"], registry=r
+            "monitor_store_errors",
+            "Failed store writes and flushes (retried)",
+            ["backend"],
+            registry=r,
         )
         self.deadletters = Counter(
             "monitor_deadletters_published",

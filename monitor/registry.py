@@ -70,7 +70,7 @@ class MeterRow(BaseModel):
         start = self.verified_on or self.installed_on
         if start is None or self.period_years is None:
             return None
-        return _add_years(start, self.period_years)
+        return add_years(start, self.period_years)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready row with the derived due date."""
@@ -79,7 +79,7 @@ class MeterRow(BaseModel):
         return out
 
 
-def _add_years(day: date, years: int) -> date:
+def add_years(day: date, years: int) -> date:
     try:
         return day.replace(year=day.year + years)
     except ValueError:  # 29 February

@@ -29,6 +29,11 @@ _SCHEMA = [
         subject TEXT NOT NULL, scope TEXT NOT NULL, kind TEXT NOT NULL,
         decision TEXT NOT NULL, state TEXT NOT NULL, as_of TEXT NOT NULL,
         rules_version TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (scope, subject))""",
+    """CREATE TABLE IF NOT EXISTS districts (
+        district TEXT PRIMARY KEY, as_of TEXT NOT NULL, body TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS sample_results (
+        lot TEXT NOT NULL, meter TEXT NOT NULL, error_pct REAL, passed INTEGER NOT NULL,
+        PRIMARY KEY (lot, meter))""",
     "CREATE INDEX IF NOT EXISTS registry_district ON registry (district)",
     "CREATE INDEX IF NOT EXISTS registry_lot ON registry (lot)",
 ]
@@ -181,6 +186,87 @@ class SqliteState:
             "SELECT body FROM decisions WHERE scope = ? AND subject = ?", [scope, subject]
         )
         return json.loads(found[0][0]) if found else None
+
+    def save_decisions(self, scope: str, bodies: Iterable[dict[str, Any]]) -> None:
+        """Upsert decision JSONs (scope `meter` or `lot`) in one transaction."""
+        sql = """INSERT OR REPLACE INTO decisions
+                 (subject, scope, kind, decision, state, as_of, rules_version, body)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
+        rows = [
+            (
+                b["id"],
+                scope,
+                b["kind"],
+                b["decision"],
+                b["state"],
+                b["as_of"],
+                b["rules_version"],
+                json.dumps(b, separators=(",", ":")),
+            )
+            for b in bodies
+        ]
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany(sql, rows)
+            self._db.execute("COMMIT")
+
+    def save_district(self, district: str, as_of: str, body: dict[str, Any]) -> None:
+        """Store a district's latest energy-balance result."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO districts VALUES (?, ?, ?)",
+                (district, as_of, json.dumps(body, separators=(",", ":"))),
+            )
+
+    def district(self, district: str) -> dict[str, Any] | None:
+        """A district's latest energy-balance result."""
+        found = self._rows("SELECT body FROM districts WHERE district = ?", [district])
+        return json.loads(found[0][0]) if found else None
+
+    def registry_rows(self, kind: str | None = None) -> list[MeterRow]:
+        """Every registry row (of one kind)."""
+        sql = f"SELECT {', '.join(COLUMNS)} FROM registry"
+        args: list[object] = []
+        if kind is not None:
+            sql += " WHERE kind = ?"
+            args.append(kind)
+        rows = self._rows(sql + " ORDER BY meter_id", args)
+        return [
+            MeterRow.model_validate(
+                {c: v for c, v in zip(COLUMNS, r, strict=True) if v is not None}
+            )
+            for r in rows
+        ]
+
+    def seen_meters(self, kind: str) -> dict[str, tuple[str | None, int]]:
+        """Meters that sent telemetry: id → (district, last event time)."""
+        rows = self._rows("SELECT meter_id, district, last_ts FROM seen WHERE kind = ?", [kind])
+        return {r[0]: (r[1], int(r[2])) for r in rows}
+
+    def latest_event_ts(self) -> int | None:
+        """Newest telemetry event time seen (the default `as_of`)."""
+        found = self._rows("SELECT max(last_ts) FROM seen")
+        return int(found[0][0]) if found and found[0][0] is not None else None
+
+    def save_sample_results(
+        self, lot: str, results: Iterable[tuple[str, float | None, bool]]
+    ) -> None:
+        """Record laboratory results for drawn meters (a later result replaces an earlier one)."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO sample_results VALUES (?, ?, ?, ?)",
+                [(lot, m, e, int(p)) for m, e, p in results],
+            )
+            self._db.execute("COMMIT")
+
+    def sample_results(self, lot: str) -> list[tuple[str, float | None, bool]]:
+        """Laboratory results recorded for a lot."""
+        rows = self._rows(
+            "SELECT meter, error_pct, passed FROM sample_results WHERE lot = ? ORDER BY meter",
+            [lot],
+        )
+        return [(r[0], r[1], bool(r[2])) for r in rows]
 
     # -- the fleet list ----------------------------------------------------
 

@@ -100,9 +100,11 @@ def load_squares(blocks: Blocks) -> FloatArray:
     interval energies, which the master (read at every boundary it has) gives.
     """
     consumption = blocks.energy.sum(axis=1)
-    share = np.divide(consumption, blocks.master, out=np.zeros_like(consumption),
-                      where=blocks.master > 0)
-    return blocks.master_sq * share**2
+    share = np.divide(
+        consumption, blocks.master, out=np.zeros_like(consumption), where=blocks.master > 0
+    )
+    squares: FloatArray = blocks.master_sq * share**2
+    return squares
 
 
 def _design(blocks: Blocks, step_hours: float) -> FloatArray:
@@ -160,9 +162,15 @@ def _summarise(
     se_beta = np.sqrt(np.maximum(np.diag(cov), 0.0))
     meters = {}
     for i, meter in enumerate(blocks.meters):
-        meters[meter] = _meter(meter, float(theta[i]), float(se_beta[i]), z,
-                               float(data_info[i] / prior[i]), n_int,
-                               float(blocks.energy[:, i].sum()) / max(n_int, 1))
+        meters[meter] = _meter(
+            meter,
+            float(theta[i]),
+            float(se_beta[i]),
+            z,
+            float(data_info[i] / prior[i]),
+            n_int,
+            float(blocks.energy[:, i].sum()) / max(n_int, 1),
+        )
     y = blocks.master
     weighted_mean = float(np.sum(decay * y) / decay.sum())
     ss_tot = float(np.sum(decay * (y - weighted_mean) ** 2))
@@ -186,8 +194,18 @@ def _meter(
     meter: str, beta: float, se_beta: float, z: float, ratio: float, n: int, mean_kwh: float
 ) -> MeterEstimate:
     if beta <= 0:  # meaningless: the meter cannot be carrying negative energy
-        return MeterEstimate(meter, beta, float("nan"), (float("nan"), float("nan")),
-                             float("inf"), ratio, n, mean_kwh)
+        return MeterEstimate(
+            meter,
+            beta,
+            float("nan"),
+            (float("nan"), float("nan")),
+            float("inf"),
+            ratio,
+            n,
+            mean_kwh,
+        )
     error = 100.0 * (1.0 / beta - 1.0)
     se = 100.0 * se_beta / beta**2  # delta method for e = 1/β − 1
-    return MeterEstimate(meter, beta, error, (error - z * se, error + z * se), se, ratio, n, mean_kwh)
+    return MeterEstimate(
+        meter, beta, error, (error - z * se, error + z * se), se, ratio, n, mean_kwh
+    )

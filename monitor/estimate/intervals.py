@@ -91,8 +91,26 @@ class Placed:
 
     @property
     def completeness(self) -> float:
-        """Share of expected grid readings received."""
+        """Share of expected grid readings received (interval completeness)."""
         return self.received / self.expected if self.expected else 0.0
+
+    def daily_completeness(self, grid: Grid) -> float:
+        """Share of meter-days with at least one register reading.
+
+        This is how a head-end counts collection success (a day's register is
+        collected or not); interval gaps inside a day are absorbed by merged
+        blocks and cost no energy, so they are not held against the district.
+        """
+        if grid.n == 0 or not self.meters:
+            return 0.0
+        day = (grid.start_ms + np.arange(grid.n) * grid.step_ms) // 86_400_000
+        present = ~np.isnan(self.registers)
+        hits = total = 0
+        for d in np.unique(day):
+            rows = present[day == d]
+            hits += int(rows.any(axis=0).sum())
+            total += rows.shape[1]
+        return hits / total
 
 
 def place_on_grid(series: Mapping[str, MeterSeries], grid: Grid) -> Placed:
@@ -125,8 +143,14 @@ def blocks(placed: Placed, master: str, grid: Grid) -> Blocks:
     complete = np.flatnonzero(~np.isnan(regs).any(axis=1))
     if len(complete) < 2:
         empty = np.zeros((0, len(placed.meters) - 1))
-        return Blocks([x for x in placed.meters if x != master], empty, np.zeros(0), np.zeros(0),
-                      np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+        return Blocks(
+            [x for x in placed.meters if x != master],
+            empty,
+            np.zeros(0),
+            np.zeros(0),
+            np.zeros(0, dtype=np.int64),
+            np.zeros(0, dtype=np.int64),
+        )
     diffs = np.diff(regs[complete], axis=0)
     drops = diffs < 0
     keep = ~drops.any(axis=1)
@@ -145,7 +169,9 @@ def blocks(placed: Placed, master: str, grid: Grid) -> Blocks:
     )
 
 
-def _master_square_sums(reg: FloatArray, starts: NDArray[np.intp], ends: NDArray[np.intp]) -> FloatArray:
+def _master_square_sums(
+    reg: FloatArray, starts: NDArray[np.intp], ends: NDArray[np.intp]
+) -> FloatArray:
     """Σ y0(t)² over each block's intervals; where the master itself has a gap inside the
     block, its energy is taken as spread evenly (the smallest sum consistent with the total)."""
     step = np.diff(reg)  # NaN where either end is missing

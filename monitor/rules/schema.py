@@ -60,6 +60,10 @@ class EstimationRule(Rule):
     line_loss_max_pct: float = 10.0
     max_ci_halfwidth_pct: float = Field(1.5, gt=0)
     min_load_fraction_ib: float = Field(0.1, ge=0, le=1)
+    ib_a: float = Field(5.0, gt=0, description="basic current of household meters, e.g. 5(60) A")
+    min_information_ratio: float = Field(10.0, gt=0, description="data vs prior information")
+    window_days: float = Field(30.0, gt=0, le=366)
+    interval_s: int = Field(900, ge=60)
     confidence: float = Field(0.95, gt=0.5, lt=1)
 
     @model_validator(mode="after")
@@ -94,6 +98,7 @@ class FunctionFailureRule(Rule):
     un_v: float = Field(220.0, gt=0)
     stopped_min_current_a: float = Field(0.1, gt=0)
     backwards_tolerance_kwh: float = Field(0.0, ge=0)
+    stopped_min_energy_kwh: float = Field(0.2, gt=0)
 
 
 class ClockRule(Rule):

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from monitor.metrics import Metrics
-from monitor.ports import Point, StoreHealth
+from monitor.ports import MeterPoint, Point, Series, StoreHealth, group_series
 from monitor.schema import MEASUREMENTS, Measurement, Record
 
 _SQL_TYPES = {"float": "REAL", "int": "INTEGER", "str": "TEXT"}
@@ -62,7 +62,11 @@ class EmbeddedStore:
         self._cols = {name: _columns(m) for name, m in MEASUREMENTS.items()}
         for m in MEASUREMENTS.values():
             self._db.execute(_ddl(m))
-            self._db.execute(f"CREATE INDEX IF NOT EXISTS {m.name}_ts ON {m.name} (meter, ts)")
+            self._db.execute(f"CREATE INDEX IF NOT EXISTS {m.name}_time ON {m.name} (ts)")
+            if "district" in m.tags:
+                self._db.execute(
+                    f"CREATE INDEX IF NOT EXISTS {m.name}_district ON {m.name} (district, ts)"
+                )
         self._inserts = {
             name: f"INSERT OR REPLACE INTO {name} ({', '.join(c)}) VALUES ({', '.join('?' * len(c))})"
             for name, c in self._cols.items()
@@ -127,6 +131,41 @@ class EmbeddedStore:
         if row is None:
             return None
         return Point(row[0], {c: v for c, v in zip(cols, row[1:], strict=True) if v is not None})
+
+    def series(
+        self,
+        measurement: Measurement,
+        fields: Sequence[str],
+        start_ms: int,
+        end_ms: int,
+        district: str | None = None,
+    ) -> dict[str, Series]:
+        """Numeric fields per meter in [start, end]."""
+        cols = [f for f in fields if f in self._cols[measurement.name]]
+        sql = (
+            f"SELECT meter, ts, {', '.join(cols)} FROM {measurement.name} WHERE ts BETWEEN ? AND ?"
+        )
+        args: list[object] = [start_ms, end_ms]
+        if district is not None:
+            sql += " AND district = ?"
+            args.append(district)
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY meter, ts", args).fetchall()
+        return group_series(rows, cols)
+
+    def points(self, measurement: Measurement, start_ms: int, end_ms: int) -> list[MeterPoint]:
+        """Every point in [start, end], by time."""
+        cols = self._cols[measurement.name]
+        sql = (
+            f"SELECT {', '.join(cols)} FROM {measurement.name} WHERE ts BETWEEN ? AND ? ORDER BY ts"
+        )
+        with self._lock:
+            rows = self._db.execute(sql, (start_ms, end_ms)).fetchall()
+        out = []
+        for row in rows:
+            values = {c: v for c, v in zip(cols[2:], row[2:], strict=True) if v is not None}
+            out.append(MeterPoint(row[0], row[1], values))
+        return out
 
     def health(self) -> StoreHealth:
         """Writable unless the last write failed."""

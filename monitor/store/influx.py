@@ -28,7 +28,7 @@ from influxdb_client.rest import ApiException
 
 from monitor.config import InfluxSettings
 from monitor.metrics import Metrics
-from monitor.ports import Point, StoreHealth
+from monitor.ports import MeterPoint, Point, Series, StoreHealth, group_series
 from monitor.schema import Measurement, Record
 from monitor.store.lineproto import to_lines
 from monitor.store.spool import Segment, Spool
@@ -176,8 +176,8 @@ class InfluxStore:
             if "error" in result:
                 raise RuntimeError(f"InfluxQL error: {result['error']}")
             for series in result.get("series", []):
-                cols = series["columns"]
-                rows.extend(dict(zip(cols, values, strict=True)) for values in series["values"])
+                cols, tags = series["columns"], series.get("tags", {})
+                rows.extend({**tags, **dict(zip(cols, v, strict=True))} for v in series["values"])
         return rows
 
     def history(
@@ -210,6 +210,39 @@ class InfluxStore:
         )
         rows = self.query(q)
         return _point(rows[0]) if rows else None
+
+    def series(
+        self,
+        measurement: Measurement,
+        fields: Sequence[str],
+        start_ms: int,
+        end_ms: int,
+        district: str | None = None,
+    ) -> dict[str, Series]:
+        """Numeric fields per meter in [start, end] (one InfluxQL query, GROUP BY meter)."""
+        where = [f"time >= {int(start_ms)}ms", f"time <= {int(end_ms)}ms"]
+        if district is not None:
+            where.append(f"{quote_ident('district')} = {quote_literal(district)}")
+        q = (
+            f"SELECT {', '.join(quote_ident(f) for f in fields)} FROM {quote_ident(measurement.name)} "
+            f"WHERE {' AND '.join(where)} GROUP BY {quote_ident('meter')}"
+        )
+        rows = [(r["meter"], r["time"], *(r.get(f) for f in fields)) for r in self.query(q)]
+        rows.sort(key=lambda r: (r[0], r[1]))
+        return group_series(rows, list(fields))
+
+    def points(self, measurement: Measurement, start_ms: int, end_ms: int) -> list[MeterPoint]:
+        """Every point in [start, end], by time."""
+        q = (
+            f"SELECT * FROM {quote_ident(measurement.name)} "
+            f"WHERE time >= {int(start_ms)}ms AND time <= {int(end_ms)}ms"
+        )
+        out = []
+        for row in self.query(q):
+            meter = row.pop("meter")
+            ts = int(row.pop("time"))
+            out.append(MeterPoint(meter, ts, {k: v for k, v in row.items() if v is not None}))
+        return sorted(out, key=lambda p: p.ts_ms)
 
     # -- lifecycle ---------------------------------------------------------
 

@@ -1,0 +1,126 @@
+"""Findings → one decision per meter, with the reasons and evidence behind it.
+
+Rules produce `Finding`s (a state they imply, an action if any, and the reason);
+`decide_meter` combines them: the worst state wins, a faulty meter is replaced,
+a suspect one or one with an inspection finding gets an on-site check
+(`resample`), an extended lot extends its healthy meters, and anything else is
+kept. Too little data is `unknown`, never `normal`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any, Literal
+
+State = Literal["normal", "watch", "suspect", "faulty", "unknown"]
+Action = Literal["keep", "extend", "resample", "replace"]
+SEVERITY_OF_STATE = {"normal": 0, "unknown": 1, "watch": 2, "suspect": 3, "faulty": 4}
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why: the rule, the measured value, the threshold it was held against, in words."""
+
+    rule: str
+    value: Any
+    threshold: Any
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule,
+            "value": self.value,
+            "threshold": self.threshold,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What one rule concluded about one subject."""
+
+    state: State
+    reason: Reason
+    inspect: bool = False  # an on-site visit is due even if metrology is fine (tamper)
+    severity: str = "info"
+
+
+@dataclass
+class Decision:
+    """The decision JSON of CONTRACT §4 for a meter or a lot."""
+
+    id: str
+    kind: str
+    decision: Action
+    state: State
+    due_on: date | None
+    as_of: str
+    rules_version: str
+    reasons: list[Reason] = field(default_factory=list)
+    evidence: dict[str, Any] = field(default_factory=dict)
+    new_due_on: date | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "decision": self.decision,
+            "state": self.state,
+            "due_on": self.due_on.isoformat() if self.due_on else None,
+            "new_due_on": self.new_due_on.isoformat() if self.new_due_on else None,
+            "reasons": [r.as_dict() for r in self.reasons],
+            "evidence": self.evidence,
+            "as_of": self.as_of,
+            "rules_version": self.rules_version,
+            **self.extra,
+        }
+
+
+def worst_state(findings: list[Finding]) -> State:
+    """The most severe state among findings; `unknown` only when nothing else is known."""
+    states = [f.state for f in findings]
+    if not states:
+        return "unknown"
+    return max(states, key=lambda s: SEVERITY_OF_STATE[s])
+
+
+def action_for(state: State, findings: list[Finding], lot_extends: bool) -> Action:
+    """The meter decision a state and its findings call for."""
+    if state == "faulty":
+        return "replace"
+    if state == "suspect" or any(f.inspect for f in findings):
+        return "resample"
+    if lot_extends and state in ("normal", "watch", "unknown"):
+        return "extend"
+    return "keep"
+
+
+def decide_meter(
+    meter_id: str,
+    kind: str,
+    findings: list[Finding],
+    due_on: date | None,
+    lot_new_due_on: date | None,
+    evidence: dict[str, Any],
+    as_of: str,
+    rules_version: str,
+) -> Decision:
+    """Combine a meter's findings into its decision."""
+    state = worst_state(findings)
+    action = action_for(state, findings, lot_new_due_on is not None)
+    ordered = sorted(findings, key=lambda f: -SEVERITY_OF_STATE[f.state])
+    return Decision(
+        id=meter_id,
+        kind=kind,
+        decision=action,
+        state=state,
+        due_on=due_on,
+        new_due_on=lot_new_due_on if action == "extend" else None,
+        as_of=as_of,
+        rules_version=rules_version,
+        reasons=[f.reason for f in ordered if f.state != "normal" or f.inspect]
+        or [f.reason for f in ordered],
+        evidence=evidence,
+    )

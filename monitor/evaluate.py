@@ -1,0 +1,352 @@
+"""One evaluation pass as of a time: districts → meters → lots → stored decisions.
+
+Everything here is a function of the telemetry up to `as_of` and of the rules:
+the window is [as_of − window_days, as_of], nothing reads the wall clock, so a
+replay of last year's data gives last year's answers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from monitor.decide import Decision, Finding, decide_meter
+from monitor.estimate.balance import DistrictFit, FitConfig, MeterEstimate, fit_balance
+from monitor.estimate.intervals import Grid, MeterSeries, blocks, place_on_grid
+from monitor.lots import SampleResult, Sampling, decide_lot
+from monitor.ports import MeterPoint, Series, TelemetryStore
+from monitor.registry import MeterRow
+from monitor.rules import elec as rules_elec
+from monitor.rules.schema import ElecRules, RuleBook
+from monitor.schema import ELEC_EVENT, ELEC_READING
+from monitor.state import SqliteState
+from monitor.telemetry import format_ts, ms_to_datetime
+
+log = logging.getLogger(__name__)
+READING_FIELDS = ("energy_kwh", "current_a", "voltage_v", "clock_offset_s")
+Publish = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class DistrictResult:
+    """The energy balance of one district and what it says of each meter."""
+
+    district: str
+    master: str | None
+    gates: rules_elec.Gates | None
+    fit: DistrictFit | None
+    estimates: dict[str, MeterEstimate] = field(default_factory=dict)
+    series: dict[str, Series] = field(default_factory=dict)
+    note: str = ""
+
+    def report(self, decisions: dict[str, Decision], as_of: str, version: str) -> dict[str, Any]:
+        """The JSON of `GET /api/districts/{district}`."""
+        fit, gates = self.fit, self.gates
+        meters = []
+        for meter in sorted(self.series):
+            est = self.estimates.get(meter)
+            d = decisions.get(meter)
+            meters.append(
+                {
+                    "meter": meter,
+                    "role": "master" if meter == self.master else "customer",
+                    "error_pct": _r(est.error_pct) if est else None,
+                    "error_ci_pct": [_r(v) for v in est.error_ci_pct] if est else None,
+                    "information_ratio": _r(est.information_ratio) if est else None,
+                    "evaluable": bool(d and d.evidence.get("evaluable")),
+                    "state": d.state if d else None,
+                    "decision": d.decision if d else None,
+                }
+            )
+        return {
+            "district": self.district,
+            "as_of": as_of,
+            "rules_version": version,
+            "master": self.master,
+            "note": self.note,
+            "gates": None
+            if gates is None
+            else {
+                "passed": gates.passed,
+                "completeness": _r(gates.completeness),
+                "interval_completeness": _r(gates.interval_completeness),
+                "n_intervals": gates.n_intervals,
+                "line_loss_pct": _r(gates.line_loss_pct),
+                "failures": [r.as_dict() for r in gates.failures],
+            },
+            "fit": None
+            if fit is None
+            else {
+                "fixed_loss_kw": _r(fit.fixed_loss_kw),
+                "i2r_gamma_per_kw": fit.gamma_per_kw,
+                "line_loss_pct": _r(fit.line_loss_pct),
+                "residual_rms_pct": _r(fit.residual_rms_pct),
+                "r_squared": _r(fit.r_squared, 6),
+                "n_blocks": fit.n_blocks,
+                "n_intervals": fit.n_intervals,
+                "effective_intervals": _r(fit.effective_intervals, 1),
+            },
+            "meters": meters,
+        }
+
+
+def _r(value: float | None, digits: int = 4) -> float | None:
+    if value is None or value != value:  # NaN has no JSON
+        return None
+    return round(float(value), digits)
+
+
+def fit_district(
+    district: str,
+    series: dict[str, Series],
+    master: str | None,
+    rules: ElecRules,
+    start_ms: int,
+    end_ms: int,
+) -> DistrictResult:
+    """Place readings on the grid, form blocks, fit the balance, check the gates."""
+    if master is None or master not in series:
+        note = (
+            "no registered master meter" if master is None else "no readings from the master meter"
+        )
+        return DistrictResult(district, master, None, None, series=series, note=note)
+    est = rules.estimation
+    step = est.interval_s * 1000
+    grid = Grid.covering(start_ms, end_ms, step, step // 6)
+    meter_series = {m: MeterSeries(s.ts_ms, s.values["energy_kwh"]) for m, s in series.items()}
+    placed = place_on_grid(meter_series, grid)
+    blk = blocks(placed, master, grid)
+    cfg = FitConfig(est.forgetting_meter, est.ridge, est.confidence, est.interval_s / 3600)
+    fit = fit_balance(blk, cfg)
+    gates = rules_elec.district_gates(placed, grid, blk, fit, est)
+    estimates = fit.meters if fit is not None else {}
+    return DistrictResult(district, master, gates, fit, estimates, series)
+
+
+@dataclass
+class EvaluationResult:
+    """What a pass decided."""
+
+    as_of: str
+    rules_version: str
+    meters: dict[str, Decision]
+    lots: dict[str, Decision]
+    districts: dict[str, DistrictResult]
+
+    def summary(self) -> dict[str, Any]:
+        """Counts by decision and state, for the API and the CLI."""
+
+        def count(items: dict[str, Decision], attr: str) -> dict[str, int]:
+            out: dict[str, int] = defaultdict(int)
+            for d in items.values():
+                out[getattr(d, attr)] += 1
+            return dict(sorted(out.items()))
+
+        return {
+            "as_of": self.as_of,
+            "rules_version": self.rules_version,
+            "meters": len(self.meters),
+            "meter_decisions": count(self.meters, "decision"),
+            "meter_states": count(self.meters, "state"),
+            "lots": len(self.lots),
+            "lot_decisions": count(self.lots, "decision"),
+            "districts": len(self.districts),
+            "districts_passing_gates": sum(
+                1 for d in self.districts.values() if d.gates is not None and d.gates.passed
+            ),
+        }
+
+
+class Evaluator:
+    """Runs evaluation passes over the store and records decisions in the state.
+
+    Evaluator(store, state).run(as_of_ms, rulebook)
+    """
+
+    def __init__(
+        self, store: TelemetryStore, state: SqliteState, publish: Publish | None = None
+    ) -> None:
+        self._store = store
+        self._state = state
+        self._publish = publish
+
+    def default_as_of(self) -> int | None:
+        """The latest telemetry time seen, or None before any telemetry."""
+        return self._state.latest_event_ts()
+
+    def run(self, as_of_ms: int, book: RuleBook) -> EvaluationResult:
+        """Evaluate every electricity meter and lot as of `as_of_ms`."""
+        rules = book.rules.elec
+        as_of = format_ts(as_of_ms)
+        start = as_of_ms - int(rules.estimation.window_days * 86_400_000)
+        registry = {r.meter_id: r for r in self._state.registry_rows("elec")}
+        events = _by_meter(self._store.points(ELEC_EVENT, start, as_of_ms))
+        districts = self._districts(registry, rules, start, as_of_ms)
+        stamp = (as_of, book.version)
+        meters = self._meters(registry, districts, events, rules, stamp, lot_extension={})
+        lots = self._lots(registry, meters, as_of_ms, book)
+        extended = {lot: d.new_due_on for lot, d in lots.items() if d.decision == "extend"}
+        if extended:
+            meters = self._meters(registry, districts, events, rules, stamp, extended)
+        self._record(meters, lots, districts, stamp)
+        return EvaluationResult(as_of, book.version, meters, lots, districts)
+
+    def _districts(
+        self, registry: dict[str, MeterRow], rules: ElecRules, start: int, end: int
+    ) -> dict[str, DistrictResult]:
+        names = {r.district for r in registry.values() if r.district}
+        names |= {d for d, _ in self._state.seen_meters("elec").values() if d}
+        masters = {
+            r.district: r.meter_id for r in registry.values() if r.effective_role == "master"
+        }
+        out = {}
+        for name in sorted(names):
+            series = self._store.series(ELEC_READING, READING_FIELDS, start, end, district=name)
+            out[name] = fit_district(name, series, masters.get(name), rules, start, end)
+        return out
+
+    def _meters(
+        self,
+        registry: dict[str, MeterRow],
+        districts: dict[str, DistrictResult],
+        events: dict[str, list[MeterPoint]],
+        rules: ElecRules,
+        stamp: tuple[str, str],
+        lot_extension: dict[str, date | None],
+    ) -> dict[str, Decision]:
+        out = {}
+        for dist in districts.values():
+            for meter in sorted(
+                set(dist.series) | {m for m, r in registry.items() if r.district == dist.district}
+            ):
+                row = registry.get(meter)
+                ext = lot_extension.get(row.lot) if row is not None and row.lot else None
+                out[meter] = meter_decision(
+                    meter, row, dist, events.get(meter, []), rules, stamp, ext
+                )
+        return out
+
+    def _lots(
+        self,
+        registry: dict[str, MeterRow],
+        meters: dict[str, Decision],
+        as_of_ms: int,
+        book: RuleBook,
+    ) -> dict[str, Decision]:
+        members: dict[str, list[tuple[MeterRow, Decision]]] = defaultdict(list)
+        for meter, row in registry.items():
+            if row.lot and meter in meters:
+                members[row.lot].append((row, meters[meter]))
+        as_of_day = ms_to_datetime(as_of_ms).date()
+        rules = book.rules.elec
+        out = {}
+        for lot, group in sorted(members.items()):
+            sampling = self._sampling(lot)
+            out[lot] = decide_lot(
+                lot,
+                group,
+                as_of_day,
+                rules.lot,
+                rules.error_limit,
+                sampling,
+                (format_ts(as_of_ms), book.version),
+            )
+        return out
+
+    def _sampling(self, lot: str) -> Sampling | None:
+        previous = self._state.decision("lot", lot)
+        if not previous or "plan" not in previous or not previous.get("due_on"):
+            return None
+        results = [
+            SampleResult(m, e, p)
+            for m, e, p in self._state.sample_results(lot)
+            if m in set(previous["drawn"])
+        ]
+        if not results:
+            return None  # nothing measured yet: the plan is re-derived (same seed, same draw)
+        return Sampling(previous["due_on"], previous["plan"], previous["drawn"], results)
+
+    def _record(
+        self,
+        meters: dict[str, Decision],
+        lots: dict[str, Decision],
+        districts: dict[str, DistrictResult],
+        stamp: tuple[str, str],
+    ) -> None:
+        meter_bodies = [d.as_dict() for d in meters.values()]
+        self._state.save_decisions("meter", meter_bodies)
+        self._state.save_decisions("lot", [d.as_dict() for d in lots.values()])
+        for name, dist in districts.items():
+            self._state.save_district(name, stamp[0], dist.report(meters, *stamp))
+        if self._publish is not None:
+            for body in meter_bodies:
+                self._publish(f"elec/{body['id']}", body)
+
+
+def _by_meter(points: list[MeterPoint]) -> dict[str, list[MeterPoint]]:
+    out: dict[str, list[MeterPoint]] = defaultdict(list)
+    for p in points:
+        out[p.meter].append(p)
+    return out
+
+
+def meter_decision(
+    meter: str,
+    row: MeterRow | None,
+    dist: DistrictResult,
+    events: list[MeterPoint],
+    rules: ElecRules,
+    stamp: tuple[str, str],
+    lot_new_due_on: date | None,
+) -> Decision:
+    """All electricity rules for one meter, combined into its decision."""
+    series = dist.series.get(meter)
+    findings: list[Finding] = []
+    findings += rules_elec.function_findings(series, rules.function_failure, meter == dist.master)
+    findings += rules_elec.clock_findings(series, events, rules.clock)
+    findings += rules_elec.event_findings(events, rules.tamper, rules.hardware)
+    est = dist.estimates.get(meter)
+    current = rules_elec.mean_current_a(
+        series, rules.function_failure.un_v, rules.estimation.interval_s / 3600
+    )
+    if meter == dist.master:
+        findings.append(rules_elec.master_finding(dist.gates))
+    elif dist.gates is None:
+        findings.append(rules_elec.no_balance_finding(dist.note))
+    else:
+        findings += rules_elec.estimate_findings(
+            est, row.accuracy_class if row else None, current, dist.gates, rules
+        )
+    evaluable = any(f.reason.rule.startswith("elec.error_limit") for f in findings)
+    evidence = _evidence(dist, est, current, evaluable, row)
+    return decide_meter(
+        meter, "elec", findings, row.due_on if row else None, lot_new_due_on, evidence, *stamp
+    )
+
+
+def _evidence(
+    dist: DistrictResult,
+    est: MeterEstimate | None,
+    current: float | None,
+    evaluable: bool,
+    row: MeterRow | None,
+) -> dict[str, Any]:
+    gates = dist.gates
+    return {
+        "error_pct": _r(est.error_pct) if est else None,
+        "error_ci_pct": [_r(v) for v in est.error_ci_pct] if est else None,
+        "n_intervals": est.n_intervals if est else (gates.n_intervals if gates else 0),
+        "evaluable": evaluable,
+        "information_ratio": _r(est.information_ratio) if est else None,
+        "mean_current_a": _r(current),
+        "district": dist.district,
+        "district_gates_passed": gates.passed if gates else False,
+        "line_loss_pct": _r(gates.line_loss_pct) if gates else None,
+        "completeness": _r(gates.completeness) if gates else None,
+        "registered": row is not None,
+        "lot": row.lot if row else None,
+    }

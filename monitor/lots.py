@@ -1,0 +1,238 @@
+"""Lot decisions: extend a healthy lot, sample a doubtful one, replace a failed one."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import numpy as np
+
+from monitor.decide import Decision, Reason
+from monitor.registry import MeterRow, add_years
+from monitor.rules.schema import ErrorLimitRule, LotRule
+from monitor.sampling import Plan, draw_sample, judge, plan
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """A laboratory verification result of one drawn meter."""
+
+    meter: str
+    error_pct: float | None
+    passed: bool
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """A lot's sampling in progress: the plan, who was drawn, what the lab found."""
+
+    due_on: str
+    plan: dict[str, Any]
+    drawn: list[str]
+    results: list[SampleResult]
+
+
+def add_months(day: date, months: int) -> date:
+    """`day` moved by whole months (clamped to the month's last day)."""
+    month = day.month - 1 + months
+    year, month = day.year + month // 12, month % 12 + 1
+    for d in (day.day, 30, 29, 28):
+        try:
+            return date(year, month, d)
+        except ValueError:
+            continue
+    raise AssertionError("unreachable")
+
+
+def indicators(members: list[tuple[MeterRow, Decision]], limits: ErrorLimitRule) -> dict[str, Any]:
+    """Faulty and suspect shares, evaluable share and error spread of a lot."""
+    n = len(members)
+    states = Counter(d.state for _, d in members)
+    errors = [abs(d.evidence["error_pct"]) for _, d in members if d.evidence.get("evaluable")]
+    classes = Counter(r.accuracy_class for r, _ in members if r.accuracy_class)
+    cls = classes.most_common(1)[0][0] if classes else None
+    return {
+        "meters": n,
+        "faulty_share": states["faulty"] / n if n else 0.0,
+        "suspect_share": states["suspect"] / n if n else 0.0,
+        "watch_share": states["watch"] / n if n else 0.0,
+        "evaluable_share": len(errors) / n if n else 0.0,
+        "error_quantile_pct": float(np.quantile(errors, 0.95)) if errors else None,
+        "accuracy_class": cls,
+        "mpe_pct": limits.verification_mpe_pct.get(cls or ""),
+        "inspections": sum(
+            1 for _, d in members if d.decision == "resample" and d.state != "suspect"
+        ),
+    }
+
+
+def _reason(rule: str, value: Any, threshold: Any, detail: str) -> Reason:
+    return Reason(rule, round(value, 4) if isinstance(value, float) else value, threshold, detail)
+
+
+def _clean(ind: dict[str, Any], rule: LotRule) -> list[Reason]:
+    """What stands between the lot and an extension (empty: it is clean)."""
+    out = []
+    if ind["faulty_share"] > rule.max_faulty_share:
+        out.append(
+            _reason(
+                "lot.faulty_share",
+                ind["faulty_share"],
+                rule.max_faulty_share,
+                "faulty share above the extension line",
+            )
+        )
+    if ind["suspect_share"] > rule.max_suspect_share:
+        out.append(
+            _reason(
+                "lot.suspect_share",
+                ind["suspect_share"],
+                rule.max_suspect_share,
+                "suspect share above the extension line",
+            )
+        )
+    if ind["evaluable_share"] < rule.min_evaluable_share:
+        out.append(
+            _reason(
+                "lot.evaluable_share",
+                ind["evaluable_share"],
+                rule.min_evaluable_share,
+                "too few meters with a usable error estimate: evidence insufficient",
+            )
+        )
+    q, mpe = ind["error_quantile_pct"], ind["mpe_pct"]
+    if q is None or mpe is None or math.isnan(q):
+        out.append(_reason("lot.error_quantile", q, mpe, "no error distribution to judge"))
+    elif q > rule.error_quantile_max_fraction * mpe:
+        out.append(
+            _reason(
+                "lot.error_quantile",
+                q,
+                round(rule.error_quantile_max_fraction * mpe, 4),
+                f"95th percentile of |error| above {rule.error_quantile_max_fraction:g}×MPE",
+            )
+        )
+    return out
+
+
+def decide_lot(
+    lot: str,
+    members: list[tuple[MeterRow, Decision]],
+    as_of: date,
+    rule: LotRule,
+    limits: ErrorLimitRule,
+    sampling: Sampling | None,
+    stamp: tuple[str, str],
+) -> Decision:
+    """The lot's decision at `as_of`; `stamp` is (as_of text, rules version)."""
+    dues = [r.due_on for r, _ in members if r.due_on is not None]
+    ind = indicators(members, limits)
+    due = min(dues) if dues else None
+    base = Decision(lot, "lot", "keep", "unknown", due, stamp[0], stamp[1], evidence=ind)
+    if due is None:
+        base.reasons = [Reason("lot.due_on", None, None, "no due date in the registry")]
+        return base
+    opens = add_months(due, -rule.horizon_months)
+    if as_of < opens:
+        base.state = "normal" if ind["faulty_share"] <= rule.max_faulty_share else "watch"
+        base.reasons = [
+            Reason(
+                "lot.horizon",
+                as_of.isoformat(),
+                opens.isoformat(),
+                f"evaluated from {rule.horizon_months} months before the due date",
+            )
+        ]
+        return base
+    if ind["faulty_share"] > rule.reject_faulty_share:
+        return _replace(
+            base,
+            [
+                _reason(
+                    "lot.reject_faulty_share",
+                    ind["faulty_share"],
+                    rule.reject_faulty_share,
+                    "faulty share alone rejects the lot",
+                )
+            ],
+        )
+    if sampling is not None and sampling.due_on == due.isoformat():
+        return _from_sample(base, sampling, due, rule)
+    blockers = _clean(ind, rule)
+    if not blockers:
+        return _extend(
+            base,
+            due,
+            rule,
+            [
+                Reason(
+                    "lot.clean",
+                    "all indicators",
+                    "extension lines",
+                    "evidence clean and sufficient",
+                )
+            ],
+        )
+    return _resample(base, members, due, rule, blockers)
+
+
+def _extend(base: Decision, due: date, rule: LotRule, reasons: list[Reason]) -> Decision:
+    base.decision, base.state = "extend", "normal"
+    base.new_due_on = add_years(due, rule.extend_years)
+    base.reasons = reasons
+    return base
+
+
+def _replace(base: Decision, reasons: list[Reason]) -> Decision:
+    base.decision, base.state, base.reasons = "replace", "faulty", reasons
+    return base
+
+
+def _resample(
+    base: Decision,
+    members: list[tuple[MeterRow, Decision]],
+    due: date,
+    rule: LotRule,
+    reasons: list[Reason],
+) -> Decision:
+    p = plan(rule.plan.kind, len(members), rule.plan.aql)
+    # Seeded by lot and due date: re-evaluating draws the same meters, and the
+    # seed is recorded, so anyone can redo the draw.
+    seed = f"{base.id}|{due.isoformat()}"
+    drawn = draw_sample([r.meter_id for r, _ in members], p.sample_size, seed)
+    base.decision = "resample"
+    base.state = "suspect" if any(r.rule != "lot.evaluable_share" for r in reasons) else "unknown"
+    base.reasons = reasons
+    base.extra = {"plan": p.as_dict(), "seed": seed, "drawn": drawn, "sample_results": []}
+    return base
+
+
+def _from_sample(base: Decision, sampling: Sampling, due: date, rule: LotRule) -> Decision:
+    p = Plan(**sampling.plan)
+    bad = sum(1 for r in sampling.results if not r.passed)
+    verdict = judge(p, bad, len(sampling.results))
+    extra = {
+        "plan": sampling.plan,
+        "drawn": sampling.drawn,
+        "verdict": verdict,
+        "sample_results": [r.__dict__ for r in sampling.results],
+    }
+    reason = Reason(
+        "lot.sample",
+        bad,
+        {"accept": p.accept, "reject": p.reject},
+        f"{len(sampling.results)} of {p.sample_size} inspected, {bad} nonconforming "
+        f"(Ac {p.accept}, Re {p.reject}): {verdict}",
+    )
+    if verdict == "accept":
+        decided = _extend(base, due, rule, [reason])
+    elif verdict == "reject":
+        decided = _replace(base, [reason])
+    else:
+        base.decision, base.state, base.reasons = "resample", "suspect", [reason]
+        decided = base
+    decided.extra = extra
+    return decided

@@ -1,0 +1,400 @@
+"""Electricity meter rules: estimated error, function failures, clock, events.
+
+Each function takes data and a rule block of `rules.yaml` and returns findings;
+none of them reads a clock, a store or a file.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from monitor.decide import Finding, Reason
+from monitor.estimate.balance import DistrictFit, MeterEstimate
+from monitor.estimate.intervals import Blocks, Grid, Placed
+from monitor.ports import MeterPoint, Series
+from monitor.rules.schema import (
+    ClockRule,
+    ElecRules,
+    EstimationRule,
+    EventRule,
+    FunctionFailureRule,
+)
+from monitor.telemetry import format_ts
+
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class Gates:
+    """Whether a district's data can carry an error estimate (DOMAIN §1)."""
+
+    passed: bool
+    completeness: float  # meter-days collected (the gate)
+    interval_completeness: float  # grid readings received (evidence)
+    n_intervals: int
+    line_loss_pct: float
+    failures: list[Reason]
+
+
+def district_gates(
+    placed: Placed, grid: Grid, blocks: Blocks, fit: DistrictFit | None, rule: EstimationRule
+) -> Gates:
+    """Completeness, interval count and line-loss band; every failure is a reason."""
+    loss = fit.line_loss_pct if fit is not None else float("nan")
+    completeness = placed.daily_completeness(grid)
+    failures = []
+    if completeness < rule.min_completeness:
+        failures.append(
+            Reason(
+                "elec.estimation.completeness",
+                round(completeness, 4),
+                rule.min_completeness,
+                "district collection below the minimum",
+            )
+        )
+    if blocks.n_intervals < rule.min_intervals:
+        failures.append(
+            Reason(
+                "elec.estimation.min_intervals",
+                blocks.n_intervals,
+                rule.min_intervals,
+                "too few usable intervals in the window",
+            )
+        )
+    if fit is None:
+        failures.append(
+            Reason(
+                "elec.estimation.solvable",
+                len(blocks.master),
+                len(blocks.meters) + 2,
+                "fewer interval groups than unknowns",
+            )
+        )
+    elif not rule.line_loss_min_pct <= loss <= rule.line_loss_max_pct:
+        failures.append(
+            Reason(
+                "elec.estimation.line_loss",
+                round(loss, 3),
+                [rule.line_loss_min_pct, rule.line_loss_max_pct],
+                "line loss outside the plausible band: topology or theft is the "
+                "likelier cause, every estimate in the district is suspect",
+            )
+        )
+    return Gates(
+        not failures, completeness, placed.completeness, blocks.n_intervals, loss, failures
+    )
+
+
+def mean_current_a(series: Series | None, un_v: float, step_hours: float) -> float | None:
+    """Mean current from reported current, else from energy over time at nominal voltage."""
+    if series is None or len(series.ts_ms) < 2:
+        return None
+    current = series.column("current_a")
+    if current is not None:
+        return float(np.nanmean(current))
+    energy = series.values["energy_kwh"]
+    hours = (series.ts_ms[-1] - series.ts_ms[0]) / 3_600_000
+    if hours <= 0:
+        return None
+    return float((energy[-1] - energy[0]) / hours * 1000 / un_v)
+
+
+def estimate_findings(
+    est: MeterEstimate | None,
+    accuracy_class: str | None,
+    current_a: float | None,
+    gates: Gates,
+    rules: ElecRules,
+) -> list[Finding]:
+    """The error-limit judgement, or an honest `unknown` when the estimate cannot carry one."""
+    rule, lim = rules.estimation, rules.error_limit
+    if est is None:
+        return [
+            Finding(
+                "unknown",
+                Reason(
+                    "elec.estimation", None, None, "no estimate: no data in a balanced district"
+                ),
+            )
+        ]
+    if not gates.passed:
+        return [
+            Finding(
+                "unknown",
+                Reason(
+                    "elec.estimation.gates",
+                    [r.rule for r in gates.failures],
+                    "all gates",
+                    "district data gates failed: " + "; ".join(r.detail for r in gates.failures),
+                ),
+            )
+        ]
+    unobservable = _unobservable(est, current_a, rule)
+    if unobservable is not None:
+        return [Finding("unknown", unobservable)]
+    limit = lim.in_service_limit_pct.get(accuracy_class or "")
+    if limit is None:
+        return [
+            Finding(
+                "normal",
+                Reason(
+                    "elec.error_limit",
+                    round(est.error_pct, 3),
+                    None,
+                    f"no in-service limit for class {accuracy_class}",
+                ),
+            )
+        ]
+    return [_judge_error(est, limit, lim.watch_fraction)]
+
+
+def _unobservable(
+    est: MeterEstimate, current_a: float | None, rule: EstimationRule
+) -> Reason | None:
+    min_current = rule.min_load_fraction_ib * rule.ib_a
+    if current_a is not None and current_a < min_current:
+        return Reason(
+            "elec.estimation.light_load",
+            round(current_a, 3),
+            min_current,
+            "mean current below the class range: error not resolvable",
+        )
+    if est.information_ratio < rule.min_information_ratio:
+        return Reason(
+            "elec.estimation.observability",
+            round(est.information_ratio, 2),
+            rule.min_information_ratio,
+            "consumption too small or too like its neighbours' to resolve",
+        )
+    half = est.ci_halfwidth_pct
+    if not math.isfinite(half) or half > rule.max_ci_halfwidth_pct:
+        return Reason(
+            "elec.estimation.ci_width",
+            round(half, 3) if math.isfinite(half) else None,
+            rule.max_ci_halfwidth_pct,
+            "confidence interval too wide to judge",
+        )
+    return None
+
+
+def _judge_error(est: MeterEstimate, limit: float, watch_fraction: float) -> Finding:
+    low, high = est.error_ci_pct
+    value = round(est.error_pct, 3)
+    if high < -limit or low > limit:
+        return Finding(
+            "suspect",
+            Reason(
+                "elec.error_limit",
+                value,
+                limit,
+                f"estimated error beyond ±{limit} % with its 95 % interval clear of the limit "
+                "(preliminary: on-site check)",
+            ),
+            severity="major",
+        )
+    if abs(est.error_pct) > watch_fraction * limit:
+        return Finding(
+            "watch",
+            Reason(
+                "elec.error_limit.watch",
+                value,
+                round(watch_fraction * limit, 3),
+                "estimated error in the warning band",
+            ),
+            severity="minor",
+        )
+    return Finding(
+        "normal", Reason("elec.error_limit", value, limit, "within the in-service limit")
+    )
+
+
+def function_findings(
+    series: Series | None, rule: FunctionFailureRule, master: bool = False
+) -> list[Finding]:
+    """Running backwards, stopped, running fast (JJF(冀)174-2020 Annex A).
+
+    A master meter carries a whole area through current transformers, so the
+    household Imax of the running-fast check does not apply to it.
+    """
+    if series is None or len(series.ts_ms) < 2:
+        return []
+    out = []
+    checks = (_backwards, _stopped) if master else (_backwards, _stopped, _fast)
+    for check in checks:
+        finding = check(series, rule)
+        if finding is not None:
+            out.append(finding)
+    return out
+
+
+def _backwards(series: Series, rule: FunctionFailureRule) -> Finding | None:
+    energy = series.values["energy_kwh"]
+    steps = np.diff(energy)
+    drops = np.flatnonzero(steps < -rule.backwards_tolerance_kwh)
+    if len(drops) == 0:
+        return None
+    i = int(drops[0])
+    before, after = float(energy[i]), float(energy[i + 1])
+    if after <= 0.01 * before:  # back to ~0: a reset or rollover, not energy running backwards
+        return Finding(
+            "watch",
+            Reason(
+                "elec.function_failure.reset",
+                after,
+                before,
+                f"register reset at {format_ts(int(series.ts_ms[i + 1]))}; not summed across",
+            ),
+        )
+    return Finding(
+        "faulty",
+        Reason(
+            "elec.function_failure.backwards",
+            round(after - before, 4),
+            -rule.backwards_tolerance_kwh,
+            f"forward register decreased at {format_ts(int(series.ts_ms[i + 1]))}",
+        ),
+        severity="critical",
+    )
+
+
+def _stopped(series: Series, rule: FunctionFailureRule) -> Finding | None:
+    current = series.column("current_a")
+    if current is None:
+        return None
+    voltage = series.column("voltage_v")
+    if voltage is None:
+        voltage = np.full(len(current), rule.un_v)
+    volts = np.where(np.isnan(voltage), rule.un_v, voltage)
+    energy = series.values["energy_kwh"]
+    hours = np.diff(series.ts_ms) / 3_600_000
+    flowing = np.minimum(current[1:], current[:-1]) > rule.stopped_min_current_a
+    still = (np.diff(energy) == 0) & flowing
+    implied = np.where(still, current[1:] * volts[1:] * hours / 1000, 0.0)
+    best = _longest_run_sum(still, implied)
+    if best < rule.stopped_min_energy_kwh:
+        return None
+    return Finding(
+        "faulty",
+        Reason(
+            "elec.function_failure.stopped",
+            round(best, 3),
+            rule.stopped_min_energy_kwh,
+            "register unchanged while current flowed (kWh implied by "
+            "current × voltage over the stopped run)",
+        ),
+        severity="critical",
+    )
+
+
+def _longest_run_sum(mask: np.ndarray, values: np.ndarray) -> float:
+    best = run = 0.0
+    for flag, value in zip(mask.tolist(), values.tolist(), strict=True):
+        run = run + value if flag else 0.0
+        best = max(best, run)
+    return best
+
+
+def _fast(series: Series, rule: FunctionFailureRule) -> Finding | None:
+    ts, energy = series.ts_ms, series.values["energy_kwh"]
+    later = np.searchsorted(ts, ts + DAY_MS)
+    ok = later < len(ts)
+    if not ok.any():
+        return None
+    a = np.flatnonzero(ok)
+    b = later[ok]
+    per_day = (energy[b] - energy[a]) * DAY_MS / (ts[b] - ts[a])
+    limit = rule.imax_a * rule.un_v * 24 / 1000
+    worst = float(per_day.max())
+    if worst <= limit:
+        return None
+    return Finding(
+        "faulty",
+        Reason(
+            "elec.function_failure.fast",
+            round(worst, 3),
+            round(limit, 3),
+            "energy in a day beyond Imax·Un·24 h",
+        ),
+        severity="critical",
+    )
+
+
+def clock_findings(
+    series: Series | None, events: Sequence[MeterPoint], rule: ClockRule
+) -> list[Finding]:
+    """Clock offset beyond the limit or clock events → watch."""
+    out = []
+    offset = series.column("clock_offset_s") if series is not None else None
+    if offset is not None:
+        worst = float(np.nanmax(np.abs(offset)))
+        if worst > rule.max_offset_s:
+            out.append(
+                Finding(
+                    "watch",
+                    Reason(
+                        "elec.clock.offset",
+                        round(worst, 1),
+                        rule.max_offset_s,
+                        "meter clock offset beyond the limit",
+                    ),
+                    severity="minor",
+                )
+            )
+    codes = sorted({str(e.values.get("code")) for e in events} & set(rule.events))
+    if codes:
+        out.append(
+            Finding(
+                "watch",
+                Reason("elec.clock.events", codes, rule.events, "clock events reported"),
+                severity="minor",
+            )
+        )
+    return out
+
+
+def event_findings(
+    events: Sequence[MeterPoint], tamper: EventRule, hardware: EventRule
+) -> list[Finding]:
+    """Tamper events → inspection (not a replacement); hardware events → faulty."""
+    out = []
+    for rule, name in ((tamper, "elec.tamper"), (hardware, "elec.hardware")):
+        hits = [e for e in events if e.values.get("code") in rule.codes]
+        if not hits:
+            continue
+        codes = sorted({str(e.values["code"]) for e in hits})
+        detail = f"{len(hits)} event(s), last at {format_ts(max(e.ts_ms for e in hits))}"
+        if name == "elec.tamper":
+            out.append(
+                Finding(
+                    "normal",
+                    Reason(name, codes, rule.codes, f"inspection / theft case: {detail}"),
+                    inspect=True,
+                    severity=rule.severity,
+                )
+            )
+        else:
+            out.append(
+                Finding(
+                    "faulty",
+                    Reason(name, codes, rule.codes, f"hardware failure: {detail}"),
+                    severity=rule.severity,
+                )
+            )
+    return out
+
+
+def master_finding(gates: Gates | None) -> Finding:
+    """The master meter is the reference of its district, not estimated against it."""
+    detail = "reference meter of the district balance"
+    if gates is not None and not gates.passed:
+        detail += "; district data gates failed"
+    return Finding("normal", Reason("elec.master", None, None, detail))
+
+
+def no_balance_finding(note: str) -> Finding:
+    """A district whose balance cannot be formed: its meters are not estimated."""
+    return Finding("unknown", Reason("elec.estimation", None, None, f"no energy balance: {note}"))
