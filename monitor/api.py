@@ -13,12 +13,15 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
 
 from monitor import __version__
 from monitor.config import Settings
+from monitor.evaluate import Evaluator
 from monitor.metrics import Metrics
 from monitor.ports import TelemetryStore
 from monitor.registry import ParsedRows, parse_csv, parse_rows
+from monitor.rules.schema import RuleBook
 from monitor.schema import MEASUREMENTS, Measurement, field_owner
 from monitor.state import MeterFilter, SqliteState
 from monitor.telemetry import format_ts, parse_ts
@@ -33,6 +36,8 @@ class ApiContext:
     store: TelemetryStore
     metrics: Metrics
     broker_connected: Callable[[], bool]
+    evaluator: Evaluator
+    rules: Callable[[], RuleBook]
 
 
 def encode_cursor(last_id: str) -> str:
@@ -84,6 +89,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     _add_ops(app, ctx)
     _add_meters(app, ctx)
     _add_registry(app, ctx)
+    _add_evaluation(app, ctx)
     return app
 
 
@@ -266,3 +272,80 @@ def _parse_registry_body(content_type: str, body: bytes) -> ParsedRows:
     if "csv" in content_type or "text/plain" in content_type or not content_type:
         return parse_csv(text)
     raise HTTPException(415, f"send text/csv or application/json, not {content_type!r}")
+
+
+class SampleResultIn(BaseModel):
+    """One laboratory result: the drawn meter, its verification error, pass or fail."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    meter: str = Field(min_length=1)
+    error_pct: float | None = None
+    passed: bool
+
+
+def _add_evaluation(app: FastAPI, ctx: ApiContext) -> None:
+    @app.post("/api/evaluate", tags=["evaluation"])
+    def evaluate(as_of: str | None = None) -> dict[str, Any]:
+        """Evaluate everything as of `as_of` (default: the latest telemetry time)."""
+        as_of_ms = _time_param("as_of", as_of)
+        if as_of_ms is None:
+            as_of_ms = ctx.evaluator.default_as_of()
+        if as_of_ms is None:
+            raise HTTPException(409, "no telemetry yet and no as_of given: nothing to evaluate")
+        return ctx.evaluator.run(as_of_ms, ctx.rules()).summary()
+
+    @app.get("/api/districts/{district}", tags=["evaluation"])
+    def district(district: str) -> dict[str, Any]:
+        """Energy-balance result of a transformer area: per-meter errors, line loss, fit."""
+        body = ctx.state.district(district)
+        if body is None:
+            raise HTTPException(
+                404,
+                f"district {district!r} has not been evaluated "
+                "(unknown, or no evaluation yet: POST /api/evaluate)",
+            )
+        return body
+
+    @app.get("/api/lots/{lot}", tags=["evaluation"])
+    def lot(lot: str) -> dict[str, Any]:
+        """Lot decision with its indicators, sampling plan, drawn meters and sample results."""
+        body = ctx.state.decision("lot", lot)
+        if body is None:
+            raise HTTPException(
+                404,
+                f"lot {lot!r} has no decision (unknown lot, or no evaluation "
+                "yet: POST /api/evaluate)",
+            )
+        return body
+
+    @app.post("/api/lots/{lot}/sample-results", tags=["evaluation"])
+    def sample_results(lot: str, results: list[SampleResultIn]) -> dict[str, Any]:
+        """Laboratory results for drawn meters; the lot is re-judged against its plan's Ac/Re."""
+        body = ctx.state.decision("lot", lot)
+        if body is None:
+            raise HTTPException(404, f"lot {lot!r} has no decision yet")
+        drawn = set(body.get("drawn") or [])
+        if not drawn:
+            raise HTTPException(
+                409,
+                f"lot {lot!r} has no sample drawn (decision "
+                f"{body['decision']!r}): nothing to record results for",
+            )
+        _check_results(results, drawn)
+        ctx.state.save_sample_results(lot, [(r.meter, r.error_pct, r.passed) for r in results])
+        decided = ctx.evaluator.rejudge_lot(lot, ctx.rules())
+        assert decided is not None
+        return decided.as_dict()
+
+
+def _check_results(results: list[SampleResultIn], drawn: set[str]) -> None:
+    if not results:
+        raise HTTPException(400, "no results in the body")
+    names = [r.meter for r in results]
+    dupes = sorted({m for m in names if names.count(m) > 1})
+    if dupes:
+        raise HTTPException(422, f"meter(s) listed twice: {dupes}")
+    strangers = sorted(set(names) - drawn)
+    if strangers:
+        raise HTTPException(422, f"meter(s) {strangers} were not drawn for this lot's sample")

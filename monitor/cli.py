@@ -69,6 +69,33 @@ def cmd_registry_import(args: argparse.Namespace, env: Mapping[str, str]) -> int
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """One evaluation pass over the stored telemetry, printed as a table."""
+    from monitor.evaluate import Evaluator
+    from monitor.metrics import Metrics
+    from monitor.report import print_evaluation
+    from monitor.rules.schema import load_rules
+    from monitor.state import SqliteState
+    from monitor.store import open_store
+    from monitor.telemetry import parse_ts
+
+    settings = _settings(args, env)
+    book = load_rules(settings.rules_file)
+    store = open_store(settings.storage, Metrics())
+    state = SqliteState(settings.storage.data_dir / "state.sqlite")
+    try:
+        evaluator = Evaluator(store, state)
+        as_of = parse_ts(args.as_of) if args.as_of else evaluator.default_as_of()
+        if as_of is None:
+            print("no telemetry stored yet and no --as-of: nothing to evaluate", file=sys.stderr)
+            return 1
+        print_evaluation(evaluator.run(as_of, book), sys.stdout, verbose=args.all)
+    finally:
+        store.close()
+        state.close()
+    return 0
+
+
 def cmd_rules_check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """Validate a rules file and say what it would change against the one in force."""
     from monitor.rules.schema import diff, load_rules
@@ -113,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     imp = with_config(registry.add_parser("import", help=cmd_registry_import.__doc__))
     imp.add_argument("file")
     imp.set_defaults(func=cmd_registry_import)
+
+    ev = with_config(sub.add_parser("evaluate", help=cmd_evaluate.__doc__))
+    ev.add_argument("--as-of", default=None, help="RFC 3339 or epoch ms; default: latest telemetry")
+    ev.add_argument("--all", action="store_true", help="list every meter, not only findings")
+    ev.set_defaults(func=cmd_evaluate)
 
     rules = sub.add_parser("rules", help="the rules file").add_subparsers(
         dest="action", required=True

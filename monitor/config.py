@@ -166,7 +166,19 @@ class ApiSettings(_Section):
 class SchedulingSettings(_Section):
     """Periodic work (apscheduler cron fields)."""
 
-    evaluate_cron: str = Field("15 2 * * *", description="crontab line of the evaluation pass")
+    @field_validator("evaluate_cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        from apscheduler.triggers.cron import CronTrigger
+
+        CronTrigger.from_crontab(value)  # raises ValueError with the reason
+        return value
+
+    evaluate_cron: str | None = Field(
+        "15 2 * * *", description="crontab line of the evaluation pass; empty: only on request"
+    )
     timezone: str = "Asia/Shanghai"
     rules_reload_s: float = Field(5.0, gt=0, description="how often config files are re-read")
 

@@ -124,3 +124,32 @@ def decide_meter(
         or [f.reason for f in ordered],
         evidence=evidence,
     )
+
+
+def decision_from_dict(body: dict[str, Any]) -> Decision:
+    """Rebuild a stored decision JSON (for re-judging a lot between passes)."""
+    known = {
+        "id",
+        "kind",
+        "decision",
+        "state",
+        "due_on",
+        "new_due_on",
+        "reasons",
+        "evidence",
+        "as_of",
+        "rules_version",
+    }
+    return Decision(
+        id=body["id"],
+        kind=body["kind"],
+        decision=body["decision"],
+        state=body["state"],
+        due_on=date.fromisoformat(body["due_on"]) if body.get("due_on") else None,
+        new_due_on=date.fromisoformat(body["new_due_on"]) if body.get("new_due_on") else None,
+        as_of=body["as_of"],
+        rules_version=body["rules_version"],
+        reasons=[Reason(**r) for r in body.get("reasons", [])],
+        evidence=dict(body.get("evidence", {})),
+        extra={k: v for k, v in body.items() if k not in known},
+    )

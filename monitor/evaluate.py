@@ -8,13 +8,14 @@ replay of last year's data gives last year's answers.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from monitor.decide import Decision, Finding, decide_meter
+from monitor.decide import Decision, Finding, decide_meter, decision_from_dict
 from monitor.estimate.balance import DistrictFit, FitConfig, MeterEstimate, fit_balance
 from monitor.estimate.intervals import Grid, MeterSeries, blocks, place_on_grid
 from monitor.lots import SampleResult, Sampling, decide_lot
@@ -24,7 +25,7 @@ from monitor.rules import elec as rules_elec
 from monitor.rules.schema import ElecRules, RuleBook
 from monitor.schema import ELEC_EVENT, ELEC_READING
 from monitor.state import SqliteState
-from monitor.telemetry import format_ts, ms_to_datetime
+from monitor.telemetry import format_ts, ms_to_datetime, parse_ts
 
 log = logging.getLogger(__name__)
 READING_FIELDS = ("energy_kwh", "current_a", "voltage_v", "clock_offset_s")
@@ -116,7 +117,11 @@ def fit_district(
         return DistrictResult(district, master, None, None, series=series, note=note)
     est = rules.estimation
     step = est.interval_s * 1000
-    grid = Grid.covering(start_ms, end_ms, step, step // 6)
+    # The grid starts where the district's data starts: a district that began
+    # reporting last week is judged on last week (min_intervals guards the length),
+    # not held incomplete for the weeks before it existed.
+    first = min((int(s.ts_ms[0]) for s in series.values() if len(s.ts_ms)), default=start_ms)
+    grid = Grid.covering(max(start_ms, first - step // 6), end_ms, step, step // 6)
     meter_series = {m: MeterSeries(s.ts_ms, s.values["energy_kwh"]) for m, s in series.items()}
     placed = place_on_grid(meter_series, grid)
     blk = blocks(placed, master, grid)
@@ -173,6 +178,7 @@ class Evaluator:
         self._store = store
         self._state = state
         self._publish = publish
+        self._lock = threading.Lock()  # one pass at a time (scheduler and API)
 
     def default_as_of(self) -> int | None:
         """The latest telemetry time seen, or None before any telemetry."""
@@ -180,6 +186,10 @@ class Evaluator:
 
     def run(self, as_of_ms: int, book: RuleBook) -> EvaluationResult:
         """Evaluate every electricity meter and lot as of `as_of_ms`."""
+        with self._lock:
+            return self._run(as_of_ms, book)
+
+    def _run(self, as_of_ms: int, book: RuleBook) -> EvaluationResult:
         rules = book.rules.elec
         as_of = format_ts(as_of_ms)
         start = as_of_ms - int(rules.estimation.window_days * 86_400_000)
@@ -256,6 +266,33 @@ class Evaluator:
                 (format_ts(as_of_ms), book.version),
             )
         return out
+
+    def rejudge_lot(self, lot: str, book: RuleBook) -> Decision | None:
+        """Re-decide one lot from its members' stored decisions (after sample results).
+
+        The lot keeps the `as_of` of the pass that drew its sample: event time, not now.
+        """
+        previous = self._state.decision("lot", lot)
+        if previous is None:
+            return None
+        members = []
+        for row in self._state.registry_rows("elec"):
+            body = self._state.decision("meter", row.meter_id) if row.lot == lot else None
+            if body is not None:
+                members.append((row, decision_from_dict(body)))
+        as_of_ms = parse_ts(previous["as_of"])
+        rules = book.rules.elec
+        decided = decide_lot(
+            lot,
+            members,
+            ms_to_datetime(as_of_ms).date(),
+            rules.lot,
+            rules.error_limit,
+            self._sampling(lot),
+            (previous["as_of"], book.version),
+        )
+        self._state.save_decisions("lot", [decided.as_dict()])
+        return decided
 
     def _sampling(self, lot: str) -> Sampling | None:
         previous = self._state.decision("lot", lot)
@@ -336,9 +373,19 @@ def _evidence(
     row: MeterRow | None,
 ) -> dict[str, Any]:
     gates = dist.gates
+    estimate = (
+        None
+        if est is None
+        else {
+            "error_pct": _r(est.error_pct),
+            "error_ci_pct": [_r(v) for v in est.error_ci_pct],
+        }
+    )
     return {
-        "error_pct": _r(est.error_pct) if est else None,
-        "error_ci_pct": [_r(v) for v in est.error_ci_pct] if est else None,
+        # An estimate that cannot carry a judgement is not shown as the meter's error.
+        "error_pct": estimate["error_pct"] if estimate and evaluable else None,
+        "error_ci_pct": estimate["error_ci_pct"] if estimate and evaluable else None,
+        "unresolved_estimate": estimate if estimate and not evaluable else None,
         "n_intervals": est.n_intervals if est else (gates.n_intervals if gates else 0),
         "evaluable": evaluable,
         "information_ratio": _r(est.information_ratio) if est else None,

@@ -51,7 +51,11 @@ def indicators(members: list[tuple[MeterRow, Decision]], limits: ErrorLimitRule)
     """Faulty and suspect shares, evaluable share and error spread of a lot."""
     n = len(members)
     states = Counter(d.state for _, d in members)
-    errors = [abs(d.evidence["error_pct"]) for _, d in members if d.evidence.get("evaluable")]
+    errors = [
+        abs(d.evidence["error_pct"])
+        for _, d in members
+        if d.evidence.get("evaluable") and d.evidence.get("error_pct") is not None
+    ]
     classes = Counter(r.accuracy_class for r, _ in members if r.accuracy_class)
     cls = classes.most_common(1)[0][0] if classes else None
     return {

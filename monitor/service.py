@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -10,11 +11,13 @@ from typing import Any
 
 import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
 from fastapi import FastAPI
 
 from monitor.api import ApiContext, create_app
 from monitor.broker import EmbeddedBroker
 from monitor.config import Settings, split_host_port
+from monitor.evaluate import Evaluator
 from monitor.ingest import IngestWorker
 from monitor.metrics import Metrics
 from monitor.mqtt import BrokerAddress, parse_broker_url
@@ -38,6 +41,7 @@ class Components:
     worker: IngestWorker
     rules: HotFile[RuleBook]
     tariffs: HotFile[TariffBook]
+    evaluator: Evaluator
     broker: EmbeddedBroker | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -79,8 +83,18 @@ class Service:
         state = SqliteState(self.data_dir / "state.sqlite")
         worker = IngestWorker(mqtt, address, store, state, self.metrics)
         worker.start()
-        self.parts = Components(address, store, state, worker, rules, tariffs, broker)
+        root = s.mqtt.decisions_topic_root
+
+        def publish_decision(suffix: str, body: dict[str, Any]) -> None:
+            payload = json.dumps(body, separators=(",", ":")).encode()
+            worker.publish(f"{root}/{suffix}", payload, retain=True)
+
+        evaluator = Evaluator(store, state, publish_decision)
+        self.parts = Components(address, store, state, worker, rules, tariffs, evaluator, broker)
         self._scheduler.add_job(self._housekeeping, "interval", seconds=30, id="housekeeping")
+        if s.scheduling.evaluate_cron:
+            trigger = CronTrigger.from_crontab(s.scheduling.evaluate_cron, s.scheduling.timezone)
+            self._scheduler.add_job(self.evaluate_latest, trigger, id="evaluate")
         self._scheduler.add_job(
             self._reload, "interval", seconds=s.scheduling.rules_reload_s, id="reload"
         )
@@ -105,6 +119,18 @@ class Service:
                 self._reported[hot.path] = hot.failures
                 self.metrics.config_reloads.labels(file=hot.path.name, result="refused").inc()
 
+    def evaluate_latest(self) -> dict[str, Any] | None:
+        """A scheduled pass, as of the latest telemetry time (never the wall clock)."""
+        if self.parts is None:
+            return None
+        as_of = self.parts.evaluator.default_as_of()
+        if as_of is None:
+            log.info("scheduled evaluation skipped: no telemetry yet")
+            return None
+        summary = self.parts.evaluator.run(as_of, self.parts.rules.current).summary()
+        log.info("evaluation as of %s: %s", summary["as_of"], summary["meter_decisions"])
+        return summary
+
     def _housekeeping(self) -> None:
         if self.parts is not None:
             self.metrics.unregistered.set(self.parts.state.count_unregistered())
@@ -114,7 +140,13 @@ class Service:
         assert self.parts is not None, "start() first"
         parts = self.parts
         ctx = ApiContext(
-            self.settings, parts.state, parts.store, self.metrics, lambda: parts.worker.connected
+            self.settings,
+            parts.state,
+            parts.store,
+            self.metrics,
+            lambda: parts.worker.connected,
+            parts.evaluator,
+            lambda: parts.rules.current,
         )
         return create_app(ctx)
 

@@ -1,0 +1,115 @@
+"""The energy-balance estimator on synthetic districts with known errors."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from monitor.estimate.balance import FitConfig, fit_balance
+from monitor.estimate.intervals import Blocks
+
+
+def district(
+    errors: list[float],
+    n: int = 1500,
+    seed: int = 0,
+    vacant: tuple[int, ...] = (),
+    noise: float = 0.0,
+    fixed_kw: float = 0.4,
+    gamma: float = 3e-4,
+) -> Blocks:
+    """True loads with distinct daily shapes, meters reading (1+e)·x, master with losses."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    hour = (t % 96) / 4
+    x = np.empty((n, len(errors)))
+    for i in range(len(errors)):
+        peak = rng.uniform(6, 22)
+        base = 0.0 if i in vacant else rng.uniform(0.02, 0.1)
+        amp = 0.0 if i in vacant else rng.uniform(0.1, 0.4)
+        x[:, i] = base + amp * np.exp(-((hour - peak) ** 2) / 4) * rng.uniform(0.5, 1.5, n)
+    y = x * (1 + np.array(errors))
+    load = x.sum(axis=1)
+    master = load + fixed_kw * 0.25 + gamma * load**2 / 0.25 + rng.normal(0, noise, n)
+    return Blocks(
+        meters=[f"m{i}" for i in range(len(errors))],
+        energy=y,
+        master=master,
+        master_sq=master**2,
+        lengths=np.ones(n, dtype=np.int64),
+        end_index=t + 1,
+    )
+
+
+def test_recovers_known_errors_and_losses() -> None:
+    errors = [0.0, 0.02, -0.03, 0.05, -0.01, 0.004, 0.0, 0.015]
+    fit = fit_balance(district(errors), FitConfig(forgetting=1.0, ridge=1e-3))
+    assert fit is not None
+    for i, e in enumerate(errors):
+        est = fit.meters[f"m{i}"]
+        assert abs(est.error_pct - 100 * e) < 0.05, (i, est)
+        assert est.error_ci_pct[0] <= est.error_pct <= est.error_ci_pct[1]
+    assert abs(fit.fixed_loss_kw - 0.4) < 0.02
+    assert fit.r_squared > 0.999
+    blk = district(errors)
+    expected = 100 * (blk.master.sum() - blk.energy.sum()) / blk.master.sum()
+    assert abs(fit.line_loss_pct - expected) < 1e-9
+
+
+def test_noise_widens_the_interval_and_it_still_covers() -> None:
+    errors = [0.01, -0.02, 0.0, 0.03, 0.0, -0.005]
+    covered = 0
+    for seed in range(10):
+        fit = fit_balance(district(errors, seed=seed, noise=0.01), FitConfig(forgetting=1.0))
+        assert fit is not None
+        for i, e in enumerate(errors):
+            lo, hi = fit.meters[f"m{i}"].error_ci_pct
+            covered += lo <= 100 * e <= hi
+    assert covered >= 0.85 * 10 * len(errors)
+
+
+def test_a_vacant_meter_is_not_observable() -> None:
+    fit = fit_balance(district([0.0, 0.01, 0.02, -0.01], vacant=(2,)), FitConfig(forgetting=1.0))
+    assert fit is not None
+    assert fit.meters["m2"].information_ratio < 1  # all prior, no data
+    assert fit.meters["m1"].information_ratio > 100
+
+
+def test_forgetting_follows_a_drift() -> None:
+    first = district([0.0, 0.0, 0.0], n=1000, seed=3)
+    later = district([0.0, 0.04, 0.0], n=1000, seed=4)
+    both = Blocks(
+        first.meters,
+        np.vstack([first.energy, later.energy]),
+        np.concatenate([first.master, later.master]),
+        np.concatenate([first.master_sq, later.master_sq]),
+        np.ones(2000, dtype=np.int64),
+        np.arange(1, 2001),
+    )
+    stiff = fit_balance(both, FitConfig(forgetting=1.0, ridge=1e-3))
+    quick = fit_balance(both, FitConfig(forgetting=0.99, ridge=1e-3))
+    assert stiff is not None and quick is not None
+    assert abs(quick.meters["m1"].error_pct - 4.0) < abs(stiff.meters["m1"].error_pct - 4.0)
+    assert abs(quick.meters["m1"].error_pct - 4.0) < 0.2
+
+
+def test_too_few_blocks_gives_no_fit() -> None:
+    assert fit_balance(district([0.0] * 10, n=11), FitConfig()) is None
+
+
+@settings(max_examples=30, deadline=None)
+@given(errors=st.lists(st.floats(-0.08, 0.08), min_size=2, max_size=6), seed=st.integers(0, 99))
+def test_noise_free_estimates_match_truth(errors: list[float], seed: int) -> None:
+    fit = fit_balance(district(errors, n=800, seed=seed), FitConfig(forgetting=1.0, ridge=1e-4))
+    assert fit is not None
+    for i, e in enumerate(errors):
+        assert abs(fit.meters[f"m{i}"].error_pct - 100 * e) < 0.1
+
+
+def test_the_ridge_prior_shrinks_toward_no_error() -> None:
+    blk = district([0.0, 0.04, 0.0], n=400, seed=4)
+    weak = fit_balance(blk, FitConfig(forgetting=1.0, ridge=1e-3))
+    strong = fit_balance(blk, FitConfig(forgetting=1.0, ridge=50.0))
+    assert weak is not None and strong is not None
+    assert 0 < strong.meters["m1"].error_pct < weak.meters["m1"].error_pct

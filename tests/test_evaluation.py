@@ -1,0 +1,189 @@
+"""Evaluation end to end: simulated fleet → store → evaluation → API, against ground truth."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from monitor.api import ApiContext, create_app
+from monitor.config import load_settings
+from monitor.evaluate import Evaluator
+from monitor.ingest import summarise_seen
+from monitor.metrics import Metrics
+from monitor.registry import parse_rows
+from monitor.rules.schema import load_rules
+from monitor.schema import Record
+from monitor.simulate import Fleet, FleetSpec
+from monitor.state import SqliteState
+from monitor.store.embedded import EmbeddedStore
+from monitor.telemetry import format_ts, parse_message
+
+REPO = Path(__file__).resolve().parent.parent
+START = 1772294400000  # 2026-03-01T00:00:00+08:00
+DAYS = 14
+
+
+class World:
+    def __init__(self, tmp: Path) -> None:
+        self.fleet = Fleet(
+            FleetSpec(start_ms=START, districts=2, meters_per_district=(40, 50), taxis=0, seed=7)
+        )
+        self.metrics = Metrics()
+        self.store = EmbeddedStore(tmp / "telemetry.sqlite", self.metrics)
+        self.state = SqliteState(tmp / "state.sqlite")
+        self.state.upsert_meters(parse_rows(self.fleet.registry_rows()).rows)
+        records = [
+            r
+            for m in self.fleet.messages(START, START + DAYS * 86_400_000)
+            if isinstance(r := parse_message(m.topic, m.payload), Record)
+        ]
+        self.store.write(records)
+        self.state.note_seen(summarise_seen(records, 0.0))
+        self.last_ms = max(r.ts_ms for r in records)
+        self.published: list[tuple[str, dict[str, Any]]] = []
+        self.evaluator = Evaluator(
+            self.store, self.state, lambda t, b: self.published.append((t, b))
+        )
+        book = load_rules(REPO / "config" / "rules.yaml")
+        self.version = book.version
+        ctx = ApiContext(
+            load_settings(tmp / "none", {}),
+            self.state,
+            self.store,
+            self.metrics,
+            lambda: True,
+            self.evaluator,
+            lambda: book,
+        )
+        self.client = TestClient(create_app(ctx))
+        self.truth = self.fleet.truth()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    w = World(tmp_path_factory.mktemp("eval"))
+    yield w
+    w.store.close()
+    w.state.close()
+
+
+def test_evaluate_defaults_to_the_latest_telemetry_time(world: World) -> None:
+    r = world.client.post("/api/evaluate")
+    assert r.status_code == 200, r.text
+    summary = r.json()
+    assert summary["as_of"] == format_ts(world.last_ms)
+    assert summary["rules_version"] == world.version
+    assert summary["districts"] == 2 and summary["districts_passing_gates"] == 2
+    assert summary["meters"] == sum(1 for t in world.truth.values() if t["kind"] == "elec")
+
+
+def test_meters_beyond_the_limit_are_suspect_and_healthy_ones_are_not_replaced(
+    world: World,
+) -> None:
+    world.client.post("/api/evaluate")
+    decisions = {}
+    cursor = None
+    while True:
+        page = world.client.get(
+            "/api/meters",
+            params={"kind": "elec", "limit": 50, **({"cursor": cursor} if cursor else {})},
+        ).json()
+        decisions |= {m["meter_id"]: m for m in page["items"]}
+        if not (cursor := page["next"]):
+            break
+    # A stopped meter leaves its load unmetered: its district's balance no longer
+    # closes, every interval there widens, and the honest answer there is unknown.
+    disturbed = {t["district"] for t in world.truth.values() if "stopped" in t.get("faults", [])}
+    beyond = [
+        m
+        for m, t in world.truth.items()
+        if t["kind"] == "elec" and t["role"] == "customer" and t["faults"] == ["beyond_limit"]
+    ]
+    assert any(world.truth[m]["district"] not in disturbed for m in beyond)
+    for meter in beyond:
+        expected = (
+            ("unknown", "keep")
+            if world.truth[meter]["district"] in disturbed
+            else ("suspect", "resample")
+        )
+        got = (decisions[meter]["state"], decisions[meter]["decision"])
+        assert got == expected, (meter, world.truth[meter]["error_pct"], decisions[meter])
+    for meter, truth in world.truth.items():
+        if truth["kind"] == "elec" and not truth["faults"]:
+            assert decisions[meter]["decision"] != "replace", meter
+    stopped = [m for m, t in world.truth.items() if "stopped" in t.get("faults", [])]
+    assert stopped and all(decisions[m]["state"] == "faulty" for m in stopped)
+
+
+def test_a_decision_explains_itself(world: World) -> None:
+    world.client.post("/api/evaluate")
+    suspect = world.client.get("/api/meters", params={"state": "suspect", "limit": 1}).json()[
+        "items"
+    ][0]
+    body = world.client.get(f"/api/meters/{suspect['meter_id']}").json()["decision"]
+    assert body["id"] == suspect["meter_id"] and body["kind"] == "elec"
+    assert body["rules_version"] == world.version and body["as_of"] == format_ts(world.last_ms)
+    reason = body["reasons"][0]
+    assert reason["rule"] == "elec.error_limit" and reason["threshold"] == 3.5
+    assert abs(reason["value"]) > 3.5 and reason["detail"]
+    ev = body["evidence"]
+    assert ev["evaluable"] is True and ev["n_intervals"] >= 300
+    low, high = ev["error_ci_pct"]
+    assert low <= ev["error_pct"] <= high and (low > 3.5 or high < -3.5)
+    truth = world.truth[suspect["meter_id"]]["error_pct"]
+    assert abs(ev["error_pct"] - truth) < 0.5
+    topics = [t for t, _ in world.published]
+    assert f"elec/{suspect['meter_id']}" in topics  # published (retained) for subscribers
+
+
+def test_district_result(world: World) -> None:
+    world.client.post("/api/evaluate")
+    d = world.client.get("/api/districts/D01").json()
+    assert d["gates"]["passed"] is True and d["gates"]["failures"] == []
+    assert 0 < d["fit"]["line_loss_pct"] < 10 and d["fit"]["r_squared"] > 0.99
+    customers = [m for m in d["meters"] if m["role"] == "customer"]
+    assert customers and all("error_pct" in m for m in customers)
+    assert world.client.get("/api/districts/NOPE").status_code == 404
+
+
+def test_lot_sampling_round_trip(world: World) -> None:
+    world.client.post("/api/evaluate")
+    lots = {
+        m["lot"]
+        for m in world.client.get("/api/meters", params={"limit": 1000}).json()["items"]
+        if m["lot"]
+    }
+    bodies = [world.client.get(f"/api/lots/{lot}").json() for lot in sorted(lots)]
+    sampled = [b for b in bodies if b["decision"] == "resample"]
+    assert sampled, [(b["id"], b["decision"], b["reasons"]) for b in bodies]
+    lot = sampled[0]
+    plan, drawn = lot["plan"], lot["drawn"]
+    assert len(drawn) == plan["sample_size"] and plan["kind"] == "iso2859-1"
+    bad = world.client.post(
+        f"/api/lots/{lot['id']}/sample-results",
+        json=[{"meter": "NOT-DRAWN", "error_pct": 0.1, "passed": True}],
+    )
+    assert bad.status_code == 422 and "not drawn" in bad.json()["detail"]
+    results = [{"meter": m, "error_pct": 0.2, "passed": True} for m in drawn]
+    ok = world.client.post(f"/api/lots/{lot['id']}/sample-results", json=results)
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["decision"] == "extend" and ok.json()["verdict"] == "accept"
+    assert ok.json()["as_of"] == lot["as_of"]  # event time of the pass, not the wall clock
+    again = world.client.post("/api/evaluate").json()  # a later pass keeps the verdict
+    assert again["lot_decisions"].get("extend", 0) >= 1
+    assert world.client.get(f"/api/lots/{lot['id']}").json()["decision"] == "extend"
+    assert world.client.post("/api/lots/NOPE/sample-results", json=results).status_code == 404
+
+
+def test_as_of_is_event_time(world: World) -> None:
+    early = START + 2 * 86_400_000
+    summary = world.client.post("/api/evaluate", params={"as_of": format_ts(early)}).json()
+    assert summary["as_of"] == format_ts(early)
+    assert summary["districts_passing_gates"] == 0  # two days are fewer than 300 intervals
+    assert summary["meter_states"].get("suspect", 0) == 0
+    assert world.client.post("/api/evaluate", params={"as_of": "soon"}).status_code == 400
+    world.client.post("/api/evaluate")  # leave the latest state for other tests

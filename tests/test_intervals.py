@@ -1,0 +1,93 @@
+"""Registers → blocks: gaps merge intervals, duplicates and disorder do not matter,
+register drops are cut, no energy is invented or lost."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from monitor.estimate.intervals import Grid, MeterSeries, blocks, place_on_grid
+
+STEP = 900_000
+
+
+def series(values: dict[int, float]) -> MeterSeries:
+    return MeterSeries.of(sorted(values.items()))
+
+
+def grid(n: int) -> Grid:
+    return Grid.covering(0, (n - 1) * STEP, STEP, STEP // 6)
+
+
+def test_a_missing_reading_merges_its_two_intervals() -> None:
+    master = {k * STEP: 10.0 * k for k in range(5)}
+    a = {k * STEP: 4.0 * k for k in range(5)}
+    b = {k * STEP: 5.0 * k for k in range(5) if k != 2}  # reading at k=2 lost
+    g = grid(5)
+    blk = blocks(place_on_grid({"M": series(master), "A": series(a), "B": series(b)}, g), "M", g)
+    assert blk.meters == ["A", "B"]
+    assert blk.lengths.tolist() == [1, 2, 1]
+    assert blk.energy.tolist() == [[4.0, 5.0], [8.0, 10.0], [4.0, 5.0]]
+    assert blk.master.tolist() == [10.0, 20.0, 10.0]
+    assert blk.n_intervals == 4
+
+
+def test_jittered_and_duplicated_readings_snap_to_the_grid() -> None:
+    g = grid(3)
+    rows = [
+        (0, 1.0),
+        (STEP + 20_000, 2.0),
+        (STEP + 20_000, 2.0),
+        (2 * STEP - 5_000, 3.0),
+        (2 * STEP + 400_000, 99.0),
+    ]  # the last is off-grid: ignored
+    placed = place_on_grid({"A": MeterSeries.of(rows)}, g)
+    assert placed.registers[:, 0].tolist() == [1.0, 2.0, 3.0]
+    assert placed.received == 3 and placed.completeness == 1.0
+
+
+def test_register_drop_cuts_the_block_across_it() -> None:
+    g = grid(4)
+    m = series({k * STEP: 10.0 * k for k in range(4)})
+    a = series({0: 5.0, STEP: 6.0, 2 * STEP: 0.5, 3 * STEP: 1.5})  # reset between 1 and 2
+    blk = blocks(place_on_grid({"M": m, "A": a}, g), "M", g)
+    assert blk.energy[:, 0].tolist() == [1.0, 1.0]
+    assert blk.register_drops == {"A": 1}
+
+
+def test_daily_completeness_counts_meter_days() -> None:
+    g = Grid.covering(0, 2 * 86_400_000 - STEP, STEP, STEP // 6)
+    full = series({k * STEP: float(k) for k in range(g.n)})
+    sparse = series({0: 0.0})  # one reading on day one, nothing on day two
+    placed = place_on_grid({"A": full, "B": sparse}, g)
+    assert placed.daily_completeness(g) == 0.75
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    increments=st.lists(
+        st.lists(st.floats(0, 5, allow_nan=False), min_size=3, max_size=3), min_size=3, max_size=40
+    ),
+    lost=st.lists(st.tuples(st.integers(1, 38), st.integers(0, 2)), max_size=15),
+    shuffle_seed=st.integers(0, 1000),
+)
+def test_no_energy_invented_or_lost(
+    increments: list[list[float]], lost: list[tuple[int, int]], shuffle_seed: int
+) -> None:
+    regs = np.vstack([np.zeros(3), np.cumsum(np.array(increments), axis=0)])
+    n = len(regs)
+    drop = {(k, i) for k, i in lost if k < n - 1}  # never lose the last reading
+    data = {}
+    rng = np.random.default_rng(shuffle_seed)
+    for i, name in enumerate(["M", "A", "B"]):
+        rows = [(k * STEP, float(regs[k, i])) for k in range(n) if (k, i) not in drop]
+        rows += rows[: len(rows) // 3]  # duplicates
+        order = rng.permutation(len(rows))
+        data[name] = MeterSeries.of([rows[j] for j in order])  # disorder
+    g = grid(n)
+    blk = blocks(place_on_grid(data, g), "M", g)
+    # Every block spans whole intervals and the blocks together span first → last.
+    assert blk.n_intervals == n - 1
+    assert np.allclose(blk.energy.sum(axis=0), regs[-1, 1:] - regs[0, 1:])
+    assert np.isclose(blk.master.sum(), regs[-1, 0] - regs[0, 0])

@@ -1,0 +1,113 @@
+"""Lot decisions: horizon, extend, resample with a recorded draw, replace, sample results."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+from monitor.decide import Decision
+from monitor.lots import SampleResult, Sampling, add_months, decide_lot
+from monitor.registry import MeterRow
+from monitor.rules.schema import load_rules
+
+RULES = load_rules(Path(__file__).resolve().parent.parent / "config" / "rules.yaml").rules.elec
+STAMP = ("2026-06-01T00:00:00.000Z", "test@1")
+
+
+def member(
+    i: int, state: str = "normal", error: float | None = 0.1, evaluable: bool = True
+) -> tuple[MeterRow, Decision]:
+    row = MeterRow(
+        meter_id=f"E{i:03d}",
+        kind="elec",
+        district="D1",
+        lot="L1",
+        accuracy_class="2",
+        verified_on=date(2018, 9, 1),
+        period_years=8,
+    )
+    decision = Decision(
+        row.meter_id,
+        "elec",
+        "keep",
+        state,
+        row.due_on,
+        *STAMP,  # type: ignore[arg-type]
+        evidence={"error_pct": error, "evaluable": evaluable},
+    )
+    return row, decision
+
+
+def lot(
+    members: list[tuple[MeterRow, Decision]],
+    as_of: date = date(2026, 6, 1),
+    sampling: Sampling | None = None,
+) -> Decision:
+    return decide_lot("L1", members, as_of, RULES.lot, RULES.error_limit, sampling, STAMP)
+
+
+def test_outside_the_horizon_nothing_is_decided() -> None:
+    d = lot([member(i) for i in range(30)], as_of=date(2025, 6, 1))  # due 2026-09-01
+    assert d.decision == "keep" and d.reasons[0].rule == "lot.horizon"
+    assert d.reasons[0].threshold == "2025-09-01"
+
+
+def test_clean_lot_is_extended_by_four_years() -> None:
+    d = lot([member(i, error=0.1 * (i % 5)) for i in range(60)])
+    assert d.decision == "extend" and d.state == "normal"
+    assert d.due_on == date(2026, 9, 1) and d.new_due_on == date(2030, 9, 1)
+    assert d.evidence["evaluable_share"] == 1.0
+
+
+def test_insufficient_evidence_draws_a_recorded_reproducible_sample() -> None:
+    members = [
+        member(
+            i,
+            state="normal" if i < 20 else "unknown",
+            error=0.1 if i < 20 else None,
+            evaluable=i < 20,
+        )
+        for i in range(60)
+    ]
+    first, again = lot(members), lot(list(reversed(members)))
+    assert first.decision == "resample" and first.state == "unknown"
+    assert [r.rule for r in first.reasons] == ["lot.evaluable_share"]
+    plan = first.extra["plan"]
+    assert (plan["code_letter"], plan["sample_size"], plan["accept"], plan["reject"]) == (
+        "E",
+        13,
+        0,
+        1,
+    )
+    assert len(first.extra["drawn"]) == 13 and first.extra["drawn"] == again.extra["drawn"]
+    assert first.extra["seed"] == "L1|2026-09-01"
+
+
+def test_too_many_faulty_meters_replace_the_lot() -> None:
+    members = [member(i, state="faulty" if i < 4 else "normal") for i in range(60)]
+    d = lot(members)
+    assert d.decision == "replace" and d.reasons[0].rule == "lot.reject_faulty_share"
+
+
+def test_sample_results_accept_or_reject_against_ac_re() -> None:
+    members = [
+        member(i, state="suspect" if i < 3 else "normal", error=4.0 if i < 3 else 0.1)
+        for i in range(60)
+    ]
+    drawn = lot(members)
+    assert drawn.decision == "resample" and drawn.state == "suspect"
+    ids = drawn.extra["drawn"]
+    done = [SampleResult(m, 0.3, True) for m in ids]
+    accepted = lot(members, sampling=Sampling("2026-09-01", drawn.extra["plan"], ids, done))
+    assert accepted.decision == "extend" and accepted.new_due_on == date(2030, 9, 1)
+    assert accepted.reasons[0].threshold == {"accept": 0, "reject": 1}
+    one_bad = [SampleResult(ids[0], 2.6, False)]
+    rejected = lot(members, sampling=Sampling("2026-09-01", drawn.extra["plan"], ids, one_bad))
+    assert rejected.decision == "replace" and rejected.extra["verdict"] == "reject"
+    partial = lot(members, sampling=Sampling("2026-09-01", drawn.extra["plan"], ids, done[:5]))
+    assert partial.decision == "resample" and partial.extra["verdict"] == "incomplete"
+
+
+def test_add_months_clamps() -> None:
+    assert add_months(date(2026, 3, 31), -1) == date(2026, 2, 28)
+    assert add_months(date(2026, 1, 15), -12) == date(2025, 1, 15)

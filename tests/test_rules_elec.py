@@ -1,0 +1,130 @@
+"""Electricity meter rules: each one, on data made to trip it or not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from monitor.estimate.balance import MeterEstimate
+from monitor.ports import MeterPoint, Series
+from monitor.rules import elec
+from monitor.rules.schema import load_rules
+
+RULES = load_rules(Path(__file__).resolve().parent.parent / "config" / "rules.yaml").rules.elec
+STEP = 900_000
+PASSING = elec.Gates(True, 1.0, 1.0, 2000, 3.0, [])
+
+
+def series(
+    energy: list[float], current: list[float] | None = None, offset: list[float] | None = None
+) -> Series:
+    n = len(energy)
+    values = {"energy_kwh": np.array(energy, dtype=float)}
+    if current is not None:
+        values["current_a"] = np.array(current, dtype=float)
+    if offset is not None:
+        values["clock_offset_s"] = np.array(offset, dtype=float)
+    return Series(np.arange(n, dtype=np.int64) * STEP, values)
+
+
+def estimate(error: float, half: float = 0.3, ratio: float = 500.0) -> MeterEstimate:
+    return MeterEstimate(
+        "m",
+        1 / (1 + error / 100),
+        error,
+        (error - half, error + half),
+        half / 1.96,
+        ratio,
+        2000,
+        0.2,
+    )
+
+
+def states(findings: list[elec.Finding]) -> list[tuple[str, str]]:
+    return [(f.state, f.reason.rule) for f in findings]
+
+
+def test_error_limit_suspect_watch_normal() -> None:
+    judge = lambda e, half=0.3: states(
+        elec.estimate_findings(estimate(e, half), "2", 2.0, PASSING, RULES)
+    )  # noqa: E731
+    assert judge(4.5) == [("suspect", "elec.error_limit")]
+    assert judge(-4.5) == [("suspect", "elec.error_limit")]
+    # beyond the limit, but the interval reaches back inside it: not proven → watch
+    assert judge(3.7, half=0.5) == [("watch", "elec.error_limit.watch")]
+    assert judge(2.5) == [("watch", "elec.error_limit.watch")]  # above 0.6 × 3.5
+    assert judge(1.0) == [("normal", "elec.error_limit")]
+    # class 1 has a tighter limit
+    assert states(elec.estimate_findings(estimate(2.2), "1", 2.0, PASSING, RULES)) == [
+        ("suspect", "elec.error_limit")
+    ]
+
+
+def test_unknown_when_the_estimate_cannot_carry_a_judgement() -> None:
+    light = elec.estimate_findings(estimate(5.0), "2", 0.2, PASSING, RULES)
+    assert states(light) == [("unknown", "elec.estimation.light_load")]
+    blind = elec.estimate_findings(estimate(5.0, ratio=2), "2", 2.0, PASSING, RULES)
+    assert states(blind) == [("unknown", "elec.estimation.observability")]
+    wide = elec.estimate_findings(estimate(5.0, half=2.0), "2", 2.0, PASSING, RULES)
+    assert states(wide) == [("unknown", "elec.estimation.ci_width")]
+    failed = elec.Gates(False, 0.9, 0.9, 2000, 3.0, [elec.Reason("x", 1, 2, "bad data")])
+    assert states(elec.estimate_findings(estimate(5.0), "2", 2.0, failed, RULES)) == [
+        ("unknown", "elec.estimation.gates")
+    ]
+    assert states(elec.estimate_findings(None, "2", 2.0, PASSING, RULES))[0][0] == "unknown"
+
+
+def test_running_backwards_versus_reset() -> None:
+    ff = RULES.function_failure
+    assert states(elec.function_findings(series([10, 11, 10.5, 11]), ff)) == [
+        ("faulty", "elec.function_failure.backwards")
+    ]
+    assert states(elec.function_findings(series([1000, 1001, 0.02, 1.0]), ff)) == [
+        ("watch", "elec.function_failure.reset")
+    ]
+    assert elec.function_findings(series([10, 11, 12, 13]), ff) == []
+
+
+def test_stopped_needs_current_and_enough_implied_energy() -> None:
+    ff = RULES.function_failure
+    frozen = [5.0] * 12
+    assert states(elec.function_findings(series(frozen, current=[2.0] * 12), ff)) == [
+        ("faulty", "elec.function_failure.stopped")
+    ]  # 2 A × 220 V × 2.75 h ≈ 1.2 kWh
+    assert elec.function_findings(series(frozen, current=[0.05] * 12), ff) == []  # no load
+    assert elec.function_findings(series(frozen[:2], current=[0.5] * 2), ff) == []  # 0.03 kWh
+    assert elec.function_findings(series(frozen), ff) == []  # no current reported: no claim
+
+
+def test_running_fast_but_not_for_a_master() -> None:
+    ff = RULES.function_failure
+    energy = [i * 5.0 for i in range(200)]  # 480 kWh a day > 60 A × 220 V × 24 h
+    assert states(elec.function_findings(series(energy), ff)) == [
+        ("faulty", "elec.function_failure.fast")
+    ]
+    assert elec.function_findings(series(energy), ff, master=True) == []
+
+
+def test_clock_offset_and_events() -> None:
+    rule = RULES.clock
+    out = elec.clock_findings(
+        series([1, 2, 3], offset=[10, -400, 20]),
+        [MeterPoint("m", 5, {"code": "clock_battery_low"})],
+        rule,
+    )
+    assert states(out) == [("watch", "elec.clock.offset"), ("watch", "elec.clock.events")]
+    assert out[0].reason.value == 400.0
+
+
+def test_tamper_is_an_inspection_and_hardware_is_faulty() -> None:
+    events = [
+        MeterPoint("m", 5, {"code": "cover_open"}),
+        MeterPoint("m", 9, {"code": "relay_fault"}),
+        MeterPoint("m", 7, {"code": "power_down"}),
+    ]
+    out = elec.event_findings(events, RULES.tamper, RULES.hardware)
+    assert [(f.state, f.inspect, f.reason.rule) for f in out] == [
+        ("normal", True, "elec.tamper"),
+        ("faulty", False, "elec.hardware"),
+    ]
