@@ -45,10 +45,11 @@ def states(findings: list[elec.Finding]) -> list[tuple[str, str]]:
     return [(f.state, f.reason.rule) for f in findings]
 
 
+def judge(error: float, half: float = 0.3) -> list[tuple[str, str]]:
+    return states(elec.estimate_findings(estimate(error, half), "2", 2.0, PASSING, RULES))
+
+
 def test_error_limit_suspect_watch_normal() -> None:
-    judge = lambda e, half=0.3: states(
-        elec.estimate_findings(estimate(e, half), "2", 2.0, PASSING, RULES)
-    )  # noqa: E731
     assert judge(4.5) == [("suspect", "elec.error_limit")]
     assert judge(-4.5) == [("suspect", "elec.error_limit")]
     # beyond the limit, but the interval reaches back inside it: not proven → watch
