@@ -13,7 +13,7 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from monitor import __version__
 from monitor.config import Settings
@@ -22,9 +22,12 @@ from monitor.metrics import Metrics
 from monitor.ports import TelemetryStore
 from monitor.registry import ParsedRows, parse_csv, parse_rows
 from monitor.rules.schema import RuleBook
-from monitor.schema import MEASUREMENTS, Measurement, field_owner
+from monitor.schema import MEASUREMENTS, TAXI_EVENT, TAXI_STATUS, Measurement, field_owner
 from monitor.state import MeterFilter, SqliteState
-from monitor.telemetry import format_ts, parse_ts
+from monitor.taxi.rollout import Rollout, applied_at, progress
+from monitor.taxi.rollout import summary as rollout_summary
+from monitor.taxi.tariff import Tariff
+from monitor.telemetry import ID_PATTERN, format_ts, parse_ts
 
 
 @dataclass
@@ -38,6 +41,7 @@ class ApiContext:
     broker_connected: Callable[[], bool]
     evaluator: Evaluator
     rules: Callable[[], RuleBook]
+    publish: Callable[[str, bytes, bool], None] | None = None
 
 
 def encode_cursor(last_id: str) -> str:
@@ -90,6 +94,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     _add_meters(app, ctx)
     _add_registry(app, ctx)
     _add_evaluation(app, ctx)
+    _add_taxi(app, ctx)
     return app
 
 
@@ -349,3 +354,141 @@ def _check_results(results: list[SampleResultIn], drawn: set[str]) -> None:
     strangers = sorted(set(names) - drawn)
     if strangers:
         raise HTTPException(422, f"meter(s) {strangers} were not drawn for this lot's sample")
+
+
+class WorkOrderIn(BaseModel):
+    """An authorised intervention on a meter (CONTRACT §5)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    meter: str = Field(pattern=ID_PATTERN.pattern)
+    start: str = Field(alias="from", description="RFC 3339 or epoch ms")
+    end: str = Field(alias="to", description="RFC 3339 or epoch ms")
+    reason: str = Field(min_length=3, max_length=500)
+
+
+def _workorder_json(row: tuple[int, str, int, int, str, str]) -> dict[str, Any]:
+    wid, meter, start, end, reason, created = row
+    return {
+        "id": wid,
+        "meter": meter,
+        "from": format_ts(start),
+        "to": format_ts(end),
+        "reason": reason,
+        "created_at": created,
+    }
+
+
+def _add_taxi(app: FastAPI, ctx: ApiContext) -> None:
+    page_max = ctx.settings.api.page_max
+
+    @app.post("/api/workorders", tags=["taxi"], status_code=201)
+    def add_workorder(order: WorkOrderIn) -> dict[str, Any]:
+        """Register a work order: a seal break or parameter change inside it is expected."""
+        start, end = _time_param("from", order.start), _time_param("to", order.end)
+        assert start is not None and end is not None
+        if end <= start:
+            raise HTTPException(400, "'to' must be after 'from'")
+        wid = ctx.state.add_workorder(order.meter, start, end, order.reason)
+        return _workorder_json((wid, order.meter, start, end, order.reason, ""))
+
+    @app.get("/api/workorders", tags=["taxi"])
+    def list_workorders(
+        meter: str | None = None,
+        limit: int = Query(100, ge=1, le=page_max),
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """Work orders, oldest first."""
+        after = int(decode_cursor(cursor)) if cursor else 0
+        rows = ctx.state.workorders(meter, after, limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return {
+            "items": [_workorder_json(r) for r in rows],
+            "next": encode_cursor(str(rows[-1][0])) if more else None,
+        }
+
+    @app.post("/api/tariffs/{version}/rollout", tags=["taxi"], status_code=201)
+    async def rollout(version: str, request: Request) -> dict[str, Any]:
+        """Validate and store a tariff, push it to taxi meters, and track their answers."""
+        body = await _json_object(request)
+        return _start_rollout(ctx, version, body)
+
+    @app.get("/api/tariffs/{version}", tags=["taxi"])
+    def rollout_progress(version: str, as_of: str | None = None) -> dict[str, Any]:
+        """Per meter: pending, applied or overdue (judged at as_of, default latest telemetry)."""
+        return _progress(ctx, version, _time_param("as_of", as_of))
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HTTPException(400, f"body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise HTTPException(400, "body must be a JSON object: the tariff (CONTRACT §9)")
+    return body
+
+
+def _start_rollout(ctx: ApiContext, version: str, body: dict[str, Any]) -> dict[str, Any]:
+    if not ID_PATTERN.match(version):
+        raise HTTPException(400, f"version {version!r} is not [A-Za-z0-9_.:-]{{1,64}}")
+    meters = body.pop("meters", None)
+    try:
+        tariff = Tariff.model_validate(body)
+    except ValidationError as exc:
+        raise HTTPException(422, "tariff refused, nothing stored: " + _explain(exc)) from None
+    if ctx.state.tariff(version) is not None:
+        raise HTTPException(409, f"tariff {version!r} was already rolled out; use a new version")
+    targets = _targets(ctx, meters)
+    eff = parse_ts(tariff.effective_from.isoformat())
+    deadline = eff + int(ctx.rules().rules.taxi.tariff.deadline_h * 3_600_000)
+    stored = tariff.model_dump(mode="json")
+    ctx.state.save_tariff(version, stored, eff, deadline, targets)
+    if ctx.publish is not None:
+        root = ctx.settings.mqtt.topic_root
+        command = {"version": version, "effective_from": stored["effective_from"], "tariff": stored}
+        payload = json.dumps(command, separators=(",", ":")).encode()
+        for meter in targets:
+            # Retained: a meter that was offline gets its current tariff when it reconnects.
+            ctx.publish(f"{root}/taxi/{meter}/cmd/tariff", payload, True)
+    return _progress(ctx, version, None)
+
+
+def _explain(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '(body)'}: {e['msg']}"
+        for e in exc.errors(include_url=False)
+    )
+
+
+def _targets(ctx: ApiContext, meters: object) -> list[str]:
+    known = {r.meter_id for r in ctx.state.registry_rows("taxi")} | set(
+        ctx.state.seen_meters("taxi")
+    )
+    if meters is None:
+        if not known:
+            raise HTTPException(409, "no taxi meters known (registry or telemetry) to push to")
+        return sorted(known)
+    if not isinstance(meters, list) or not all(isinstance(m, str) for m in meters) or not meters:
+        raise HTTPException(422, "meters must be a non-empty list of taxi meter ids")
+    unknown = sorted(set(meters) - known)
+    if unknown:
+        raise HTTPException(422, f"not known taxi meters: {unknown}; nothing stored")
+    return sorted(set(meters))
+
+
+def _progress(ctx: ApiContext, version: str, as_of_ms: int | None) -> dict[str, Any]:
+    found = ctx.state.tariff(version)
+    if found is None:
+        raise HTTPException(404, f"tariff {version!r} has not been rolled out")
+    _, eff, deadline, meters = found
+    plan = Rollout(version, eff, deadline, meters)
+    as_of = as_of_ms if as_of_ms is not None else (ctx.state.latest_event_ts() or eff)
+    start = eff - 86_400_000  # a meter may apply ahead of the effective time
+    seen = applied_at(
+        version,
+        ctx.store.points(TAXI_EVENT, start, as_of),
+        ctx.store.points(TAXI_STATUS, start, as_of),
+    )
+    return rollout_summary(plan, progress(plan, seen, as_of), as_of)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import threading
 import time
 from datetime import UTC, datetime
 
+import paho.mqtt.client as paho
+
 from monitor.config import Settings
 from monitor.mqtt import BrokerAddress, make_client, parse_broker_url
 from monitor.registry import parse_rows
 from monitor.simulate import Fleet, FleetSpec, run_paced, write_registry_csv
+from monitor.taxi.tariff import Tariff
 from monitor.telemetry import parse_ts
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,23 @@ class QosPublisher:
         self._client.connect(address.host, address.port)
         self._client.loop_start()
 
+    def listen_for_tariffs(self, fleet: Fleet) -> None:
+        """Deliver `cmd/tariff` messages to the simulated taxi meters (they answer
+        with `tariff_applied`, except the planted stale meter)."""
+        root = fleet.spec.topic_root
+
+        def on_message(_c: object, _u: object, msg: paho.MQTTMessage) -> None:
+            meter = msg.topic.split("/")[-3]
+            try:
+                command = json.loads(msg.payload)
+                tariff = Tariff.model_validate(command["tariff"])
+                fleet.push_tariff(command["version"], tariff, fleet.cursor_ms, [meter])
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("simulated meter %s ignored a bad tariff command: %s", meter, exc)
+
+        self._client.on_message = on_message
+        self._client.subscribe(f"{root}/taxi/+/cmd/tariff", qos=1)
+
     def _on_publish(self, *_: object) -> None:
         with self._lock:
             self.acked += 1
@@ -83,6 +104,7 @@ def simulate(
     if args.registry_out:
         write_registry_csv(fleet.registry_rows(), args.registry_out)
     publisher = QosPublisher(address, f"monitor-simulator-{args.seed}")
+    publisher.listen_for_tariffs(fleet)
     end_ms = start_ms + int(args.duration_days * DAY_MS) if args.duration_days else None
     log.info(
         "simulating %d districts × %d meters and %d taxis from %s at %gx",

@@ -147,6 +147,7 @@ class Service:
             lambda: parts.worker.connected,
             parts.evaluator,
             lambda: parts.rules.current,
+            parts.worker.publish,
         )
         return create_app(ctx)
 

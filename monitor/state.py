@@ -34,6 +34,15 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS sample_results (
         lot TEXT NOT NULL, meter TEXT NOT NULL, error_pct REAL, passed INTEGER NOT NULL,
         PRIMARY KEY (lot, meter))""",
+    """CREATE TABLE IF NOT EXISTS workorders (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, meter TEXT NOT NULL, start_ms INTEGER NOT NULL,
+        end_ms INTEGER NOT NULL, reason TEXT NOT NULL, created_at TEXT NOT NULL
+        DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now')))""",
+    "CREATE INDEX IF NOT EXISTS workorders_meter ON workorders (meter, start_ms)",
+    """CREATE TABLE IF NOT EXISTS tariffs (
+        version TEXT PRIMARY KEY, body TEXT NOT NULL, effective_from_ms INTEGER NOT NULL,
+        deadline_ms INTEGER NOT NULL, meters TEXT NOT NULL, created_at TEXT NOT NULL
+        DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now')))""",
     "CREATE INDEX IF NOT EXISTS registry_district ON registry (district)",
     "CREATE INDEX IF NOT EXISTS registry_lot ON registry (lot)",
 ]
@@ -267,6 +276,60 @@ class SqliteState:
             [lot],
         )
         return [(r[0], r[1], bool(r[2])) for r in rows]
+
+    # -- work orders and tariff rollouts ------------------------------------
+
+    def add_workorder(self, meter: str, start_ms: int, end_ms: int, reason: str) -> int:
+        """Record an authorised intervention; returns its id."""
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT INTO workorders (meter, start_ms, end_ms, reason) VALUES (?, ?, ?, ?)",
+                (meter, start_ms, end_ms, reason),
+            )
+            return int(cur.lastrowid or 0)
+
+    def workorders(
+        self, meter: str | None = None, after_id: int = 0, limit: int = 1000
+    ) -> list[tuple[int, str, int, int, str, str]]:
+        """Work orders (of one meter), by id: (id, meter, start_ms, end_ms, reason, created_at)."""
+        sql = "SELECT id, meter, start_ms, end_ms, reason, created_at FROM workorders WHERE id > ?"
+        args: list[object] = [after_id]
+        if meter is not None:
+            sql += " AND meter = ?"
+            args.append(meter)
+        rows = self._rows(sql + " ORDER BY id LIMIT ?", [*args, limit])
+        return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+    def save_tariff(
+        self,
+        version: str,
+        body: dict[str, Any],
+        effective_from_ms: int,
+        deadline_ms: int,
+        meters: list[str],
+    ) -> None:
+        """Record a rolled-out tariff and the meters it was pushed to."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO tariffs (version, body, effective_from_ms, deadline_ms, meters) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (version, json.dumps(body), effective_from_ms, deadline_ms, json.dumps(meters)),
+            )
+
+    def tariff(self, version: str) -> tuple[dict[str, Any], int, int, list[str]] | None:
+        """A rollout: (body, effective_from_ms, deadline_ms, meters)."""
+        found = self._rows(
+            "SELECT body, effective_from_ms, deadline_ms, meters FROM tariffs WHERE version = ?",
+            [version],
+        )
+        if not found:
+            return None
+        body, eff, deadline, meters = found[0]
+        return json.loads(body), int(eff), int(deadline), json.loads(meters)
+
+    def tariff_bodies(self) -> dict[str, dict[str, Any]]:
+        """Every rolled-out tariff body by version (they join config/tariffs.yaml)."""
+        return {r[0]: json.loads(r[1]) for r in self._rows("SELECT version, body FROM tariffs")}
 
     # -- the fleet list ----------------------------------------------------
 

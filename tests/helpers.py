@@ -31,8 +31,12 @@ class Publisher:
 
     def __init__(self, url: str, client_id: str = "test-publisher") -> None:
         addr = parse_broker_url(url)
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  protocol=paho.MQTTv311, clean_session=False)
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv311,
+            clean_session=False,
+        )
         self.client.max_inflight_messages_set(1000)
         self.client.max_queued_messages_set(0)
         self.client.reconnect_delay_set(0.1, 1)
@@ -45,7 +49,9 @@ class Publisher:
         self.infos.append(self.client.publish(topic, body, qos=1, retain=retain))
 
     def wait_all(self, timeout: float = 60.0) -> None:
-        wait_for(lambda: all(i.is_published() for i in self.infos), timeout, "PUBACK of every message")
+        wait_for(
+            lambda: all(i.is_published() for i in self.infos), timeout, "PUBACK of every message"
+        )
 
     def close(self) -> None:
         self.client.disconnect()
@@ -60,8 +66,9 @@ class Collector:
         self.messages: list[tuple[str, bytes, bool]] = []
         self._lock = threading.Lock()
         self._ready = threading.Event()
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  protocol=paho.MQTTv311)
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311
+        )
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: self._ready.set()
         self.client.connect(addr.host, addr.port)
@@ -86,6 +93,10 @@ def reading(i: int, meter: str = "M1", district: str = "TA1") -> tuple[str, dict
     """The i-th 15-minute reading of a meter."""
     return (
         f"meters/elec/{district}/{meter}/reading",
-        {"ts": BASE_MS + i * 900_000, "energy_kwh": round(100 + 0.25 * i, 3), "current_a": 1.1,
-         "seq": i},
+        {
+            "ts": BASE_MS + i * 900_000,
+            "energy_kwh": round(100 + 0.25 * i, 3),
+            "current_a": 1.1,
+            "seq": i,
+        },
     )

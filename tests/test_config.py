@@ -35,7 +35,11 @@ def test_contract_variables_override_the_file() -> None:
     assert s.mqtt.url == "mqtt://user:pw@broker:1884"
     assert s.storage.backend == "influxdb"
     assert s.storage.influx.url == "http://influx:8086"
-    assert (s.storage.influx.token, s.storage.influx.org, s.storage.influx.bucket) == ("t", "o", "b")
+    assert (s.storage.influx.token, s.storage.influx.org, s.storage.influx.bucket) == (
+        "t",
+        "o",
+        "b",
+    )
     assert s.api.http == "0.0.0.0:9000"
     assert s.storage.data_dir == Path("/tmp/x")
     assert s.mqtt.embedded == "0.0.0.0:1999"
@@ -43,8 +47,9 @@ def test_contract_variables_override_the_file() -> None:
 
 
 def test_generic_variables_reach_any_key() -> None:
-    s = load_settings(REPO / "config", {"MONITOR_MQTT__SHARED_GROUP": "workers",
-                                        "MONITOR_MQTT__BATCH_MAX": "250"})
+    s = load_settings(
+        REPO / "config", {"MONITOR_MQTT__SHARED_GROUP": "workers", "MONITOR_MQTT__BATCH_MAX": "250"}
+    )
     assert s.mqtt.batch_max == 250
     assert s.mqtt.subscription == "$share/workers/meters/#"
 

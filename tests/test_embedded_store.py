@@ -18,7 +18,11 @@ def test_duplicates_and_disorder(tmp_path: Path) -> None:
     store.write([reading("M1", 3000, 3.0), reading("M1", 1000, 1.0)])
     store.write([reading("M1", 2000, 2.0), reading("M1", 1000, 1.0), reading("M2", 1000, 9.0)])
     points = store.history(ELEC_READING, "M1", ["energy_kwh"], None, None, 100)
-    assert [(p.ts_ms, p.values["energy_kwh"]) for p in points] == [(1000, 1.0), (2000, 2.0), (3000, 3.0)]
+    assert [(p.ts_ms, p.values["energy_kwh"]) for p in points] == [
+        (1000, 1.0),
+        (2000, 2.0),
+        (3000, 3.0),
+    ]
     latest = store.latest(ELEC_READING, "M1")
     assert latest is not None and latest.ts_ms == 3000 and latest.values["district"] == "TA1"
     window = store.history(ELEC_READING, "M1", ["energy_kwh"], 1500, 3000, 100)
@@ -28,7 +32,9 @@ def test_duplicates_and_disorder(tmp_path: Path) -> None:
 
 def test_resent_trip_is_one_trip(tmp_path: Path) -> None:
     store = EmbeddedStore(tmp_path / "t.sqlite", Metrics())
-    trip = Record(TAXI_TRIP, "T1", "", 5000, {"trip_id": "x", "meter_km": 4.0, "tariff_version": "v"})
+    trip = Record(
+        TAXI_TRIP, "T1", "", 5000, {"trip_id": "x", "meter_km": 4.0, "tariff_version": "v"}
+    )
     store.write([trip, trip])
     store.write([trip])
     assert len(store.history(TAXI_TRIP, "T1", ["meter_km"], None, None, 10)) == 1

@@ -18,38 +18,58 @@ from tests.services import InfluxStack, Mosquitto
 
 
 def settings(stack: InfluxStack, **kw: object) -> InfluxSettings:
-    return InfluxSettings(url=stack.url, token=stack.token, org=stack.org, bucket=stack.bucket,
-                          retry_max_s=0.5, **kw)  # type: ignore[arg-type]
+    return InfluxSettings(
+        url=stack.url, token=stack.token, org=stack.org, bucket=stack.bucket, retry_max_s=0.5, **kw
+    )  # type: ignore[arg-type]
 
 
 def rec(i: int, meter: str = "M1", kwh: float | None = None) -> Record:
-    return Record(ELEC_READING, meter, "TA1", BASE_MS + i * 900_000,
-                  {"energy_kwh": kwh if kwh is not None else 100.0 + i, "seq": i})
+    return Record(
+        ELEC_READING,
+        meter,
+        "TA1",
+        BASE_MS + i * 900_000,
+        {"energy_kwh": kwh if kwh is not None else 100.0 + i, "seq": i},
+    )
 
 
-def test_points_land_with_schema_and_duplicates_overwrite(influxdb: InfluxStack, tmp_path: Path) -> None:
+def test_points_land_with_schema_and_duplicates_overwrite(
+    influxdb: InfluxStack, tmp_path: Path
+) -> None:
     metrics = Metrics()
     store = InfluxStore(settings(influxdb), tmp_path / "spool", metrics)
     store.write([rec(0), rec(1), rec(2)])
     store.write([rec(1), rec(0, meter="M2")])  # a duplicate and another meter
-    store.write([Record(ELEC_EVENT, "M1", "TA1", BASE_MS, {"code": "cover_open", "detail": "lid"}),
-                 Record(TAXI_TRIP, "T1", "", BASE_MS, {"trip_id": "x", "meter_km": 4.5,
-                                                       "tariff_version": "SH-2022"})])
+    store.write(
+        [
+            Record(ELEC_EVENT, "M1", "TA1", BASE_MS, {"code": "cover_open", "detail": "lid"}),
+            Record(
+                TAXI_TRIP,
+                "T1",
+                "",
+                BASE_MS,
+                {"trip_id": "x", "meter_km": 4.5, "tariff_version": "SH-2022"},
+            ),
+        ]
+    )
     assert store.flush(20)
-    rows = influxdb.rows('SELECT * FROM elec_reading WHERE meter = \'M1\'')
+    rows = influxdb.rows("SELECT * FROM elec_reading WHERE meter = 'M1'")
     assert [(r["time"], r["energy_kwh"], r["seq"], r["district"]) for r in rows] == [
         (BASE_MS + i * 900_000, 100.0 + i, i, "TA1") for i in range(3)
     ]
     tags = influxdb.rows("SHOW TAG KEYS FROM elec_reading")
     assert {r["tagKey"] for r in tags} == {"meter", "district"}
-    fields = {r["fieldKey"]: r["fieldType"] for r in influxdb.rows("SHOW FIELD KEYS FROM elec_reading")}
+    fields = {
+        r["fieldKey"]: r["fieldType"] for r in influxdb.rows("SHOW FIELD KEYS FROM elec_reading")
+    }
     assert fields == {"energy_kwh": "float", "seq": "integer"}
     event = influxdb.rows("SELECT * FROM elec_event")
     assert event[0]["code"] == "cover_open" and event[0]["detail"] == "lid"
     # reads go through /query on the adapter, as they would on InfluxDB 2.x
     hist = store.history(ELEC_READING, "M1", ["energy_kwh"], BASE_MS + 1, None, 100)
     assert [(p.ts_ms, p.values["energy_kwh"]) for p in hist] == [
-        (BASE_MS + 900_000, 101.0), (BASE_MS + 1_800_000, 102.0)
+        (BASE_MS + 900_000, 101.0),
+        (BASE_MS + 1_800_000, 102.0),
     ]
     latest = store.latest(TAXI_TRIP, "T1")
     assert latest is not None and latest.values["meter_km"] == 4.5
@@ -57,7 +77,9 @@ def test_points_land_with_schema_and_duplicates_overwrite(influxdb: InfluxStack,
     store.close()
 
 
-def test_influxdb_down_spools_then_drains_without_loss(influxdb: InfluxStack, tmp_path: Path) -> None:
+def test_influxdb_down_spools_then_drains_without_loss(
+    influxdb: InfluxStack, tmp_path: Path
+) -> None:
     metrics = Metrics()
     store = InfluxStore(settings(influxdb), tmp_path / "spool", metrics)
     store.write([rec(i) for i in range(10)])
@@ -65,8 +87,11 @@ def test_influxdb_down_spools_then_drains_without_loss(influxdb: InfluxStack, tm
     influxdb.server.stop()
     for batch in range(20):
         store.write([rec(10 + batch * 50 + j) for j in range(50)])
-    wait_for(lambda: "unreachable" in store.health().detail or "503" in store.health().detail,
-             20, "the store to notice InfluxDB is down")
+    wait_for(
+        lambda: "unreachable" in store.health().detail or "503" in store.health().detail,
+        20,
+        "the store to notice InfluxDB is down",
+    )
     assert store.health().buffered_points > 0
     assert store.health().writable  # the spool still takes writes
     influxdb.server.start()
@@ -94,20 +119,34 @@ def test_points_influxdb_refuses_for_good_are_counted_as_dropped(
     influxdb: InfluxStack, tmp_path: Path
 ) -> None:
     # A string field where the schema has a float: every later write of it conflicts.
-    httpx.post(f"{influxdb.server.url}/write", params={"db": influxdb.db},
-               content=f'elec_reading,meter=X energy_kwh="text" {BASE_MS}000000').raise_for_status()
+    httpx.post(
+        f"{influxdb.server.url}/write",
+        params={"db": influxdb.db},
+        content=f'elec_reading,meter=X energy_kwh="text" {BASE_MS}000000',
+    ).raise_for_status()
     metrics = Metrics()
     store = InfluxStore(settings(influxdb), tmp_path / "spool", metrics)
     store.write([rec(1)])
     wait_for(lambda: store.health().dropped_points == 1, 20, "the refused point to be counted")
     assert metrics.registry.get_sample_value("monitor_store_dropped_points_total") == 1
-    store.write([Record(TAXI_TRIP, "T1", "", BASE_MS, {"trip_id": "y", "meter_km": 1.0,
-                                                       "tariff_version": "v"})])
+    store.write(
+        [
+            Record(
+                TAXI_TRIP,
+                "T1",
+                "",
+                BASE_MS,
+                {"trip_id": "y", "meter_km": 1.0, "tariff_version": "v"},
+            )
+        ]
+    )
     assert store.flush(20)  # the spool is not stuck behind the refused batch
     store.close()
 
 
-def test_worker_to_influxdb_end_to_end(influxdb: InfluxStack, mosquitto: Mosquitto, tmp_path: Path) -> None:
+def test_worker_to_influxdb_end_to_end(
+    influxdb: InfluxStack, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
     from monitor.config import load_settings
 
     s = load_settings(tmp_path / "none", {"MONITOR_MQTT_URL": mosquitto.url})

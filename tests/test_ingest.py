@@ -25,14 +25,18 @@ class Rig:
     def __init__(self, broker: Mosquitto, data: Path, client_id: str = "worker-test") -> None:
         self.settings: Settings = load_settings(
             data / "no-config",
-            {"MONITOR_MQTT_URL": broker.url, "MONITOR_DATA_DIR": str(data),
-             "MONITOR_MQTT__CLIENT_ID": client_id},
+            {
+                "MONITOR_MQTT_URL": broker.url,
+                "MONITOR_DATA_DIR": str(data),
+                "MONITOR_MQTT__CLIENT_ID": client_id,
+            },
         )
         self.metrics = Metrics()
         self.store = EmbeddedStore(data / "telemetry.sqlite", self.metrics)
         self.state = SqliteState(data / "state.sqlite")
-        self.worker = IngestWorker(self.settings.mqtt, parse_broker_url(broker.url), self.store,
-                                   self.state, self.metrics)
+        self.worker = IngestWorker(
+            self.settings.mqtt, parse_broker_url(broker.url), self.store, self.state, self.metrics
+        )
         self.worker.start()
         assert self.worker.wait_connected(15), "worker did not connect"
 
@@ -62,12 +66,37 @@ def test_valid_telemetry_is_stored_once_in_event_time_order(rig: Rig, mosquitto:
     order = [3, 0, 1, 1, 2, 5, 4, 4]  # disorder and duplicates are normal input
     for i in order:
         pub.send(*reading(i))
-    pub.send("meters/taxi/T1/trip", {"trip_id": "a", "start_ts": BASE_MS, "end_ts": BASE_MS + 600_000,
-                                     "meter_km": 5.0, "fare_cny": 20, "tariff_version": "SH-2022"})
-    pub.send("meters/taxi/T1/trip", {"trip_id": "a", "start_ts": BASE_MS, "end_ts": BASE_MS + 600_000,
-                                     "meter_km": 5.0, "fare_cny": 20, "tariff_version": "SH-2022"})
-    pub.send("meters/taxi/T1/status", {"ts": "2026-03-01T00:05:00+08:00", "seal": "intact",
-                                       "tariff_version": "SH-2022", "pulses_per_km": 1000})
+    pub.send(
+        "meters/taxi/T1/trip",
+        {
+            "trip_id": "a",
+            "start_ts": BASE_MS,
+            "end_ts": BASE_MS + 600_000,
+            "meter_km": 5.0,
+            "fare_cny": 20,
+            "tariff_version": "SH-2022",
+        },
+    )
+    pub.send(
+        "meters/taxi/T1/trip",
+        {
+            "trip_id": "a",
+            "start_ts": BASE_MS,
+            "end_ts": BASE_MS + 600_000,
+            "meter_km": 5.0,
+            "fare_cny": 20,
+            "tariff_version": "SH-2022",
+        },
+    )
+    pub.send(
+        "meters/taxi/T1/status",
+        {
+            "ts": "2026-03-01T00:05:00+08:00",
+            "seal": "intact",
+            "tariff_version": "SH-2022",
+            "pulses_per_km": 1000,
+        },
+    )
     pub.wait_all()
     wait_for(lambda: rig.worker.processed >= len(order) + 3, what="all messages processed")
     assert rig.readings() == [(BASE_MS + i * 900_000, 100 + 0.25 * i) for i in range(6)]
@@ -75,7 +104,9 @@ def test_valid_telemetry_is_stored_once_in_event_time_order(rig: Rig, mosquitto:
     status = rig.store.latest(TAXI_STATUS, "T1")
     assert status is not None and status.values["seal"] == "intact"
     seen = rig.state.seen("M1")
-    assert seen is not None and seen["last_ts"] == BASE_MS + 5 * 900_000 and seen["district"] == "TA1"
+    assert (
+        seen is not None and seen["last_ts"] == BASE_MS + 5 * 900_000 and seen["district"] == "TA1"
+    )
     assert rig.metric("monitor_messages_received_total", kind="elec") == len(order)
     assert rig.metric("monitor_messages_received_total", kind="taxi") == 3
     pub.close()
@@ -88,10 +119,16 @@ MALFORMED: list[tuple[str, bytes, str]] = [
     ("meters/elec/TA1/M1/reading", b'{"ts": 1772294400000, "energy_kwh": "1"}', "invalid_payload"),
     ("meters/elec/TA1/M1/reading", b'{"ts": 1772294400000, "energy_kwh": NaN}', "invalid_payload"),
     ("meters/elec/TA1/M1/reading", b'{"ts": 1772294400000, "energy_kwh": -4}', "invalid_payload"),
-    ("meters/elec/TA1/M1/reading", b'{"ts": 1772294400000, "energy_kwh": 1, "meter": "M9"}',
-     "identity_mismatch"),
-    ("meters/elec/TA1/M1/reading", b'{"ts": 1772294400000, "energy_kwh": 1, "pad": "'
-     + b"x" * 70_000 + b'"}', "oversized"),
+    (
+        "meters/elec/TA1/M1/reading",
+        b'{"ts": 1772294400000, "energy_kwh": 1, "meter": "M9"}',
+        "identity_mismatch",
+    ),
+    (
+        "meters/elec/TA1/M1/reading",
+        b'{"ts": 1772294400000, "energy_kwh": 1, "pad": "' + b"x" * 70_000 + b'"}',
+        "oversized",
+    ),
     ("meters/gas/TA1/M1/reading", b"{}", "unknown_topic"),
     ("meters/taxi/T1/event", b'{"ts": 1772294400000, "code": "nope"}', "invalid_payload"),
 ]
@@ -147,8 +184,10 @@ def test_unacknowledged_messages_are_redelivered_to_the_next_worker(
     for i in range(50):
         pub.send(*reading(i))
     pub.wait_all()
-    wait_for(lambda: first.metric("monitor_store_errors_total", backend="embedded") > 0,
-             what="failed store writes")
+    wait_for(
+        lambda: first.metric("monitor_store_errors_total", backend="embedded") > 0,
+        what="failed store writes",
+    )
     first.worker.stop(drain_s=0.1)
     second = Rig(mosquitto, tmp_path / "b", client_id="worker-redeliver")  # same session
     wait_for(lambda: len(second.readings()) == 50, 30, "redelivered readings")
@@ -161,6 +200,8 @@ def test_deadletter_body_for_binary_payload() -> None:
     from monitor.ingest import deadletter_body
     from monitor.telemetry import Rejection
 
-    body = json.loads(deadletter_body("t", b"\x00\xff" * 10, Rejection("invalid_json", "x"), 0.0, 4))
+    body = json.loads(
+        deadletter_body("t", b"\x00\xff" * 10, Rejection("invalid_json", "x"), 0.0, 4)
+    )
     assert body["encoding"] == "base64" and body["truncated_from_bytes"] == 20
     assert body["received_at"] == "1970-01-01T00:00:00.000+00:00"

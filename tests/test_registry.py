@@ -20,7 +20,9 @@ def test_valid_rows_parse_with_due_date() -> None:
     assert parsed.errors == []
     e1, e0, t1 = parsed.rows
     assert e1.due_on == date(2026, 2, 1)
-    assert e0.effective_role == "master" and e0.due_on == date(2024, 3, 1)  # no verification: installed
+    assert e0.effective_role == "master" and e0.due_on == date(
+        2024, 3, 1
+    )  # no verification: installed
     assert t1.plate == "沪A12345" and t1.effective_role is None
     assert e1.as_dict()["due_on"] == "2026-02-01"
 

@@ -25,15 +25,25 @@ class MonitorProcess:
 
     def __init__(self, tmp: Path, env: dict[str, str]) -> None:
         self.http = f"127.0.0.1:{free_port()}"
-        self.env = {**os.environ, "MONITOR_CONFIG": str(REPO / "config"),
-                    "MONITOR_DATA_DIR": str(tmp / "data"), "MONITOR_HTTP": self.http, **env}
+        self.env = {
+            **os.environ,
+            "MONITOR_CONFIG": str(REPO / "config"),
+            "MONITOR_DATA_DIR": str(tmp / "data"),
+            "MONITOR_HTTP": self.http,
+            **env,
+        }
         self.log = tmp / "monitor.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "monitor", "run"], env=self.env,
-                                         stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "monitor", "run"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
         wait_for(self.ready, 30, f"healthz of monitor run (log: {self.log.read_text()[-2000:]})")
 
     def ready(self) -> bool:
@@ -89,7 +99,9 @@ def test_killed_worker_loses_nothing(monitor_on: MonitorProcess, mosquitto: Mosq
     for i in range(per_meter):
         for k in range(meters):
             pub.send(*reading(i, meter=f"K{k}"))
-    wait_for(lambda: monitor_on.metric("monitor_points_written_total") > 2000, 60, "some points stored")
+    wait_for(
+        lambda: monitor_on.metric("monitor_points_written_total") > 2000, 60, "some points stored"
+    )
     monitor_on.kill()  # SIGKILL mid-stream: no drain, no goodbye
     pub.wait_all(120)
     monitor_on.start()  # same client id, same persistent session
@@ -112,35 +124,72 @@ def test_run_on_embedded_defaults_serves_what_meters_send(tmp_path: Path) -> Non
         pub.wait_all()
         wait_for(lambda: stored(m, "EMB1") == 10, 30, "10 readings via the embedded broker")
         items = m.get("/api/meters").json()["items"]
-        assert [(i["meter_id"], i["registered"], i["district"]) for i in items] == [("EMB1", False, "TA7")]
-        wait_for(lambda: m.metric('monitor_messages_rejected_total{reason="invalid_json"}') == 1,
-                 10, "the rejected message counted")
+        assert [(i["meter_id"], i["registered"], i["district"]) for i in items] == [
+            ("EMB1", False, "TA7")
+        ]
+        wait_for(
+            lambda: m.metric('monitor_messages_rejected_total{reason="invalid_json"}') == 1,
+            10,
+            "the rejected message counted",
+        )
         assert (tmp_path / "data" / "telemetry.sqlite").exists()
         pub.close()
     finally:
         m.stop()
 
 
-def test_simulated_fleet_through_mosquitto(monitor_on: MonitorProcess, mosquitto: Mosquitto,
-                                           tmp_path: Path) -> None:
+def test_simulated_fleet_through_mosquitto(
+    monitor_on: MonitorProcess, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
     monitor_on.start()
     registry = tmp_path / "fleet.csv"
     env = {**monitor_on.env}
     run = subprocess.run(
-        [sys.executable, "-m", "monitor", "simulate", "--broker", mosquitto.url, "--districts", "2",
-         "--meters-per-district", "10", "--taxis", "3", "--start", "2026-03-01T00:00:00+08:00",
-         "--backfill-days", "1", "--duration-days", "1", "--registry-out", str(registry)],
-        env=env, capture_output=True, text=True, timeout=120, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "monitor",
+            "simulate",
+            "--broker",
+            mosquitto.url,
+            "--districts",
+            "2",
+            "--meters-per-district",
+            "10",
+            "--taxis",
+            "3",
+            "--start",
+            "2026-03-01T00:00:00+08:00",
+            "--backfill-days",
+            "1",
+            "--duration-days",
+            "1",
+            "--registry-out",
+            str(registry),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
     )
     assert run.returncode == 0, run.stderr
     sent = int(run.stdout.split("published ")[1].split()[0])
     assert sent > 2 * 11 * 96 * 0.9  # readings alone (10 customers + 1 master per district)
-    imp = subprocess.run([sys.executable, "-m", "monitor", "registry", "import", str(registry)],
-                         env=env, capture_output=True, text=True, timeout=60, cwd=REPO)
+    imp = subprocess.run(
+        [sys.executable, "-m", "monitor", "registry", "import", str(registry)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
     assert imp.returncode == 0, imp.stderr
     rows = parse_csv(registry.read_text()).rows
     assert f"imported {len(rows)} meter(s)" in imp.stdout
-    wait_for(lambda: monitor_on.metric("monitor_messages_received_total") >= sent, 60, "all received")
+    wait_for(
+        lambda: monitor_on.metric("monitor_messages_received_total") >= sent, 60, "all received"
+    )
     listed = monitor_on.get("/api/meters", limit=1000).json()["items"]
     assert {i["meter_id"] for i in listed} == {r.meter_id for r in rows}
     assert all(i["registered"] and i["messages"] > 0 for i in listed)
@@ -153,22 +202,50 @@ def test_simulated_fleet_through_mosquitto(monitor_on: MonitorProcess, mosquitto
 
 def test_cli_rules_check_and_bad_registry(tmp_path: Path) -> None:
     env = {**os.environ, "MONITOR_CONFIG": str(REPO / "config"), "MONITOR_DATA_DIR": str(tmp_path)}
-    ok = subprocess.run([sys.executable, "-m", "monitor", "rules", "check"], env=env,
-                        capture_output=True, text=True, cwd=REPO)
+    ok = subprocess.run(
+        [sys.executable, "-m", "monitor", "rules", "check"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert ok.returncode == 0 and "valid, version shanghai-default@2026.1+" in ok.stdout
     changed = tmp_path / "rules.yaml"
-    changed.write_text((REPO / "config/rules.yaml").read_text().replace("deadline_h: 24", "deadline_h: 12"))
-    out = subprocess.run([sys.executable, "-m", "monitor", "rules", "check", str(changed)], env=env,
-                         capture_output=True, text=True, cwd=REPO)
+    changed.write_text(
+        (REPO / "config/rules.yaml").read_text().replace("deadline_h: 24", "deadline_h: 12")
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "monitor", "rules", "check", str(changed)],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert out.returncode == 0 and "taxi.tariff.deadline_h: 24.0 → 12.0" in out.stdout
-    changed.write_text((REPO / "config/rules.yaml").read_text().replace("deadline_h: 24", "deadline_h: -1"))
-    bad = subprocess.run([sys.executable, "-m", "monitor", "rules", "check", str(changed)], env=env,
-                         capture_output=True, text=True, cwd=REPO)
-    assert bad.returncode == 2 and "taxi.tariff.deadline_h" in bad.stderr and "rules.yaml:" in bad.stderr
+    changed.write_text(
+        (REPO / "config/rules.yaml").read_text().replace("deadline_h: 24", "deadline_h: -1")
+    )
+    bad = subprocess.run(
+        [sys.executable, "-m", "monitor", "rules", "check", str(changed)],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert (
+        bad.returncode == 2
+        and "taxi.tariff.deadline_h" in bad.stderr
+        and "rules.yaml:" in bad.stderr
+    )
     csv = tmp_path / "bad.csv"
     csv.write_text("meter_id,kind\nA1,elec\n")
-    imp = subprocess.run([sys.executable, "-m", "monitor", "registry", "import", str(csv)], env=env,
-                         capture_output=True, text=True, cwd=REPO)
+    imp = subprocess.run(
+        [sys.executable, "-m", "monitor", "registry", "import", str(csv)],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert imp.returncode == 1 and "line 2 (A1)" in imp.stderr and "nothing imported" in imp.stderr
 
 
@@ -177,7 +254,13 @@ def test_bad_config_refuses_to_start(tmp_path: Path) -> None:
     shutil.copytree(REPO / "config", cfg)
     (cfg / "monitor.yaml").write_text("mqtt:\n  batch_max: 0\n")
     env = {**os.environ, "MONITOR_CONFIG": str(cfg), "MONITOR_DATA_DIR": str(tmp_path / "d")}
-    run = subprocess.run([sys.executable, "-m", "monitor", "run"], env=env, capture_output=True,
-                         text=True, timeout=60, cwd=REPO)
+    run = subprocess.run(
+        [sys.executable, "-m", "monitor", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
     assert run.returncode == 2
     assert f"{cfg / 'monitor.yaml'}:2: mqtt.batch_max" in run.stderr

@@ -29,7 +29,12 @@ def test_both_time_formats_give_the_same_instant() -> None:
 def test_reading_identity_comes_from_the_topic() -> None:
     rec = parse("meters/elec/TA-01/M-7/reading", {"ts": TS_TEXT, "energy_kwh": 12.5, "seq": 3})
     assert isinstance(rec, Record)
-    assert (rec.measurement, rec.meter, rec.district, rec.ts_ms) == (ELEC_READING, "M-7", "TA-01", TS_MS)
+    assert (rec.measurement, rec.meter, rec.district, rec.ts_ms) == (
+        ELEC_READING,
+        "M-7",
+        "TA-01",
+        TS_MS,
+    )
     assert rec.values == {"energy_kwh": 12.5, "seq": 3}
 
 
@@ -45,9 +50,17 @@ def test_every_channel_parses() -> None:
         "wait_s": 120,
     }
     cases = [
-        ("meters/elec/D/M/event", {"ts": TS_MS, "code": "cover_open", "detail": {"n": 1}}, ELEC_EVENT),
+        (
+            "meters/elec/D/M/event",
+            {"ts": TS_MS, "code": "cover_open", "detail": {"n": 1}},
+            ELEC_EVENT,
+        ),
         ("meters/taxi/X/trip", trip, TAXI_TRIP),
-        ("meters/taxi/X/status", {"ts": TS_MS, "seal": "intact", "tariff_version": "v"}, TAXI_STATUS),
+        (
+            "meters/taxi/X/status",
+            {"ts": TS_MS, "seal": "intact", "tariff_version": "v"},
+            TAXI_STATUS,
+        ),
         ("meters/taxi/X/event", {"ts": TS_TEXT, "code": "seal_broken"}, TAXI_EVENT),
     ]
     for topic, body, measurement in cases:
@@ -85,7 +98,10 @@ def test_rejections_say_why() -> None:
     assert reason("meters/taxi/X/status", {"ts": TS_MS, "seal": "open", "tariff_version": "v"}) == (
         "invalid_payload"
     )
-    assert reason("meters/elec/D/M/reading", {"ts": TS_MS, "energy_kwh": 1}, max_bytes=10) == "oversized"
+    assert (
+        reason("meters/elec/D/M/reading", {"ts": TS_MS, "energy_kwh": 1}, max_bytes=10)
+        == "oversized"
+    )
     assert reason("meters/elec/D/M", {}) == "unknown_topic"
     assert reason("meters/water/D/M/reading", {}) == "unknown_topic"
     assert reason("other/elec/D/M/reading", {}) == "unknown_topic"
@@ -93,8 +109,14 @@ def test_rejections_say_why() -> None:
 
 
 def test_trip_ending_before_it_starts_is_refused() -> None:
-    body = {"trip_id": "t", "start_ts": TS_MS, "end_ts": TS_MS - 1, "meter_km": 1, "fare_cny": 14,
-            "tariff_version": "v"}
+    body = {
+        "trip_id": "t",
+        "start_ts": TS_MS,
+        "end_ts": TS_MS - 1,
+        "meter_km": 1,
+        "fare_cny": 14,
+        "tariff_version": "v",
+    }
     assert reason("meters/taxi/X/trip", body) == "invalid_payload"
 
 
@@ -121,10 +143,25 @@ def test_arbitrary_input_never_raises(topic: str, payload: bytes) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    topic=st.sampled_from(["meters/elec/D/M/reading", "meters/taxi/X/trip", "meters/taxi/X/status"]),
+    topic=st.sampled_from(
+        ["meters/elec/D/M/reading", "meters/taxi/X/trip", "meters/taxi/X/status"]
+    ),
     body=st.dictionaries(
-        st.sampled_from(["ts", "energy_kwh", "trip_id", "start_ts", "end_ts", "meter_km", "fare_cny",
-                         "tariff_version", "seal", "meter", "seq"]),
+        st.sampled_from(
+            [
+                "ts",
+                "energy_kwh",
+                "trip_id",
+                "start_ts",
+                "end_ts",
+                "meter_km",
+                "fare_cny",
+                "tariff_version",
+                "seal",
+                "meter",
+                "seq",
+            ]
+        ),
         st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=30)),
     ),
 )
