@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -264,3 +265,72 @@ def test_bad_config_refuses_to_start(tmp_path: Path) -> None:
     )
     assert run.returncode == 2
     assert f"{cfg / 'monitor.yaml'}:2: mqtt.batch_max" in run.stderr
+
+
+def test_tariff_rollout_reaches_simulated_taxis(
+    monitor_on: MonitorProcess, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    import yaml
+
+    monitor_on.start()
+    registry = tmp_path / "taxis.csv"
+    sim = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "monitor",
+            "simulate",
+            "--broker",
+            mosquitto.url,
+            "--districts",
+            "0",
+            "--taxis",
+            "10",
+            "--speed",
+            "3600",
+            "--start",
+            "2026-07-01T00:00:00+08:00",
+            "--backfill-days",
+            "0",
+            "--duration-days",
+            "2",
+            "--registry-out",
+            str(registry),
+        ],
+        env=monitor_on.env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(
+            lambda: len(monitor_on.get("/api/meters", kind="taxi").json()["items"]) == 10,
+            60,
+            "ten simulated taxis reporting",
+        )
+        tariff = yaml.safe_load((REPO / "config/tariffs.yaml").read_text())["SH-2022"]
+        body = {
+            **tariff,
+            "effective_from": "2026-07-01T00:00:00+08:00",
+            "day": {**tariff["day"], "per_km": 2.9},
+        }
+        r = httpx.post(
+            f"http://{monitor_on.http}/api/tariffs/SH-2026/rollout",
+            content=json.dumps(body, default=str),
+            timeout=10,
+        )
+        assert r.status_code == 201, r.text
+        assert r.json()["targeted"] == 10
+
+        def progress() -> dict[str, object]:
+            return monitor_on.get("/api/tariffs/SH-2026").json()  # type: ignore[no-any-return]
+
+        wait_for(lambda: progress()["applied"] == 9, 60, "nine meters applying the tariff")
+        stale = [m for m in progress()["meters"] if m["status"] != "applied"]  # type: ignore[union-attr]
+        assert len(stale) == 1  # the planted meter that never applies new tariffs
+        wait_for(
+            lambda: progress()["overdue"] == 1, 90, "the stale meter going overdue (event time)"
+        )
+    finally:
+        sim.terminate()
+        sim.wait(20)
