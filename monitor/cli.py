@@ -96,6 +96,46 @@ def cmd_evaluate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return 0
 
 
+def cmd_rules_backtest(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """Re-run stored history under a rules file; list decisions that would differ."""
+    from monitor.backtest import backtest
+    from monitor.evaluate import Evaluator
+    from monitor.metrics import Metrics
+    from monitor.report import table
+    from monitor.rules.schema import load_rules
+    from monitor.state import SqliteState
+    from monitor.store import open_store
+
+    settings = _settings(args, env)
+    current = load_rules(settings.rules_file)
+    candidate = load_rules(Path(args.file)) if args.file else current
+    store = open_store(settings.storage, Metrics())
+    state = SqliteState(settings.storage.data_dir / "state.sqlite")
+    try:
+        evaluator = Evaluator(store, state)
+        latest = evaluator.default_as_of()
+        if latest is None:
+            print("no telemetry stored: nothing to backtest", file=sys.stderr)
+            return 1
+        diffs = backtest(evaluator, current, candidate, latest, args.since)
+    finally:
+        store.close()
+        state.close()
+    print(
+        f"{current.version} → {candidate.version}, {args.since + 1} daily passes: "
+        f"{len(diffs)} decision(s) differ"
+    )
+    rows = [
+        (d.as_of[:10], d.subject, d.kind, "/".join(d.before), "/".join(d.after), d.reason)
+        for d in diffs
+    ]
+    if rows:
+        print(
+            table(["as_of", "subject", "kind", "in force", "candidate", "candidate's reason"], rows)
+        )
+    return 0
+
+
 def cmd_rules_check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """Validate a rules file and say what it would change against the one in force."""
     from monitor.rules.schema import diff, load_rules
@@ -152,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = with_config(rules.add_parser("check", help=cmd_rules_check.__doc__))
     check.add_argument("file", nargs="?")
     check.set_defaults(func=cmd_rules_check)
+    back = with_config(rules.add_parser("backtest", help=cmd_rules_backtest.__doc__))
+    back.add_argument("file", nargs="?", help="candidate rules file (default: the one in force)")
+    back.add_argument("--since", type=int, default=7, help="days of history to replay")
+    back.set_defaults(func=cmd_rules_backtest)
     return parser
 
 

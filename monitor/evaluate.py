@@ -184,12 +184,15 @@ class Evaluator:
         """The latest telemetry time seen, or None before any telemetry."""
         return self._state.latest_event_ts()
 
-    def run(self, as_of_ms: int, book: RuleBook) -> EvaluationResult:
-        """Evaluate every electricity meter and lot as of `as_of_ms`."""
-        with self._lock:
-            return self._run(as_of_ms, book)
+    def run(self, as_of_ms: int, book: RuleBook, record: bool = True) -> EvaluationResult:
+        """Evaluate every electricity meter and lot as of `as_of_ms`.
 
-    def _run(self, as_of_ms: int, book: RuleBook) -> EvaluationResult:
+        `record=False` is a dry run (backtests): nothing is stored or published.
+        """
+        with self._lock:
+            return self._run(as_of_ms, book, record)
+
+    def _run(self, as_of_ms: int, book: RuleBook, record: bool) -> EvaluationResult:
         rules = book.rules.elec
         as_of = format_ts(as_of_ms)
         start = as_of_ms - int(rules.estimation.window_days * 86_400_000)
@@ -202,7 +205,8 @@ class Evaluator:
         extended = {lot: d.new_due_on for lot, d in lots.items() if d.decision == "extend"}
         if extended:
             meters = self._meters(registry, districts, events, rules, stamp, extended)
-        self._record(meters, lots, districts, stamp)
+        if record:
+            self._record(meters, lots, districts, stamp)
         return EvaluationResult(as_of, book.version, meters, lots, districts)
 
     def _districts(

@@ -187,3 +187,27 @@ def test_as_of_is_event_time(world: World) -> None:
     assert summary["meter_states"].get("suspect", 0) == 0
     assert world.client.post("/api/evaluate", params={"as_of": "soon"}).status_code == 400
     world.client.post("/api/evaluate")  # leave the latest state for other tests
+
+
+def test_backtest_lists_what_a_rules_change_would_change_and_stores_nothing(world: World) -> None:
+    from monitor.backtest import backtest
+    from monitor.rules.schema import parse_rules
+
+    world.client.post("/api/evaluate")
+    stored = world.client.get("/api/meters", params={"limit": 1000}).json()["items"]
+    current = load_rules(REPO / "config" / "rules.yaml")
+    text = (REPO / "config" / "rules.yaml").read_text()
+    candidate = parse_rules(text.replace("watch_fraction: 0.6", "watch_fraction: 0.2"), "cand.yaml")
+    assert backtest(world.evaluator, current, current, world.last_ms, 1) == []
+    diffs = backtest(world.evaluator, current, candidate, world.last_ms, 1)
+    assert diffs and all(
+        d.before == ("keep", "normal") and d.after == ("keep", "watch") for d in diffs
+    )
+    assert all(d.reason.startswith("elec.error_limit.watch") for d in diffs)
+    assert {d.as_of for d in diffs} <= {
+        format_ts(world.last_ms - 86_400_000),
+        format_ts(world.last_ms),
+    }
+    published = len(world.published)
+    assert world.client.get("/api/meters", params={"limit": 1000}).json()["items"] == stored
+    assert len(world.published) == published
