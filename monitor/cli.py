@@ -77,6 +77,7 @@ def cmd_evaluate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from monitor.rules.schema import load_rules
     from monitor.state import SqliteState
     from monitor.store import open_store
+    from monitor.taxi.tariff import load_tariffs
     from monitor.telemetry import parse_ts
 
     settings = _settings(args, env)
@@ -84,7 +85,8 @@ def cmd_evaluate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     store = open_store(settings.storage, Metrics())
     state = SqliteState(settings.storage.data_dir / "state.sqlite")
     try:
-        evaluator = Evaluator(store, state)
+        book_of_tariffs = load_tariffs(settings.tariffs_file)
+        evaluator = Evaluator(store, state, tariffs=lambda: book_of_tariffs)
         as_of = parse_ts(args.as_of) if args.as_of else evaluator.default_as_of()
         if as_of is None:
             print("no telemetry stored yet and no --as-of: nothing to evaluate", file=sys.stderr)
@@ -105,6 +107,7 @@ def cmd_rules_backtest(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from monitor.rules.schema import load_rules
     from monitor.state import SqliteState
     from monitor.store import open_store
+    from monitor.taxi.tariff import load_tariffs
 
     settings = _settings(args, env)
     current = load_rules(settings.rules_file)
@@ -112,7 +115,8 @@ def cmd_rules_backtest(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     store = open_store(settings.storage, Metrics())
     state = SqliteState(settings.storage.data_dir / "state.sqlite")
     try:
-        evaluator = Evaluator(store, state)
+        book_of_tariffs = load_tariffs(settings.tariffs_file)
+        evaluator = Evaluator(store, state, tariffs=lambda: book_of_tariffs)
         latest = evaluator.default_as_of()
         if latest is None:
             print("no telemetry stored: nothing to backtest", file=sys.stderr)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+from monitor import evaluate_taxi
 from monitor.decide import Decision, Finding, decide_meter, decision_from_dict
 from monitor.estimate.balance import DistrictFit, FitConfig, MeterEstimate, fit_balance
 from monitor.estimate.intervals import Grid, MeterSeries, blocks, place_on_grid
@@ -25,6 +26,7 @@ from monitor.rules import elec as rules_elec
 from monitor.rules.schema import ElecRules, RuleBook
 from monitor.schema import ELEC_EVENT, ELEC_READING
 from monitor.state import SqliteState
+from monitor.taxi.tariff import TariffBook
 from monitor.telemetry import format_ts, ms_to_datetime, parse_ts
 
 log = logging.getLogger(__name__)
@@ -173,11 +175,16 @@ class Evaluator:
     """
 
     def __init__(
-        self, store: TelemetryStore, state: SqliteState, publish: Publish | None = None
+        self,
+        store: TelemetryStore,
+        state: SqliteState,
+        publish: Publish | None = None,
+        tariffs: Callable[[], TariffBook] | None = None,
     ) -> None:
         self._store = store
         self._state = state
         self._publish = publish
+        self._tariffs = tariffs or TariffBook
         self._lock = threading.Lock()  # one pass at a time (scheduler and API)
 
     def default_as_of(self) -> int | None:
@@ -205,6 +212,7 @@ class Evaluator:
         extended = {lot: d.new_due_on for lot, d in lots.items() if d.decision == "extend"}
         if extended:
             meters = self._meters(registry, districts, events, rules, stamp, extended)
+        meters |= self._taxis(as_of_ms, book, stamp)
         if record:
             self._record(meters, lots, districts, stamp)
         return EvaluationResult(as_of, book.version, meters, lots, districts)
@@ -271,6 +279,19 @@ class Evaluator:
             )
         return out
 
+    def _taxis(self, as_of_ms: int, book: RuleBook, stamp: tuple[str, str]) -> dict[str, Decision]:
+        rules = book.rules.taxi
+        registry = {r.meter_id: r for r in self._state.registry_rows("taxi")}
+        meters = sorted(set(registry) | set(self._state.seen_meters("taxi")))
+        if not meters:
+            return {}
+        start = as_of_ms - int(rules.distance.window_days * 86_400_000)
+        data = evaluate_taxi.load(self._store, self._state, start, as_of_ms)
+        tariffs = evaluate_taxi.tariff_book(self._tariffs(), self._state)
+        return evaluate_taxi.decide_taxis(
+            meters, registry, data, tariffs, rules, self._state, as_of_ms, stamp
+        )
+
     def rejudge_lot(self, lot: str, book: RuleBook) -> Decision | None:
         """Re-decide one lot from its members' stored decisions (after sample results).
 
@@ -325,7 +346,7 @@ class Evaluator:
             self._state.save_district(name, stamp[0], dist.report(meters, *stamp))
         if self._publish is not None:
             for body in meter_bodies:
-                self._publish(f"elec/{body['id']}", body)
+                self._publish(f"{body['kind']}/{body['id']}", body)
 
 
 def _by_meter(points: list[MeterPoint]) -> dict[str, list[MeterPoint]]:

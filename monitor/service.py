@@ -89,7 +89,7 @@ class Service:
             payload = json.dumps(body, separators=(",", ":")).encode()
             worker.publish(f"{root}/{suffix}", payload, retain=True)
 
-        evaluator = Evaluator(store, state, publish_decision)
+        evaluator = Evaluator(store, state, publish_decision, lambda: tariffs.current)
         self.parts = Components(address, store, state, worker, rules, tariffs, evaluator, broker)
         self._scheduler.add_job(self._housekeeping, "interval", seconds=30, id="housekeeping")
         if s.scheduling.evaluate_cron:

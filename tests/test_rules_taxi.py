@@ -323,8 +323,9 @@ def test_cusum_reference_follows_the_meter_inside_the_guard_band() -> None:
 def test_cusum_false_alarms_on_clean_meters_over_60_days(noise: str) -> None:
     """200 clean meters × 1200 usable trips (~60 days) with DOMAIN's GNSS noise.
 
-    Measured (seed 60): 0 of 200 for both noise models; with σ = 1.4826·MAD alone (no
-    GNSS floor) 145 of 200 (clipnorm) alarm — the reason for the floor.
+    Measured: seed 60 gives 0 (clipnorm) and 1 (uniform) alarms of 200; over ten seeds
+    0 / 2000 and 4 / 2000 (0.2 %). Against the bare fleet median with σ = 1.4826·MAD
+    alone (no GNSS floor) the same seeds give 1364 / 2000 and 82 / 2000.
     """
     rng = np.random.default_rng(60)
     fleet = {str(i): simulated_meter(rng, 1200, noise) for i in range(200)}
@@ -335,7 +336,7 @@ def test_cusum_false_alarms_on_clean_meters_over_60_days(noise: str) -> None:
         taxi.cusum(logs, taxi.cusum_reference(logs, median, DIST), sigma, DIST).alarm
         for logs in fleet.values()
     )
-    assert alarms <= 1, f"{alarms} of 200 clean meters alarmed"
+    assert alarms <= 2, f"{alarms} of 200 clean meters alarmed"
 
 
 def test_per_trip_mad_alone_would_alarm_on_most_clean_meters() -> None:
@@ -448,7 +449,7 @@ def test_tariff_version_mismatch_is_reported_and_repriced() -> None:
     book = BOOK.with_tariff("SH-2026", Tariff.model_validate(body))
     grace = int(RULES.tariff.deadline_h * HOUR)
     # priced under the old tariff five days after the new one took effect
-    late = fare_trip(10.0, 33.0, end=ms(new_from) + 5 * DAY)
+    late = fare_trip(10.0, 33.0, end=ms(new_from) + 5 * DAY + 12 * HOUR)  # noon
     check = taxi.fare_check(late, book, RULES.fare, grace_ms=grace)
     assert check.version_in_force == "SH-2026" and check.version_mismatch
     assert check.expected_cny == 35.0 and check.mismatch  # 14 + 3.0·7 = 35

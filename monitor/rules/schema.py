@@ -162,6 +162,7 @@ class ElecRules(_Block):
 class DistanceRule(Rule):
     """Taxi distance bias against GNSS (JJG 517: +1 % / −4 %)."""
 
+    window_days: float = Field(60.0, gt=0, le=366, description="trips considered per evaluation")
     min_trip_km: float = Field(3.0, gt=0)
     suspect_ratio: float = Field(1.10, gt=1)
     gross_ratio: float = Field(1.30, gt=1)
@@ -209,11 +210,19 @@ class TariffRule(Rule):
     deadline_h: float = Field(24.0, gt=0)
 
 
+class ExtensionRule(Rule):
+    """When a healthy taxi meter's period is extended instead of re-verified."""
+
+    horizon_days: int = Field(60, ge=0, le=366)
+    extend_years: int = Field(1, ge=1, le=5)
+
+
 class TaxiRules(_Block):
     distance: DistanceRule
     fare: FareRule
     seal: SealRule
     tariff: TariffRule
+    extension: ExtensionRule
 
 
 class Rules(_Block):

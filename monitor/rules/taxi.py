@@ -30,7 +30,7 @@ from numpy.typing import NDArray
 from monitor.decide import Finding, Reason
 from monitor.ports import MeterPoint, Series
 from monitor.rules.schema import DistanceRule, FareRule, SealRule, TaxiRules
-from monitor.taxi.tariff import TariffBook, fare_decimal, round_half_up
+from monitor.taxi.tariff import Tariff, TariffBook, fare_decimal, round_half_up
 from monitor.telemetry import format_ts, ms_to_datetime
 
 Floats = NDArray[np.float64]
@@ -56,8 +56,9 @@ Z95 = 1.959964
 GNSS_BAND_PCT = (-0.4, 5.5)
 GNSS_SIGMA_FLOOR = (math.log1p(GNSS_BAND_PCT[1] / 100) - math.log1p(GNSS_BAND_PCT[0] / 100)) / 2
 # Not in rules.yaml: standardised log-ratios are winsorised at ±3 before the CUSUM so
-# that one gross trip (a GNSS track with a gap) adds at most 3 − k = 2.5 < h; gross
-# trips have their own rule (≥ gross_trips_per_month in 30 days).
+# that one gross trip (a GNSS track with a gap) adds at most 3 − k = 2.5 < h and it
+# takes three in a row to alarm; scattered gross trips have their own rule
+# (≥ gross_trips_per_month in 30 days).
 CUSUM_Z_CLIP = 3.0
 # Not in rules.yaml: fare mismatches are "systematic" only when at least this share of
 # them go the same way (all overcharges, or all undercharges): a tamper or wrong tariff
@@ -120,8 +121,9 @@ def _optional_float(value: Any) -> float | None:
 
 def _trip_from_point(point: MeterPoint) -> Trip | None:
     values = point.values
-    trip_id, meter_km, fare = values.get("trip_id"), values.get("meter_km"), values.get("fare_cny")
-    meter_km, fare = _optional_float(meter_km), _optional_float(fare)
+    trip_id = values.get("trip_id")
+    meter_km = _optional_float(values.get("meter_km"))
+    fare = _optional_float(values.get("fare_cny"))
     if trip_id is None or meter_km is None or fare is None:
         return None  # ingest requires these; a point without them is not a trip
     start = _optional_float(values.get("start_ts"))
@@ -416,6 +418,20 @@ def _allowed(raw: Decimal, tol: Decimal, step: float) -> tuple[Decimal, Decimal]
     return _dec(round_half_up(low, step)), _dec(round_half_up(raw + tol, step))
 
 
+def _tariff_to_apply(
+    trip: Trip, tariffs: TariffBook, in_force: tuple[str, Tariff], grace_ms: int
+) -> tuple[str, Tariff]:
+    """The version in force, or the older one the trip names while the rollout deadline runs."""
+    version, tariff = in_force
+    declared = tariffs.get(trip.tariff_version)
+    if trip.tariff_version == version or declared is None:
+        return in_force
+    deadline = tariff.effective_from + timedelta(milliseconds=grace_ms)
+    if declared.effective_from <= ms_to_datetime(trip.end_ms) < deadline:
+        return trip.tariff_version, declared
+    return in_force
+
+
 def fare_check(
     trip: Trip,
     tariffs: TariffBook,
@@ -443,17 +459,13 @@ def fare_check(
     older known version: then it is checked against that version (rollout deadline).
     """
     end = ms_to_datetime(trip.end_ms)
-    found = tariffs.in_force(end)
     base = FareCheck(trip.trip_id, trip.end_ms, False, trip.fare_cny)
+    found = tariffs.in_force(end)
     if found is None:
         return replace(base, note="no tariff in force at the trip's end")
-    version, tariff = found
-    applied_version, applied, in_grace = version, tariff, False
-    declared = tariffs.get(trip.tariff_version)
-    if trip.tariff_version != version and declared is not None:
-        deadline = tariff.effective_from + timedelta(milliseconds=grace_ms)
-        if declared.effective_from <= end < deadline:
-            applied_version, applied, in_grace = trip.tariff_version, declared, True
+    version = found[0]
+    applied_version, applied = _tariff_to_apply(trip, tariffs, found, grace_ms)
+    in_grace = applied_version != version
     checked = replace(
         base,
         version_in_force=version,
@@ -462,7 +474,9 @@ def fare_check(
         in_grace=in_grace,
     )
     wait = trip.wait_s if trip.wait_s is not None else 0.0
-    if not (math.isfinite(trip.meter_km) and trip.meter_km >= 0 and wait >= 0):
+    if not (
+        math.isfinite(trip.meter_km) and trip.meter_km >= 0 and math.isfinite(wait) and wait >= 0
+    ):
         return replace(checked, note="distance or waiting time cannot be priced")
     raw = fare_decimal(applied, trip.meter_km, wait, end)
     display = applied.display_step or display_step_default
@@ -606,7 +620,7 @@ def _broken_runs(
     previous_broken = False
     for beat in beats:
         if beat.seal is None:
-            continue  # a heartbeat that does not say neither ends nor continues a run
+            continue  # a heartbeat without a seal field neither ends nor continues a run
         broken = beat.seal == "broken"
         if broken:
             cover = _cover(meter, beat.ts_ms, beat.ts_ms, work_orders)
@@ -833,6 +847,83 @@ def _status_until(
     return [p for p in status if p.ts_ms <= as_of_ms]
 
 
+@dataclass(frozen=True)
+class _DistanceResult:
+    """What the distance rules found for one meter, kept together for the evidence."""
+
+    ratios: TripRatios
+    bias: Bias | None
+    cusum: Cusum
+    reference: float | None  # the CUSUM reference level (log scale)
+    sigma: float
+    gross_30d: int
+    findings: list[Finding]
+
+
+def _distance_rules(
+    trips: Sequence[Trip],
+    fleet_median: float | None,
+    fleet_sigma: float | None,
+    rule: DistanceRule,
+    as_of_ms: int,
+) -> _DistanceResult:
+    """Bias, CUSUM and gross trips of one meter (DOMAIN §2 "evidence per meter")."""
+    ratios = log_ratios(trips, rule)
+    sigma = fleet_sigma if fleet_sigma is not None and fleet_sigma > 0 else GNSS_SIGMA_FLOOR
+    gross_30d = sum(1 for ts in ratios.gross_end_ms if ts > as_of_ms - MONTH_MS)
+    bias, result, reference = None, Cusum(False, None, None, 0.0), None
+    if not rule.enabled:
+        return _DistanceResult(ratios, bias, result, reference, sigma, gross_30d, [])
+    if fleet_median is not None:
+        bias = distance_bias(ratios.log_ratio, fleet_median, rule)
+        reference = cusum_reference(ratios.log_ratio, fleet_median, rule)
+        result = cusum(ratios.log_ratio, reference, sigma, rule)
+    findings = _bias_findings(bias, ratios, fleet_median, rule)
+    extra = (_cusum_finding(result, ratios, sigma, rule), _gross_finding(gross_30d, ratios, rule))
+    findings += [f for f in extra if f is not None]
+    return _DistanceResult(ratios, bias, result, reference, sigma, gross_30d, findings)
+
+
+def _evidence(
+    dist: _DistanceResult,
+    fleet_median: float | None,
+    fares: FareSummary,
+    seals: Sequence[Finding],
+) -> dict[str, Any]:
+    """The evidence of CONTRACT §4: error_pct, error_ci_pct, n_trips and what else counted."""
+    ratios, bias, result = dist.ratios, dist.bias, dist.cusum
+    shift = None
+    if dist.reference is not None and fleet_median is not None:
+        shift = round(_pct(dist.reference - fleet_median), 3)
+    alarm_ts = None
+    if result.alarm_index is not None:
+        alarm_ts = format_ts(int(ratios.end_ms[result.alarm_index]))
+    return {
+        "error_pct": round(bias.error_pct, 3) if bias else None,
+        "error_ci_pct": [round(v, 3) for v in bias.error_ci_pct] if bias else None,
+        "n_trips": bias.n_trips if bias else ratios.n_usable,
+        "n_trips_total": ratios.n_trips,
+        "n_trips_usable": ratios.n_usable,
+        "n_trips_without_gps": ratios.n_without_gps,
+        "n_trips_short": ratios.n_short,
+        "n_trips_zero_meter": ratios.n_zero_meter,
+        "suspect_trips": ratios.n_suspect,
+        "gross_trips": ratios.n_gross,
+        "gross_trips_30d": dist.gross_30d,
+        "fleet_median_pct": round(_pct(fleet_median), 3) if fleet_median is not None else None,
+        "fleet_sigma_pct": round(100 * dist.sigma, 3),
+        "cusum": {**result.as_dict(), "alarm_ts": alarm_ts, "reference_pct": shift},
+        "fare_checked": fares.n_checked,
+        "fare_mismatches": fares.n_mismatch,
+        "fare_mismatch_share": round(fares.share, 4),
+        "fare_mean_diff_cny": round(fares.mean_diff_cny, 3),
+        "fare_systematic": fares.systematic,
+        "tariff_version_mismatches": fares.n_version_mismatch,
+        "seal_findings": sum(1 for f in seals if f.state != "normal"),
+        "seal_covered": sum(1 for f in seals if f.state == "normal"),
+    }
+
+
 def taxi_findings(
     meter: str,
     trips: Sequence[Trip],
@@ -848,39 +939,19 @@ def taxi_findings(
     """All taxi rules for one meter as of `as_of_ms`: findings and CONTRACT §4 evidence.
 
     Only data with event time ≤ as_of counts, so a replay gives the same answer.
-    `fleet_median` and `fleet_sigma` come from `fleet_median` / `fleet_sigma` over the
+    `fleet_median` and `fleet_sigma` come from the functions of those names over the
     fleet; a missing sigma falls back to the GNSS floor. The states (DOMAIN §2): normal
     inside the guard band with nothing else; suspect outside it, on a CUSUM alarm, on
     ≥ gross_trips_per_month gross trips in 30 days, or on any seal / parameter / fare /
     tariff finding; faulty when the whole 95 % interval lies beyond the JJG 517 limit;
     unknown with its reason when fewer than min_trips trips are usable.
     """
-    dist = rules.distance
     past = [t for t in trips if t.end_ms <= as_of_ms]
-    ratios = log_ratios(past, dist)
-    sigma = fleet_sigma if fleet_sigma is not None and fleet_sigma > 0 else GNSS_SIGMA_FLOOR
-    findings: list[Finding] = []
-
-    bias = None
-    result = Cusum(False, None, None, 0.0)
-    reference = fleet_median if fleet_median is not None else 0.0
-    gross_30d = sum(1 for ts in ratios.gross_end_ms if ts > as_of_ms - MONTH_MS)
-    if dist.enabled:
-        if fleet_median is not None:
-            bias = distance_bias(ratios.log_ratio, fleet_median, dist)
-            reference = cusum_reference(ratios.log_ratio, fleet_median, dist)
-            result = cusum(ratios.log_ratio, reference, sigma, dist)
-        findings += _bias_findings(bias, ratios, fleet_median, dist)
-        extra = (
-            _cusum_finding(result, ratios, sigma, dist),
-            _gross_finding(gross_30d, ratios, dist),
-        )
-        findings += [f for f in extra if f is not None]
+    dist = _distance_rules(past, fleet_median, fleet_sigma, rules.distance, as_of_ms)
 
     grace_ms = int(rules.tariff.deadline_h * 3_600_000)
     checks = [fare_check(t, tariffs, rules.fare, grace_ms=grace_ms) for t in past]
-    summary = fare_summary(checks, rules.fare)
-    findings += _fare_findings(summary, rules)
+    fares = fare_summary(checks, rules.fare)
 
     seals: list[Finding] = []
     if rules.seal.enabled:
@@ -891,38 +962,5 @@ def taxi_findings(
             work_orders,
             rules.seal,
         )
-    findings += seals
-
-    evidence: dict[str, Any] = {
-        "error_pct": round(bias.error_pct, 3) if bias else None,
-        "error_ci_pct": [round(v, 3) for v in bias.error_ci_pct] if bias else None,
-        "n_trips": bias.n_trips if bias else ratios.n_usable,
-        "n_trips_total": ratios.n_trips,
-        "n_trips_usable": ratios.n_usable,
-        "n_trips_without_gps": ratios.n_without_gps,
-        "n_trips_short": ratios.n_short,
-        "n_trips_zero_meter": ratios.n_zero_meter,
-        "suspect_trips": ratios.n_suspect,
-        "gross_trips": ratios.n_gross,
-        "gross_trips_30d": gross_30d,
-        "fleet_median_pct": round(_pct(fleet_median), 3) if fleet_median is not None else None,
-        "fleet_sigma_pct": round(100 * sigma, 3),
-        "cusum_reference_pct": round(_pct(reference - fleet_median), 3)
-        if fleet_median is not None
-        else None,
-        "cusum": {
-            **result.as_dict(),
-            "alarm_ts": format_ts(int(ratios.end_ms[result.alarm_index]))
-            if result.alarm_index is not None
-            else None,
-        },
-        "fare_checked": summary.n_checked,
-        "fare_mismatches": summary.n_mismatch,
-        "fare_mismatch_share": round(summary.share, 4),
-        "fare_mean_diff_cny": round(summary.mean_diff_cny, 3),
-        "fare_systematic": summary.systematic,
-        "tariff_version_mismatches": summary.n_version_mismatch,
-        "seal_findings": sum(1 for f in seals if f.state != "normal"),
-        "seal_covered": sum(1 for f in seals if f.state == "normal"),
-    }
-    return findings, evidence
+    findings = dist.findings + _fare_findings(fares, rules) + seals
+    return findings, _evidence(dist, fleet_median, fares, seals)

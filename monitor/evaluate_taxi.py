@@ -1,0 +1,153 @@
+"""The taxi half of an evaluation pass: trips, heartbeats, events → meter decisions."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+from monitor.decide import Decision, Finding, Reason, decide_meter
+from monitor.ports import MeterPoint, TelemetryStore
+from monitor.registry import MeterRow, add_years
+from monitor.rules import taxi as rules_taxi
+from monitor.rules.schema import TaxiRules
+from monitor.schema import TAXI_EVENT, TAXI_STATUS, TAXI_TRIP
+from monitor.state import SqliteState
+from monitor.taxi.rollout import Rollout, applied_at, progress
+from monitor.taxi.tariff import TariffBook
+from monitor.telemetry import format_ts, ms_to_datetime
+
+
+@dataclass(frozen=True)
+class TaxiData:
+    """Everything the taxi rules read, as of one time, grouped by meter."""
+
+    trips: dict[str, list[rules_taxi.Trip]]
+    status: dict[str, list[MeterPoint]]
+    events: dict[str, list[MeterPoint]]
+    work_orders: dict[str, list[rules_taxi.WorkOrder]]
+
+
+def _group(points: list[MeterPoint]) -> dict[str, list[MeterPoint]]:
+    out: dict[str, list[MeterPoint]] = defaultdict(list)
+    for p in points:
+        out[p.meter].append(p)
+    return out
+
+
+def load(store: TelemetryStore, state: SqliteState, start_ms: int, as_of_ms: int) -> TaxiData:
+    """Read the window's taxi telemetry and the work orders."""
+    trips = {
+        m: rules_taxi.trips_from_points(ps)
+        for m, ps in _group(store.points(TAXI_TRIP, start_ms, as_of_ms)).items()
+    }
+    orders: dict[str, list[rules_taxi.WorkOrder]] = defaultdict(list)
+    for _, meter, start, end, reason, _created in state.workorders(limit=1_000_000):
+        orders[meter].append(rules_taxi.WorkOrder(meter, start, end, reason))
+    return TaxiData(
+        trips,
+        _group(store.points(TAXI_STATUS, start_ms, as_of_ms)),
+        _group(store.points(TAXI_EVENT, start_ms, as_of_ms)),
+        dict(orders),
+    )
+
+
+def tariff_book(config: TariffBook, state: SqliteState) -> TariffBook:
+    """Config tariffs plus every tariff rolled out through the API."""
+    book = config
+    rolled = TariffBook.from_bodies(state.tariff_bodies(), "rolled-out tariffs")
+    for version, tariff in rolled.items():
+        book = book.with_tariff(version, tariff)
+    return book
+
+
+def overdue_findings(state: SqliteState, data: TaxiData, as_of_ms: int) -> dict[str, list[Finding]]:
+    """Meters that had not applied a rolled-out tariff by its deadline (at as_of)."""
+    out: dict[str, list[Finding]] = defaultdict(list)
+    for version in state.tariff_bodies():
+        found = state.tariff(version)
+        if found is None:
+            continue
+        _, eff, deadline, meters = found
+        rollout = Rollout(version, eff, deadline, meters)
+        seen = applied_at(
+            version,
+            [e for es in data.events.values() for e in es],
+            [s for ss in data.status.values() for s in ss],
+        )
+        for row in progress(rollout, seen, as_of_ms):
+            if row.status == "overdue":
+                out[row.meter].append(
+                    Finding(
+                        "suspect",
+                        Reason(
+                            "taxi.tariff.overdue",
+                            version,
+                            format_ts(deadline),
+                            "rolled-out tariff not applied by its deadline; trips are re-priced "
+                            "under the tariff that should have applied",
+                        ),
+                        inspect=True,
+                        severity="major",
+                    )
+                )
+    return out
+
+
+def extension(row: MeterRow | None, as_of_ms: int, rules: TaxiRules) -> date | None:
+    """New due date when a clean meter's due date is within the horizon, else None."""
+    if row is None or row.due_on is None:
+        return None
+    as_of = ms_to_datetime(as_of_ms).date()
+    if row.due_on - as_of > timedelta(days=rules.extension.horizon_days):
+        return None
+    return add_years(row.due_on, rules.extension.extend_years)
+
+
+def decide_taxis(
+    meters: list[str],
+    registry: dict[str, MeterRow],
+    data: TaxiData,
+    tariffs: TariffBook,
+    rules: TaxiRules,
+    state: SqliteState,
+    as_of_ms: int,
+    stamp: tuple[str, str],
+) -> dict[str, Decision]:
+    """Decisions for every taxi meter."""
+    window = rules.distance.window_trips
+    ratios = {m: rules_taxi.log_ratios(t, rules.distance).log_ratio for m, t in data.trips.items()}
+    median = rules_taxi.fleet_median(ratios, window)
+    sigma = rules_taxi.fleet_sigma(ratios, window) if ratios else None
+    overdue = overdue_findings(state, data, as_of_ms)
+    out = {}
+    for meter in meters:
+        findings, evidence = rules_taxi.taxi_findings(
+            meter,
+            data.trips.get(meter, []),
+            median,
+            sigma,
+            data.status.get(meter, []),
+            data.events.get(meter, []),
+            data.work_orders.get(meter, []),
+            tariffs,
+            rules,
+            as_of_ms,
+        )
+        findings += overdue.get(meter, [])
+        row = registry.get(meter)
+        evidence = {
+            **evidence,
+            "registered": row is not None,
+            "lot": row.lot if row else None,
+        }
+        out[meter] = decide_meter(
+            meter,
+            "taxi",
+            findings,
+            row.due_on if row else None,
+            extension(row, as_of_ms, rules),
+            evidence,
+            *stamp,
+        )
+    return out
