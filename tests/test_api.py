@@ -10,9 +10,11 @@ from fastapi.testclient import TestClient
 
 from monitor.api import ApiContext, create_app
 from monitor.config import load_settings
+from monitor.evaluate import Evaluator
 from monitor.ingest import summarise_seen
 from monitor.metrics import Metrics
 from monitor.registry import COLUMNS
+from monitor.rules.schema import load_rules
 from monitor.schema import ELEC_READING, TAXI_TRIP, Record
 from monitor.state import SqliteState
 from monitor.store.embedded import EmbeddedStore
@@ -38,12 +40,15 @@ class Api:
         self.state = SqliteState(tmp / "state.sqlite")
         self.store = EmbeddedStore(tmp / "telemetry.sqlite", self.metrics)
         self.connected = True
+        book = load_rules(Path(__file__).resolve().parent.parent / "config" / "rules.yaml")
         ctx = ApiContext(
             load_settings(tmp / "none", {}),
             self.state,
             self.store,
             self.metrics,
             lambda: self.connected,
+            Evaluator(self.store, self.state),
+            lambda: book,
         )
         self.client = TestClient(create_app(ctx))
 
