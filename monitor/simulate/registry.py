@@ -10,22 +10,9 @@ from datetime import date, datetime, timedelta
 
 import numpy as np
 
+from monitor.registry import COLUMNS  # one definition of CONTRACT §3's columns
 from monitor.simulate.spec import FleetSpec
 
-COLUMNS: tuple[str, ...] = (
-    "meter_id",
-    "kind",
-    "role",
-    "district",
-    "lot",
-    "manufacturer",
-    "model",
-    "accuracy_class",
-    "installed_on",
-    "verified_on",
-    "period_years",
-    "plate",
-)
 
 # (manufacturer, model, lot code, age in years at the start of the simulation). The two
 # oldest customer lots fall due within a year of the start, so lot evaluation has work.
