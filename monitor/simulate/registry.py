@@ -13,7 +13,6 @@ import numpy as np
 from monitor.registry import COLUMNS  # one definition of CONTRACT §3's columns
 from monitor.simulate.spec import FleetSpec
 
-
 # (manufacturer, model, lot code, age in years at the start of the simulation). The two
 # oldest customer lots fall due within a year of the start, so lot evaluation has work.
 _CUSTOMER_LOTS = (
