@@ -7,6 +7,7 @@ import binascii
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from fastapi import FastAPI, HTTPException, Query, Request
@@ -16,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from monitor import __version__
+from monitor.alerts import AlertBook, TransitionError
 from monitor.config import Settings
 from monitor.evaluate import Evaluator
 from monitor.metrics import Metrics
@@ -42,6 +44,7 @@ class ApiContext:
     evaluator: Evaluator
     rules: Callable[[], RuleBook]
     publish: Callable[[str, bytes, bool], None] | None = None
+    alerts: AlertBook | None = None
 
 
 def encode_cursor(last_id: str) -> str:
@@ -95,6 +98,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     _add_registry(app, ctx)
     _add_evaluation(app, ctx)
     _add_taxi(app, ctx)
+    _add_alerts(app, ctx)
     return app
 
 
@@ -492,3 +496,68 @@ def _progress(ctx: ApiContext, version: str, as_of_ms: int | None) -> dict[str, 
         ctx.store.points(TAXI_STATUS, start, as_of),
     )
     return rollout_summary(plan, progress(plan, seen, as_of), as_of)
+
+
+class AlertActionIn(BaseModel):
+    """Who acts on an alert, and why."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    actor: str = Field(min_length=1, max_length=200)
+    comment: str = Field("", max_length=4000)
+
+
+def _add_alerts(app: FastAPI, ctx: ApiContext) -> None:
+    page_max = ctx.settings.api.page_max
+
+    def book() -> AlertBook:
+        if ctx.alerts is None:
+            raise HTTPException(503, "alerts are not kept by this instance")
+        return ctx.alerts
+
+    @app.get("/api/alerts", tags=["alerts"])
+    def list_alerts(
+        status: Literal["open", "acknowledged", "resolved"] | None = None,
+        severity: Literal["critical", "major", "minor", "info"] | None = None,
+        since: str | None = None,
+        limit: int = Query(100, ge=1, le=page_max),
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """The alert inbox, oldest first; `since` filters on last_seen (event time)."""
+        after = int(decode_cursor(cursor)) if cursor else 0
+        rows = book().list(status, severity, _time_param("since", since), after, limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return {"items": rows, "next": encode_cursor(str(rows[-1]["id"])) if more else None}
+
+    @app.get("/api/alerts/{alert_id}", tags=["alerts"])
+    def get_alert(alert_id: int) -> dict[str, Any]:
+        """One alert with its history."""
+        found = book().get(alert_id)
+        if found is None:
+            raise HTTPException(404, f"no alert {alert_id}")
+        return found
+
+    def act(
+        alert_id: int, action: Literal["ack", "resolve"], body: AlertActionIn
+    ) -> dict[str, Any]:
+        # People act now: their step is stamped with the wall clock (an audit time,
+        # not an input to any decision).
+        at = datetime.now(UTC).isoformat(timespec="seconds")
+        try:
+            change = book().act(alert_id, action, body.actor, body.comment, at)
+        except KeyError:
+            raise HTTPException(404, f"no alert {alert_id}") from None
+        except TransitionError as exc:
+            raise HTTPException(409, str(exc)) from None
+        return change.alert
+
+    @app.post("/api/alerts/{alert_id}/ack", tags=["alerts"])
+    def ack(alert_id: int, body: AlertActionIn) -> dict[str, Any]:
+        """Acknowledge an open alert (actor and comment are kept in its history)."""
+        return act(alert_id, "ack", body)
+
+    @app.post("/api/alerts/{alert_id}/resolve", tags=["alerts"])
+    def resolve(alert_id: int, body: AlertActionIn) -> dict[str, Any]:
+        """Resolve an open or acknowledged alert; it reopens if its condition returns."""
+        return act(alert_id, "resolve", body)

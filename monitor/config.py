@@ -183,6 +183,14 @@ class SchedulingSettings(_Section):
     rules_reload_s: float = Field(5.0, gt=0, description="how often config files are re-read")
 
 
+class AlertSettings(_Section):
+    """Alert lifecycle."""
+
+    clear_after_h: float = Field(
+        48.0, gt=0, description="event time a condition must stay absent before auto-resolve"
+    )
+
+
 class Settings(_Section):
     """The whole frozen settings tree of one service process."""
 
@@ -191,6 +199,7 @@ class Settings(_Section):
     storage: StorageSettings = StorageSettings()
     api: ApiSettings = ApiSettings()
     scheduling: SchedulingSettings = SchedulingSettings()
+    alerts: AlertSettings = AlertSettings()
 
     @property
     def rules_file(self) -> Path:

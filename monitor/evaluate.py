@@ -16,6 +16,7 @@ from datetime import date
 from typing import Any
 
 from monitor import evaluate_taxi
+from monitor.alerts import AlertBook, Change, conditions_of, district_conditions
 from monitor.decide import Decision, Finding, decide_meter, decision_from_dict
 from monitor.estimate.balance import DistrictFit, FitConfig, MeterEstimate, fit_balance
 from monitor.estimate.intervals import Grid, MeterSeries, blocks, place_on_grid
@@ -180,7 +181,11 @@ class Evaluator:
         state: SqliteState,
         publish: Publish | None = None,
         tariffs: Callable[[], TariffBook] | None = None,
+        alerts: AlertBook | None = None,
+        notify: Callable[[Change], None] | None = None,
     ) -> None:
+        self._alerts = alerts
+        self._notify = notify
         self._store = store
         self._state = state
         self._publish = publish
@@ -215,6 +220,7 @@ class Evaluator:
         meters |= self._taxis(as_of_ms, book, stamp)
         if record:
             self._record(meters, lots, districts, stamp)
+            self._raise_alerts(meters, lots, districts, as_of_ms, book)
         return EvaluationResult(as_of, book.version, meters, lots, districts)
 
     def _districts(
@@ -291,6 +297,27 @@ class Evaluator:
         return evaluate_taxi.decide_taxis(
             meters, registry, data, tariffs, rules, self._state, as_of_ms, stamp
         )
+
+    def _raise_alerts(
+        self,
+        meters: dict[str, Decision],
+        lots: dict[str, Decision],
+        districts: dict[str, DistrictResult],
+        as_of_ms: int,
+        book: RuleBook,
+    ) -> None:
+        if self._alerts is None:
+            return
+        gates = {
+            n: d.gates.failures
+            for n, d in districts.items()
+            if d.gates is not None and d.gates.failures
+        }
+        conditions = conditions_of([*meters.values(), *lots.values()], book.rules, as_of_ms)
+        conditions += district_conditions(gates, book.rules, as_of_ms)
+        for change in self._alerts.observe(conditions, as_of_ms):
+            if self._notify is not None and change.action != "repeated":
+                self._notify(change)
 
     def rejudge_lot(self, lot: str, book: RuleBook) -> Decision | None:
         """Re-decide one lot from its members' stored decisions (after sample results).

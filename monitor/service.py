@@ -14,6 +14,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from fastapi import FastAPI
 
+from monitor.alerts import AlertBook, Change
 from monitor.api import ApiContext, create_app
 from monitor.broker import EmbeddedBroker
 from monitor.config import Settings, split_host_port
@@ -42,6 +43,7 @@ class Components:
     rules: HotFile[RuleBook]
     tariffs: HotFile[TariffBook]
     evaluator: Evaluator
+    alerts: AlertBook
     broker: EmbeddedBroker | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -89,8 +91,21 @@ class Service:
             payload = json.dumps(body, separators=(",", ":")).encode()
             worker.publish(f"{root}/{suffix}", payload, retain=True)
 
-        evaluator = Evaluator(store, state, publish_decision, lambda: tariffs.current)
-        self.parts = Components(address, store, state, worker, rules, tariffs, evaluator, broker)
+        alerts = AlertBook(self.data_dir / "state.sqlite", int(s.alerts.clear_after_h * 3_600_000))
+
+        def notify(change: Change) -> None:
+            a = change.alert
+            payload = json.dumps({**a, "action": change.action}, separators=(",", ":"))
+            worker.publish(
+                f"{s.mqtt.alerts_topic_root}/{a['severity']}/{a['kind']}", payload.encode()
+            )
+
+        evaluator = Evaluator(
+            store, state, publish_decision, lambda: tariffs.current, alerts, notify
+        )
+        self.parts = Components(
+            address, store, state, worker, rules, tariffs, evaluator, alerts, broker
+        )
         self._scheduler.add_job(self._housekeeping, "interval", seconds=30, id="housekeeping")
         if s.scheduling.evaluate_cron:
             trigger = CronTrigger.from_crontab(s.scheduling.evaluate_cron, s.scheduling.timezone)
@@ -148,6 +163,7 @@ class Service:
             parts.evaluator,
             lambda: parts.rules.current,
             parts.worker.publish,
+            parts.alerts,
         )
         return create_app(ctx)
 
@@ -175,6 +191,7 @@ class Service:
             return
         self.parts.worker.stop()
         self.parts.store.close()
+        self.parts.alerts.close()
         self.parts.state.close()
         if self.parts.broker is not None:
             self.parts.broker.stop()

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from monitor.alerts import AlertBook, Change
 from monitor.api import ApiContext, create_app
 from monitor.config import load_settings
 from monitor.evaluate import Evaluator
@@ -45,8 +46,14 @@ class World:
         self.state.note_seen(summarise_seen(records, 0.0))
         self.last_ms = max(r.ts_ms for r in records)
         self.published: list[tuple[str, dict[str, Any]]] = []
+        self.alerts = AlertBook(tmp / "state.sqlite", clear_after_ms=2 * 86_400_000)
+        self.notified: list[Change] = []
         self.evaluator = Evaluator(
-            self.store, self.state, lambda t, b: self.published.append((t, b))
+            self.store,
+            self.state,
+            lambda t, b: self.published.append((t, b)),
+            alerts=self.alerts,
+            notify=self.notified.append,
         )
         book = load_rules(REPO / "config" / "rules.yaml")
         self.version = book.version
@@ -58,6 +65,8 @@ class World:
             lambda: True,
             self.evaluator,
             lambda: book,
+            None,
+            self.alerts,
         )
         self.client = TestClient(create_app(ctx))
         self.truth = self.fleet.truth()
@@ -213,3 +222,26 @@ def test_backtest_lists_what_a_rules_change_would_change_and_stores_nothing(worl
     published = len(world.published)
     assert world.client.get("/api/meters", params={"limit": 1000}).json()["items"] == stored
     assert len(world.published) == published
+
+
+def test_findings_raise_one_alert_each_and_a_second_pass_only_counts(world: World) -> None:
+    world.client.post("/api/evaluate")
+    before = world.client.get("/api/alerts", params={"limit": 1000}).json()["items"]
+    world.client.post("/api/evaluate")
+    after = world.client.get("/api/alerts", params={"limit": 1000}).json()["items"]
+    assert [a["id"] for a in before] == [a["id"] for a in after]  # no new alerts
+    assert all(a2["count"] >= a1["count"] for a1, a2 in zip(before, after, strict=True))
+    by_rule = {(a["rule"], a["meter"]): a for a in after}
+    suspects = world.client.get("/api/meters", params={"state": "suspect"}).json()["items"]
+    for m in suspects:
+        alert = by_rule[("elec.error_limit", m["meter_id"])]
+        assert alert["severity"] == "major" and alert["evidence"]["error_pct"] is not None
+    stopped = [m for m, t in world.truth.items() if "stopped" in t.get("faults", [])]
+    for meter in stopped:
+        assert by_rule[("elec.function_failure.stopped", meter)]["severity"] == "critical"
+    opened = [c for c in world.notified if c.action == "opened"]
+    assert len(opened) == len({c.alert["id"] for c in opened})  # each alert opened once
+    gates = [c.alert for c in opened if c.alert["kind"] == "district"]
+    assert gates and all(
+        a["rule"] == "elec.estimation.min_intervals" for a in gates
+    )  # the 2-day pass

@@ -1,0 +1,342 @@
+"""Alerts for supervision authorities: one alert per (rule, subject), with a lifecycle.
+
+Each evaluation pass turns its decisions into `Condition`s. `AlertBook.observe`
+folds them into the stored alerts: a new condition opens an alert, the same
+condition again raises its `count` and `last_seen` (no flood), a condition
+that has been absent for `clear_after_ms` of event time resolves its alert
+(hysteresis: one clean pass does not flap it), and a resolved alert whose
+condition returns is reopened with its history. People acknowledge and resolve
+with an actor and a comment; every step lands in the alert's history.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from monitor.decide import SEVERITY_OF_STATE, Decision
+from monitor.rules.schema import Rules
+from monitor.telemetry import format_ts
+
+Status = Literal["open", "acknowledged", "resolved"]
+SEVERITIES = ("critical", "major", "minor", "info")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """Something a rule found about a subject at an event time."""
+
+    rule: str
+    kind: str  # elec, taxi, lot
+    subject: str
+    severity: str
+    message: str
+    at_ms: int
+    evidence: dict[str, Any] = field(default_factory=dict)
+    meter: str | None = None
+    lot: str | None = None
+    district: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.rule}|{self.subject}"
+
+
+@dataclass(frozen=True)
+class Change:
+    """What `observe` or a person did to an alert (what gets notified)."""
+
+    action: Literal["opened", "repeated", "reopened", "resolved", "acknowledged"]
+    alert: dict[str, Any]
+
+
+class TransitionError(ValueError):
+    """An acknowledge or resolve the alert's status does not allow."""
+
+
+def severity_of(rule: str, rules: Rules) -> str:
+    """The severity a rule name has in the rules file (its longest matching block)."""
+    parts = rule.split(".")
+    node: Any = rules
+    found = "major"
+    if parts[0] == "lot":
+        node, parts = rules.elec.lot, parts[1:]
+        found = node.severity
+    for part in parts:
+        node = getattr(node, part, None)
+        if node is None:
+            break
+        found = getattr(node, "severity", found)
+    return str(found)
+
+
+def conditions_of(decisions: Iterable[Decision], rules: Rules, at_ms: int) -> list[Condition]:
+    """One condition per finding of a decision that is not plain `normal`."""
+    out = []
+    for d in decisions:
+        # A meter's reasons are its findings once its state is watch or worse or it has
+        # an action (decide_meter lists findings first); `unknown` meters are not alerted
+        # one by one: their district's data-gate failure is (see `district_conditions`).
+        acts = d.decision in ("resample", "replace")
+        if not acts and SEVERITY_OF_STATE[d.state] < SEVERITY_OF_STATE["watch"]:
+            continue
+        for r in d.reasons:
+            subject_lot = d.id if d.kind == "lot" else d.evidence.get("lot")
+            out.append(
+                Condition(
+                    rule=r.rule,
+                    kind=d.kind,
+                    subject=d.id,
+                    severity=severity_of(r.rule, rules),
+                    message=f"{d.id}: {r.detail} ({r.value} vs {r.threshold})",
+                    at_ms=at_ms,
+                    evidence={
+                        "decision": d.decision,
+                        "state": d.state,
+                        "value": r.value,
+                        "threshold": r.threshold,
+                        **_core(d.evidence),
+                    },
+                    meter=None if d.kind == "lot" else d.id,
+                    lot=subject_lot,
+                    district=d.evidence.get("district"),
+                )
+            )
+    return out
+
+
+def district_conditions(gates: dict[str, list[Any]], rules: Rules, at_ms: int) -> list[Condition]:
+    """One condition per failed data gate of a district (district → failed reasons)."""
+    return [
+        Condition(
+            rule=r.rule,
+            kind="district",
+            subject=district,
+            severity=severity_of(r.rule, rules),
+            message=f"district {district}: {r.detail} ({r.value} vs {r.threshold})",
+            at_ms=at_ms,
+            evidence={"value": r.value, "threshold": r.threshold},
+            district=district,
+        )
+        for district, failures in gates.items()
+        for r in failures
+    ]
+
+
+def _core(evidence: dict[str, Any]) -> dict[str, Any]:
+    keys = ("error_pct", "error_ci_pct", "n_intervals", "n_trips")
+    return {k: evidence[k] for k in keys if k in evidence}
+
+
+_SCHEMA = """CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, rule TEXT NOT NULL,
+    severity TEXT NOT NULL, kind TEXT NOT NULL, meter TEXT, lot TEXT, district TEXT,
+    message TEXT NOT NULL, first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL,
+    count INTEGER NOT NULL, status TEXT NOT NULL, evidence TEXT NOT NULL,
+    history TEXT NOT NULL)"""
+_COLS = (
+    "id",
+    "key",
+    "rule",
+    "severity",
+    "kind",
+    "meter",
+    "lot",
+    "district",
+    "message",
+    "first_seen",
+    "last_seen",
+    "count",
+    "status",
+    "evidence",
+    "history",
+)
+
+
+def _json(row: tuple[Any, ...]) -> dict[str, Any]:
+    a = dict(zip(_COLS, row, strict=True))
+    a["first_seen"], a["last_seen"] = format_ts(a["first_seen"]), format_ts(a["last_seen"])
+    a["evidence"], a["history"] = json.loads(a["evidence"]), json.loads(a["history"])
+    a.pop("key")
+    return a
+
+
+class AlertBook:
+    """Alerts in SQLite beside the service's state (its own connection).
+
+    book = AlertBook(Path("data/state.sqlite"), clear_after_ms=2 * 86_400_000)
+    changes = book.observe(conditions, at_ms)
+    """
+
+    def __init__(self, path: Path, clear_after_ms: int) -> None:
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(_SCHEMA)
+        self._db.execute("CREATE INDEX IF NOT EXISTS alerts_status ON alerts (status, severity)")
+        self._lock = threading.Lock()
+        self.clear_after_ms = clear_after_ms
+
+    def _one(self, where: str, args: Iterable[Any]) -> tuple[Any, ...] | None:
+        row = self._db.execute(
+            f"SELECT {', '.join(_COLS)} FROM alerts WHERE {where}", tuple(args)
+        ).fetchone()
+        return tuple(row) if row is not None else None
+
+    def observe(
+        self, conditions: list[Condition], at_ms: int, scope: set[str] | None = None
+    ) -> list[Change]:
+        """Fold one pass's conditions in; alerts of `scope` kinds not seen are cleared."""
+        changes: list[Change] = []
+        seen = set()
+        with self._lock:
+            self._db.execute("BEGIN")
+            for c in conditions:
+                seen.add(c.key)
+                changes.append(self._upsert(c))
+            changes += self._clear(seen, at_ms, scope)
+            self._db.execute("COMMIT")
+        return changes
+
+    def _upsert(self, c: Condition) -> Change:
+        row = self._one("key = ?", [c.key])
+        evidence = json.dumps(c.evidence, default=str)
+        if row is None:
+            history = json.dumps(
+                [
+                    {
+                        "at": format_ts(c.at_ms),
+                        "action": "opened",
+                        "actor": "system",
+                        "comment": c.message,
+                    }
+                ]
+            )
+            cur = self._db.execute(
+                "INSERT INTO alerts (key, rule, severity, kind, meter, lot, district, message, "
+                "first_seen, last_seen, count, status, evidence, history) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 'open', ?, ?)",
+                (
+                    c.key,
+                    c.rule,
+                    c.severity,
+                    c.kind,
+                    c.meter,
+                    c.lot,
+                    c.district,
+                    c.message,
+                    c.at_ms,
+                    c.at_ms,
+                    evidence,
+                    history,
+                ),
+            )
+            return Change("opened", _json(self._one("id = ?", [cur.lastrowid]) or ()))
+        a = dict(zip(_COLS, row, strict=True))
+        history = json.loads(a["history"])
+        action: Literal["repeated", "reopened"] = "repeated"
+        status = a["status"]
+        if status == "resolved":
+            action, status = "reopened", "open"
+            history.append(
+                {
+                    "at": format_ts(c.at_ms),
+                    "action": "reopened",
+                    "actor": "system",
+                    "comment": c.message,
+                }
+            )
+        self._db.execute(
+            "UPDATE alerts SET count = count + 1, last_seen = max(last_seen, ?), status = ?, "
+            "message = ?, evidence = ?, severity = ?, history = ? WHERE id = ?",
+            (c.at_ms, status, c.message, evidence, c.severity, json.dumps(history), a["id"]),
+        )
+        return Change(action, _json(self._one("id = ?", [a["id"]]) or ()))
+
+    def _clear(self, seen: set[str], at_ms: int, scope: set[str] | None) -> list[Change]:
+        out = []
+        rows = self._db.execute(
+            f"SELECT {', '.join(_COLS)} FROM alerts WHERE status != 'resolved' AND last_seen < ?",
+            (at_ms - self.clear_after_ms,),
+        ).fetchall()
+        for row in rows:
+            a = dict(zip(_COLS, row, strict=True))
+            if a["key"] in seen or (scope is not None and a["kind"] not in scope):
+                continue
+            history = json.loads(a["history"])
+            history.append(
+                {
+                    "at": format_ts(at_ms),
+                    "action": "resolved",
+                    "actor": "system",
+                    "comment": "condition cleared",
+                }
+            )
+            self._db.execute(
+                "UPDATE alerts SET status = 'resolved', history = ? WHERE id = ?",
+                (json.dumps(history), a["id"]),
+            )
+            out.append(Change("resolved", _json(self._one("id = ?", [a["id"]]) or ())))
+        return out
+
+    def act(
+        self, alert_id: int, action: Literal["ack", "resolve"], actor: str, comment: str, at: str
+    ) -> Change:
+        """A person acknowledges or resolves an alert; `at` is recorded as given."""
+        with self._lock:
+            row = self._one("id = ?", [alert_id])
+            if row is None:
+                raise KeyError(alert_id)
+            a = dict(zip(_COLS, row, strict=True))
+            allowed = {"ack": ("open",), "resolve": ("open", "acknowledged")}[action]
+            if a["status"] not in allowed:
+                raise TransitionError(f"alert {alert_id} is {a['status']}: cannot {action}")
+            status = "acknowledged" if action == "ack" else "resolved"
+            history = json.loads(a["history"])
+            history.append({"at": at, "action": status, "actor": actor, "comment": comment})
+            self._db.execute(
+                "UPDATE alerts SET status = ?, history = ? WHERE id = ?",
+                (status, json.dumps(history), alert_id),
+            )
+            done = _json(self._one("id = ?", [alert_id]) or ())
+        return Change("acknowledged" if action == "ack" else "resolved", done)
+
+    def get(self, alert_id: int) -> dict[str, Any] | None:
+        """One alert with its history."""
+        with self._lock:
+            row = self._one("id = ?", [alert_id])
+        return _json(row) if row else None
+
+    def list(
+        self,
+        status: str | None,
+        severity: str | None,
+        since_ms: int | None,
+        after_id: int,
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        """Alerts by id, filtered; `since` is on last_seen (event time)."""
+        where: list[str] = ["id > ?"]
+        args: list[Any] = [after_id]
+        for col, value in (("status", status), ("severity", severity)):
+            if value is not None:
+                where.append(f"{col} = ?")
+                args.append(value)
+        if since_ms is not None:
+            where.append("last_seen >= ?")
+            args.append(since_ms)
+        sql = (
+            f"SELECT {', '.join(_COLS)} FROM alerts WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"
+        )
+        with self._lock:
+            rows = self._db.execute(sql, (*args, limit)).fetchall()
+        return [_json(tuple(r)) for r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

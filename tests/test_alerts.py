@@ -1,0 +1,172 @@
+"""Alerts: one per condition, lifecycle with actor and comment, hysteresis, reopen,
+restart, MQTT notification through a real Mosquitto, and the inbox API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from monitor.alerts import AlertBook, Change, Condition, TransitionError, severity_of
+from monitor.api import ApiContext, create_app
+from monitor.config import load_settings
+from monitor.evaluate import Evaluator
+from monitor.metrics import Metrics
+from monitor.rules.schema import load_rules
+from monitor.state import SqliteState
+from monitor.store.embedded import EmbeddedStore
+from tests.helpers import BASE_MS, Collector, Publisher, wait_for
+from tests.services import Mosquitto
+
+REPO = Path(__file__).resolve().parent.parent
+RULES = load_rules(REPO / "config" / "rules.yaml").rules
+DAY = 86_400_000
+
+
+def condition(subject: str = "E1", rule: str = "elec.error_limit", day: float = 0) -> Condition:
+    return Condition(
+        rule,
+        "elec",
+        subject,
+        "major",
+        f"{subject} beyond the limit",
+        BASE_MS + int(day * DAY),
+        {"error_pct": 4.2},
+        meter=subject,
+        lot="L1",
+        district="D1",
+    )
+
+
+def book(tmp: Path) -> AlertBook:
+    return AlertBook(tmp / "state.sqlite", clear_after_ms=2 * DAY)
+
+
+def test_a_condition_repeated_a_thousand_times_is_one_alert(tmp_path: Path) -> None:
+    b = book(tmp_path)
+    actions = [
+        c.action for i in range(1000) for c in b.observe([condition(day=i / DAY)], BASE_MS + i)
+    ]
+    assert actions[0] == "opened" and set(actions[1:]) == {"repeated"}
+    alerts = b.list(None, None, None, 0, 10)
+    assert len(alerts) == 1 and alerts[0]["count"] == 1000 and alerts[0]["status"] == "open"
+    assert alerts[0]["first_seen"] < alerts[0]["last_seen"]
+
+
+def test_ack_and_resolve_keep_actor_and_comment(tmp_path: Path) -> None:
+    b = book(tmp_path)
+    [opened] = b.observe([condition()], BASE_MS)
+    aid = opened.alert["id"]
+    b.act(aid, "ack", "inspector.li", "on-site check booked", "2026-03-02T09:00:00+00:00")
+    with pytest.raises(TransitionError):
+        b.act(aid, "ack", "someone", "again", "x")
+    done = b.act(aid, "resolve", "inspector.li", "meter replaced", "2026-03-03T09:00:00+00:00")
+    history = done.alert["history"]
+    assert [(h["action"], h["actor"]) for h in history] == [
+        ("opened", "system"),
+        ("acknowledged", "inspector.li"),
+        ("resolved", "inspector.li"),
+    ]
+    assert history[2]["comment"] == "meter replaced"
+    with pytest.raises(TransitionError):
+        b.act(aid, "resolve", "x", "y", "z")
+    with pytest.raises(KeyError):
+        b.act(999, "ack", "x", "y", "z")
+
+
+def test_auto_resolve_needs_the_condition_gone_long_enough_then_reopens(tmp_path: Path) -> None:
+    b = book(tmp_path)
+    b.observe([condition()], BASE_MS)
+    assert b.observe([], BASE_MS + DAY) == []  # one clean pass: no flapping
+    [resolved] = b.observe([], BASE_MS + 3 * DAY)
+    assert resolved.action == "resolved" and resolved.alert["status"] == "resolved"
+    [back] = b.observe([condition(day=4)], BASE_MS + 4 * DAY)
+    assert back.action == "reopened" and back.alert["status"] == "open"
+    assert [h["action"] for h in back.alert["history"]] == ["opened", "resolved", "reopened"]
+    assert back.alert["count"] == 2 and len(b.list(None, None, None, 0, 10)) == 1
+
+
+def test_a_restart_neither_loses_nor_refires(tmp_path: Path) -> None:
+    first = book(tmp_path)
+    first.observe([condition("E1"), condition("E2")], BASE_MS)
+    first.close()
+    again = book(tmp_path)
+    changes = again.observe([condition("E1"), condition("E2")], BASE_MS + 1000)
+    assert [c.action for c in changes] == ["repeated", "repeated"]
+    assert [a["count"] for a in again.list("open", None, None, 0, 10)] == [2, 2]
+
+
+def test_severity_comes_from_the_rules_file() -> None:
+    assert severity_of("elec.function_failure.stopped", RULES) == "critical"
+    assert severity_of("elec.clock.offset", RULES) == "minor"
+    assert severity_of("taxi.seal.event", RULES) == "critical"
+    assert severity_of("lot.suspect_share", RULES) == RULES.elec.lot.severity
+
+
+def test_changes_are_published_once_on_mqtt(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    inbox = Collector(mosquitto.url, "monitor/alerts/#")
+    pub = Publisher(mosquitto.url, "alert-publisher")
+    b = book(tmp_path)
+
+    def notify(change: Change) -> None:
+        a = change.alert
+        pub.send(f"monitor/alerts/{a['severity']}/{a['kind']}", {**a, "action": change.action})
+
+    for i in range(1000):
+        for change in b.observe([condition()], BASE_MS + i):
+            if change.action != "repeated":
+                notify(change)
+    for change in b.observe([], BASE_MS + 3 * DAY):
+        notify(change)
+    pub.wait_all()
+    wait_for(lambda: len(inbox.messages) == 2, 10, "two notifications")
+    assert [m[0] for m in inbox.messages] == ["monitor/alerts/major/elec"] * 2
+    assert [json.loads(m[1])["action"] for m in inbox.messages] == ["opened", "resolved"]
+    assert json.loads(inbox.messages[1][1])["count"] == 1000
+    inbox.close()
+    pub.close()
+
+
+def test_inbox_api(tmp_path: Path) -> None:
+    b = book(tmp_path)
+    b.observe([condition(f"E{i}", day=0) for i in range(5)], BASE_MS)
+    b.observe([condition("T1", rule="taxi.seal.event", day=1)], BASE_MS + DAY)
+    state = SqliteState(tmp_path / "state.sqlite")
+    store = EmbeddedStore(tmp_path / "t.sqlite", Metrics())
+    rules = load_rules(REPO / "config" / "rules.yaml")
+    client = TestClient(
+        create_app(
+            ApiContext(
+                load_settings(tmp_path / "none", {}),
+                state,
+                store,
+                Metrics(),
+                lambda: True,
+                Evaluator(store, state),
+                lambda: rules,
+                None,
+                b,
+            )
+        )
+    )
+    page = client.get("/api/alerts", params={"limit": 4}).json()
+    rest = client.get("/api/alerts", params={"cursor": page["next"]}).json()
+    assert len(page["items"]) == 4 and len(rest["items"]) == 2 and rest["next"] is None
+    since = client.get("/api/alerts", params={"since": BASE_MS + 1}).json()["items"]
+    assert [a["meter"] for a in since] == ["T1"]
+    aid = page["items"][0]["id"]
+    r = client.post(f"/api/alerts/{aid}/ack", json={"actor": "ops", "comment": "looking"})
+    assert r.status_code == 200 and r.json()["status"] == "acknowledged"
+    assert client.post(f"/api/alerts/{aid}/ack", json={"actor": "ops"}).status_code == 409
+    assert (
+        client.post(f"/api/alerts/{aid}/resolve", json={"comment": "no actor"}).status_code == 422
+    )
+    assert client.post("/api/alerts/9999/resolve", json={"actor": "ops"}).status_code == 404
+    acked = client.get("/api/alerts", params={"status": "acknowledged"}).json()["items"]
+    assert [a["id"] for a in acked] == [aid]
+    assert client.get(f"/api/alerts/{aid}").json()["history"][-1]["comment"] == "looking"
+    assert client.get("/api/alerts", params={"severity": "urgent"}).status_code == 422
+    state.close()
+    store.close()
