@@ -189,9 +189,13 @@ class AlertBook:
         return tuple(row) if row is not None else None
 
     def observe(
-        self, conditions: list[Condition], at_ms: int, scope: set[str] | None = None
+        self, conditions: list[Condition], at_ms: int, scope: tuple[str, ...] = ("",)
     ) -> list[Change]:
-        """Fold one pass's conditions in; alerts of `scope` kinds not seen are cleared."""
+        """Fold one pass's conditions in.
+
+        Only alerts whose rule starts with a `scope` prefix can be cleared by their
+        absence: the evaluation pass does not speak for offline detection and vice versa.
+        """
         changes: list[Change] = []
         seen = set()
         with self._lock:
@@ -258,7 +262,7 @@ class AlertBook:
         )
         return Change(action, _json(self._one("id = ?", [a["id"]]) or ()))
 
-    def _clear(self, seen: set[str], at_ms: int, scope: set[str] | None) -> list[Change]:
+    def _clear(self, seen: set[str], at_ms: int, scope: tuple[str, ...]) -> list[Change]:
         out = []
         rows = self._db.execute(
             f"SELECT {', '.join(_COLS)} FROM alerts WHERE status != 'resolved' AND last_seen < ?",
@@ -266,7 +270,7 @@ class AlertBook:
         ).fetchall()
         for row in rows:
             a = dict(zip(_COLS, row, strict=True))
-            if a["key"] in seen or (scope is not None and a["kind"] not in scope):
+            if a["key"] in seen or not str(a["rule"]).startswith(scope):
                 continue
             history = json.loads(a["history"])
             history.append(

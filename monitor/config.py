@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from monitor.offline import OfflineSettings
 from monitor.yamlfile import (
     ConfigError,
     ConfigProblem,
@@ -184,7 +185,9 @@ class SchedulingSettings(_Section):
 
 
 class AlertSettings(_Section):
-    """Alert lifecycle."""
+    """Alert lifecycle and offline detection."""
+
+    offline: OfflineSettings = OfflineSettings()
 
     clear_after_h: float = Field(
         48.0, gt=0, description="event time a condition must stay absent before auto-resolve"

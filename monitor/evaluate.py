@@ -33,6 +33,8 @@ from monitor.telemetry import format_ts, ms_to_datetime, parse_ts
 log = logging.getLogger(__name__)
 READING_FIELDS = ("energy_kwh", "current_a", "voltage_v", "clock_offset_s")
 Publish = Callable[[str, dict[str, Any]], None]
+# Rule families an evaluation pass speaks for (it may clear their alerts).
+EVALUATION_RULES = ("elec.", "taxi.", "lot.")
 
 
 @dataclass
@@ -315,7 +317,7 @@ class Evaluator:
         }
         conditions = conditions_of([*meters.values(), *lots.values()], book.rules, as_of_ms)
         conditions += district_conditions(gates, book.rules, as_of_ms)
-        for change in self._alerts.observe(conditions, as_of_ms):
+        for change in self._alerts.observe(conditions, as_of_ms, EVALUATION_RULES):
             if self._notify is not None and change.action != "repeated":
                 self._notify(change)
 

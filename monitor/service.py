@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from monitor.evaluate import Evaluator
 from monitor.ingest import IngestWorker
 from monitor.metrics import Metrics
 from monitor.mqtt import BrokerAddress, parse_broker_url
+from monitor.offline import OFFLINE_RULES, offline_conditions
 from monitor.ports import TelemetryStore
 from monitor.reload import HotFile
 from monitor.rules.schema import RuleBook, load_rules
@@ -61,6 +64,8 @@ class Service:
         self._scheduler = BackgroundScheduler(timezone=settings.scheduling.timezone)
         self._http: uvicorn.Server | None = None
         self._reported: dict[Path, int] = {}
+        self._started = time.monotonic()
+        self._notify: Callable[[Change], None] = lambda change: None
 
     @property
     def data_dir(self) -> Path:
@@ -107,6 +112,8 @@ class Service:
             address, store, state, worker, rules, tariffs, evaluator, alerts, broker
         )
         self._scheduler.add_job(self._housekeeping, "interval", seconds=30, id="housekeeping")
+        self._notify = notify
+        self._scheduler.add_job(self.check_offline, "interval", seconds=60, id="offline")
         if s.scheduling.evaluate_cron:
             trigger = CronTrigger.from_crontab(s.scheduling.evaluate_cron, s.scheduling.timezone)
             self._scheduler.add_job(self.evaluate_latest, trigger, id="evaluate")
@@ -145,6 +152,23 @@ class Service:
         summary = self.parts.evaluator.run(as_of, self.parts.rules.current).summary()
         log.info("evaluation as of %s: %s", summary["as_of"], summary["meter_decisions"])
         return summary
+
+    def check_offline(self) -> int:
+        """Raise or clear offline alerts as of the newest telemetry; returns changes made."""
+        parts, cfg = self.parts, self.settings.alerts.offline
+        if parts is None or not parts.worker.connected:
+            return 0  # our own silence says nothing about the meters
+        if time.monotonic() - self._started < cfg.grace_s:
+            return 0  # after a restart the backlog has not caught up yet
+        as_of = parts.state.latest_event_ts()
+        if as_of is None:
+            return 0
+        conditions = offline_conditions(parts.state.all_seen(), as_of, cfg)
+        changes = parts.alerts.observe(conditions, as_of, OFFLINE_RULES)
+        for change in changes:
+            if change.action != "repeated":
+                self._notify(change)
+        return len(changes)
 
     def _housekeeping(self) -> None:
         if self.parts is not None:

@@ -252,6 +252,11 @@ class SqliteState:
         rows = self._rows("SELECT meter_id, district, last_ts FROM seen WHERE kind = ?", [kind])
         return {r[0]: (r[1], int(r[2])) for r in rows}
 
+    def all_seen(self) -> dict[str, tuple[str, str | None, int]]:
+        """Every meter that sent telemetry: id → (kind, district, last event time)."""
+        rows = self._rows("SELECT meter_id, kind, district, last_ts FROM seen")
+        return {r[0]: (r[1], r[2], int(r[3])) for r in rows}
+
     def latest_event_ts(self) -> int | None:
         """Newest telemetry event time seen (the default `as_of`)."""
         found = self._rows("SELECT max(last_ts) FROM seen")
