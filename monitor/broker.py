@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -86,13 +87,18 @@ def broker_config(bind: str) -> dict[str, object]:
 
 
 async def serve(bind: str) -> None:
-    """Run amqtt until cancelled."""
+    """Run amqtt until cancelled, or until the service that started it is gone."""
     from amqtt.broker import Broker
 
+    parent = os.getppid()
     broker = Broker(broker_config(bind))
     await broker.start()
     try:
-        await asyncio.Event().wait()
+        # A service killed with SIGKILL cannot stop its child: the child notices
+        # it was orphaned (re-parented) and leaves instead of holding the port.
+        while os.getppid() == parent:
+            await asyncio.sleep(1.0)
+        log.warning("embedded broker: parent process gone, shutting down")
     finally:
         await broker.shutdown()
 
