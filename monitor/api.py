@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from monitor import __version__
-from monitor.alerts import AlertBook, TransitionError
+from monitor.alerts import AlertBook, Change, TransitionError
 from monitor.config import Settings
 from monitor.evaluate import Evaluator
 from monitor.metrics import Metrics
@@ -45,6 +45,7 @@ class ApiContext:
     rules: Callable[[], RuleBook]
     publish: Callable[[str, bytes, bool], None] | None = None
     alerts: AlertBook | None = None
+    notify: Callable[[Change], None] | None = None
 
 
 def encode_cursor(last_id: str) -> str:
@@ -550,6 +551,8 @@ def _add_alerts(app: FastAPI, ctx: ApiContext) -> None:
             raise HTTPException(404, f"no alert {alert_id}") from None
         except TransitionError as exc:
             raise HTTPException(409, str(exc)) from None
+        if ctx.notify is not None:
+            ctx.notify(change)  # stops escalation; tells whoever was escalated to
         return change.alert
 
     @app.post("/api/alerts/{alert_id}/ack", tags=["alerts"])

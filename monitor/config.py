@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from monitor.notify import RoutingSettings
 from monitor.offline import OfflineSettings
 from monitor.yamlfile import (
     ConfigError,
@@ -188,6 +189,7 @@ class AlertSettings(_Section):
     """Alert lifecycle and offline detection."""
 
     offline: OfflineSettings = OfflineSettings()
+    routing: RoutingSettings = RoutingSettings()
 
     clear_after_h: float = Field(
         48.0, gt=0, description="event time a condition must stay absent before auto-resolve"

@@ -24,6 +24,7 @@ from monitor.evaluate import Evaluator
 from monitor.ingest import IngestWorker
 from monitor.metrics import Metrics
 from monitor.mqtt import BrokerAddress, parse_broker_url
+from monitor.notify import Notifier
 from monitor.offline import OFFLINE_RULES, offline_conditions
 from monitor.ports import TelemetryStore
 from monitor.reload import HotFile
@@ -47,6 +48,7 @@ class Components:
     tariffs: HotFile[TariffBook]
     evaluator: Evaluator
     alerts: AlertBook
+    notifier: Notifier
     broker: EmbeddedBroker | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -98,18 +100,19 @@ class Service:
 
         alerts = AlertBook(self.data_dir / "state.sqlite", int(s.alerts.clear_after_h * 3_600_000))
 
+        notifier = Notifier(s.alerts.routing, self.data_dir / "notify.sqlite", worker.publish)
+
         def notify(change: Change) -> None:
-            a = change.alert
-            payload = json.dumps({**a, "action": change.action}, separators=(",", ":"))
-            worker.publish(
-                f"{s.mqtt.alerts_topic_root}/{a['severity']}/{a['kind']}", payload.encode()
-            )
+            notifier.submit([change])
 
         evaluator = Evaluator(
             store, state, publish_decision, lambda: tariffs.current, alerts, notify
         )
         self.parts = Components(
-            address, store, state, worker, rules, tariffs, evaluator, alerts, broker
+            address, store, state, worker, rules, tariffs, evaluator, alerts, notifier, broker
+        )
+        self._scheduler.add_job(
+            notifier.tick, "interval", seconds=2, id="notify", max_instances=1, coalesce=True
         )
         self._scheduler.add_job(self._housekeeping, "interval", seconds=30, id="housekeeping")
         self._notify = notify
@@ -188,6 +191,7 @@ class Service:
             lambda: parts.rules.current,
             parts.worker.publish,
             parts.alerts,
+            self._notify,
         )
         return create_app(ctx)
 
@@ -213,6 +217,7 @@ class Service:
             self._scheduler.shutdown(wait=False)
         if self.parts is None:
             return
+        self.parts.notifier.close()
         self.parts.worker.stop()
         self.parts.store.close()
         self.parts.alerts.close()
