@@ -85,7 +85,8 @@ def conditions_of(decisions: Iterable[Decision], rules: Rules, at_ms: int) -> li
         acts = d.decision in ("resample", "replace")
         if not acts and SEVERITY_OF_STATE[d.state] < SEVERITY_OF_STATE["watch"]:
             continue
-        for r in d.reasons:
+        # "Too little data" is an honest state, not a finding to alert on per meter.
+        for r in (r for r in d.reasons if not r.rule.startswith("elec.estimation")):
             subject_lot = d.id if d.kind == "lot" else d.evidence.get("lot")
             out.append(
                 Condition(
@@ -323,11 +324,19 @@ class AlertBook:
         since_ms: int | None,
         after_id: int,
         limit: int,
+        kind: str | None = None,
+        district: str | None = None,
     ) -> list[dict[str, Any]]:
         """Alerts by id, filtered; `since` is on last_seen (event time)."""
         where: list[str] = ["id > ?"]
         args: list[Any] = [after_id]
-        for col, value in (("status", status), ("severity", severity)):
+        filters = (
+            ("status", status),
+            ("severity", severity),
+            ("kind", kind),
+            ("district", district),
+        )
+        for col, value in filters:
             if value is not None:
                 where.append(f"{col} = ?")
                 args.append(value)
@@ -340,6 +349,16 @@ class AlertBook:
         with self._lock:
             rows = self._db.execute(sql, (*args, limit)).fetchall()
         return [_json(tuple(r)) for r in rows]
+
+    def open_by_severity(self) -> dict[str, int]:
+        """Open (not yet acknowledged) alerts per severity, most severe first."""
+        with self._lock:
+            rows = dict(
+                self._db.execute(
+                    "SELECT severity, count(*) FROM alerts WHERE status = 'open' GROUP BY severity"
+                ).fetchall()
+            )
+        return {s: int(rows.get(s, 0)) for s in SEVERITIES}
 
     def close(self) -> None:
         with self._lock:

@@ -32,6 +32,7 @@ from monitor.rules.schema import RuleBook, load_rules
 from monitor.state import SqliteState
 from monitor.store import open_store
 from monitor.taxi.tariff import TariffBook, load_tariffs
+from monitor.web import mount_web
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,9 @@ class Service:
             parts.alerts,
             self._notify,
         )
-        return create_app(ctx)
+        app = create_app(ctx)
+        mount_web(app, ctx)
+        return app
 
     def serve_http(self) -> None:
         """Serve the API until SIGINT/SIGTERM (in the main thread) or `stop()`."""

@@ -336,6 +336,36 @@ class SqliteState:
         """Every rolled-out tariff body by version (they join config/tariffs.yaml)."""
         return {r[0]: json.loads(r[1]) for r in self._rows("SELECT version, body FROM tariffs")}
 
+    # -- fleet summaries (web overview) -------------------------------------
+
+    def kind_counts(self) -> dict[str, int]:
+        """Meters per kind: registry ∪ meters seen."""
+        rows = self._rows("""SELECT kind, count(*) FROM (
+            SELECT meter_id, kind FROM registry UNION SELECT meter_id, kind FROM seen)
+            GROUP BY kind ORDER BY kind""")
+        return {r[0]: int(r[1]) for r in rows}
+
+    def decision_counts(self) -> list[dict[str, Any]]:
+        """Meters per (kind, state, decision) of their current decisions."""
+        rows = self._rows("""SELECT kind, state, decision, count(*) FROM decisions
+            WHERE scope = 'meter' GROUP BY kind, state, decision ORDER BY kind, state, decision""")
+        return [{"kind": r[0], "state": r[1], "decision": r[2], "n": int(r[3])} for r in rows]
+
+    def decisions_where(self, scope: str, decision: str, limit: int = 100) -> list[dict[str, Any]]:
+        """Stored decision JSONs of one scope with one decision."""
+        rows = self._rows(
+            "SELECT body FROM decisions WHERE scope = ? AND decision = ? ORDER BY subject LIMIT ?",
+            [scope, decision, limit],
+        )
+        return [json.loads(r[0]) for r in rows]
+
+    def tariff_versions(self) -> list[str]:
+        """Rolled-out tariff versions, newest first."""
+        return [
+            r[0]
+            for r in self._rows("SELECT version FROM tariffs ORDER BY created_at DESC, version")
+        ]
+
     # -- the fleet list ----------------------------------------------------
 
     def list_meters(self, flt: MeterFilter, after: str | None, limit: int) -> list[MeterSummary]:

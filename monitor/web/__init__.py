@@ -1,0 +1,285 @@
+"""Web pages for utilities and supervision authorities, rendered from the API's data.
+
+Plain server-rendered HTML (Jinja2) with SVG charts drawn on the server and one
+small script for the two forms; everything is served from the package, nothing
+from a CDN. Lists are paginated like the API so the pages work at fleet scale.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from monitor.api import ApiContext, decode_cursor, encode_cursor
+from monitor.schema import ELEC_EVENT, ELEC_READING, TAXI_EVENT, TAXI_STATUS, TAXI_TRIP
+from monitor.state import MeterFilter
+from monitor.taxi.rollout import Rollout, applied_at, progress, summary
+from monitor.telemetry import format_ts, ms_to_datetime
+from monitor.web import charts
+
+HERE = Path(__file__).parent
+DAY_MS = 86_400_000
+
+
+def mount_web(app: FastAPI, ctx: ApiContext) -> None:
+    """Add the pages and their static files to the API application."""
+    pages = Jinja2Templates(directory=HERE / "templates")
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    def render(request: Request, name: str, **data: Any) -> HTMLResponse:
+        return pages.TemplateResponse(request, name, data)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def overview(request: Request) -> HTMLResponse:
+        return render(request, "overview.html", **_overview(ctx))
+
+    @app.get("/meters", response_class=HTMLResponse, include_in_schema=False)
+    def meters(
+        request: Request,
+        kind: str = "",
+        state: str = "",
+        decision: str = "",
+        district: str = "",
+        lot: str = "",
+        cursor: str = "",
+    ) -> HTMLResponse:
+        f = MeterFilter(
+            kind or None, district or None, lot or None, state or None, decision or None
+        )
+        rows = ctx.state.list_meters(f, decode_cursor(cursor) if cursor else None, 101)
+        items = [
+            {**r.__dict__, "last_ts": format_ts(r.last_ts) if r.last_ts else None}
+            for r in rows[:100]
+        ]
+        nxt = None
+        if len(rows) > 100:
+            params = {k: v for k, v in request.query_params.items() if k != "cursor"}
+            nxt = urlencode({**params, "cursor": encode_cursor(rows[99].meter_id)})
+        return render(request, "meters.html", items=items, next=nxt, f=f)
+
+    @app.get("/meters/{meter}", response_class=HTMLResponse, include_in_schema=False)
+    def meter(request: Request, meter: str) -> HTMLResponse:
+        return render(request, "meter.html", **_meter(ctx, meter))
+
+    @app.get("/districts/{district}", response_class=HTMLResponse, include_in_schema=False)
+    def district(request: Request, district: str, sort: str = "meter") -> HTMLResponse:
+        body = ctx.state.district(district)
+        if body is None:
+            raise HTTPException(404, f"district {district!r} has not been evaluated")
+        return render(request, "district.html", **_district(ctx, body, sort))
+
+    @app.get("/lots/{lot}", response_class=HTMLResponse, include_in_schema=False)
+    def lot(request: Request, lot: str) -> HTMLResponse:
+        return render(request, "lot.html", d=_lot(ctx, lot))
+
+    @app.get("/lots/{lot}/sample.csv", include_in_schema=False)
+    def lot_csv(lot: str) -> Response:
+        d = _lot(ctx, lot)
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["meter_id", "lot", "district", "manufacturer", "model", "plate"])
+        for meter_id in d.get("drawn") or []:
+            row = ctx.state.get_meter(meter_id)
+            writer.writerow(
+                [
+                    meter_id,
+                    lot,
+                    row.district if row else "",
+                    row.manufacturer if row else "",
+                    row.model if row else "",
+                    row.plate if row else "",
+                ]
+            )
+        return Response(
+            out.getvalue(),
+            media_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="{lot}-sample.csv"'},
+        )
+
+    @app.get("/alerts", response_class=HTMLResponse, include_in_schema=False)
+    def alerts(
+        request: Request,
+        status: str = "",
+        severity: str = "",
+        kind: str = "",
+        district: str = "",
+        cursor: str = "",
+    ) -> HTMLResponse:
+        if ctx.alerts is None:
+            raise HTTPException(503, "alerts are not kept by this instance")
+        after = int(decode_cursor(cursor)) if cursor else 0
+        rows = ctx.alerts.list(
+            status or None,
+            severity or None,
+            None,
+            after,
+            101,
+            kind=kind or None,
+            district=district or None,
+        )
+        nxt = None
+        if len(rows) > 100:
+            params = {k: v for k, v in request.query_params.items() if k != "cursor"}
+            nxt = urlencode({**params, "cursor": encode_cursor(str(rows[99]["id"]))})
+        f = {"status": status, "severity": severity, "kind": kind, "district": district}
+        return render(request, "alerts.html", items=rows[:100], next=nxt, f=f)
+
+    @app.get("/tariffs", response_class=HTMLResponse, include_in_schema=False)
+    def tariffs(request: Request) -> HTMLResponse:
+        return render(
+            request,
+            "tariffs.html",
+            rollouts=[_rollout(ctx, v) for v in ctx.state.tariff_versions()],
+        )
+
+
+def _metric(ctx: ApiContext, name: str) -> float:
+    total = 0.0
+    for family in ctx.metrics.registry.collect():
+        for sample in family.samples:
+            if sample.name == name:
+                total += sample.value
+    return total
+
+
+def _overview(ctx: ApiContext) -> dict[str, Any]:
+    as_of = ctx.state.latest_event_ts()
+    due, more = _due_soon(ctx, as_of)
+    return {
+        "as_of": format_ts(as_of) if as_of else None,
+        "kinds": ctx.state.kind_counts(),
+        "counts": ctx.state.decision_counts(),
+        "open_alerts": sum(ctx.alerts.open_by_severity().values()) if ctx.alerts else 0,
+        "alerts_by_severity": ctx.alerts.open_by_severity() if ctx.alerts else {},
+        "lots": ctx.state.decisions_where("lot", "resample"),
+        "due": due,
+        "due_more": more,
+        "health": {
+            "received": int(_metric(ctx, "monitor_messages_received_total")),
+            "rejected": int(_metric(ctx, "monitor_messages_rejected_total")),
+            "buffered": int(_metric(ctx, "monitor_store_buffered_points")),
+        },
+    }
+
+
+def _due_soon(
+    ctx: ApiContext, as_of: int | None, shown: int = 50
+) -> tuple[list[dict[str, Any]], int]:
+    if as_of is None:
+        return [], 0
+    today = ms_to_datetime(as_of).date()
+    horizon = today + timedelta(days=365)
+    rows = [r for r in ctx.state.registry_rows() if r.due_on is not None and r.due_on <= horizon]
+    rows.sort(key=lambda r: (r.due_on, r.meter_id))
+    items = [
+        {"meter_id": r.meter_id, "kind": r.kind, "lot": r.lot, "due_on": r.due_on} for r in rows
+    ]
+    return items[:shown], max(0, len(items) - shown)
+
+
+def _meter(ctx: ApiContext, meter: str) -> dict[str, Any]:
+    registry = ctx.state.get_meter(meter)
+    seen = ctx.state.seen(meter)
+    if registry is None and seen is None:
+        raise HTTPException(
+            404, f"meter {meter!r} is not in the registry and has sent no telemetry"
+        )
+    kind = registry.kind if registry else str(seen["kind"] if seen else "elec")
+    m = {
+        "meter_id": meter,
+        "kind": kind,
+        "registry": registry.as_dict() if registry else None,
+        "decision": ctx.state.decision("meter", meter),
+    }
+    end = seen["last_ts"] if seen else 0
+    start = end - 60 * DAY_MS
+    if kind == "elec":
+        pts = ctx.store.history(ELEC_READING, meter, ["energy_kwh"], start, end + 1, 100_000)
+        chart = charts.series(
+            [
+                (p.ts_ms, float(p.values["energy_kwh"]))
+                for p in pts
+                if p.values.get("energy_kwh") is not None
+            ],
+            "register, kWh",
+        )
+        title, events = "Register (last 60 days)", ELEC_EVENT
+    else:
+        trips = ctx.store.history(TAXI_TRIP, meter, ["meter_km", "gps_km"], start, end + 1, 100_000)
+        ratios = [
+            (p.ts_ms, float(p.values["meter_km"]) / float(p.values["gps_km"]))
+            for p in trips
+            if p.values.get("gps_km") and float(p.values["gps_km"]) >= 3
+        ]
+        chart = charts.series(ratios, "meter km / GNSS km per trip", dots=True)
+        title, events = "Meter / GNSS distance ratio per trip (trips ≥ 3 km)", TAXI_EVENT
+    timeline = [
+        {
+            "ts": format_ts(p.ts_ms),
+            "what": p.values.get("code", ""),
+            "tag": False,
+            "detail": p.values.get("detail", ""),
+        }
+        for p in ctx.store.points(events, start, end + 1)
+        if p.meter == meter
+    ]
+    if ctx.alerts is not None:
+        for a in ctx.alerts.list(None, None, None, 0, 1000):
+            if a["meter"] == meter:
+                timeline.append(
+                    {
+                        "ts": a["last_seen"],
+                        "what": a["status"],
+                        "tag": True,
+                        "detail": f"alert #{a['id']} {a['rule']}: {a['message']}",
+                    }
+                )
+    timeline.sort(key=lambda e: e["ts"], reverse=True)
+    return {"m": m, "chart": chart, "chart_title": title, "timeline": timeline[:200]}
+
+
+def _district(ctx: ApiContext, body: dict[str, Any], sort: str) -> dict[str, Any]:
+    meters = list(body["meters"])
+    keys = {
+        "error": lambda m: -abs(m["error_pct"]) if m["error_pct"] is not None else math.inf,
+        "state": lambda m: (m["state"] or "", m["meter"]),
+    }
+    meters.sort(key=keys.get(sort, lambda m: m["meter"]))
+    limits = ctx.rules().rules.elec.error_limit.in_service_limit_pct
+    rows = [
+        (m["meter"], m["error_pct"], m["error_ci_pct"][0], m["error_ci_pct"][1])
+        for m in body["meters"]
+        if m["evaluable"] and m["error_pct"] is not None
+    ]
+    return {"d": body, "meters": meters, "chart": charts.error_bars(rows, limits.get("2"))}
+
+
+def _lot(ctx: ApiContext, lot: str) -> dict[str, Any]:
+    body = ctx.state.decision("lot", lot)
+    if body is None:
+        raise HTTPException(404, f"lot {lot!r} has no decision yet")
+    return body
+
+
+def _rollout(ctx: ApiContext, version: str) -> dict[str, Any]:
+    found = ctx.state.tariff(version)
+    assert found is not None
+    _, eff, deadline, meters = found
+    plan = Rollout(version, eff, deadline, meters)
+    as_of = ctx.state.latest_event_ts() or eff
+    seen = applied_at(
+        version,
+        ctx.store.points(TAXI_EVENT, eff - DAY_MS, as_of),
+        ctx.store.points(TAXI_STATUS, eff - DAY_MS, as_of),
+    )
+    return summary(plan, progress(plan, seen, as_of), as_of)

@@ -1,0 +1,265 @@
+"""The web pages in a real headless Chromium, against a service state built from a
+simulated fleet: every page loads without console errors, shows the API's numbers,
+and the inbox's acknowledge and the lot's sample-result form change the state."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+import yaml
+
+from monitor.alerts import AlertBook
+from monitor.api import ApiContext, create_app
+from monitor.config import load_settings
+from monitor.evaluate import Evaluator
+from monitor.ingest import summarise_seen
+from monitor.metrics import Metrics
+from monitor.registry import parse_rows
+from monitor.rules.schema import load_rules
+from monitor.schema import Record
+from monitor.simulate import Fleet, FleetSpec
+from monitor.state import SqliteState
+from monitor.store.embedded import EmbeddedStore
+from monitor.taxi.tariff import load_tariffs
+from monitor.telemetry import parse_message
+from monitor.web import mount_web
+from tests.services import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO / "artifacts" / "web"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+START = 1772294400000
+DAYS = 12
+
+
+def _need_browser() -> None:
+    if Path(CHROMIUM).exists():
+        return
+    msg = "chromium not installed (apt-get install chromium, or run scripts/test)"
+    if os.environ.get("CI"):
+        pytest.fail(msg + "; CI is set, so this fails rather than skips", pytrace=False)
+    pytest.skip(msg)
+
+
+class Site:
+    def __init__(self, tmp: Path) -> None:
+        fleet = Fleet(
+            FleetSpec(start_ms=START, districts=2, meters_per_district=(40, 50), taxis=12, seed=7)
+        )
+        self.state = SqliteState(tmp / "state.sqlite")
+        self.store = EmbeddedStore(tmp / "telemetry.sqlite", Metrics())
+        self.alerts = AlertBook(tmp / "state.sqlite", 2 * 86_400_000)
+        self.state.upsert_meters(parse_rows(fleet.registry_rows()).rows)
+        records = [
+            r
+            for m in fleet.messages(START, START + DAYS * 86_400_000)
+            if isinstance(r := parse_message(m.topic, m.payload), Record)
+        ]
+        self.store.write(records)
+        self.state.note_seen(summarise_seen(records, 0.0))
+        tariffs = load_tariffs(REPO / "config" / "tariffs.yaml")
+        book = load_rules(REPO / "config" / "rules.yaml")
+        evaluator = Evaluator(self.store, self.state, tariffs=lambda: tariffs, alerts=self.alerts)
+        ctx = ApiContext(
+            load_settings(tmp / "none", {}),
+            self.state,
+            self.store,
+            Metrics(),
+            lambda: True,
+            evaluator,
+            lambda: book,
+            lambda t, p, r: None,
+            self.alerts,
+        )
+        app = create_app(ctx)
+        mount_web(app, ctx)
+        self.port = free_port()
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.api("POST", "/api/evaluate")
+        body = yaml.safe_load((REPO / "config" / "tariffs.yaml").read_text())["SH-2022"]
+        body = {**body, "effective_from": "2026-03-02T00:00:00+08:00"}
+        self.api("POST", "/api/tariffs/SH-2026/rollout", content=json.dumps(body, default=str))
+
+    def api(self, method: str, path: str, **kw: Any) -> Any:
+        r = httpx.request(method, self.base + path, timeout=60, **kw)
+        r.raise_for_status()
+        return r.json()
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.alerts.close()
+        self.state.close()
+        self.store.close()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    _need_browser()
+    s = Site(tmp_path_factory.mktemp("web"))
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def browser(site: Site) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        yield b
+        b.close()
+
+
+class Page:
+    """A browser page that fails the test on any console error."""
+
+    def __init__(self, browser: Any, site: Site, path: str, width: int = 1280) -> None:
+        self.errors: list[str] = []
+        self.page = browser.new_page(viewport={"width": width, "height": 900})
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        response = self.page.goto(site.base + path)
+        assert response is not None and response.status == 200, (path, response and response.status)
+
+    def text(self, testid: str) -> str:
+        return str(self.page.get_by_test_id(testid).inner_text()).strip()
+
+    def shot(self, name: str) -> None:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+    def done(self) -> None:
+        assert self.errors == [], self.errors
+        self.page.close()
+
+
+def all_meters(site: Site, **params: str) -> list[dict[str, Any]]:
+    return list(site.api("GET", "/api/meters", params={"limit": 1000, **params})["items"])
+
+
+def test_overview_matches_the_api(site: Site, browser: Any) -> None:
+    p = Page(browser, site, "/")
+    assert int(p.text("kind-elec")) == len(all_meters(site, kind="elec"))
+    assert int(p.text("kind-taxi")) == len(all_meters(site, kind="taxi"))
+    open_alerts = site.api("GET", "/api/alerts", params={"status": "open", "limit": 1000})["items"]
+    assert int(p.text("open-alerts")) == len(open_alerts)
+    p.shot("overview")
+    p.done()
+    tablet = Page(browser, site, "/", width=800)
+    tablet.shot("overview-tablet")
+    tablet.done()
+
+
+def test_meter_list_and_meter_page(site: Site, browser: Any) -> None:
+    suspects = all_meters(site, state="suspect", kind="elec")
+    assert suspects
+    listing = Page(browser, site, "/meters?kind=elec&state=suspect")
+    rows = listing.page.locator("[data-testid=meters] tr").count() - 1
+    assert rows == len(suspects)
+    listing.shot("meters")
+    listing.done()
+    meter = suspects[0]["meter_id"]
+    p = Page(browser, site, f"/meters/{meter}")
+    decision = site.api("GET", f"/api/meters/{meter}")["decision"]
+    assert p.text("decision") == decision["decision"]
+    assert str(decision["evidence"]["error_pct"]) in p.text("evidence")
+    assert p.page.locator("svg.chart").count() == 1
+    p.shot("meter-elec")
+    p.done()
+    taxi = [m for m in all_meters(site, kind="taxi") if m["decision"] == "replace"][0]["meter_id"]
+    t = Page(browser, site, f"/meters/{taxi}")
+    assert t.page.locator("svg.chart circle").count() > 30  # one dot per trip
+    t.shot("meter-taxi")
+    t.done()
+
+
+def test_district_page_matches_the_api(site: Site, browser: Any) -> None:
+    body = site.api("GET", "/api/districts/D02")
+    p = Page(browser, site, "/districts/D02?sort=error")
+    assert p.text("line-loss") == f"{body['gates']['line_loss_pct']:.2f} %"
+    rows = p.page.locator("[data-testid=district-meters] tr").count() - 1
+    assert rows == len(body["meters"])
+    evaluable = sum(1 for m in body["meters"] if m["evaluable"])
+    assert p.page.locator("svg.chart circle").count() == evaluable
+    p.shot("district")
+    p.done()
+
+
+def test_lot_form_records_results_and_changes_the_decision(site: Site, browser: Any) -> None:
+    lots = {m["lot"] for m in all_meters(site, kind="elec") if m["lot"]}
+    lot = next(
+        b
+        for b in (site.api("GET", f"/api/lots/{x}") for x in sorted(lots))
+        if b["decision"] == "resample"
+    )
+    p = Page(browser, site, f"/lots/{lot['id']}")
+    assert int(p.text("sample-size")) == lot["plan"]["sample_size"]
+    csv_text = httpx.get(site.base + f"/lots/{lot['id']}/sample.csv").text
+    assert len(csv_text.strip().splitlines()) == lot["plan"]["sample_size"] + 1
+    p.shot("lot-before")
+    lines = "meter,error_pct,passed\n" + "\n".join(f"{m},0.3,yes" for m in lot["drawn"])
+    p.page.get_by_test_id("results").fill(lines)
+    with p.page.expect_navigation():
+        p.page.get_by_role("button", name="Record results").click()
+    assert p.text("lot-decision") == "extend"
+    assert site.api("GET", f"/api/lots/{lot['id']}")["decision"] == "extend"
+    p.shot("lot-after")
+    p.done()
+
+
+def test_inbox_acknowledge_changes_the_alert(site: Site, browser: Any) -> None:
+    first = site.api("GET", "/api/alerts", params={"status": "open", "limit": 1})["items"][0]
+    p = Page(browser, site, "/alerts?status=open")
+    row = p.page.locator(f"tr[data-alert='{first['id']}']")
+    row.locator("input[name=actor]").fill("inspector.wang")
+    row.locator("input[name=comment]").fill("site visit booked")
+    with p.page.expect_navigation():
+        row.get_by_role("button", name="Go").click()
+    after = site.api("GET", f"/api/alerts/{first['id']}")
+    assert after["status"] == "acknowledged"
+    assert after["history"][-1]["actor"] == "inspector.wang"
+    p.shot("alerts")
+    p.done()
+    acked = Page(browser, site, "/alerts?status=acknowledged")
+    assert acked.text(f"status-{first['id']}") == "acknowledged"
+    acked.done()
+
+
+def test_tariff_page_matches_the_api(site: Site, browser: Any) -> None:
+    progress = site.api("GET", "/api/tariffs/SH-2026")
+    p = Page(browser, site, "/tariffs")
+    assert int(p.text("applied-SH-2026")) == progress["applied"]
+    assert int(p.text("overdue-SH-2026")) == progress["overdue"]
+    p.shot("tariffs")
+    p.done()
