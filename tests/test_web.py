@@ -197,7 +197,7 @@ def test_meter_list_and_meter_page(site: Site, browser: Any) -> None:
     assert p.page.locator("svg.chart").count() == 1
     p.shot("meter-elec")
     p.done()
-    taxi = [m for m in all_meters(site, kind="taxi") if m["decision"] == "replace"][0]["meter_id"]
+    taxi = next(m["meter_id"] for m in all_meters(site, kind="taxi") if m["decision"] == "replace")
     t = Page(browser, site, f"/meters/{taxi}")
     assert t.page.locator("svg.chart circle").count() > 30  # one dot per trip
     t.shot("meter-taxi")
