@@ -203,50 +203,30 @@ def test_simulated_fleet_through_mosquitto(
 
 def test_cli_rules_check_and_bad_registry(tmp_path: Path) -> None:
     env = {**os.environ, "MONITOR_CONFIG": str(REPO / "config"), "MONITOR_DATA_DIR": str(tmp_path)}
-    ok = subprocess.run(
-        [sys.executable, "-m", "monitor", "rules", "check"],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "monitor", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+        )
+
+    ok = cli("rules", "check")
     assert ok.returncode == 0 and "valid, version shanghai-default@2026.1+" in ok.stdout
     changed = tmp_path / "rules.yaml"
-    changed.write_text(
-        (REPO / "config/rules.yaml").read_text().replace("deadline_h: 24", "deadline_h: 12")
-    )
-    out = subprocess.run(
-        [sys.executable, "-m", "monitor", "rules", "check", str(changed)],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
+    rules = (REPO / "config/rules.yaml").read_text()
+    changed.write_text(rules.replace("deadline_h: 24", "deadline_h: 12"))
+    out = cli("rules", "check", str(changed))
     assert out.returncode == 0 and "taxi.tariff.deadline_h: 24.0 → 12.0" in out.stdout
-    changed.write_text(
-        (REPO / "config/rules.yaml").read_text().replace("deadline_h: 24", "deadline_h: -1")
-    )
-    bad = subprocess.run(
-        [sys.executable, "-m", "monitor", "rules", "check", str(changed)],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
-    assert (
-        bad.returncode == 2
-        and "taxi.tariff.deadline_h" in bad.stderr
-        and "rules.yaml:" in bad.stderr
-    )
+    changed.write_text(rules.replace("deadline_h: 24", "deadline_h: -1"))
+    bad = cli("rules", "check", str(changed))
+    assert bad.returncode == 2 and "taxi.tariff.deadline_h" in bad.stderr
+    assert "rules.yaml:" in bad.stderr
     csv = tmp_path / "bad.csv"
     csv.write_text("meter_id,kind\nA1,elec\n")
-    imp = subprocess.run(
-        [sys.executable, "-m", "monitor", "registry", "import", str(csv)],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
+    imp = cli("registry", "import", str(csv))
     assert imp.returncode == 1 and "line 2 (A1)" in imp.stderr and "nothing imported" in imp.stderr
 
 

@@ -61,10 +61,7 @@ def mount_web(app: FastAPI, ctx: ApiContext) -> None:
             {**r.__dict__, "last_ts": format_ts(r.last_ts) if r.last_ts else None}
             for r in rows[:100]
         ]
-        nxt = None
-        if len(rows) > 100:
-            params = {k: v for k, v in request.query_params.items() if k != "cursor"}
-            nxt = urlencode({**params, "cursor": encode_cursor(rows[99].meter_id)})
+        nxt = _next_page(request, rows[99].meter_id) if len(rows) > 100 else None
         return render(request, "meters.html", items=items, next=nxt, f=f)
 
     @app.get("/meters/{meter}", response_class=HTMLResponse, include_in_schema=False)
@@ -127,10 +124,7 @@ def mount_web(app: FastAPI, ctx: ApiContext) -> None:
             kind=kind or None,
             district=district or None,
         )
-        nxt = None
-        if len(rows) > 100:
-            params = {k: v for k, v in request.query_params.items() if k != "cursor"}
-            nxt = urlencode({**params, "cursor": encode_cursor(str(rows[99]["id"]))})
+        nxt = _next_page(request, str(rows[99]["id"])) if len(rows) > 100 else None
         f = {"status": status, "severity": severity, "kind": kind, "district": district}
         return render(request, "alerts.html", items=rows[:100], next=nxt, f=f)
 
@@ -141,6 +135,12 @@ def mount_web(app: FastAPI, ctx: ApiContext) -> None:
             "tariffs.html",
             rollouts=[_rollout(ctx, v) for v in ctx.state.tariff_versions()],
         )
+
+
+def _next_page(request: Request, last: str) -> str:
+    """Query string of the next page: the same filters, a cursor after `last`."""
+    params = {k: v for k, v in request.query_params.items() if k != "cursor"}
+    return urlencode({**params, "cursor": encode_cursor(last)})
 
 
 def _metric(ctx: ApiContext, name: str) -> float:
