@@ -18,6 +18,17 @@ arrays (no MQTT, no store), split over spawned processes that regenerate their o
 districts from a seed; then it times `EmbeddedStore.series` on one stored district
 and extrapolates the store read time to N districts.
 
+Notes on the set-up:
+
+- the accuracy stores live on tmpfs (/dev/shm) with `synchronous="OFF"`: what is measured
+  there is the estimator, not fsync; Evaluator.run uses the rules' window (30 days), so of
+  the 60 simulated days only the last 30 feed the estimate (the earlier ones let the
+  planted faults age, e.g. the stopped meter has been stopped for weeks);
+- spawned processes get `--blas-threads` BLAS threads (default 1). OpenBLAS otherwise starts
+  one thread per CPU in every process, and on ~100×100 systems those threads cost more
+  than they give (the speed part prints a probe of both settings);
+- the machine may be shared: the timings are what this run saw, not a property of the code.
+
 The script prints figures; it asserts nothing on timing.
 """
 

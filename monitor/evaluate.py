@@ -211,7 +211,10 @@ class Evaluator:
         as_of = format_ts(as_of_ms)
         start = as_of_ms - int(rules.estimation.window_days * 86_400_000)
         registry = {r.meter_id: r for r in self._state.registry_rows("elec")}
-        events = _by_meter(self._store.points(ELEC_EVENT, start, as_of_ms))
+        lookback = max(rules.tamper.lookback_days, rules.hardware.lookback_days) * 86_400_000
+        events = _by_meter(
+            self._store.points(ELEC_EVENT, min(start, as_of_ms - int(lookback)), as_of_ms)
+        )
         districts = self._districts(registry, rules, start, as_of_ms)
         stamp = (as_of, book.version)
         meters = self._meters(registry, districts, events, rules, stamp, lot_extension={})
@@ -398,8 +401,11 @@ def meter_decision(
     series = dist.series.get(meter)
     findings: list[Finding] = []
     findings += rules_elec.function_findings(series, rules.function_failure, meter == dist.master)
-    findings += rules_elec.clock_findings(series, events, rules.clock)
-    findings += rules_elec.event_findings(events, rules.tamper, rules.hardware)
+    as_of_ms = parse_ts(stamp[0])
+    window_start = as_of_ms - int(rules.estimation.window_days * 86_400_000)
+    recent = [e for e in events if e.ts_ms >= window_start]
+    findings += rules_elec.clock_findings(series, recent, rules.clock)
+    findings += rules_elec.event_findings(events, rules.tamper, rules.hardware, as_of_ms)
     est = dist.estimates.get(meter)
     current = rules_elec.mean_current_a(
         series, rules.function_failure.un_v, rules.estimation.interval_s / 3600

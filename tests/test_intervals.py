@@ -91,3 +91,13 @@ def test_no_energy_invented_or_lost(
     assert blk.n_intervals == n - 1
     assert np.allclose(blk.energy.sum(axis=0), regs[-1, 1:] - regs[0, 1:])
     assert np.isclose(blk.master.sum(), regs[-1, 0] - regs[0, 0])
+
+
+def test_master_squares_use_its_known_sub_spans() -> None:
+    g = grid(4)
+    master = series({0: 0.0, STEP: 1.0, 3 * STEP: 5.0})  # y0 = 1, then 4 over two intervals
+    a = series({0: 0.0, 3 * STEP: 3.0})  # only the block ends: one block of three intervals
+    blk = blocks(place_on_grid({"M": master, "A": a}, g), "M", g)
+    assert blk.lengths.tolist() == [3]
+    # exact 1² for the known interval, then 4 spread evenly over two: 2² + 2²
+    assert blk.master_sq.tolist() == [1.0 + 4.0 + 4.0]

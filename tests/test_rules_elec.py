@@ -124,8 +124,17 @@ def test_tamper_is_an_inspection_and_hardware_is_faulty() -> None:
         MeterPoint("m", 9, {"code": "relay_fault"}),
         MeterPoint("m", 7, {"code": "power_down"}),
     ]
-    out = elec.event_findings(events, RULES.tamper, RULES.hardware)
+    out = elec.event_findings(events, RULES.tamper, RULES.hardware, as_of_ms=10)
     assert [(f.state, f.inspect, f.reason.rule) for f in out] == [
         ("normal", True, "elec.tamper"),
         ("faulty", False, "elec.hardware"),
     ]
+
+
+def test_a_tamper_case_outlives_the_estimation_window() -> None:
+    day = 86_400_000
+    opened = [MeterPoint("m", 100 * day, {"code": "cover_open"})]
+    later = elec.event_findings(opened, RULES.tamper, RULES.hardware, as_of_ms=160 * day)
+    assert [f.reason.rule for f in later] == ["elec.tamper"]  # 60 days on: still open
+    gone = elec.event_findings(opened, RULES.tamper, RULES.hardware, as_of_ms=500 * day)
+    assert gone == []  # beyond the rule's lookback

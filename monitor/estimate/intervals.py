@@ -172,12 +172,19 @@ def blocks(placed: Placed, master: str, grid: Grid) -> Blocks:
 def _master_square_sums(
     reg: FloatArray, starts: NDArray[np.intp], ends: NDArray[np.intp]
 ) -> FloatArray:
-    """Σ y0(t)² over each block's intervals; where the master itself has a gap inside the
-    block, its energy is taken as spread evenly (the smallest sum consistent with the total)."""
-    step = np.diff(reg)  # NaN where either end is missing
-    gaps = np.concatenate(([0], np.cumsum(np.isnan(step))))
-    squares = np.concatenate(([0.0], np.cumsum(np.nan_to_num(step) ** 2)))
-    exact = squares[ends] - squares[starts]
-    total = reg[ends] - reg[starts]
-    spread = total * total / np.maximum(ends - starts, 1)
-    return np.where(gaps[ends] - gaps[starts] > 0, spread, exact)
+    """Σ y0(t)² over each block's intervals.
+
+    Block ends are complete boundaries, so the master is read there; inside a
+    block its known sub-spans are squared exactly and only across its own gaps
+    is the energy taken as spread evenly (the smallest sum consistent with the
+    total). Spreading the whole block whenever one inner reading was missing
+    understated the I²R regressor and let the β's absorb it.
+    """
+    known = np.flatnonzero(~np.isnan(reg))
+    energy = np.diff(reg[known])
+    span = np.diff(known)
+    cumulative = np.concatenate(([0.0], np.cumsum(energy * energy / span)))
+    position = np.full(len(reg), -1)
+    position[known] = np.arange(len(known))
+    squares: FloatArray = cumulative[position[ends]] - cumulative[position[starts]]
+    return squares

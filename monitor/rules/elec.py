@@ -291,11 +291,12 @@ def _stopped(series: Series, rule: FunctionFailureRule) -> Finding | None:
 
 
 def _longest_run_sum(mask: np.ndarray, values: np.ndarray) -> float:
-    best = run = 0.0
-    for flag, value in zip(mask.tolist(), values.tolist(), strict=True):
-        run = run + value if flag else 0.0
-        best = max(best, run)
-    return best
+    """Largest sum of `values` over a run of consecutive True in `mask` (vectorised)."""
+    if len(mask) == 0:
+        return 0.0
+    total = np.cumsum(np.where(mask, values, 0.0))
+    run = total - np.maximum.accumulate(np.where(mask, 0.0, total))
+    return float(max(run.max(), 0.0))
 
 
 def _fast(series: Series, rule: FunctionFailureRule) -> Finding | None:
@@ -357,12 +358,17 @@ def clock_findings(
 
 
 def event_findings(
-    events: Sequence[MeterPoint], tamper: EventRule, hardware: EventRule
+    events: Sequence[MeterPoint], tamper: EventRule, hardware: EventRule, as_of_ms: int
 ) -> list[Finding]:
-    """Tamper events → inspection (not a replacement); hardware events → faulty."""
+    """Tamper events → inspection (not a replacement); hardware events → faulty.
+
+    An event stays a finding for its rule's `lookback_days`, not just the
+    estimation window: a cover opened six weeks ago is still an open case.
+    """
     out = []
     for rule, name in ((tamper, "elec.tamper"), (hardware, "elec.hardware")):
-        hits = [e for e in events if e.values.get("code") in rule.codes]
+        since = as_of_ms - rule.lookback_days * DAY_MS
+        hits = [e for e in events if e.values.get("code") in rule.codes and e.ts_ms >= since]
         if not hits:
             continue
         codes = sorted({str(e.values["code"]) for e in hits})

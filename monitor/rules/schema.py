@@ -112,6 +112,9 @@ class EventRule(Rule):
     """Event codes that are findings by themselves."""
 
     codes: list[str] = Field(min_length=1)
+    lookback_days: float = Field(
+        365.0, gt=0, description="an event stays a finding this long (no case closure yet)"
+    )
 
 
 class SamplingPlan(_Block):
