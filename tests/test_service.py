@@ -15,6 +15,8 @@ import httpx
 import pytest
 
 from monitor.registry import parse_csv
+from monitor.simulate import Fleet, FleetSpec
+from monitor.telemetry import parse_ts
 from tests.helpers import Publisher, reading, wait_for
 from tests.services import Mosquitto, free_port
 
@@ -156,15 +158,15 @@ def test_simulated_fleet_through_mosquitto(
             "--districts",
             "2",
             "--meters-per-district",
-            "10",
+            "20",
             "--taxis",
-            "3",
+            "8",
             "--start",
             "2026-03-01T00:00:00+08:00",
             "--backfill-days",
-            "1",
+            "4",
             "--duration-days",
-            "1",
+            "4",
             "--registry-out",
             str(registry),
         ],
@@ -176,7 +178,7 @@ def test_simulated_fleet_through_mosquitto(
     )
     assert run.returncode == 0, run.stderr
     sent = int(run.stdout.split("published ")[1].split()[0])
-    assert sent > 2 * 11 * 96 * 0.9  # readings alone (10 customers + 1 master per district)
+    assert sent > 2 * 21 * 96 * 4 * 0.9  # readings alone (20 customers + 1 master per district)
     imp = subprocess.run(
         [sys.executable, "-m", "monitor", "registry", "import", str(registry)],
         env=env,
@@ -199,6 +201,37 @@ def test_simulated_fleet_through_mosquitto(
     assert detail["registry"]["district"] == elec.district
     assert detail["latest"]["reading"]["energy_kwh"] > 0
     assert detail["seen"]["first_ts"].startswith("2026-02-28T16:")  # 2026-03-01 00:00 +08:00
+
+    # Evaluated as of its last timestamp, the fleet gets the decisions its truth calls for.
+    summary = httpx.post(f"http://{monitor_on.http}/api/evaluate", timeout=120).json()
+    assert summary["districts"] == 2 and summary["meters"] == len(rows)
+    fleet = Fleet(
+        FleetSpec(
+            start_ms=parse_ts("2026-03-01T00:00:00+08:00"),
+            seed=1,
+            districts=2,
+            meters_per_district=(20, 20),
+            taxis=8,
+        )
+    )
+    truth = fleet.truth()
+    decisions = {
+        i["meter_id"]: i for i in monitor_on.get("/api/meters", limit=1000).json()["items"]
+    }
+    disturbed = {t["district"] for t in truth.values() if "stopped" in t.get("faults", [])}
+    for meter, t in truth.items():
+        d = decisions[meter]
+        assert d["decision"] is not None, meter
+        if "stopped" in t.get("faults", []):
+            assert (d["state"], d["decision"]) == ("faulty", "replace")
+        elif t.get("faults") == ["beyond_limit"] and t["district"] not in disturbed:
+            assert d["state"] in ("suspect", "watch"), (meter, t["error_pct"], d)
+        elif t["kind"] == "elec" and not t.get("faults"):
+            assert d["decision"] != "replace", meter
+        elif t["kind"] == "taxi" and any(f.startswith("inflated_1") for f in t.get("faults", [])):
+            assert d["decision"] == "replace", (meter, d)  # +10 %: beyond JJG 517 with confidence
+    sample = monitor_on.get(f"/api/meters/{elec.meter_id}").json()["decision"]
+    assert sample["rules_version"].startswith("shanghai-default@") and sample["reasons"]
 
 
 def test_cli_rules_check_and_bad_registry(tmp_path: Path) -> None:
