@@ -454,9 +454,20 @@ def _start_rollout(ctx: ApiContext, version: str, body: dict[str, Any]) -> dict[
         root = ctx.settings.mqtt.topic_root
         command = {"version": version, "effective_from": stored["effective_from"], "tariff": stored}
         payload = json.dumps(command, separators=(",", ":")).encode()
+        unsent = []
         for meter in targets:
             # Retained: a meter that was offline gets its current tariff when it reconnects.
-            ctx.publish(f"{root}/taxi/{meter}/cmd/tariff", payload, True)
+            try:
+                ctx.publish(f"{root}/taxi/{meter}/cmd/tariff", payload, True)
+            except ConnectionError:
+                unsent.append(meter)
+        if unsent:
+            raise HTTPException(
+                503,
+                f"tariff {version!r} stored, but the broker is unreachable: "
+                f"commands not sent to {len(unsent)} meter(s); they stay "
+                "pending and go overdue unless the rollout is repeated",
+            )
     return _progress(ctx, version, None)
 
 

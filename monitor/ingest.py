@@ -185,8 +185,16 @@ class IngestWorker:
         self._metrics.broker_connected.set(0)
 
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        """Publish QoS 1 on the worker's connection (queued by paho while offline)."""
-        self._client.publish(topic, payload, qos=1, retain=retain)
+        """Publish QoS 1 on the worker's connection; raise when it cannot be handed on.
+
+        While disconnected paho would keep the message in memory only, so a caller
+        with a durable outbox (alerts) must hear about it and retry from there.
+        """
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise ConnectionError(
+                f"publish to {topic} not handed to the broker: {paho.error_string(info.rc)}"
+            )
 
     # -- processing thread -------------------------------------------------
 

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,11 @@ class Service:
 
         def publish_decision(suffix: str, body: dict[str, Any]) -> None:
             payload = json.dumps(body, separators=(",", ":")).encode()
-            worker.publish(f"{root}/{suffix}", payload, retain=True)
+            try:
+                worker.publish(f"{root}/{suffix}", payload, retain=True)
+            except ConnectionError as exc:
+                # Decisions are stored; the retained copy is refreshed by the next pass.
+                log.warning("decision not published: %s", exc)
 
         alerts = AlertBook(self.data_dir / "state.sqlite", int(s.alerts.clear_after_h * 3_600_000))
 
@@ -105,6 +110,7 @@ class Service:
 
         def notify(change: Change) -> None:
             notifier.submit([change])
+            self._wake_notifier()
 
         evaluator = Evaluator(
             store, state, publish_decision, lambda: tariffs.current, alerts, notify
@@ -113,7 +119,7 @@ class Service:
             address, store, state, worker, rules, tariffs, evaluator, alerts, notifier, broker
         )
         self._scheduler.add_job(
-            notifier.tick, "interval", seconds=2, id="notify", max_instances=1, coalesce=True
+            self._deliver, "interval", seconds=2, id="notify", max_instances=1, coalesce=True
         )
         self._scheduler.add_job(self._housekeeping, "interval", seconds=30, id="housekeeping")
         self._notify = notify
@@ -156,6 +162,20 @@ class Service:
         summary = self.parts.evaluator.run(as_of, self.parts.rules.current).summary()
         log.info("evaluation as of %s: %s", summary["as_of"], summary["meter_decisions"])
         return summary
+
+    def _deliver(self) -> None:
+        """Drain the notification outbox: tick until nothing more goes out."""
+        if self.parts is None:
+            return
+        for _ in range(100):
+            if self.parts.notifier.tick() == 0 or self.parts.notifier.pending() == 0:
+                break
+
+    def _wake_notifier(self) -> None:
+        # Deliver now rather than at the next 2 s tick (the tick stays as the
+        # fallback for retries, group windows and escalations).
+        if self._scheduler.running and self._scheduler.get_job("notify") is not None:
+            self._scheduler.modify_job("notify", next_run_time=datetime.now(UTC))
 
     def check_offline(self) -> int:
         """Raise or clear offline alerts as of the newest telemetry; returns changes made."""
