@@ -84,7 +84,7 @@ STALL_S = 60.0  # give up waiting when nothing moved for this long
 POLL_S = 0.005
 WORKER_TARGET = 0.60  # worker rate / bare rate
 PAIR_TARGET = 1.6  # two worker processes / one
-INFLUX_DB, INFLUX_BUCKET, INFLUX_ORG, INFLUX_TOKEN = "meters", "meters/autogen", "bench", "t"
+INFLUX_DB, INFLUX_RP, INFLUX_ORG, INFLUX_TOKEN = "meters", "autogen", "bench", "t"
 
 
 # -- the readings ------------------------------------------------------------------
@@ -446,8 +446,14 @@ class InfluxTarget:
     url: str  # the adapter
     pids: list[int]  # influxd and the adapter's process
 
-    def count(self) -> int:
-        body = self.server.query("SELECT count(energy_kwh) FROM elec_reading", INFLUX_DB)
+    def database(self, run: int) -> str:
+        """A fresh database per run (`meters`, then `meters_2`, ...), so counts are per run."""
+        db = INFLUX_DB if run == 1 else f"{INFLUX_DB}_{run}"
+        self.server.create_database(db)
+        return db
+
+    def count(self, db: str) -> int:
+        body = self.server.query("SELECT count(energy_kwh) FROM elec_reading", db)
         series = body["results"][0].get("series", [])
         return int(series[0]["values"][0][1]) if series else 0
 
@@ -462,6 +468,13 @@ class Bench:
     protocol: str = "5"
     profile: bool = False
     overrides: Overrides = ()
+    _runs: int = 0
+    _influx_runs: int = 0
+
+    def _fresh(self, name: str) -> Path:
+        """An empty data folder for one contender run (rounds must not share stores)."""
+        self._runs += 1
+        return self.workdir / f"{name}-{self._runs}"
 
     @property
     def address(self) -> BrokerAddress:
@@ -507,7 +520,7 @@ class Bench:
     def embedded_worker(self) -> Row:
         settings = self._settings("bench-worker-embedded", None)
         self.queue_for([(settings.client_id, settings.subscription)])
-        data = self.workdir / "worker-embedded"
+        data = self._fresh("worker-embedded")
         store = EmbeddedStore(data / "telemetry.sqlite", Metrics())
         worker, state = self._worker(settings, store, data)
         clock = self._clock()
@@ -527,10 +540,12 @@ class Bench:
 
         settings = self._settings("bench-worker-influx", None)
         self.queue_for([(settings.client_id, settings.subscription)])
+        data = self._fresh("worker-influx")
+        self._influx_runs += 1
+        db = influx.database(self._influx_runs)
         target = InfluxSettings(
-            url=influx.url, token=INFLUX_TOKEN, org=INFLUX_ORG, bucket=INFLUX_BUCKET
+            url=influx.url, token=INFLUX_TOKEN, org=INFLUX_ORG, bucket=f"{db}/{INFLUX_RP}"
         )
-        data = self.workdir / "worker-influx"
         store = InfluxStore(target, data / "spool", Metrics())
         worker, state = self._worker(settings, store, data)
         clock = self._clock(influx.pids)
@@ -541,7 +556,7 @@ class Bench:
         wait_count(lambda: self.n - store.health().buffered_points, self.n)
         flushed = clock().since(start)
         processed = self._finish(worker, store, state)
-        stored = influx.count()
+        stored = influx.count(db)
         return [
             Row("worker + InfluxStore, spooled+acked", self.n, acked, stored,
                 _extra(processed, self.n)),
@@ -569,7 +584,7 @@ class Bench:
         """(d) `workers` worker processes on one shared subscription, embedded stores."""
         specs = [
             ChildSpec(i, self.broker.url, f"bench-{group}-{i}", group, self.protocol,
-                      str(self.workdir / f"{group}-{i}"), self.overrides)
+                      str(self._fresh(f"{group}-{i}")), self.overrides)
             for i in range(workers)
         ]
         subscription = f"$share/{group}/meters/#"
@@ -720,7 +735,6 @@ def influx_target(workdir: Path) -> Iterator[InfluxTarget]:
     stop = ctx.Event()
     adapter = ctx.Process(target=adapter_main, args=(server.url, ports, stop), name="adapter")
     try:
-        server.create_database(INFLUX_DB)
         adapter.start()
         port = ports.get(timeout=60)
         influxd = server._proc.proc  # tests.services keeps the Popen private
