@@ -61,7 +61,7 @@ class Metrics:
         )
         self.ingest_lag = Histogram(
             "monitor_ingest_lag_seconds",
-            "From MQTT receipt to durable storage and acknowledgement",
+            "From MQTT receipt to storage and acknowledgement, oldest message of each batch",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
         )

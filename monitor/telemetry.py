@@ -7,6 +7,7 @@ publish ourselves) out. It never raises on bad input.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -180,8 +181,12 @@ IGNORED = None  # our own command topics under the root: not telemetry, not an e
 REASONS = ("oversized", "unknown_topic", "invalid_json", "invalid_payload", "identity_mismatch")
 
 
+@functools.lru_cache(maxsize=65536)
 def route_topic(topic: str, root: str) -> Route | Rejection | None:
-    """Map a topic to its measurement and identity, per CONTRACT §1."""
+    """Map a topic to its measurement and identity, per CONTRACT §1.
+
+    Cached: a fleet sends on a bounded set of topics and the answer is immutable.
+    """
     prefix = root + "/"
     if not topic.startswith(prefix):
         return Rejection("unknown_topic", f"topic outside {prefix}#")
