@@ -228,8 +228,17 @@ def test_simulated_fleet_through_mosquitto(
             assert d["state"] in ("suspect", "watch"), (meter, t["error_pct"], d)
         elif t["kind"] == "elec" and not t.get("faults"):
             assert d["decision"] != "replace", meter
-        elif t["kind"] == "taxi" and any(f.startswith("inflated_1") for f in t.get("faults", [])):
-            assert d["decision"] == "replace", (meter, d)  # +10 %: beyond JJG 517 with confidence
+        elif t["kind"] == "taxi" and t.get("faults"):
+            expected = {
+                "inflated_10pct": {"replace"},
+                "inflated_5pct": {"replace"},
+                "inflated_2pct": {"resample", "replace"},
+                "pulse_injector": {"resample", "replace"},
+                "overcharge": {"resample"},
+                "seal_break": {"resample"},
+                "stale_tariff": {"keep", "extend"},
+            }  # no second tariff rolled out here
+            assert d["decision"] in expected[t["faults"][0]], (meter, t["faults"], d)
     sample = monitor_on.get(f"/api/meters/{elec.meter_id}").json()["decision"]
     assert sample["rules_version"].startswith("shanghai-default@") and sample["reasons"]
 
