@@ -40,18 +40,29 @@ class Publisher:
         self.client.max_inflight_messages_set(1000)
         self.client.max_queued_messages_set(0)
         self.client.reconnect_delay_set(0.1, 1)
+        # PUBACKs are tracked by mid: a message published while the broker restarts
+        # reports "not connected" yet stays queued and is sent on reconnect.
+        self._acked: set[int] = set()
+        self._lock = threading.Lock()
+        self.client.on_publish = self._on_publish
         self.client.connect(addr.host, addr.port)
         self.client.loop_start()
-        self.infos: list[paho.MQTTMessageInfo] = []
+        self.mids: list[int] = []
+
+    def _on_publish(self, _c: Any, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
+        with self._lock:
+            self._acked.add(mid)
 
     def send(self, topic: str, payload: bytes | dict[str, Any], retain: bool = False) -> None:
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        self.infos.append(self.client.publish(topic, body, qos=1, retain=retain))
+        self.mids.append(self.client.publish(topic, body, qos=1, retain=retain).mid)
 
     def wait_all(self, timeout: float = 60.0) -> None:
-        wait_for(
-            lambda: all(i.is_published() for i in self.infos), timeout, "PUBACK of every message"
-        )
+        def acked() -> bool:
+            with self._lock:
+                return all(m in self._acked for m in self.mids)
+
+        wait_for(acked, timeout, "PUBACK of every message")
 
     def close(self) -> None:
         self.client.disconnect()
