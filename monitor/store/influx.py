@@ -159,7 +159,9 @@ class InfluxStore:
         while self._spool.points and time.monotonic() < deadline:
             self._wake.set()
             time.sleep(0.05)
-        return self._spool.points == 0
+        left = self._spool.points
+        self._metrics.buffered.set(left)  # the flusher may not have updated it yet
+        return left == 0
 
     # -- reading -----------------------------------------------------------
 
