@@ -159,7 +159,7 @@ def _add_meters(app: FastAPI, ctx: ApiContext) -> None:
     @app.get("/api/meters/{meter}", tags=["meters"])
     def get_meter(meter: str) -> dict[str, Any]:
         """One meter: registry row, latest telemetry, decision."""
-        kind, registry, seen = _identify(ctx, meter)
+        kind, registry, seen = identify_meter(ctx, meter)
         latest = {}
         for m in MEASUREMENTS.values():
             if m.kind == kind:
@@ -185,7 +185,7 @@ def _add_meters(app: FastAPI, ctx: ApiContext) -> None:
         limit: int = Query(10_000, ge=1, le=100_000),
     ) -> dict[str, Any]:
         """Stored time series of one meter: `field` (comma-separated), [start, end)."""
-        kind, _, _ = _identify(ctx, meter)
+        kind, _, _ = identify_meter(ctx, meter)
         measurement, fields = _resolve_fields(kind, field)
         start_ms, end_ms = _time_param("start", start), _time_param("end", end)
         if start_ms is not None and end_ms is not None and end_ms <= start_ms:
@@ -205,7 +205,8 @@ def _seen_json(seen: dict[str, Any] | None) -> dict[str, Any] | None:
     return {**seen, "first_ts": format_ts(seen["first_ts"]), "last_ts": format_ts(seen["last_ts"])}
 
 
-def _identify(ctx: ApiContext, meter: str) -> tuple[str, Any, dict[str, Any] | None]:
+def identify_meter(ctx: ApiContext, meter: str) -> tuple[str, Any, dict[str, Any] | None]:
+    """(kind, registry row or None, telemetry presence or None); 404 when neither exists."""
     registry = ctx.state.get_meter(meter)
     seen = ctx.state.seen(meter)
     if registry is None and seen is None:
@@ -422,7 +423,7 @@ def _add_taxi(app: FastAPI, ctx: ApiContext) -> None:
     @app.get("/api/tariffs/{version}", tags=["taxi"])
     def rollout_progress(version: str, as_of: str | None = None) -> dict[str, Any]:
         """Per meter: pending, applied or overdue (judged at as_of, default latest telemetry)."""
-        return _progress(ctx, version, _time_param("as_of", as_of))
+        return rollout_progress_of(ctx, version, _time_param("as_of", as_of))
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
@@ -468,7 +469,7 @@ def _start_rollout(ctx: ApiContext, version: str, body: dict[str, Any]) -> dict[
                 f"commands not sent to {len(unsent)} meter(s); they stay "
                 "pending and go overdue unless the rollout is repeated",
             )
-    return _progress(ctx, version, None)
+    return rollout_progress_of(ctx, version, None)
 
 
 def _explain(exc: ValidationError) -> str:
@@ -494,7 +495,8 @@ def _targets(ctx: ApiContext, meters: object) -> list[str]:
     return sorted(set(meters))
 
 
-def _progress(ctx: ApiContext, version: str, as_of_ms: int | None) -> dict[str, Any]:
+def rollout_progress_of(ctx: ApiContext, version: str, as_of_ms: int | None) -> dict[str, Any]:
+    """A rollout's progress at `as_of_ms` (default: the newest telemetry); 404 if unknown."""
     found = ctx.state.tariff(version)
     if found is None:
         raise HTTPException(404, f"tariff {version!r} has not been rolled out")

@@ -20,10 +20,15 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from monitor.api import ApiContext, decode_cursor, encode_cursor
-from monitor.schema import ELEC_EVENT, ELEC_READING, TAXI_EVENT, TAXI_STATUS, TAXI_TRIP
+from monitor.api import (
+    ApiContext,
+    decode_cursor,
+    encode_cursor,
+    identify_meter,
+    rollout_progress_of,
+)
+from monitor.schema import ELEC_EVENT, ELEC_READING, TAXI_EVENT, TAXI_TRIP
 from monitor.state import MeterFilter
-from monitor.taxi.rollout import Rollout, applied_at, progress, summary
 from monitor.telemetry import format_ts, ms_to_datetime
 from monitor.web import charts
 
@@ -133,7 +138,7 @@ def mount_web(app: FastAPI, ctx: ApiContext) -> None:
         return render(
             request,
             "tariffs.html",
-            rollouts=[_rollout(ctx, v) for v in ctx.state.tariff_versions()],
+            rollouts=[rollout_progress_of(ctx, v, None) for v in ctx.state.tariff_versions()],
         )
 
 
@@ -188,13 +193,7 @@ def _due_soon(
 
 
 def _meter(ctx: ApiContext, meter: str) -> dict[str, Any]:
-    registry = ctx.state.get_meter(meter)
-    seen = ctx.state.seen(meter)
-    if registry is None and seen is None:
-        raise HTTPException(
-            404, f"meter {meter!r} is not in the registry and has sent no telemetry"
-        )
-    kind = registry.kind if registry else str(seen["kind"] if seen else "elec")
+    kind, registry, seen = identify_meter(ctx, meter)
     m = {
         "meter_id": meter,
         "kind": kind,
@@ -269,17 +268,3 @@ def _lot(ctx: ApiContext, lot: str) -> dict[str, Any]:
     if body is None:
         raise HTTPException(404, f"lot {lot!r} has no decision yet")
     return body
-
-
-def _rollout(ctx: ApiContext, version: str) -> dict[str, Any]:
-    found = ctx.state.tariff(version)
-    assert found is not None
-    _, eff, deadline, meters = found
-    plan = Rollout(version, eff, deadline, meters)
-    as_of = ctx.state.latest_event_ts() or eff
-    seen = applied_at(
-        version,
-        ctx.store.points(TAXI_EVENT, eff - DAY_MS, as_of),
-        ctx.store.points(TAXI_STATUS, eff - DAY_MS, as_of),
-    )
-    return summary(plan, progress(plan, seen, as_of), as_of)
