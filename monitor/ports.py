@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -102,20 +103,49 @@ class TelemetryStore(Protocol):
         """Flush what can be flushed and release resources."""
 
 
+def meter_series(rows: Sequence[Sequence[Any]], fields: Sequence[str]) -> Series:
+    """Rows (ts, *fields) of one meter, oldest first → its Series (None → NaN).
+
+    One numpy conversion of the whole block (C loops, no per-row Python work): the
+    times go through float64, exact for |ts| < 2**53 ms (checked; else converted apart).
+    """
+    width = len(fields) + 1
+    if not rows:
+        return Series(np.empty(0, dtype=np.int64), {f: np.empty(0) for f in fields})
+    block = _floats(rows)
+    if block.shape != (len(rows), width):
+        raise ValueError(f"rows of {block.shape[1:]} columns, expected ts + {len(fields)}")
+    times = block[:, 0]
+    if bool(np.isnan(times).any()) or float(np.abs(times).max()) >= _EXACT:
+        ts = np.array([r[0] for r in rows], dtype=np.int64)
+    else:
+        ts = times.astype(np.int64)
+    # One contiguous row per field (strided column views would slow every later pass).
+    cols = np.ascontiguousarray(block[:, 1:].T)
+    return Series(ts, {f: cols[k] for k, f in enumerate(fields)})
+
+
+_EXACT = float(2**53)
+
+
+def _floats(values: Sequence[Any]) -> NDArray[np.float64]:
+    # numpy turns None into NaN when the dtype is float.
+    return np.array(values, dtype=np.float64)
+
+
 def group_series(rows: Sequence[Sequence[Any]], fields: Sequence[str]) -> dict[str, Series]:
-    """Rows (meter, ts, *fields) sorted by meter then ts → one Series per meter."""
+    """Rows (meter, ts, *fields) sorted by meter then ts → one Series per meter (None → NaN)."""
     if not rows:
         return {}
-    meters = [r[0] for r in rows]
-    ts = np.array([r[1] for r in rows], dtype=np.int64)
-    cols = np.array([[np.nan if v is None else v for v in r[2:]] for r in rows], dtype=np.float64)
-    cols = cols.reshape(len(rows), len(fields))
+    columns = list(zip(*rows, strict=True))
+    if len(columns) != len(fields) + 2:
+        raise ValueError(f"rows have {len(columns)} columns, expected meter, ts + {len(fields)}")
+    meters = np.array(columns[0], dtype=object)
+    ts = np.array(columns[1], dtype=np.int64)
+    cols = [_floats(c) for c in columns[2:]]
+    # A meter's rows are consecutive: cut where the meter changes (compared in C).
+    cuts = [0, *(np.flatnonzero(meters[1:] != meters[:-1]) + 1).tolist(), len(rows)]
     out: dict[str, Series] = {}
-    start = 0
-    for i in range(1, len(rows) + 1):
-        if i == len(rows) or meters[i] != meters[start]:
-            out[meters[start]] = Series(
-                ts[start:i], {f: cols[start:i, k] for k, f in enumerate(fields)}
-            )
-            start = i
+    for a, b in itertools.pairwise(cuts):
+        out[meters[a]] = Series(ts[a:b], {f: c[a:b] for f, c in zip(fields, cols, strict=True)})
     return out

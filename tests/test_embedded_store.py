@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import math
+import sqlite3
 from pathlib import Path
 
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from monitor.metrics import Metrics
+from monitor.ports import Series, group_series, meter_series
 from monitor.schema import ELEC_READING, TAXI_TRIP, Record
-from monitor.store.embedded import EmbeddedStore
+from monitor.store.embedded import LAYOUT, EmbeddedStore
 
 
 def reading(meter: str, ts: int, kwh: float) -> Record:
@@ -40,3 +48,212 @@ def test_resent_trip_is_one_trip(tmp_path: Path) -> None:
     assert len(store.history(TAXI_TRIP, "T1", ["meter_km"], None, None, 10)) == 1
     assert store.health().writable
     store.close()
+
+
+# -- bulk reads (`series`) ----------------------------------------------------
+
+FIELDS = ("energy_kwh", "current_a", "voltage_v", "clock_offset_s")
+
+
+def elec(meter: str, district: str, ts: int, **values: float) -> Record:
+    return Record(ELEC_READING, meter, district, ts, dict(values))
+
+
+def as_lists(series: dict[str, Series]) -> dict[str, list[tuple[float, ...]]]:
+    """Series → comparable rows (NaN → None)."""
+    out = {}
+    for meter, s in series.items():
+        cols = [s.values[f] for f in FIELDS]
+        out[meter] = [
+            (int(t), *(None if math.isnan(c[i]) else float(c[i]) for c in cols))
+            for i, t in enumerate(s.ts_ms)
+        ]
+    return out
+
+
+def test_series_window_district_and_absent_fields(tmp_path: Path) -> None:
+    store = EmbeddedStore(tmp_path / "t.sqlite", Metrics())
+    store.write(
+        [
+            elec("M2", "D1", 1000, energy_kwh=1.0, current_a=2.0),
+            elec("M1", "D1", 3000, energy_kwh=3.0),
+            elec("M1", "D1", 1000, energy_kwh=1.0),
+            elec("M1", "D1", 4000, energy_kwh=4.0),  # after the window
+            elec("M1", "D1", 999, energy_kwh=0.5),  # before it
+            elec("M3", "D2", 2000, energy_kwh=7.0),  # another district
+            elec("M4", "D1", 5000, energy_kwh=9.0),  # of D1, but no point in the window
+        ]
+    )
+    store.write([elec("M1", "D1", 2000, energy_kwh=2.0), elec("M1", "D1", 3000, energy_kwh=3.5)])
+    got = store.series(ELEC_READING, FIELDS, 1000, 3000, district="D1")
+    assert list(got) == ["M1", "M2"]
+    assert as_lists(got) == {
+        "M1": [
+            (1000, 1.0, None, None, None),
+            (2000, 2.0, None, None, None),
+            (3000, 3.5, None, None, None),
+        ],
+        "M2": [(1000, 1.0, 2.0, None, None)],
+    }
+    assert got["M1"].column("current_a") is None and got["M2"].column("current_a") is not None
+    assert got["M1"].ts_ms.dtype == np.int64 and got["M1"].values["energy_kwh"].dtype == np.float64
+    assert list(store.series(ELEC_READING, FIELDS, 0, 10_000)) == ["M1", "M2", "M3", "M4"]
+    assert store.series(ELEC_READING, FIELDS, 0, 10_000, district="D9") == {}
+    assert store.meters(ELEC_READING, "D1") == ["M1", "M2", "M4"]
+    assert store.meters(ELEC_READING) == ["M1", "M2", "M3", "M4"]
+    store.close()
+
+
+def test_a_meter_that_moved_district_is_read_per_district(tmp_path: Path) -> None:
+    store = EmbeddedStore(tmp_path / "t.sqlite", Metrics())
+    store.write([elec("M1", "D1", 1000, energy_kwh=1.0), elec("M1", "D2", 2000, energy_kwh=2.0)])
+    assert as_lists(store.series(ELEC_READING, FIELDS, 0, 5000, district="D1")) == {
+        "M1": [(1000, 1.0, None, None, None)]
+    }
+    assert as_lists(store.series(ELEC_READING, FIELDS, 0, 5000, district="D2")) == {
+        "M1": [(2000, 2.0, None, None, None)]
+    }
+    # A resent point lands in its new district: the (meter, ts) key overwrites.
+    store.write([elec("M1", "D2", 1000, energy_kwh=1.5)])
+    assert store.series(ELEC_READING, FIELDS, 0, 5000, district="D1") == {}
+    assert len(store.series(ELEC_READING, FIELDS, 0, 5000, district="D2")["M1"].ts_ms) == 2
+    store.close()
+
+
+_value = st.one_of(st.none(), st.floats(allow_nan=False, width=64))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    batches=st.lists(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["A", "B", "C", "A-1"]),
+                st.sampled_from(["D1", "D2"]),
+                st.integers(0, 40),
+                _value,
+                _value,
+            ),
+            max_size=25,
+        ),
+        max_size=4,
+    ),
+    window=st.tuples(st.integers(-5, 45), st.integers(-5, 45)),
+    district=st.sampled_from([None, "D1", "D2"]),
+)
+def test_series_is_the_last_write_of_each_point_in_the_window(
+    tmp_path_factory: pytest.TempPathFactory,
+    batches: list[list[tuple[str, str, int, float | None, float | None]]],
+    window: tuple[int, int],
+    district: str | None,
+) -> None:
+    store = EmbeddedStore(tmp_path_factory.mktemp("s") / "t.sqlite", Metrics())
+    truth: dict[tuple[str, int], tuple[str, float | None, float | None]] = {}
+    for batch in batches:
+        records = []
+        for meter, dist, ts, kwh, amps in batch:
+            values = {k: v for k, v in (("energy_kwh", kwh), ("current_a", amps)) if v is not None}
+            records.append(elec(meter, dist, ts * 900_000, **values))
+            truth[(meter, ts * 900_000)] = (dist, kwh, amps)
+        store.write(records)
+    start, end = window[0] * 900_000, window[1] * 900_000
+    want: dict[str, list[tuple[float | None, ...]]] = {}
+    for (meter, ts), (dist, kwh, amps) in sorted(truth.items()):
+        if start <= ts <= end and district in (None, dist):
+            want.setdefault(meter, []).append((ts, kwh, amps, None, None))
+    assert as_lists(store.series(ELEC_READING, FIELDS, start, end, district=district)) == want
+    store.close()
+
+
+def test_an_older_file_is_migrated_on_open(tmp_path: Path) -> None:
+    """A file of layout 0 (index (district, ts), no user_version) opens, reads and writes."""
+    path = tmp_path / "old.sqlite"
+    old = sqlite3.connect(path, isolation_level=None)
+    old.execute("PRAGMA journal_mode=WAL")
+    old.execute(
+        "CREATE TABLE elec_reading (meter TEXT NOT NULL, ts INTEGER NOT NULL, district TEXT, "
+        "energy_kwh REAL, reverse_kwh REAL, voltage_v REAL, current_a REAL, power_kw REAL, "
+        "clock_offset_s REAL, seq INTEGER, PRIMARY KEY (meter, ts)) WITHOUT ROWID"
+    )
+    old.execute("CREATE INDEX elec_reading_time ON elec_reading (ts)")
+    old.execute("CREATE INDEX elec_reading_district ON elec_reading (district, ts)")
+    old.executemany(
+        "INSERT INTO elec_reading (meter, ts, district, energy_kwh, seq) VALUES (?, ?, ?, ?, ?)",
+        [("M1", 1000, "D1", 1.0, 1), ("M1", 2000, "D1", 2.0, 2), ("M2", 1000, "D2", 5.0, 1)],
+    )
+    old.close()
+
+    store = EmbeddedStore(path, Metrics())
+    store.write([elec("M1", "D1", 3000, energy_kwh=3.0), elec("M1", "D1", 1000, energy_kwh=1.1)])
+    assert as_lists(store.series(ELEC_READING, FIELDS, 0, 5000, district="D1")) == {
+        "M1": [(t, e, None, None, None) for t, e in ((1000, 1.1), (2000, 2.0), (3000, 3.0))]
+    }
+    latest = store.latest(ELEC_READING, "M2")
+    assert latest is not None and latest.values == {"district": "D2", "energy_kwh": 5.0, "seq": 1}
+    store.close()
+
+    db = sqlite3.connect(path)
+    indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "elec_reading_district" not in indexes
+    assert "elec_reading_district_meter" in indexes
+    assert db.execute("PRAGMA user_version").fetchone()[0] == LAYOUT
+    db.close()
+    again = EmbeddedStore(path, Metrics())  # a migrated file opens as it is
+    assert again.meters(ELEC_READING, "D2") == ["M2"]
+    again.close()
+
+
+# -- rows → Series ------------------------------------------------------------
+
+
+def _rows(meters: list[str], n: int, seed: int) -> list[tuple[object, ...]]:
+    rng = np.random.default_rng(seed)
+    out: list[tuple[object, ...]] = []
+    for meter in sorted(meters):
+        for ts in sorted(rng.choice(10_000, size=n, replace=False).tolist()):
+            out.append((meter, ts, float(rng.normal()), None if rng.random() < 0.3 else 1.5))
+    return out
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.integers(-(2**62), 2**62),
+            st.one_of(st.none(), st.floats(width=64), st.integers(-(2**40), 2**40)),
+            st.one_of(st.none(), st.floats(width=64)),
+        ),
+        max_size=40,
+    )
+)
+def test_meter_series_is_the_rows_column_by_column(
+    rows: list[tuple[int, float | int | None, float | None]],
+) -> None:
+    s = meter_series(rows, ["a", "b"])
+    assert s.ts_ms.dtype == np.int64 and s.ts_ms.tolist() == [r[0] for r in rows]
+    for k, name in enumerate(("a", "b"), start=1):
+        want = [math.nan if r[k] is None else float(r[k]) for r in rows]  # type: ignore[arg-type]
+        np.testing.assert_array_equal(s.values[name], np.array(want, dtype=np.float64))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    meters=st.lists(st.text(min_size=1, max_size=4), max_size=5, unique=True), n=st.integers(1, 6)
+)
+def test_group_series_cuts_rows_per_meter(meters: list[str], n: int) -> None:
+    rows = _rows(meters, n, 1)
+    got = group_series(rows, ["x", "y"])
+    assert list(got) == sorted(meters)
+    for meter, s in got.items():
+        mine = [r for r in rows if r[0] == meter]
+        assert s.ts_ms.tolist() == [r[1] for r in mine]
+        np.testing.assert_array_equal(s.values["x"], [r[2] for r in mine])
+        np.testing.assert_array_equal(
+            s.values["y"], [math.nan if r[3] is None else r[3] for r in mine]
+        )
+
+
+def test_meter_series_refuses_rows_of_the_wrong_width() -> None:
+    with pytest.raises(ValueError):
+        meter_series([(1, 2.0, 3.0)], ["a"])
+    assert len(meter_series([], ["a"]).ts_ms) == 0

@@ -8,6 +8,7 @@ counting twice. A batch is one transaction; `write` returns after commit.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 import threading
 from collections import defaultdict
@@ -15,8 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from monitor.metrics import Metrics
-from monitor.ports import MeterPoint, Point, Series, StoreHealth, group_series
+from monitor.ports import MeterPoint, Point, Series, StoreHealth, meter_series
 from monitor.schema import MEASUREMENTS, Measurement, Record
+
+log = logging.getLogger(__name__)
+
+# The file layout this code writes (PRAGMA user_version); older files are migrated on open.
+LAYOUT = 1
 
 _SQL_TYPES = {"float": "REAL", "int": "INTEGER", "str": "TEXT"}
 
@@ -36,9 +42,23 @@ def _ddl(m: Measurement) -> str:
     return f"CREATE TABLE IF NOT EXISTS {m.name} ({cols}, PRIMARY KEY ({key})) WITHOUT ROWID"
 
 
+def _district_index(m: Measurement) -> str:
+    return f"{m.name}_district_meter"
+
+
+# Per measurement: whether `district` follows meter and ts, then the columns taken from values.
+_ROW_SHAPE = {
+    name: ("district" in m.tags, tuple(c for c in _columns(m)[2:] if c != "district"))
+    for name, m in MEASUREMENTS.items()
+}
+
+
 def _row(m: Measurement, cols: list[str], r: Record) -> tuple[object, ...]:
-    base = {"meter": r.meter, "ts": r.ts_ms, "district": r.district or None}
-    return tuple(base[c] if c in base else r.values.get(c) for c in cols)
+    """The row of `cols` (= `_columns(m)`): meter, ts, district if a tag, values or None."""
+    with_district, rest = _ROW_SHAPE[m.name]
+    if with_district:
+        return (r.meter, r.ts_ms, r.district or None, *map(r.values.get, rest))
+    return (r.meter, r.ts_ms, *map(r.values.get, rest))
 
 
 class EmbeddedStore:
@@ -60,18 +80,48 @@ class EmbeddedStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._cols = {name: _columns(m) for name, m in MEASUREMENTS.items()}
-        for m in MEASUREMENTS.values():
-            self._db.execute(_ddl(m))
-            self._db.execute(f"CREATE INDEX IF NOT EXISTS {m.name}_time ON {m.name} (ts)")
-            if "district" in m.tags:
-                self._db.execute(
-                    f"CREATE INDEX IF NOT EXISTS {m.name}_district ON {m.name} (district, ts)"
-                )
+        self._migrate()
         self._inserts = {
             name: f"INSERT OR REPLACE INTO {name} ({', '.join(c)}) VALUES ({', '.join('?' * len(c))})"
             for name, c in self._cols.items()
         }
         self._error = ""
+        # Bulk reads (`series`) run on their own connection: under WAL they see committed
+        # data as of their start and neither block nor wait for the writer's lock.
+        self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._read_lock = threading.Lock()
+
+    def _migrate(self) -> None:
+        """Create the tables and indexes; bring a file of an older layout up to date.
+
+        Layout 1 (PRAGMA user_version = 1) replaced the (district, ts) index by
+        (district, meter): `series` lists a district's meters from it with one seek per
+        meter, then reads each meter's rows along the primary key (meter, ts). Same index
+        size (an index entry carries the key columns anyway); built once when an older
+        file is opened.
+        """
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            for m in MEASUREMENTS.values():
+                db.execute(_ddl(m))
+                db.execute(f"CREATE INDEX IF NOT EXISTS {m.name}_time ON {m.name} (ts)")
+                if "district" in m.tags:
+                    if version < 1:
+                        db.execute(f"DROP INDEX IF EXISTS {m.name}_district")
+                        log.info("telemetry store: indexing %s by (district, meter)", m.name)
+                    db.execute(
+                        f"CREATE INDEX IF NOT EXISTS {_district_index(m)} "
+                        f"ON {m.name} (district, meter)"
+                    )
+            if version < LAYOUT:
+                db.execute(f"PRAGMA user_version = {LAYOUT}")
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
 
     def write(self, records: Sequence[Record]) -> None:
         """Insert a batch in one transaction."""
@@ -140,18 +190,63 @@ class EmbeddedStore:
         end_ms: int,
         district: str | None = None,
     ) -> dict[str, Series]:
-        """Numeric fields per meter in [start, end]."""
-        cols = [f for f in fields if f in self._cols[measurement.name]]
+        """Numeric fields per meter in [start, end].
+
+        One query per meter along the primary key (meter, ts): the rows come in key
+        order with no per-row index lookup and no sort, and only (ts, fields) travel to
+        Python. The meters are found with one index seek each (`meters`).
+        """
+        name = measurement.name
+        cols = [f for f in fields if f in self._cols[name]]
         sql = (
-            f"SELECT meter, ts, {', '.join(cols)} FROM {measurement.name} WHERE ts BETWEEN ? AND ?"
+            f"SELECT {', '.join(['ts', *cols])} FROM {name} WHERE meter = ? AND ts BETWEEN ? AND ?"
         )
-        args: list[object] = [start_ms, end_ms]
         if district is not None:
-            sql += " AND district = ?"
-            args.append(district)
-        with self._lock:
-            rows = self._db.execute(sql + " ORDER BY meter, ts", args).fetchall()
-        return group_series(rows, cols)
+            # `+district`: filter the meter's rows, never pick the district index for them.
+            sql += " AND +district = ?"
+        sql += " ORDER BY ts"
+        out: dict[str, Series] = {}
+        with self._read_lock:
+            db = self._reader
+            db.execute("BEGIN")  # one snapshot for every meter of the read
+            try:
+                for meter in self._meters(db, measurement, district):
+                    args: tuple[object, ...] = (meter, start_ms, end_ms)
+                    rows = db.execute(sql, (*args, district) if district is not None else args)
+                    got = rows.fetchall()
+                    if got:
+                        out[meter] = meter_series(got, cols)
+            finally:
+                db.execute("COMMIT")
+        return out
+
+    def meters(self, measurement: Measurement, district: str | None = None) -> list[str]:
+        """Every meter with a point in the measurement (of one district), sorted."""
+        with self._read_lock:
+            return self._meters(self._reader, measurement, district)
+
+    def _meters(
+        self, db: sqlite3.Connection, measurement: Measurement, district: str | None
+    ) -> list[str]:
+        # A skip scan by hand: each step is one seek for the next meter, O(meters · log n)
+        # instead of reading every row (SQLite 3.40 will not skip-scan without ANALYZE).
+        name = measurement.name
+        if district is None:
+            sql, args = f"SELECT min(meter) FROM {name} WHERE meter > ?", []
+        else:
+            sql = (
+                f"SELECT min(meter) FROM {name} INDEXED BY {_district_index(measurement)} "
+                "WHERE district = ? AND meter > ?"
+            )
+            args = [district]
+        out: list[str] = []
+        last = ""
+        while True:
+            (meter,) = db.execute(sql, (*args, last)).fetchone()
+            if meter is None:
+                return out
+            out.append(meter)
+            last = meter
 
     def points(self, measurement: Measurement, start_ms: int, end_ms: int) -> list[MeterPoint]:
         """Every point in [start, end], by time."""
@@ -173,5 +268,7 @@ class EmbeddedStore:
 
     def close(self) -> None:
         """Close the database."""
+        with self._read_lock:
+            self._reader.close()
         with self._lock:
             self._db.close()
