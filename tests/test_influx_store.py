@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import httpx
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from monitor.config import InfluxSettings
 from monitor.ingest import IngestWorker
@@ -12,7 +19,7 @@ from monitor.metrics import Metrics
 from monitor.mqtt import parse_broker_url
 from monitor.schema import ELEC_EVENT, ELEC_READING, TAXI_TRIP, Record
 from monitor.state import SqliteState
-from monitor.store.influx import InfluxStore
+from monitor.store.influx import InfluxStore, series_from_response
 from tests.helpers import BASE_MS, Publisher, reading, wait_for
 from tests.services import InfluxStack, Mosquitto
 
@@ -168,3 +175,100 @@ def test_worker_to_influxdb_end_to_end(
     store.close()
     state.close()
     pub.close()
+
+
+# -- bulk reads (`series`) ----------------------------------------------------
+
+FIELDS = ("energy_kwh", "current_a")
+
+
+def test_series_by_district_and_window(influxdb: InfluxStack, tmp_path: Path) -> None:
+    store = InfluxStore(settings(influxdb), tmp_path / "spool", Metrics())
+    ts = [BASE_MS + i * 900_000 for i in range(5)]
+    store.write(
+        [
+            Record(ELEC_READING, "M2", "TA1", ts[1], {"energy_kwh": 1.0, "current_a": 2.0}),
+            Record(ELEC_READING, "M1", "TA1", ts[3], {"energy_kwh": 3.0}),
+            Record(ELEC_READING, "M1", "TA1", ts[1], {"energy_kwh": 1.0}),
+            Record(ELEC_READING, "M1", "TA1", ts[4], {"energy_kwh": 4.0}),  # after the window
+            Record(ELEC_READING, "M1", "TA1", ts[0], {"energy_kwh": 0.5}),  # before it
+            Record(ELEC_READING, "M3", "TB2", ts[2], {"energy_kwh": 7.0}),  # another district
+        ]
+    )
+    store.write([Record(ELEC_READING, "M1", "TA1", ts[3], {"energy_kwh": 3.5})])  # overwrites
+    assert store.flush(20)
+    got = store.series(ELEC_READING, FIELDS, ts[1], ts[3], district="TA1")
+    assert list(got) == ["M1", "M2"]
+    assert got["M1"].ts_ms.tolist() == [ts[1], ts[3]]
+    assert got["M1"].values["energy_kwh"].tolist() == [1.0, 3.5]
+    assert got["M1"].column("current_a") is None
+    assert got["M2"].values["current_a"].tolist() == [2.0]
+    assert got["M1"].ts_ms.dtype == np.int64
+    assert list(store.series(ELEC_READING, FIELDS, ts[0], ts[4])) == ["M1", "M2", "M3"]
+    assert store.series(ELEC_READING, FIELDS, ts[0], ts[4], district="none") == {}
+    store.close()
+
+
+_cell = st.one_of(st.none(), st.floats(allow_nan=False, width=64), st.integers(-(2**40), 2**40))
+
+
+@hsettings(max_examples=80, deadline=None)
+@given(
+    groups=st.lists(
+        st.tuples(
+            st.sampled_from(["A", "B", "C"]),
+            st.lists(st.tuples(st.integers(0, 2**50), _cell, _cell), max_size=12),
+            st.permutations(["time", "energy_kwh", "current_a"]),
+        ),
+        max_size=5,
+    )
+)
+def test_series_from_response_matches_the_points(
+    groups: list[tuple[str, list[tuple[int, object, object]], list[str]]],
+) -> None:
+    """Any InfluxQL JSON answer (column order, meters over several series, nulls) → the
+    Series a point-by-point reading gives."""
+    series = []
+    want: dict[str, list[tuple[int, object, object]]] = {}
+    for meter, points, columns in groups:
+        values = []
+        for t, kwh, amps in points:
+            by_name = {"time": t, "energy_kwh": kwh, "current_a": amps}
+            values.append([by_name[c] for c in columns])
+        series.append(
+            {"name": "elec_reading", "tags": {"meter": meter}, "columns": columns, "values": values}
+        )
+        if points:
+            want.setdefault(meter, []).extend(points)
+    payload = json.loads(json.dumps({"results": [{"statement_id": 0, "series": series}]}))
+    got = series_from_response(payload, FIELDS)
+    assert list(got) == sorted(want)
+    for meter, points in want.items():
+        points = sorted(points, key=lambda p: p[0])  # stable: ties keep the answer's order
+        s = got[meter]
+        assert s.ts_ms.tolist() == [p[0] for p in points]
+        for k, name in enumerate(FIELDS, start=1):
+            expect = [math.nan if p[k] is None else float(p[k]) for p in points]  # type: ignore[arg-type]
+            np.testing.assert_array_equal(s.values[name], expect)
+
+
+def test_series_from_response_fills_a_missing_column_and_raises_errors() -> None:
+    payload = {
+        "results": [
+            {
+                "series": [
+                    {
+                        "tags": {"meter": "A"},
+                        "columns": ["time", "energy_kwh"],
+                        "values": [[5, 1.5]],
+                    }
+                ]
+            }
+        ]
+    }
+    got = series_from_response(payload, FIELDS)
+    assert got["A"].values["energy_kwh"].tolist() == [1.5]
+    assert np.isnan(got["A"].values["current_a"]).all()
+    assert series_from_response({"results": [{"statement_id": 0}]}, FIELDS) == {}
+    with pytest.raises(RuntimeError, match="InfluxQL error"):
+        series_from_response({"results": [{"error": "boom"}]}, FIELDS)

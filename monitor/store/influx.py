@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import httpx
+import numpy as np
 from influxdb_client.client.influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.domain.write_precision import WritePrecision
@@ -28,7 +29,7 @@ from influxdb_client.rest import ApiException
 
 from monitor.config import InfluxSettings
 from monitor.metrics import Metrics
-from monitor.ports import MeterPoint, Point, Series, StoreHealth, group_series
+from monitor.ports import MeterPoint, Point, Series, StoreHealth, meter_series
 from monitor.schema import Measurement, Record
 from monitor.store.lineproto import to_lines
 from monitor.store.spool import Segment, Spool
@@ -167,20 +168,20 @@ class InfluxStore:
 
     def query(self, q: str) -> list[dict[str, Any]]:
         """Run InfluxQL; rows as dicts with `time` in epoch ms."""
+        rows: list[dict[str, Any]] = []
+        for series in _result_series(self._get(q)):
+            cols, tags = series["columns"], series.get("tags", {})
+            rows.extend({**tags, **dict(zip(cols, v, strict=True))} for v in series["values"])
+        return rows
+
+    def _get(self, q: str) -> Any:
         db, rp = db_rp(self._s.bucket)
         params = {"db": db, "q": q, "epoch": "ms"}
         if rp:
             params["rp"] = rp
         resp = self._http.get("/query", params=params)
         resp.raise_for_status()
-        rows: list[dict[str, Any]] = []
-        for result in resp.json().get("results", []):
-            if "error" in result:
-                raise RuntimeError(f"InfluxQL error: {result['error']}")
-            for series in result.get("series", []):
-                cols, tags = series["columns"], series.get("tags", {})
-                rows.extend({**tags, **dict(zip(cols, v, strict=True))} for v in series["values"])
-        return rows
+        return resp.json()
 
     def history(
         self,
@@ -229,9 +230,7 @@ class InfluxStore:
             f"SELECT {', '.join(quote_ident(f) for f in fields)} FROM {quote_ident(measurement.name)} "
             f"WHERE {' AND '.join(where)} GROUP BY {quote_ident('meter')}"
         )
-        rows = [(r["meter"], r["time"], *(r.get(f) for f in fields)) for r in self.query(q)]
-        rows.sort(key=lambda r: (r[0], r[1]))
-        return group_series(rows, list(fields))
+        return series_from_response(self._get(q), fields)
 
     def points(self, measurement: Measurement, start_ms: int, end_ms: int) -> list[MeterPoint]:
         """Every point in [start, end], by time."""
@@ -272,3 +271,48 @@ def _point(row: dict[str, Any]) -> Point:
     ts = int(row.pop("time"))
     row.pop("meter", None)
     return Point(ts, {k: v for k, v in row.items() if v is not None})
+
+
+def _result_series(payload: Any) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for result in payload.get("results", []):
+        if "error" in result:
+            raise RuntimeError(f"InfluxQL error: {result['error']}")
+        out.extend(result.get("series", []))
+    return out
+
+
+def series_from_response(payload: Any, fields: Sequence[str]) -> dict[str, Series]:
+    """An InfluxQL JSON answer grouped by meter (`GROUP BY meter`) → one Series per meter.
+
+    Each InfluxQL series is converted as one block by numpy (null → NaN): no dict and no
+    tuple per point. A field the answer lacks is all NaN; a meter split over several
+    series (a partial answer) is joined and put in time order.
+    """
+    parts: dict[str, list[Series]] = {}
+    for series in _result_series(payload):
+        meter = series.get("tags", {}).get("meter")
+        values = series.get("values") or []
+        if meter is None or not values:
+            continue
+        columns: list[str] = series["columns"]
+        order = ["time", *(f for f in fields if f in columns)]
+        if columns != order:
+            index = [columns.index(c) for c in order]
+            values = [[v[i] for i in index] for v in values]
+        got = meter_series(values, order[1:])
+        missing = {f: np.full(len(got.ts_ms), np.nan) for f in fields if f not in got.values}
+        parts.setdefault(meter, []).append(Series(got.ts_ms, got.values | missing))
+    out: dict[str, Series] = {}
+    for meter in sorted(parts):
+        pieces = parts[meter]
+        ts = np.concatenate([p.ts_ms for p in pieces]) if len(pieces) > 1 else pieces[0].ts_ms
+        cols = {
+            f: np.concatenate([p.values[f] for p in pieces]) if len(pieces) > 1 else v
+            for f, v in pieces[0].values.items()
+        }
+        if len(ts) > 1 and bool((ts[1:] < ts[:-1]).any()):
+            by_time = np.argsort(ts, kind="stable")
+            ts, cols = ts[by_time], {f: v[by_time] for f, v in cols.items()}
+        out[meter] = Series(ts, {f: cols[f] for f in fields})
+    return out
