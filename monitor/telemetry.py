@@ -10,7 +10,8 @@ from __future__ import annotations
 import functools
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -19,6 +20,7 @@ from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
 from monitor.schema import (
     ELEC_EVENT,
     ELEC_READING,
+    MEASUREMENTS,
     TAXI_EVENT,
     TAXI_STATUS,
     TAXI_TRIP,
@@ -79,7 +81,9 @@ def _parse_rfc3339(text: str) -> int:
         raise ValueError(f"not an RFC 3339 timestamp: {text[:40]!r}") from None
     if dt.tzinfo is None or dt.tzinfo.utcoffset(dt) is None:
         raise ValueError("RFC 3339 timestamp needs an offset (Z or ±hh:mm)")
-    return (dt - _EPOCH) // timedelta(milliseconds=1)
+    # Integer parts of the span, floored to the millisecond (no timedelta divisions).
+    span = dt - _EPOCH
+    return (span.days * 86_400 + span.seconds) * 1000 + span.microseconds // 1000
 
 
 def ms_to_datetime(ms: int) -> datetime:
@@ -160,12 +164,32 @@ MODELS: dict[str, type[_Payload]] = {
 
 
 @dataclass(frozen=True, slots=True)
+class _Shape:
+    """Per measurement, what parsing needs besides the topic (computed once)."""
+
+    validate_json: Callable[[bytes], Any]  # the model's compiled validator
+    names: tuple[str, ...]  # its tags and fields the store keeps (district comes from the topic)
+    json_detail: bool  # `detail` may be an object: stored as JSON text
+
+
+def _shape(measurement: Measurement) -> _Shape:
+    model = MODELS[measurement.name]
+    wanted = (*measurement.tags, *measurement.fields)
+    names = tuple(n for n in wanted if n != "district" and n in model.model_fields)
+    return _Shape(model.__pydantic_validator__.validate_json, names, "detail" in names)
+
+
+SHAPES: dict[str, _Shape] = {m.name: _shape(m) for m in MEASUREMENTS.values()}
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """What a topic says: which measurement, which meter, which district."""
 
     measurement: Measurement
     meter: str
     district: str
+    shape: _Shape = field(repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +230,7 @@ def route_topic(topic: str, root: str) -> Route | Rejection | None:
             return Rejection(
                 "unknown_topic", f"{label} id {value[:70]!r} is not [A-Za-z0-9_.:-]{{1,64}}"
             )
-    return Route(measurement, meter, district)
+    return Route(measurement, meter, district, SHAPES[measurement.name])
 
 
 def _describe(exc: ValidationError) -> Rejection:
@@ -220,15 +244,13 @@ def _describe(exc: ValidationError) -> Rejection:
     return Rejection("invalid_payload", "; ".join(parts))
 
 
-def _values(measurement: Measurement, model: _Payload) -> dict[str, float | int | str]:
-    out: dict[str, float | int | str] = {}
-    for name in (*measurement.tags, *measurement.fields):
-        value = getattr(model, name, None)
-        if value is None or name == "district":
-            continue
-        if name == "detail" and not isinstance(value, str):
-            value = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-        out[name] = value
+def _values(shape: _Shape, model: _Payload) -> dict[str, float | int | str]:
+    given = model.__dict__
+    out = {n: given[n] for n in shape.names if given[n] is not None}
+    if shape.json_detail:
+        detail = out.get("detail")
+        if detail is not None and not isinstance(detail, str):
+            out["detail"] = json.dumps(detail, separators=(",", ":"), ensure_ascii=False)
     return out
 
 
@@ -241,9 +263,9 @@ def parse_message(
     route = route_topic(topic, root)
     if not isinstance(route, Route):
         return route
-    measurement = route.measurement
+    shape = route.shape
     try:
-        model = MODELS[measurement.name].model_validate_json(payload)
+        model: _Payload = shape.validate_json(payload)
     except ValidationError as exc:
         return _describe(exc)
     if model.meter is not None and model.meter != route.meter:
@@ -255,7 +277,10 @@ def parse_message(
             "identity_mismatch",
             f"payload names district {model.district!r}, topic {route.district!r}",
         )
-    if isinstance(model, TaxiTrip) and model.end_ts < model.start_ts:
-        return Rejection("invalid_payload", "end_ts is before start_ts")
-    ts = model.end_ts if isinstance(model, TaxiTrip) else model.ts  # type: ignore[attr-defined]
-    return Record(measurement, route.meter, route.district, ts, _values(measurement, model))
+    if isinstance(model, TaxiTrip):
+        if model.end_ts < model.start_ts:
+            return Rejection("invalid_payload", "end_ts is before start_ts")
+        ts = model.end_ts
+    else:
+        ts = model.ts  # type: ignore[attr-defined]
+    return Record(route.measurement, route.meter, route.district, ts, _values(shape, model))
