@@ -7,15 +7,17 @@ several workers share one state.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from monitor.registry import COLUMNS, MeterRow
+from monitor.schema import Record
 
 _SCHEMA = [
     f"""CREATE TABLE IF NOT EXISTS registry (
@@ -60,6 +62,25 @@ class SeenUpdate:
     received_at: float
 
 
+class SeenMeter(NamedTuple):
+    """A meter that sent telemetry, as the `seen` table has it."""
+
+    kind: str
+    district: str | None
+    last_ts: int
+
+
+_SEEN_UPSERT = """INSERT INTO seen
+    (meter_id, kind, district, first_ts, last_ts, messages, last_received)
+    VALUES (?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT(meter_id) DO UPDATE SET
+      district = coalesce(excluded.district, seen.district),
+      first_ts = min(seen.first_ts, excluded.first_ts),
+      last_ts = max(seen.last_ts, excluded.last_ts),
+      messages = seen.messages + excluded.messages,
+      last_received = max(seen.last_received, excluded.last_received)"""
+
+
 @dataclass(frozen=True)
 class MeterSummary:
     """One line of the meter list: registry, telemetry presence, current decision."""
@@ -102,9 +123,15 @@ class SqliteState:
         self._db.execute("PRAGMA synchronous=NORMAL")
         for stmt in _SCHEMA:
             self._db.execute(stmt)
+        # Meters seen, not yet in `seen`: meter → [kind, district, first_ts, last_ts,
+        # messages, last_received] (see note_records).
+        self._seen_lock = threading.Lock()
+        self._pending: dict[str, list[Any]] = {}
 
     def _rows(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
+            if self._pending:  # reads see every meter noted so far
+                self._flush_seen_locked()
             return self._db.execute(sql, tuple(args)).fetchall()
 
     # -- registry ----------------------------------------------------------
@@ -144,23 +171,75 @@ class SqliteState:
     # -- telemetry presence ------------------------------------------------
 
     def note_seen(self, updates: Mapping[str, SeenUpdate]) -> None:
-        """Record which meters sent telemetry (one upsert per meter per batch)."""
-        sql = """INSERT INTO seen (meter_id, kind, district, first_ts, last_ts, messages, last_received)
-                 VALUES (?, ?, ?, ?, ?, ?, ?)
-                 ON CONFLICT(meter_id) DO UPDATE SET
-                   district = coalesce(excluded.district, seen.district),
-                   first_ts = min(seen.first_ts, excluded.first_ts),
-                   last_ts = max(seen.last_ts, excluded.last_ts),
-                   messages = seen.messages + excluded.messages,
-                   last_received = excluded.last_received"""
-        values = [
-            (m, u.kind, u.district or None, u.first_ts, u.last_ts, u.messages, u.received_at)
-            for m, u in updates.items()
-        ]
+        """Record which meters sent telemetry (per meter: kind, district, span, count)."""
+        with self._seen_lock:
+            pending = self._pending
+            for meter, u in updates.items():
+                p = pending.get(meter)
+                if p is None:
+                    pending[meter] = [
+                        u.kind,
+                        u.district,
+                        u.first_ts,
+                        u.last_ts,
+                        u.messages,
+                        u.received_at,
+                    ]
+                    continue
+                p[1] = u.district or p[1]
+                p[2] = min(p[2], u.first_ts)
+                p[3] = max(p[3], u.last_ts)
+                p[4] += u.messages
+                p[5] = max(p[5], u.received_at)
+
+    def note_records(self, records: Iterable[Record], received_at: float) -> None:
+        """Record the meters of a batch of telemetry (the ingest worker's one pass per batch).
+
+        Kept in memory until `flush_seen` (the worker calls it every few seconds and
+        on stop; `close` and every read of this state flush first), so a meter sending
+        every second costs one upsert per flush instead of one per message.
+        """
+        with self._seen_lock:
+            pending = self._pending
+            for r in records:
+                ts = r.ts_ms
+                p = pending.get(r.meter)
+                if p is None:
+                    pending[r.meter] = [r.measurement.kind, r.district, ts, ts, 1, received_at]
+                    continue
+                if ts < p[2]:
+                    p[2] = ts
+                elif ts > p[3]:
+                    p[3] = ts
+                p[4] += 1
+                p[5] = received_at
+                if r.district:  # the newest district named wins, as in note_seen
+                    p[1] = r.district
+
+    def flush_seen(self) -> int:
+        """Write what `note_*` gathered to the `seen` table; returns meters written."""
         with self._lock:
+            return self._flush_seen_locked()
+
+    def _flush_seen_locked(self) -> int:
+        # Under self._lock: no two flushes interleave, so the upserts apply in order.
+        with self._seen_lock:
+            pending, self._pending = self._pending, {}
+        if not pending:
+            return 0
+        values = [(m, p[0], p[1] or None, p[2], p[3], p[4], p[5]) for m, p in pending.items()]
+        try:
             self._db.execute("BEGIN")
-            self._db.executemany(sql, values)
+            self._db.executemany(_SEEN_UPSERT, values)
             self._db.execute("COMMIT")
+        except sqlite3.Error:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            self.note_seen(
+                {m: SeenUpdate(p[0], p[1], p[2], p[3], p[4], p[5]) for m, p in pending.items()}
+            )  # kept for the next flush
+            raise
+        return len(values)
 
     def seen(self, meter_id: str) -> dict[str, Any] | None:
         """Telemetry presence of one meter."""
@@ -247,15 +326,15 @@ class SqliteState:
             for r in rows
         ]
 
-    def seen_meters(self, kind: str) -> dict[str, tuple[str | None, int]]:
-        """Meters that sent telemetry: id → (district, last event time)."""
-        rows = self._rows("SELECT meter_id, district, last_ts FROM seen WHERE kind = ?", [kind])
-        return {r[0]: (r[1], int(r[2])) for r in rows}
+    def all_seen(self, kind: str | None = None) -> dict[str, SeenMeter]:
+        """Every meter that sent telemetry (of one kind): id → (kind, district, last event time)."""
+        sql = "SELECT meter_id, kind, district, last_ts FROM seen"
+        rows = self._rows(sql, []) if kind is None else self._rows(sql + " WHERE kind = ?", [kind])
+        return {r[0]: SeenMeter(r[1], r[2], int(r[3])) for r in rows}
 
-    def all_seen(self) -> dict[str, tuple[str, str | None, int]]:
-        """Every meter that sent telemetry: id → (kind, district, last event time)."""
-        rows = self._rows("SELECT meter_id, kind, district, last_ts FROM seen")
-        return {r[0]: (r[1], r[2], int(r[3])) for r in rows}
+    def seen_meters(self, kind: str) -> dict[str, tuple[str | None, int]]:
+        """`all_seen(kind)` as id → (district, last event time), for older callers."""
+        return {m: (s.district, s.last_ts) for m, s in self.all_seen(kind).items()}
 
     def latest_event_ts(self) -> int | None:
         """Newest telemetry event time seen (the default `as_of`)."""
@@ -407,9 +486,12 @@ class SqliteState:
         ]
 
     def close(self) -> None:
-        """Close the database."""
+        """Write the meters seen still in memory, then close the database."""
         with self._lock:
-            self._db.close()
+            try:
+                self._flush_seen_locked()
+            finally:
+                self._db.close()
 
 
 def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
