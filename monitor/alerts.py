@@ -180,6 +180,7 @@ class AlertBook:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(_SCHEMA)
         self._db.execute("CREATE INDEX IF NOT EXISTS alerts_status ON alerts (status, severity)")
+        self._db.execute("CREATE INDEX IF NOT EXISTS alerts_meter ON alerts (meter)")
         self._lock = threading.Lock()
         self.clear_after_ms = clear_after_ms
 
@@ -326,6 +327,8 @@ class AlertBook:
         limit: int,
         kind: str | None = None,
         district: str | None = None,
+        meter: str | None = None,
+        lot: str | None = None,
     ) -> list[dict[str, Any]]:
         """Alerts by id, filtered; `since` is on last_seen (event time)."""
         where: list[str] = ["id > ?"]
@@ -335,6 +338,8 @@ class AlertBook:
             ("severity", severity),
             ("kind", kind),
             ("district", district),
+            ("meter", meter),
+            ("lot", lot),
         )
         for col, value in filters:
             if value is not None:

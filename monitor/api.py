@@ -536,10 +536,24 @@ def _add_alerts(app: FastAPI, ctx: ApiContext) -> None:
         since: str | None = None,
         limit: int = Query(100, ge=1, le=page_max),
         cursor: str | None = None,
+        kind: Literal["elec", "taxi", "lot", "district"] | None = None,
+        district: str | None = None,
+        meter: str | None = None,
+        lot: str | None = None,
     ) -> dict[str, Any]:
         """The alert inbox, oldest first; `since` filters on last_seen (event time)."""
         after = int(decode_cursor(cursor)) if cursor else 0
-        rows = book().list(status, severity, _time_param("since", since), after, limit + 1)
+        rows = book().list(
+            status,
+            severity,
+            _time_param("since", since),
+            after,
+            limit + 1,
+            kind=kind,
+            district=district,
+            meter=meter,
+            lot=lot,
+        )
         more = len(rows) > limit
         rows = rows[:limit]
         return {"items": rows, "next": encode_cursor(str(rows[-1]["id"])) if more else None}

@@ -86,7 +86,9 @@ def cmd_evaluate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     state = SqliteState(settings.storage.data_dir / "state.sqlite")
     try:
         book_of_tariffs = load_tariffs(settings.tariffs_file)
-        evaluator = Evaluator(store, state, tariffs=lambda: book_of_tariffs)
+        evaluator = Evaluator(
+            store, state, tariffs=lambda: book_of_tariffs, zone=settings.scheduling.zone
+        )
         as_of = parse_ts(args.as_of) if args.as_of else evaluator.default_as_of()
         if as_of is None:
             print("no telemetry stored yet and no --as-of: nothing to evaluate", file=sys.stderr)
@@ -116,7 +118,9 @@ def cmd_rules_backtest(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     state = SqliteState(settings.storage.data_dir / "state.sqlite")
     try:
         book_of_tariffs = load_tariffs(settings.tariffs_file)
-        evaluator = Evaluator(store, state, tariffs=lambda: book_of_tariffs)
+        evaluator = Evaluator(
+            store, state, tariffs=lambda: book_of_tariffs, zone=settings.scheduling.zone
+        )
         latest = evaluator.default_as_of()
         if latest is None:
             print("no telemetry stored: nothing to backtest", file=sys.stderr)

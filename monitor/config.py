@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -181,7 +182,26 @@ class SchedulingSettings(_Section):
     evaluate_cron: str | None = Field(
         "15 2 * * *", description="crontab line of the evaluation pass; empty: only on request"
     )
-    timezone: str = "Asia/Shanghai"
+    timezone: str = Field(
+        "Asia/Shanghai", description="IANA zone of the cron line and of local days (daily loss)"
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r} (an IANA name, e.g. Asia/Shanghai)"
+            ) from None
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The configured zone."""
+        return ZoneInfo(self.timezone)
+
     rules_reload_s: float = Field(5.0, gt=0, description="how often config files are re-read")
 
 

@@ -12,13 +12,20 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, tzinfo
 from typing import Any
 
 from monitor import evaluate_taxi
 from monitor.alerts import AlertBook, Change, conditions_of, district_conditions
 from monitor.decide import Decision, Finding, decide_meter, decision_from_dict
-from monitor.estimate.balance import DistrictFit, FitConfig, MeterEstimate, fit_balance
+from monitor.estimate.balance import (
+    DailyLoss,
+    DistrictFit,
+    FitConfig,
+    MeterEstimate,
+    daily_line_loss,
+    fit_balance,
+)
 from monitor.estimate.intervals import Grid, MeterSeries, blocks, place_on_grid
 from monitor.lots import SampleResult, Sampling, decide_lot
 from monitor.ports import MeterPoint, Series, TelemetryStore
@@ -48,6 +55,7 @@ class DistrictResult:
     estimates: dict[str, MeterEstimate] = field(default_factory=dict)
     series: dict[str, Series] = field(default_factory=dict)
     note: str = ""
+    daily_loss: list[DailyLoss] = field(default_factory=list)
 
     def report(self, decisions: dict[str, Decision], as_of: str, version: str) -> dict[str, Any]:
         """The JSON of `GET /api/districts/{district}`."""
@@ -96,6 +104,15 @@ class DistrictResult:
                 "n_intervals": fit.n_intervals,
                 "effective_intervals": _r(fit.effective_intervals, 1),
             },
+            "line_loss_daily": [
+                {
+                    "day": d.day.isoformat(),
+                    "line_loss_pct": _r(d.loss_pct),
+                    "supplied_kwh": _r(d.supplied_kwh, 3),
+                    "intervals": d.intervals,
+                }
+                for d in self.daily_loss
+            ],
             "meters": meters,
         }
 
@@ -113,8 +130,12 @@ def fit_district(
     rules: ElecRules,
     start_ms: int,
     end_ms: int,
+    zone: tzinfo = UTC,
 ) -> DistrictResult:
-    """Place readings on the grid, form blocks, fit the balance, check the gates."""
+    """Place readings on the grid, form blocks, fit the balance, check the gates.
+
+    `zone` sets where the days of the daily line loss begin (the utility's local day).
+    """
     if master is None or master not in series:
         note = (
             "no registered master meter" if master is None else "no readings from the master meter"
@@ -134,7 +155,8 @@ def fit_district(
     fit = fit_balance(blk, cfg)
     gates = rules_elec.district_gates(placed, grid, blk, fit, est)
     estimates = fit.meters if fit is not None else {}
-    return DistrictResult(district, master, gates, fit, estimates, series)
+    daily = daily_line_loss(blk, grid, zone)
+    return DistrictResult(district, master, gates, fit, estimates, series, daily_loss=daily)
 
 
 @dataclass
@@ -185,7 +207,9 @@ class Evaluator:
         tariffs: Callable[[], TariffBook] | None = None,
         alerts: AlertBook | None = None,
         notify: Callable[[Change], None] | None = None,
+        zone: tzinfo = UTC,
     ) -> None:
+        self._zone = zone
         self._alerts = alerts
         self._notify = notify
         self._store = store
@@ -193,6 +217,10 @@ class Evaluator:
         self._publish = publish
         self._tariffs = tariffs or TariffBook
         self._lock = threading.Lock()  # one pass at a time (scheduler and API)
+
+    def tariffs(self) -> TariffBook:
+        """The tariffs trips are priced under: config plus every rollout."""
+        return evaluate_taxi.tariff_book(self._tariffs(), self._state)
 
     def default_as_of(self) -> int | None:
         """The latest telemetry time seen, or None before any telemetry."""
@@ -239,7 +267,7 @@ class Evaluator:
         out = {}
         for name in sorted(names):
             series = self._store.series(ELEC_READING, READING_FIELDS, start, end, district=name)
-            out[name] = fit_district(name, series, masters.get(name), rules, start, end)
+            out[name] = fit_district(name, series, masters.get(name), rules, start, end, self._zone)
         return out
 
     def _meters(

@@ -113,7 +113,13 @@ class Service:
             self._wake_notifier()
 
         evaluator = Evaluator(
-            store, state, publish_decision, lambda: tariffs.current, alerts, notify
+            store,
+            state,
+            publish_decision,
+            lambda: tariffs.current,
+            alerts,
+            notify,
+            zone=s.scheduling.zone,
         )
         self.parts = Components(
             address, store, state, worker, rules, tariffs, evaluator, alerts, notifier, broker

@@ -168,5 +168,12 @@ def test_inbox_api(tmp_path: Path) -> None:
     assert [a["id"] for a in acked] == [aid]
     assert client.get(f"/api/alerts/{aid}").json()["history"][-1]["comment"] == "looking"
     assert client.get("/api/alerts", params={"severity": "urgent"}).status_code == 422
+    by_meter = client.get("/api/alerts", params={"meter": "E3"}).json()["items"]
+    assert [a["meter"] for a in by_meter] == ["E3"]
+    by_rule_family = client.get("/api/alerts", params={"kind": "elec", "lot": "L1"}).json()
+    assert len(by_rule_family["items"]) == 6
+    assert client.get("/api/alerts", params={"kind": "lot"}).json()["items"] == []
+    wrong = client.get("/api/alerts", params={"kind": "water"})
+    assert wrong.status_code == 422 and "kind" in wrong.text
     state.close()
     store.close()

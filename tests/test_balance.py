@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import date, timedelta, timezone
+
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.estimate.balance import FitConfig, fit_balance
-from monitor.estimate.intervals import Blocks
+from monitor.estimate.balance import FitConfig, daily_line_loss, fit_balance, line_loss_pct
+from monitor.estimate.intervals import Blocks, Grid
 
 
 def district(
@@ -113,3 +116,54 @@ def test_the_ridge_prior_shrinks_toward_no_error() -> None:
     strong = fit_balance(blk, FitConfig(forgetting=1.0, ridge=50.0))
     assert weak is not None and strong is not None
     assert 0 < strong.meters["m1"].error_pct < weak.meters["m1"].error_pct
+
+
+MIDNIGHT_UTC = 1772323200000  # 2026-03-01T00:00:00Z
+QUARTER_MS = 900_000
+
+
+def test_daily_loss_splits_the_window_by_local_day_and_loses_nothing() -> None:
+    blk = district([0.01, -0.02, 0.0], n=4 * 96)  # four days of 15-min blocks
+    grid = Grid(MIDNIGHT_UTC, QUARTER_MS, 4 * 96 + 1, QUARTER_MS // 6)
+    days = daily_line_loss(blk, grid)
+    assert [d.day for d in days] == [date(2026, 3, 1) + timedelta(days=k) for k in range(4)]
+    assert [d.intervals for d in days] == [96] * 4
+    assert sum(d.supplied_kwh for d in days) == pytest.approx(blk.master.sum())
+    assert sum(d.delivered_kwh for d in days) == pytest.approx(blk.energy.sum())
+    first = blk.master[:96].sum()
+    assert days[0].loss_pct == pytest.approx(100 * (first - blk.energy[:96].sum()) / first)
+    # Shanghai's day starts 8 h earlier: the first 16 h fall on 1 March, the last 8 h
+    # of the window on a fifth local day.
+    shanghai = daily_line_loss(blk, grid, timezone(timedelta(hours=8)))
+    assert [d.intervals for d in shanghai] == [64, 96, 96, 96, 32]
+    assert sum(d.supplied_kwh for d in shanghai) == pytest.approx(blk.master.sum())
+
+
+@given(st.lists(st.integers(1, 12), min_size=1, max_size=60), st.integers(-12, 14))
+@settings(max_examples=60, deadline=None)
+def test_daily_loss_counts_every_block_once(lengths: list[int], offset_h: int) -> None:
+    """Blocks of any length and any zone: per-day sums add up to the whole window."""
+    n = len(lengths)
+    rng = np.random.default_rng(n)
+    master = rng.uniform(1, 2, n)
+    energy = master[:, None] * rng.uniform(0.3, 0.45, (n, 2))
+    ends = np.cumsum(lengths).astype(np.int64)
+    blk = Blocks(["a", "b"], energy, master, master**2, np.array(lengths, dtype=np.int64), ends)
+    grid = Grid(MIDNIGHT_UTC + 3 * QUARTER_MS, QUARTER_MS * 8, int(ends[-1]) + 1, 0)
+    days = daily_line_loss(blk, grid, timezone(timedelta(hours=offset_h)))
+    assert sum(d.intervals for d in days) == sum(lengths)
+    assert [d.day for d in days] == sorted({d.day for d in days})
+    whole = 100 * (1 - sum(d.delivered_kwh for d in days) / sum(d.supplied_kwh for d in days))
+    assert whole == pytest.approx(line_loss_pct(blk))
+
+
+def test_daily_loss_of_nothing_is_empty() -> None:
+    empty = Blocks(
+        ["a"],
+        np.zeros((0, 1)),
+        np.zeros(0),
+        np.zeros(0),
+        np.zeros(0, np.int64),
+        np.zeros(0, np.int64),
+    )
+    assert daily_line_loss(empty, Grid(MIDNIGHT_UTC, QUARTER_MS, 0, 0)) == []

@@ -77,6 +77,13 @@ def test_unknown_key_and_bad_url_are_refused(tmp_path: Path) -> None:
         load_settings(tmp_path / "none", {"MONITOR_MQTT_URL": "http://x:1"})
 
 
+def test_time_zone_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown time zone 'Mars/Olympus'"):
+        load_settings(tmp_path, {"MONITOR_SCHEDULING__TIMEZONE": "Mars/Olympus"})
+    zone = load_settings(tmp_path, {"MONITOR_SCHEDULING__TIMEZONE": "Europe/Berlin"})
+    assert str(zone.scheduling.zone) == "Europe/Berlin"
+
+
 def test_influx_backend_needs_a_url(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="MONITOR_INFLUX_URL"):
         load_settings(tmp_path, {"MONITOR_STORE": "influxdb"})

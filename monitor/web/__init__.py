@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -19,6 +19,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup, escape
 
 from monitor.api import (
     ApiContext,
@@ -27,6 +28,8 @@ from monitor.api import (
     identify_meter,
     rollout_progress_of,
 )
+from monitor.ports import MeterPoint
+from monitor.rules import taxi as rules_taxi
 from monitor.schema import ELEC_EVENT, ELEC_READING, TAXI_EVENT, TAXI_TRIP
 from monitor.state import MeterFilter
 from monitor.telemetry import format_ts, ms_to_datetime
@@ -39,6 +42,7 @@ DAY_MS = 86_400_000
 def mount_web(app: FastAPI, ctx: ApiContext) -> None:
     """Add the pages and their static files to the API application."""
     pages = Jinja2Templates(directory=HERE / "templates")
+    pages.env.filters["breakable"] = _breakable
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     def render(request: Request, name: str, **data: Any) -> HTMLResponse:
@@ -106,6 +110,33 @@ def mount_web(app: FastAPI, ctx: ApiContext) -> None:
             out.getvalue(),
             media_type="text/csv",
             headers={"Content-Disposition": f'attachment; filename="{lot}-sample.csv"'},
+        )
+
+    @app.get("/meters/{meter}/fares.csv", include_in_schema=False)
+    def fares_csv(meter: str) -> Response:
+        kind, _, seen = identify_meter(ctx, meter)
+        if kind != "taxi":
+            raise HTTPException(404, f"{meter!r} is not a taxi meter; only taxi trips have fares")
+        end = seen["last_ts"] if seen else 0
+        rows = _fare_rows(ctx, _trips(ctx, meter, end - 60 * DAY_MS, end))
+        cols = ["ended", "trip", "km", "wait_s", "tariff", "in_force", "reported", "expected"]
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(
+            [*cols, "allowed_low", "allowed_high", "diff", "finding", "version_mismatch", "note"]
+        )
+        for r in rows:
+            low, high = r["allowed"] or ("", "")
+            writer.writerow(
+                [
+                    *(r[c] for c in cols),
+                    *(low, high, r["diff"], r["what"], r["version_mismatch"], r["note"]),
+                ]
+            )
+        return Response(
+            out.getvalue(),
+            media_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="{meter}-fares.csv"'},
         )
 
     @app.get("/alerts", response_class=HTMLResponse, include_in_schema=False)
@@ -213,15 +244,13 @@ def _meter(ctx: ApiContext, meter: str) -> dict[str, Any]:
             "register, kWh",
         )
         title, events = "Register (last 60 days)", ELEC_EVENT
+        fares = None
     else:
-        trips = ctx.store.history(TAXI_TRIP, meter, ["meter_km", "gps_km"], start, end + 1, 100_000)
-        ratios = [
-            (p.ts_ms, float(p.values["meter_km"]) / float(p.values["gps_km"]))
-            for p in trips
-            if p.values.get("gps_km") and float(p.values["gps_km"]) >= 3
-        ]
+        trips = _trips(ctx, meter, start, end)
+        ratios = [(t.end_ms, t.meter_km / t.gps_km) for t in trips if t.gps_km and t.gps_km >= 3]
         chart = charts.series(ratios, "meter km / GNSS km per trip", dots=True)
         title, events = "Meter / GNSS distance ratio per trip (trips ≥ 3 km)", TAXI_EVENT
+        fares = _fare_checks(ctx, trips)
     timeline = [
         {
             "ts": format_ts(p.ts_ms),
@@ -229,22 +258,86 @@ def _meter(ctx: ApiContext, meter: str) -> dict[str, Any]:
             "tag": False,
             "detail": p.values.get("detail", ""),
         }
-        for p in ctx.store.points(events, start, end + 1)
-        if p.meter == meter
+        for p in ctx.store.history(events, meter, ["code", "detail"], start, end + 1, 10_000)
     ]
     if ctx.alerts is not None:
-        for a in ctx.alerts.list(None, None, None, 0, 1000):
-            if a["meter"] == meter:
-                timeline.append(
-                    {
-                        "ts": a["last_seen"],
-                        "what": a["status"],
-                        "tag": True,
-                        "detail": f"alert #{a['id']} {a['rule']}: {a['message']}",
-                    }
-                )
+        for a in ctx.alerts.list(None, None, None, 0, 1000, meter=meter):
+            timeline.append(
+                {
+                    "ts": a["last_seen"],
+                    "what": a["status"],
+                    "tag": True,
+                    "detail": f"alert #{a['id']} {a['rule']}: {a['message']}",
+                }
+            )
     timeline.sort(key=lambda e: e["ts"], reverse=True)
-    return {"m": m, "chart": chart, "chart_title": title, "timeline": timeline[:200]}
+    return {
+        "m": m,
+        "chart": chart,
+        "chart_title": title,
+        "timeline": timeline[:200],
+        "fares": fares,
+    }
+
+
+def _trips(ctx: ApiContext, meter: str, start: int, end: int) -> list[rules_taxi.Trip]:
+    """A taxi meter's trips that ended in [start, end], one per trip id."""
+    points = ctx.store.history(TAXI_TRIP, meter, list(TAXI_TRIP.fields), start, end + 1, 100_000)
+    return rules_taxi.trips_from_points([MeterPoint(meter, p.ts_ms, p.values) for p in points])
+
+
+def _fare_rows(ctx: ApiContext, trips: list[rules_taxi.Trip]) -> list[dict[str, Any]]:
+    """Every trip re-priced as the fare rule does: wrong fares first, then wrong versions."""
+    rules = ctx.rules().rules.taxi
+    tariffs = ctx.evaluator.tariffs()
+    grace_ms = int(rules.tariff.deadline_h * 3_600_000)
+    rows: list[dict[str, Any]] = []
+    for t in trips:
+        c = rules_taxi.fare_check(t, tariffs, rules.fare, grace_ms=grace_ms)
+        finding = (
+            "not checked"
+            if not c.checked
+            else "fare"
+            if c.mismatch
+            else "tariff version"
+            if c.version_mismatch
+            else "ok"
+        )
+        rows.append(
+            {
+                "ended": format_ts(c.end_ms),
+                "trip": c.trip_id,
+                "km": t.meter_km,
+                "wait_s": t.wait_s,
+                "tariff": t.tariff_version or "–",
+                "in_force": c.version_in_force,
+                "reported": c.reported_cny,
+                "expected": c.expected_cny,
+                "allowed": c.allowed_cny,
+                "diff": c.diff_cny,
+                "what": finding,
+                "version_mismatch": c.version_mismatch,
+                "note": c.note,
+            }
+        )
+    order = {"fare": 0, "tariff version": 1, "not checked": 2, "ok": 3}
+    rows.sort(key=lambda r: r["ended"], reverse=True)
+    rows.sort(key=lambda r: order[r["what"]])
+    return rows
+
+
+def _fare_checks(ctx: ApiContext, trips: list[rules_taxi.Trip], shown: int = 25) -> dict[str, Any]:
+    """Counts of the fare checks and the first findings for the meter page."""
+    rows = _fare_rows(ctx, trips)
+    bad = [r for r in rows if r["what"] in ("fare", "tariff version")]
+    return {
+        "checked": sum(1 for r in rows if r["what"] != "not checked"),
+        "unchecked": sum(1 for r in rows if r["what"] == "not checked"),
+        "mismatches": sum(1 for r in rows if r["what"] == "fare"),
+        "version_mismatches": sum(1 for r in rows if r["version_mismatch"]),
+        "rows": bad[:shown],
+        "more": max(0, len(bad) - shown),
+    }
 
 
 def _district(ctx: ApiContext, body: dict[str, Any], sort: str) -> dict[str, Any]:
@@ -260,7 +353,36 @@ def _district(ctx: ApiContext, body: dict[str, Any], sort: str) -> dict[str, Any
         for m in body["meters"]
         if m["evaluable"] and m["error_pct"] is not None
     ]
-    return {"d": body, "meters": meters, "chart": charts.error_bars(rows, limits.get("2"))}
+    daily = body.get("line_loss_daily", [])
+    per_day = 86_400 / ctx.rules().rules.elec.estimation.interval_s
+    loss, covered = [], []
+    for d in daily:
+        day = date.fromisoformat(d["day"])
+        share = 100 * d["intervals"] / per_day
+        tip = (
+            f"{d['day']}: line loss {_pct(d['line_loss_pct'])}, {d['intervals']} of "
+            f"{per_day:.0f} intervals usable, {d['supplied_kwh']:.1f} kWh supplied"
+        )
+        loss.append((day, d["line_loss_pct"], tip))
+        covered.append((day, share, tip))
+    overall = body["gates"]["line_loss_pct"] if body.get("gates") else None
+    return {
+        "d": body,
+        "meters": meters,
+        "chart": charts.error_bars(rows, limits.get("2")),
+        "loss_chart": charts.daily(loss, "line loss, % of supplied energy", overall),
+        "covered_chart": charts.daily(covered, "usable intervals, % of the day", 100.0),
+        "days": len(daily),
+    }
+
+
+def _breakable(name: object) -> Markup:
+    """A dotted rule name that may wrap after each dot, and nowhere else."""
+    return Markup(".<wbr>").join(escape(part) for part in str(name).split("."))
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} %"
 
 
 def _lot(ctx: ApiContext, lot: str) -> dict[str, Any]:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from datetime import UTC, date, datetime
 from html import escape
 
-W, H, PAD_L, PAD_R, PAD_T, PAD_B = 900, 320, 56, 16, 16, 40
+W, H, PAD_L, PAD_R, PAD_T, PAD_B = 900, 330, 56, 16, 30, 40
 
 
 def _scale(lo: float, hi: float, a: float, b: float) -> tuple[float, float]:
@@ -39,7 +40,7 @@ def _frame(y_lo: float, y_hi: float, label: str) -> tuple[list[str], float, floa
             f'fill="#5b6b7c">{t:g}</text>'
         )
     parts.append(
-        f'<text x="12" y="{PAD_T + 10}" font-size="11" fill="#5b6b7c">{escape(label)}</text>'
+        f'<text x="12" y="{PAD_T - 12}" font-size="11" fill="#5b6b7c">{escape(label)}</text>'
     )
     return parts, gy, oy
 
@@ -76,6 +77,32 @@ def error_bars(rows: Sequence[tuple[str, float, float, float]], limit: float | N
     return "".join(parts)
 
 
+def _x_labels(xs: Sequence[float], texts: Sequence[str], gx: float, ox: float) -> list[str]:
+    """Up to eight evenly spaced labels under the plot."""
+    if not xs:
+        return []
+    every = max(1, math.ceil(len(xs) / 8))
+    out = []
+    for x, text in list(zip(xs, texts, strict=True))[::every]:
+        px = gx * x + ox
+        out.append(
+            f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{H - PAD_B}" y2="{H - PAD_B + 4}" '
+            'stroke="#8a96a3"/>'
+            f'<text x="{px:.1f}" y="{H - PAD_B + 17}" font-size="11" text-anchor="middle" '
+            f'fill="#5b6b7c">{escape(text)}</text>'
+        )
+    return out
+
+
+def _day_ticks(first_ms: int, last_ms: int) -> tuple[list[float], list[str]]:
+    """UTC midnights between two instants, as (epoch ms, "MM-DD")."""
+    day = 86_400_000
+    start = -(-first_ms // day) * day
+    stamps = list(range(start, last_ms + 1, day))
+    texts = [datetime.fromtimestamp(t / 1000, UTC).strftime("%m-%d") for t in stamps]
+    return [float(t) for t in stamps], texts
+
+
 def series(
     points: Sequence[tuple[int, float]], label: str, max_points: int = 1500, dots: bool = False
 ) -> str:
@@ -90,10 +117,56 @@ def series(
     parts, gy, oy = _frame(y_lo - pad, y_hi + pad, label)
     gx, ox = _scale(xs[0], xs[-1], PAD_L, W - PAD_R)
     coords = [(gx * x + ox, gy * y + oy) for x, y in zip(xs, ys, strict=True)]
+    ticks, texts = _day_ticks(xs[0], xs[-1])
+    parts += _x_labels(ticks, texts, gx, ox)
     if dots:
         parts += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2" fill="#0b5cad"/>' for x, y in coords]
     else:
         path = " ".join(f"{x:.1f},{y:.1f}" for x, y in coords)
         parts.append(f'<polyline fill="none" stroke="#0b5cad" stroke-width="1.5" points="{path}"/>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def daily(
+    days: Sequence[tuple[date, float | None, str]], label: str, reference: float | None = None
+) -> str:
+    """One value per day as a line with dots (a gap where a day has none), each with a tooltip.
+
+    days: (day, value or None, tooltip), oldest first; `reference` draws a dashed level.
+    """
+    known = [v for _, v, _ in days if v is not None]
+    if len(known) < 2:
+        return '<p class="muted">Not enough days to draw.</p>'
+    levels = known + ([reference] if reference is not None else [])
+    y_lo, y_hi = min(levels), max(levels)
+    pad = (y_hi - y_lo) * 0.1 or 1.0
+    parts, gy, oy = _frame(y_lo - pad, y_hi + pad, label)
+    gx, ox = _scale(-0.5, len(days) - 0.5, PAD_L, W - PAD_R)
+    parts += _x_labels(list(range(len(days))), [d.strftime("%m-%d") for d, _, _ in days], gx, ox)
+    if reference is not None:
+        y = gy * reference + oy
+        parts.append(
+            f'<line x1="{PAD_L}" x2="{W - PAD_R}" y1="{y:.1f}" y2="{y:.1f}" '
+            'stroke="#8a96a3" stroke-dasharray="5 4"/>'
+        )
+    run: list[str] = []
+    for i, (_, v, _) in enumerate([*days, (date.min, None, "")]):
+        if v is not None:
+            run.append(f"{gx * i + ox:.1f},{gy * v + oy:.1f}")
+            continue
+        if len(run) > 1:
+            parts.append(
+                '<polyline fill="none" stroke="#0b5cad" stroke-width="1.5" '
+                f'points="{" ".join(run)}"/>'
+            )
+        run = []
+    for i, (_, v, tip) in enumerate(days):
+        if v is not None:
+            parts.append(
+                f"<g><title>{escape(tip)}</title>"
+                f'<circle class="day" cx="{gx * i + ox:.1f}" cy="{gy * v + oy:.1f}" r="3" '
+                'fill="#0b5cad"/></g>'
+            )
     parts.append("</svg>")
     return "".join(parts)
