@@ -165,9 +165,8 @@ def test_series_is_the_last_write_of_each_point_in_the_window(
     store.close()
 
 
-def test_an_older_file_is_migrated_on_open(tmp_path: Path) -> None:
-    """A file of layout 0 (index (district, ts), no user_version) opens, reads and writes."""
-    path = tmp_path / "old.sqlite"
+def _old_file(path: Path, version: int) -> None:
+    """A file as layout 0 (index (district, ts)) or 1 (index (district, meter)) left it."""
     old = sqlite3.connect(path, isolation_level=None)
     old.execute("PRAGMA journal_mode=WAL")
     old.execute(
@@ -176,31 +175,61 @@ def test_an_older_file_is_migrated_on_open(tmp_path: Path) -> None:
         "clock_offset_s REAL, seq INTEGER, PRIMARY KEY (meter, ts)) WITHOUT ROWID"
     )
     old.execute("CREATE INDEX elec_reading_time ON elec_reading (ts)")
-    old.execute("CREATE INDEX elec_reading_district ON elec_reading (district, ts)")
+    if version == 0:
+        old.execute("CREATE INDEX elec_reading_district ON elec_reading (district, ts)")
+    else:
+        old.execute("CREATE INDEX elec_reading_district_meter ON elec_reading (district, meter)")
+        old.execute(f"PRAGMA user_version = {version}")
     old.executemany(
         "INSERT INTO elec_reading (meter, ts, district, energy_kwh, seq) VALUES (?, ?, ?, ?, ?)",
-        [("M1", 1000, "D1", 1.0, 1), ("M1", 2000, "D1", 2.0, 2), ("M2", 1000, "D2", 5.0, 1)],
+        [
+            ("M1", 1000, "D1", 1.0, 1),
+            ("M1", 2000, "D1", 2.0, 2),
+            ("M2", 1000, "D2", 5.0, 1),
+            ("M3", 1000, None, 6.0, 1),
+        ],
     )
     old.close()
 
+
+@pytest.mark.parametrize("version", [0, 1])
+def test_an_older_file_is_migrated_on_open(tmp_path: Path, version: int) -> None:
+    path = tmp_path / "old.sqlite"
+    _old_file(path, version)
     store = EmbeddedStore(path, Metrics())
+    assert store.meters(ELEC_READING, "D1") == ["M1"]  # listed from the rows already there
     store.write([elec("M1", "D1", 3000, energy_kwh=3.0), elec("M1", "D1", 1000, energy_kwh=1.1)])
+    store.write([elec("M4", "D2", 1000, energy_kwh=8.0)])
     assert as_lists(store.series(ELEC_READING, FIELDS, 0, 5000, district="D1")) == {
         "M1": [(t, e, None, None, None) for t, e in ((1000, 1.1), (2000, 2.0), (3000, 3.0))]
     }
+    assert list(store.series(ELEC_READING, FIELDS, 0, 5000, district="D2")) == ["M2", "M4"]
+    assert list(store.series(ELEC_READING, FIELDS, 0, 5000)) == ["M1", "M2", "M3", "M4"]
     latest = store.latest(ELEC_READING, "M2")
     assert latest is not None and latest.values == {"district": "D2", "energy_kwh": 5.0, "seq": 1}
     store.close()
 
     db = sqlite3.connect(path)
     indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert "elec_reading_district" not in indexes
-    assert "elec_reading_district_meter" in indexes
+    assert not indexes & {"elec_reading_district", "elec_reading_district_meter"}
+    assert "elec_reading_time" in indexes
     assert db.execute("PRAGMA user_version").fetchone()[0] == LAYOUT
+    assert db.execute("SELECT * FROM elec_reading_meters ORDER BY 1, 2").fetchall() == [
+        ("D1", "M1"),
+        ("D2", "M2"),
+        ("D2", "M4"),
+    ]
     db.close()
     again = EmbeddedStore(path, Metrics())  # a migrated file opens as it is
-    assert again.meters(ELEC_READING, "D2") == ["M2"]
+    assert again.meters(ELEC_READING, "D2") == ["M2", "M4"]
     again.close()
+
+
+def test_district_of_a_measurement_without_one_is_refused(tmp_path: Path) -> None:
+    store = EmbeddedStore(tmp_path / "t.sqlite", Metrics())
+    with pytest.raises(ValueError):
+        store.series(TAXI_TRIP, ["meter_km"], 0, 1, district="D1")
+    store.close()
 
 
 # -- rows → Series ------------------------------------------------------------

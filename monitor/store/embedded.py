@@ -22,7 +22,7 @@ from monitor.schema import MEASUREMENTS, Measurement, Record
 log = logging.getLogger(__name__)
 
 # The file layout this code writes (PRAGMA user_version); older files are migrated on open.
-LAYOUT = 1
+LAYOUT = 2
 
 _SQL_TYPES = {"float": "REAL", "int": "INTEGER", "str": "TEXT"}
 
@@ -40,10 +40,6 @@ def _ddl(m: Measurement) -> str:
     cols = ", ".join(f"{c} {types[c]}" for c in _columns(m))
     key = ", ".join(("meter", *m.key))
     return f"CREATE TABLE IF NOT EXISTS {m.name} ({cols}, PRIMARY KEY ({key})) WITHOUT ROWID"
-
-
-def _district_index(m: Measurement) -> str:
-    return f"{m.name}_district_meter"
 
 
 # Per measurement: whether `district` follows meter and ts, then the columns taken from values.
@@ -80,6 +76,7 @@ class EmbeddedStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._cols = {name: _columns(m) for name, m in MEASUREMENTS.items()}
+        self._listed = {name for name, m in MEASUREMENTS.items() if "district" in m.tags}
         self._migrate()
         self._inserts = {
             name: f"INSERT OR REPLACE INTO {name} ({', '.join(c)}) VALUES ({', '.join('?' * len(c))})"
@@ -92,13 +89,15 @@ class EmbeddedStore:
         self._read_lock = threading.Lock()
 
     def _migrate(self) -> None:
-        """Create the tables and indexes; bring a file of an older layout up to date.
+        """Create the tables; bring a file of an older layout (PRAGMA user_version) up to date.
 
-        Layout 1 (PRAGMA user_version = 1) replaced the (district, ts) index by
-        (district, meter): `series` lists a district's meters from it with one seek per
-        meter, then reads each meter's rows along the primary key (meter, ts). Same index
-        size (an index entry carries the key columns anyway); built once when an older
-        file is opened.
+        Layout 2: beside each table with a district tag, `<table>_meters (district, meter)`
+        lists the meters that ever sent a point of that district, kept by `write` (INSERT OR
+        IGNORE of the batch's pairs: a probe, rarely a page write). `series` reads a
+        district meter by meter along the primary key (meter, ts), so the (district, ts)
+        index of layout 0 (one table lookup per row, a sort, and an insert per row spread
+        over every district) and the (district, meter) index of layout 1 are dropped.
+        Opening an older file fills the list from the rows once (one scan).
         """
         db = self._db
         db.execute("BEGIN IMMEDIATE")
@@ -107,14 +106,20 @@ class EmbeddedStore:
             for m in MEASUREMENTS.values():
                 db.execute(_ddl(m))
                 db.execute(f"CREATE INDEX IF NOT EXISTS {m.name}_time ON {m.name} (ts)")
-                if "district" in m.tags:
-                    if version < 1:
-                        db.execute(f"DROP INDEX IF EXISTS {m.name}_district")
-                        log.info("telemetry store: indexing %s by (district, meter)", m.name)
+                if "district" not in m.tags:
+                    continue
+                db.execute(
+                    f"CREATE TABLE IF NOT EXISTS {m.name}_meters (district TEXT NOT NULL, "
+                    "meter TEXT NOT NULL, PRIMARY KEY (district, meter)) WITHOUT ROWID"
+                )
+                if version < 2:
+                    log.info("telemetry store: listing the meters of each district (%s)", m.name)
                     db.execute(
-                        f"CREATE INDEX IF NOT EXISTS {_district_index(m)} "
-                        f"ON {m.name} (district, meter)"
+                        f"INSERT OR IGNORE INTO {m.name}_meters (district, meter) "
+                        f"SELECT DISTINCT district, meter FROM {m.name} WHERE district <> ''"
                     )
+                    db.execute(f"DROP INDEX IF EXISTS {m.name}_district")
+                    db.execute(f"DROP INDEX IF EXISTS {m.name}_district_meter")
             if version < LAYOUT:
                 db.execute(f"PRAGMA user_version = {LAYOUT}")
             db.execute("COMMIT")
@@ -126,14 +131,22 @@ class EmbeddedStore:
     def write(self, records: Sequence[Record]) -> None:
         """Insert a batch in one transaction."""
         groups: dict[str, list[tuple[object, ...]]] = defaultdict(list)
+        pairs: dict[str, set[tuple[str, str]]] = defaultdict(set)
         for r in records:
             name = r.measurement.name
             groups[name].append(_row(r.measurement, self._cols[name], r))
+            if r.district and name in self._listed:
+                pairs[name].add((r.district, r.meter))
         with self._lock:
             try:
                 self._db.execute("BEGIN")
                 for name, rows in groups.items():
                     self._db.executemany(self._inserts[name], rows)
+                for name, listed in pairs.items():
+                    self._db.executemany(
+                        f"INSERT OR IGNORE INTO {name}_meters (district, meter) VALUES (?, ?)",
+                        sorted(listed),
+                    )
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._error = str(exc)
@@ -194,7 +207,7 @@ class EmbeddedStore:
 
         One query per meter along the primary key (meter, ts): the rows come in key
         order with no per-row index lookup and no sort, and only (ts, fields) travel to
-        Python. The meters are found with one index seek each (`meters`).
+        Python. The meters come from the district's list (`meters`).
         """
         name = measurement.name
         cols = [f for f in fields if f in self._cols[name]]
@@ -202,7 +215,7 @@ class EmbeddedStore:
             f"SELECT {', '.join(['ts', *cols])} FROM {name} WHERE meter = ? AND ts BETWEEN ? AND ?"
         )
         if district is not None:
-            # `+district`: filter the meter's rows, never pick the district index for them.
+            # `+district`: a filter on the meter's key range, never an index to use.
             sql += " AND +district = ?"
         sql += " ORDER BY ts"
         out: dict[str, Series] = {}
@@ -221,32 +234,29 @@ class EmbeddedStore:
         return out
 
     def meters(self, measurement: Measurement, district: str | None = None) -> list[str]:
-        """Every meter with a point in the measurement (of one district), sorted."""
+        """Every meter with a point in the measurement, sorted; with a district, every meter
+        that ever sent a point of that district (a meter that moved is listed in both)."""
         with self._read_lock:
             return self._meters(self._reader, measurement, district)
 
     def _meters(
         self, db: sqlite3.Connection, measurement: Measurement, district: str | None
     ) -> list[str]:
-        # A skip scan by hand: each step is one seek for the next meter, O(meters · log n)
-        # instead of reading every row (SQLite 3.40 will not skip-scan without ANALYZE).
         name = measurement.name
-        if district is None:
-            sql, args = f"SELECT min(meter) FROM {name} WHERE meter > ?", []
-        else:
-            sql = (
-                f"SELECT min(meter) FROM {name} INDEXED BY {_district_index(measurement)} "
-                "WHERE district = ? AND meter > ?"
-            )
-            args = [district]
+        if district is not None:
+            if name not in self._listed:
+                raise ValueError(f"{name} has no district")
+            sql = f"SELECT meter FROM {name}_meters WHERE district = ? ORDER BY meter"
+            return [meter for (meter,) in db.execute(sql, (district,))]
+        # Every meter: a skip scan of the primary key by hand, one seek per meter.
         out: list[str] = []
-        last = ""
-        while True:
-            (meter,) = db.execute(sql, (*args, last)).fetchone()
-            if meter is None:
-                return out
+        (meter,) = db.execute(f"SELECT min(meter) FROM {name}").fetchone()
+        while meter is not None:
             out.append(meter)
-            last = meter
+            (meter,) = db.execute(
+                f"SELECT min(meter) FROM {name} WHERE meter > ?", (meter,)
+            ).fetchone()
+        return out
 
     def points(self, measurement: Measurement, start_ms: int, end_ms: int) -> list[MeterPoint]:
         """Every point in [start, end], by time."""

@@ -1,0 +1,493 @@
+"""Store read benchmark: one district's `store.series(...)` before and after, beside bare sqlite3.
+
+    .venv/bin/python -m bench.store                     # 3 stored districts, embedded store
+    .venv/bin/python -m bench.store --districts 2 --rounds 3 --readers 2
+    .venv/bin/python -m bench.store --influx            # also InfluxStore on InfluxDB 1.x
+
+What an evaluation pass reads per district (`Evaluator._districts`): `series(ELEC_READING,
+READING_FIELDS, start, end, district=d)` over the rules' 30-day window, i.e. 100 meters ×
+30 days of 15-min readings ≈ 290 k rows × (ts + 4 fields).
+
+The districts are `bench.estimate.synth_district` (100 meters + master, 30 days, 1 %
+missing), written in time order across the fleet as ingest writes them, twice: into a
+file of the previous layout (index (district, ts)) and into one of the current layout
+(no district index; a (district, meter) list kept per batch), with the same INSERT OR
+REPLACE batches of 20 000 rows, so the write cost of the two layouts is compared too. Then, per district, interleaved rounds of:
+
+- before: the previous `series` (one query through the district index, ORDER BY meter, ts,
+  then the previous per-row `group_series`) on the previous layout;
+- bare before: the same SQL, `fetchall()` only, on its own sqlite3 connection;
+- after: `EmbeddedStore.series` on the current layout;
+- bare after: the current SQL (a primary-key range per meter), `fetchall()` only, on its
+  own sqlite3 connection: the floor of any sqlite3-module read of these rows;
+- sqlite only: the same per-meter ranges summed inside SQLite (no row reaches Python):
+  the engine's share.
+
+Each figure is the median over rounds and districts, wall-clock and CPU (process time; on
+a shared machine the CPU figure is the one to compare). The projection multiplies by the
+number of districts of a full pass (default 10 000) and adds the estimator core measured
+here on the same district (`fit_district` + `meter_decision`). `--readers N` also times
+reading every stored district with N processes, each with its own store (WAL readers).
+
+`--influx` starts InfluxDB 1.x from tests/services.py, writes one district (line protocol,
+ms) and times `InfluxStore.series` against the previous parse (a dict per point, then
+`group_series`) and against a bare GET + JSON decode of the same query.
+
+The script prints figures; it asserts nothing on timing (it does check that before and
+after return the same Series).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import multiprocessing as mp
+import os
+import platform
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.estimate import DAY_MS, RULES_PATH, SynthDistrict, scratch_dir, synth_district
+from monitor.evaluate import READING_FIELDS, fit_district, meter_decision
+from monitor.metrics import Metrics
+from monitor.ports import Series
+from monitor.rules.schema import ElecRules, load_rules
+from monitor.schema import ELEC_READING
+from monitor.store.embedded import EmbeddedStore, _columns, _ddl
+from monitor.telemetry import format_ts
+
+BATCH = 20_000
+FIELDS = list(READING_FIELDS)
+COLS = _columns(ELEC_READING)
+INSERT = (
+    f"INSERT OR REPLACE INTO elec_reading ({', '.join(COLS)}) VALUES ({', '.join('?' * len(COLS))})"
+)
+
+# --- the previous read path (as of commit 4e2e7a6), kept here to measure against ----------
+
+LEGACY_SQL = (
+    f"SELECT meter, ts, {', '.join(FIELDS)} FROM elec_reading WHERE ts BETWEEN ? AND ? "
+    "AND district = ? ORDER BY meter, ts"
+)
+
+
+def legacy_group_series(rows: Sequence[Sequence[Any]], fields: Sequence[str]) -> dict[str, Series]:
+    """The previous `monitor.ports.group_series`, verbatim."""
+    if not rows:
+        return {}
+    meters = [r[0] for r in rows]
+    ts = np.array([r[1] for r in rows], dtype=np.int64)
+    cols = np.array([[np.nan if v is None else v for v in r[2:]] for r in rows], dtype=np.float64)
+    cols = cols.reshape(len(rows), len(fields))
+    out: dict[str, Series] = {}
+    start = 0
+    for i in range(1, len(rows) + 1):
+        if i == len(rows) or meters[i] != meters[start]:
+            out[meters[start]] = Series(
+                ts[start:i], {f: cols[start:i, k] for k, f in enumerate(fields)}
+            )
+            start = i
+    return out
+
+
+def legacy_series(db: sqlite3.Connection, start: int, end: int, district: str) -> dict[str, Series]:
+    """The previous `EmbeddedStore.series` (district given) on a previous-layout file."""
+    rows = db.execute(LEGACY_SQL, (start, end, district)).fetchall()
+    return legacy_group_series(rows, FIELDS)
+
+
+# --- files -------------------------------------------------------------------------------
+
+
+def district_rows(d: SynthDistrict) -> list[tuple[Any, ...]]:
+    """The table rows of a synthetic district, in the column order of the store."""
+    out: list[tuple[Any, ...]] = []
+    for meter, s in d.series.items():
+        cols = {k: np.asarray(v).tolist() for k, v in s.values.items()}
+        for j, ts in enumerate(s.ts_ms.tolist()):
+            volts, amps = cols["voltage_v"][j], cols["current_a"][j]
+            out.append(
+                (
+                    meter,
+                    ts,
+                    d.name,
+                    round(cols["energy_kwh"][j], 3),
+                    0.0,
+                    round(volts, 1),
+                    round(amps, 2),
+                    round(amps * volts / 1000, 3),
+                    round(cols["clock_offset_s"][j], 1),
+                    j,
+                )
+            )
+    return out
+
+
+def write_file(path: Path, rows: list[tuple[Any, ...]], legacy: bool) -> float:
+    """Create a store file of one layout and insert the rows in batches; seconds spent.
+
+    The current layout's batches also list their (district, meter) pairs, as
+    `EmbeddedStore.write` does.
+    """
+    if legacy:
+        db = sqlite3.connect(path, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(_ddl(ELEC_READING))
+        db.execute("CREATE INDEX elec_reading_time ON elec_reading (ts)")
+        db.execute("CREATE INDEX elec_reading_district ON elec_reading (district, ts)")
+    else:
+        EmbeddedStore(path, Metrics()).close()  # the current layout, as the store makes it
+        db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA synchronous=OFF")  # tmpfs and no fsync: the layouts, not the disk
+    listing = "INSERT OR IGNORE INTO elec_reading_meters (district, meter) VALUES (?, ?)"
+    t0 = time.perf_counter()
+    for a in range(0, len(rows), BATCH):
+        batch = rows[a : a + BATCH]
+        db.execute("BEGIN")
+        db.executemany(INSERT, batch)
+        if not legacy:
+            db.executemany(listing, sorted({(r[2], r[0]) for r in batch}))
+        db.execute("COMMIT")
+    spent = time.perf_counter() - t0
+    db.close()
+    return spent
+
+
+# --- timing ------------------------------------------------------------------------------
+
+
+@dataclass
+class Timing:
+    """Per-read wall and CPU seconds of one contender."""
+
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+    def add(self, fn: Callable[..., object], *args: object) -> object:
+        w, c = time.perf_counter(), time.process_time()
+        out = fn(*args)
+        self.wall.append(time.perf_counter() - w)
+        self.cpu.append(time.process_time() - c)
+        return out
+
+    @property
+    def wall_ms(self) -> float:
+        return 1000 * statistics.median(self.wall)
+
+    @property
+    def cpu_ms(self) -> float:
+        return 1000 * statistics.median(self.cpu)
+
+
+def same(a: dict[str, Series], b: dict[str, Series]) -> bool:
+    """Same meters, times and values (NaN = NaN)."""
+    return list(a) == list(b) and all(
+        np.array_equal(a[m].ts_ms, b[m].ts_ms)
+        and a[m].values.keys() == b[m].values.keys()
+        and all(np.array_equal(a[m].values[f], b[m].values[f], equal_nan=True) for f in a[m].values)
+        for m in a
+    )
+
+
+def per_meter_fetch(db: sqlite3.Connection, meters: list[str], start: int, end: int, d: str) -> int:
+    """Bare sqlite3: the current SQL, rows fetched, nothing converted."""
+    sql = (
+        f"SELECT ts, {', '.join(FIELDS)} FROM elec_reading WHERE meter = ? "
+        "AND ts BETWEEN ? AND ? AND +district = ? ORDER BY ts"
+    )
+    return sum(len(db.execute(sql, (m, start, end, d)).fetchall()) for m in meters)
+
+
+def per_meter_sum(db: sqlite3.Connection, meters: list[str], start: int, end: int, d: str) -> int:
+    """Inside SQLite only: the same ranges, every column read, one row out per meter."""
+    sums = ", ".join(f"total({c})" for c in ("ts", *FIELDS))
+    sql = (
+        f"SELECT count(*), {sums} FROM elec_reading WHERE meter = ? "
+        "AND ts BETWEEN ? AND ? AND +district = ?"
+    )
+    return sum(db.execute(sql, (m, start, end, d)).fetchone()[0] for m in meters)
+
+
+_reader: EmbeddedStore | None = None
+
+
+def _open_reader(path: str) -> None:
+    global _reader
+    _reader = EmbeddedStore(Path(path), Metrics())
+
+
+def _read_district(job: tuple[str, int, int]) -> int:
+    assert _reader is not None
+    got = _reader.series(ELEC_READING, READING_FIELDS, job[1], job[2], district=job[0])
+    return sum(len(s.ts_ms) for s in got.values())
+
+
+def parallel_reads(path: Path, jobs: list[tuple[str, int, int]], readers: int) -> float:
+    """Seconds to read every job with `readers` processes (after one warm-up read each)."""
+    pool = mp.get_context("spawn").Pool(readers, _open_reader, (str(path),))
+    try:
+        pool.map(_read_district, jobs[:readers], chunksize=1)
+        t0 = time.perf_counter()
+        pool.map(_read_district, jobs, chunksize=1)
+        spent = time.perf_counter() - t0
+        pool.close()
+    finally:
+        pool.join()
+    return spent
+
+
+# --- the embedded store ------------------------------------------------------------------
+
+
+def embedded(args: argparse.Namespace, tmp: Path) -> None:
+    book = load_rules(RULES_PATH)
+    rules = book.rules.elec
+    window = int(rules.estimation.window_days * DAY_MS)
+    print(f"generating {args.districts} district(s) of 100 meters + master × 30 days ...")
+    synth = [synth_district(args.seed, i) for i in range(args.districts)]
+    rows = sorted(
+        itertools.chain.from_iterable(district_rows(d) for d in synth), key=lambda r: r[1]
+    )
+    old_path, new_path = tmp / "before.sqlite", tmp / "after.sqlite"
+    write_old = write_file(old_path, rows, legacy=True)
+    write_new = write_file(new_path, rows, legacy=False)
+    print(
+        f"written {len(rows):,} rows in time order, batches of {BATCH:,} (INSERT OR REPLACE, "
+        f"synchronous=OFF, {tmp}): previous layout {write_old:.1f} s "
+        f"({1e6 * write_old / len(rows):.1f} µs/row), current layout {write_new:.1f} s "
+        f"({1e6 * write_new / len(rows):.1f} µs/row); "
+        f"{old_path.stat().st_size / 1e6:.0f} / {new_path.stat().st_size / 1e6:.0f} MB"
+    )
+    t0 = time.perf_counter()
+    EmbeddedStore(_copy(old_path, tmp / "migrated.sqlite"), Metrics()).close()
+    print(
+        f"opening the previous-layout file with the current store (migration: meters of each "
+        f"district listed, index (district, ts) dropped): {time.perf_counter() - t0:.1f} s"
+    )
+
+    legacy = sqlite3.connect(old_path)
+    bare = sqlite3.connect(new_path)
+    store = EmbeddedStore(new_path, Metrics())
+    names = ("before", "bare before", "after", "bare after", "sqlite only")
+    timings = {n: Timing() for n in names}
+    core = Timing()
+    per_district = 0
+    jobs = []
+    for d in synth:
+        start, end = d.end_ms - window, d.end_ms
+        jobs.append((d.name, start, end))
+        meters = store.meters(ELEC_READING, d.name)
+        a = legacy_series(legacy, start, end, d.name)
+        b = store.series(ELEC_READING, READING_FIELDS, start, end, district=d.name)
+        if not same(a, b):
+            raise SystemExit(f"{d.name}: before and after differ")
+        per_district = sum(len(s.ts_ms) for s in b.values())
+        contenders: list[tuple[str, Callable[..., object], tuple[object, ...]]] = [
+            ("before", legacy_series, (legacy, start, end, d.name)),
+            ("bare before", _fetchall, (legacy, LEGACY_SQL, (start, end, d.name))),
+            ("after", store.series, (ELEC_READING, READING_FIELDS, start, end, d.name)),
+            ("bare after", per_meter_fetch, (bare, meters, start, end, d.name)),
+            ("sqlite only", per_meter_sum, (bare, meters, start, end, d.name)),
+        ]
+        for _ in range(args.rounds):
+            for name, fn, fn_args in contenders:
+                timings[name].add(fn, *fn_args)
+        stamp = (format_ts(end), book.version)
+        dist_args = (d, b, stamp)
+        evaluate(rules, window, *dist_args)  # warm
+        for _ in range(max(1, args.rounds // 2)):
+            core.add(evaluate, rules, window, *dist_args)
+    legacy.close()
+    bare.close()
+    store.close()
+
+    n = args.pass_districts
+    print()
+    print(
+        f"one district = {per_district:,} rows (ts + {len(FIELDS)} fields); median of "
+        f"{args.rounds} rounds × {args.districts} district(s), interleaved"
+    )
+    print(f"{'contender':<13} {'wall ms':>8} {'cpu ms':>8}  {f'{n:,} districts (cpu)':>22}")
+    for name in names:
+        t = timings[name]
+        total = t.cpu_ms * n / 1000
+        print(f"{name:<13} {t.wall_ms:>8.0f} {t.cpu_ms:>8.0f}  {_hours(total):>22}")
+    before, after = timings["before"], timings["after"]
+    print(
+        f"store.series: {before.cpu_ms:.0f} → {after.cpu_ms:.0f} ms CPU per district "
+        f"({before.cpu_ms / after.cpu_ms:.1f}×), wall {before.wall_ms:.0f} → "
+        f"{after.wall_ms:.0f} ms; after = {after.cpu_ms / timings['bare after'].cpu_ms:.2f}× "
+        f"a bare fetchall of the same rows, of which SQLite itself "
+        f"{timings['sqlite only'].cpu_ms:.0f} ms"
+    )
+    print(
+        f"estimator core on the same district (fit_district + meter_decision): "
+        f"{core.cpu_ms:.0f} ms CPU, {core.wall_ms:.0f} ms wall"
+    )
+    for label, read in (("before", before.cpu_ms), ("after", after.cpu_ms)):
+        total = (read + core.cpu_ms) * n / 1000
+        print(
+            f"full pass over {n:,} districts, one process, {label}: reads "
+            f"{_hours(read * n / 1000)} + core {_hours(core.cpu_ms * n / 1000)} = "
+            f"{_hours(total)} (reads {100 * read / (read + core.cpu_ms):.0f} %)"
+        )
+    if args.readers > 1:
+        jobs = jobs * max(1, (4 * args.readers) // len(jobs))
+        one = parallel_reads(new_path, jobs, 1)
+        many = parallel_reads(new_path, jobs, args.readers)
+        print(
+            f"reading {len(jobs)} districts in reader processes (each its own store, WAL): "
+            f"1 process {1000 * one / len(jobs):.0f} ms/district, {args.readers} processes "
+            f"{1000 * many / len(jobs):.0f} ms/district wall ({one / many:.2f}× on "
+            f"{os.cpu_count()} CPUs) → {_hours(many / len(jobs) * n)} for {n:,} districts"
+        )
+
+
+def _fetchall(db: sqlite3.Connection, sql: str, args: tuple[object, ...]) -> list[Any]:
+    return db.execute(sql, args).fetchall()
+
+
+def evaluate(
+    rules: ElecRules,
+    window: int,
+    d: SynthDistrict,
+    series: dict[str, Series],
+    stamp: tuple[str, str],
+) -> object:
+    """The estimator core on one district: fit, then every meter's decision."""
+    dist = fit_district(d.name, series, d.master, rules, d.end_ms - window, d.end_ms)
+    return [meter_decision(m, d.rows.get(m), dist, [], rules, stamp, None) for m in series]
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copyfile(src, dst)
+    return dst
+
+
+def _hours(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.2f} h"
+    if seconds >= 120:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds:.1f} s"
+
+
+# --- InfluxDB ----------------------------------------------------------------------------
+
+
+def influx(args: argparse.Namespace, tmp: Path) -> None:
+    import httpx
+
+    from monitor.config import InfluxSettings
+    from monitor.schema import Record
+    from monitor.store.influx import InfluxStore, quote_ident, quote_literal
+    from monitor.store.lineproto import to_lines
+    from tests.services import InfluxDB1
+
+    server = InfluxDB1(tmp / "influxdb")
+    server.start()
+    store: InfluxStore | None = None
+    try:
+        server.create_database("meters")
+        d = synth_district(args.seed, 0)
+        records = [
+            Record(ELEC_READING, meter, d.name, int(ts), {f: float(s.values[f][j]) for f in FIELDS})
+            for meter, s in d.series.items()
+            for j, ts in enumerate(s.ts_ms.tolist())
+        ]
+        t0 = time.perf_counter()
+        with httpx.Client(base_url=server.url, timeout=120) as http:
+            lines = to_lines(records)
+            for a in range(0, len(lines), 50_000):
+                http.post(
+                    "/write",
+                    params={"db": "meters", "precision": "ms"},
+                    content="\n".join(lines[a : a + 50_000]).encode(),
+                ).raise_for_status()
+        print(f"InfluxDB 1.x: {len(records):,} points written in {time.perf_counter() - t0:.1f} s")
+        settings = InfluxSettings(url=server.url, bucket="meters/autogen")
+        store = InfluxStore(settings, tmp / "spool", Metrics())
+        start, end = d.end_ms - 30 * DAY_MS, d.end_ms
+        q = (
+            f"SELECT {', '.join(quote_ident(f) for f in FIELDS)} FROM elec_reading "
+            f"WHERE time >= {start}ms AND time <= {end}ms AND "
+            f"{quote_ident('district')} = {quote_literal(d.name)} GROUP BY {quote_ident('meter')}"
+        )
+
+        def previous() -> dict[str, Series]:
+            assert store is not None
+            rows = [(r["meter"], r["time"], *(r.get(f) for f in FIELDS)) for r in store.query(q)]
+            rows.sort(key=lambda r: (r[0], r[1]))
+            return legacy_group_series(rows, FIELDS)
+
+        def bare() -> object:
+            return http2.get("/query", params={"db": "meters", "q": q, "epoch": "ms"}).json()
+
+        got_before = previous()
+        got = store.series(ELEC_READING, READING_FIELDS, start, end, district=d.name)
+        if not same(got_before, got):
+            raise SystemExit("InfluxStore: before and after differ")
+        timings = {n: Timing() for n in ("before", "after", "bare GET+json")}
+        with httpx.Client(base_url=server.url, timeout=120) as http2:
+            for _ in range(args.rounds):
+                timings["before"].add(previous)
+                timings["after"].add(
+                    lambda: store.series(ELEC_READING, READING_FIELDS, start, end, district=d.name)
+                )
+                timings["bare GET+json"].add(bare)
+        n_rows = sum(len(s.ts_ms) for s in got.values())
+        print(f"InfluxStore.series, one district ({n_rows:,} rows), median of {args.rounds}:")
+        print(
+            f"{'contender':<14} {'wall ms':>8} {'client cpu ms':>14}  {args.pass_districts:,} districts (wall)"
+        )
+        for name, t in timings.items():
+            print(
+                f"{name:<14} {t.wall_ms:>8.0f} {t.cpu_ms:>14.0f}  "
+                f"{_hours(t.wall_ms * args.pass_districts / 1000)}"
+            )
+    finally:
+        if store is not None:
+            store.close()
+        server.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.store", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--districts", type=int, default=3, help="districts stored (default 3)")
+    parser.add_argument("--rounds", type=int, default=5, help="reads per contender and district")
+    parser.add_argument("--pass-districts", type=int, default=10_000, help="projected pass size")
+    parser.add_argument("--readers", type=int, default=0, help="also time N reader processes")
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--influx", action="store_true", help="also InfluxStore on InfluxDB 1.x")
+    parser.add_argument("--skip-embedded", action="store_true")
+    args = parser.parse_args(argv)
+    print(
+        f"bench.store — Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
+        f"numpy {np.__version__}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}"
+    )
+    tmp = scratch_dir("bench-store-")
+    try:
+        if not args.skip_embedded:
+            embedded(args, tmp)
+        if args.influx:
+            print()
+            influx(args, Path(tempfile.mkdtemp(prefix="bench-store-influx-", dir=tmp)))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
