@@ -13,10 +13,11 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from monitor.registry import COLUMNS, MeterRow
+from monitor.registry import COLUMNS, MeterRow, add_years
 from monitor.schema import Record
 
 _SCHEMA = [
@@ -123,10 +124,29 @@ class SqliteState:
         self._db.execute("PRAGMA synchronous=NORMAL")
         for stmt in _SCHEMA:
             self._db.execute(stmt)
+        self._add_due_column()
         # Meters seen, not yet in `seen`: meter → [kind, district, first_ts, last_ts,
         # messages, last_received] (see note_records).
         self._seen_lock = threading.Lock()
         self._pending: dict[str, list[Any]] = {}
+
+    def _add_due_column(self) -> None:
+        """The derived due date as an indexed column (files from before it get it filled)."""
+        cols = {r[1] for r in self._db.execute("PRAGMA table_info(registry)")}
+        if "due_on" not in cols:
+            self._db.execute("ALTER TABLE registry ADD COLUMN due_on TEXT")
+            found = self._db.execute(
+                "SELECT meter_id, coalesce(verified_on, installed_on), period_years FROM registry "
+                "WHERE period_years IS NOT NULL AND coalesce(verified_on, installed_on) IS NOT NULL"
+            ).fetchall()
+            due = [
+                (add_years(date.fromisoformat(start), int(years)).isoformat(), meter)
+                for meter, start, years in found
+            ]
+            self._db.execute("BEGIN")
+            self._db.executemany("UPDATE registry SET due_on = ? WHERE meter_id = ?", due)
+            self._db.execute("COMMIT")
+        self._db.execute("CREATE INDEX IF NOT EXISTS registry_due ON registry (due_on)")
 
     def _rows(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -139,10 +159,10 @@ class SqliteState:
     def upsert_meters(self, rows: Iterable[MeterRow]) -> tuple[int, int]:
         """Insert or replace registry rows in one transaction; returns (added, updated)."""
         rows = list(rows)
-        cols = ", ".join(COLUMNS)
-        sql = f"INSERT OR REPLACE INTO registry ({cols}) VALUES ({', '.join('?' * len(COLUMNS))})"
-        dumped = [row.model_dump(mode="json") for row in rows]
-        values = [tuple(d[c] for c in COLUMNS) for d in dumped]
+        cols = ", ".join((*COLUMNS, "due_on"))
+        sql = f"INSERT OR REPLACE INTO registry ({cols}) VALUES ({', '.join('?' * (len(COLUMNS) + 1))})"
+        dumped = [row.as_dict() for row in rows]
+        values = [tuple(d[c] for c in (*COLUMNS, "due_on")) for d in dumped]
         with self._lock:
             existing = {
                 r[0]
@@ -310,6 +330,19 @@ class SqliteState:
         """A district's latest energy-balance result."""
         found = self._rows("SELECT body FROM districts WHERE district = ?", [district])
         return json.loads(found[0][0]) if found else None
+
+    def due_by(
+        self, horizon: date, limit: int
+    ) -> tuple[list[tuple[str, str, str | None, date]], int]:
+        """(meter, kind, lot, due date) of the first `limit` meters due by `horizon`, and how many are."""
+        found = self._rows(
+            "SELECT meter_id, kind, lot, due_on FROM registry WHERE due_on <= ? "
+            "ORDER BY due_on, meter_id LIMIT ?",
+            [horizon.isoformat(), limit],
+        )
+        total = self._rows("SELECT count(*) FROM registry WHERE due_on <= ?", [horizon.isoformat()])
+        rows = [(m, kind, lot, date.fromisoformat(due)) for m, kind, lot, due in found]
+        return rows, int(total[0][0])
 
     def registry_rows(self, kind: str | None = None) -> list[MeterRow]:
         """Every registry row (of one kind)."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import date
+from pathlib import Path
 
 from monitor.registry import COLUMNS, parse_csv, parse_rows
+from monitor.state import SqliteState
 
 HEADER = ",".join(COLUMNS)
 
@@ -59,3 +62,58 @@ def test_subset_of_columns_and_json_rows() -> None:
     assert parse_csv("meter_id,kind,district\nE9,elec,TA9\n").rows[0].district == "TA9"
     parsed = parse_rows([{"meter_id": "T9", "kind": "taxi", "period_years": 1}])
     assert parsed.rows[0].period_years == 1
+
+
+def test_state_answers_meters_due_soonest_first_also_from_an_older_file(tmp_path: Path) -> None:
+    """Due dates are stored with the row; a state file from before that gets them filled."""
+    parsed = parse_rows(
+        [
+            {
+                "meter_id": "A",
+                "kind": "elec",
+                "district": "D1",
+                "verified_on": "2020-02-29",
+                "period_years": 6,
+            },
+            {
+                "meter_id": "B",
+                "kind": "elec",
+                "district": "D1",
+                "installed_on": "2019-05-01",
+                "period_years": 8,
+            },
+            {"meter_id": "C", "kind": "taxi", "verified_on": "2026-01-10", "period_years": 1},
+            {
+                "meter_id": "D",
+                "kind": "elec",
+                "district": "D1",
+                "verified_on": "2026-01-10",
+            },  # no period: not due
+        ]
+    )
+    assert parsed.errors == []
+    rows = parsed.rows
+    old = tmp_path / "old.sqlite"
+    db = sqlite3.connect(old)  # the registry table as it was before the due_on column
+    db.execute(
+        f"CREATE TABLE registry ({', '.join(c + (' TEXT PRIMARY KEY' if c == 'meter_id' else '') for c in COLUMNS)}, "
+        "updated_at TEXT)"
+    )
+    db.executemany(
+        f"INSERT INTO registry ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+        [tuple(r.model_dump(mode="json")[c] for c in COLUMNS) for r in rows],
+    )
+    db.commit()
+    db.close()
+    fresh = SqliteState(tmp_path / "new.sqlite")
+    fresh.upsert_meters(rows)
+    for state in (SqliteState(old), fresh):
+        due, total = state.due_by(date(2027, 6, 30), limit=2)
+        # 29 Feb + 6 years is 28 Feb (MeterRow.due_on), not SQLite's 1 March.
+        assert due == [
+            ("A", "elec", None, date(2026, 2, 28)),
+            ("C", "taxi", None, date(2027, 1, 10)),
+        ]
+        assert total == 3  # B (2027-05-01) is due too, beyond the limit
+        assert state.due_by(date(2026, 2, 27), limit=10) == ([], 0)
+        state.close()

@@ -215,12 +215,9 @@ def _due_soon(
         return [], 0
     today = ms_to_datetime(as_of).date()
     horizon = today + timedelta(days=365)
-    rows = [r for r in ctx.state.registry_rows() if r.due_on is not None and r.due_on <= horizon]
-    rows.sort(key=lambda r: (r.due_on, r.meter_id))
-    items = [
-        {"meter_id": r.meter_id, "kind": r.kind, "lot": r.lot, "due_on": r.due_on} for r in rows
-    ]
-    return items[:shown], max(0, len(items) - shown)
+    rows, total = ctx.state.due_by(horizon, shown)
+    items = [{"meter_id": m, "kind": kind, "lot": lot, "due_on": due} for m, kind, lot, due in rows]
+    return items, total - len(items)
 
 
 def _meter(ctx: ApiContext, meter: str) -> dict[str, Any]:
