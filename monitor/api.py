@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -45,7 +45,7 @@ class ApiContext:
     rules: Callable[[], RuleBook]
     publish: Callable[[str, bytes, bool], None] | None = None
     alerts: AlertBook | None = None
-    notify: Callable[[Change], None] | None = None
+    notify: Callable[[Sequence[Change]], None] | None = None
 
 
 def encode_cursor(last_id: str) -> str:
@@ -579,7 +579,7 @@ def _add_alerts(app: FastAPI, ctx: ApiContext) -> None:
         except TransitionError as exc:
             raise HTTPException(409, str(exc)) from None
         if ctx.notify is not None:
-            ctx.notify(change)  # stops escalation; tells whoever was escalated to
+            ctx.notify([change])  # stops escalation; tells whoever was escalated to
         return change.alert
 
     @app.post("/api/alerts/{alert_id}/ack", tags=["alerts"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, tzinfo
 from typing import Any
@@ -206,7 +206,7 @@ class Evaluator:
         publish: Publish | None = None,
         tariffs: Callable[[], TariffBook] | None = None,
         alerts: AlertBook | None = None,
-        notify: Callable[[Change], None] | None = None,
+        notify: Callable[[Sequence[Change]], None] | None = None,
         zone: tzinfo = UTC,
     ) -> None:
         self._zone = zone
@@ -348,9 +348,11 @@ class Evaluator:
         }
         conditions = conditions_of([*meters.values(), *lots.values()], book.rules, as_of_ms)
         conditions += district_conditions(gates, book.rules, as_of_ms)
-        for change in self._alerts.observe(conditions, as_of_ms, EVALUATION_RULES):
-            if self._notify is not None and change.action != "repeated":
-                self._notify(change)
+        changes = self._alerts.observe(conditions, as_of_ms, EVALUATION_RULES)
+        if self._notify is not None and changes:
+            # One hand-over per pass: the notifier routes them in one transaction, and
+            # `repeated` ones keep escalations current (they reach no receiver).
+            self._notify(changes)
 
     def rejudge_lot(self, lot: str, book: RuleBook) -> Decision | None:
         """Re-decide one lot from its members' stored decisions (after sample results).

@@ -6,7 +6,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,7 +69,7 @@ class Service:
         self._http: uvicorn.Server | None = None
         self._reported: dict[Path, int] = {}
         self._started = time.monotonic()
-        self._notify: Callable[[Change], None] = lambda change: None
+        self._notify: Callable[[Sequence[Change]], None] = lambda changes: None
 
     @property
     def data_dir(self) -> Path:
@@ -108,8 +108,8 @@ class Service:
 
         notifier = Notifier(s.alerts.routing, self.data_dir / "notify.sqlite", worker.publish)
 
-        def notify(change: Change) -> None:
-            notifier.submit([change])
+        def notify(changes: Sequence[Change]) -> None:
+            notifier.submit(changes)
             self._wake_notifier()
 
         evaluator = Evaluator(
@@ -195,9 +195,8 @@ class Service:
             return 0
         conditions = offline_conditions(parts.state.all_seen(), as_of, cfg)
         changes = parts.alerts.observe(conditions, as_of, OFFLINE_RULES)
-        for change in changes:
-            if change.action != "repeated":
-                self._notify(change)
+        if changes:
+            self._notify(changes)
         return len(changes)
 
     def _housekeeping(self) -> None:

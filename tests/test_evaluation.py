@@ -53,7 +53,7 @@ class World:
             self.state,
             lambda t, b: self.published.append((t, b)),
             alerts=self.alerts,
-            notify=self.notified.append,
+            notify=self.notified.extend,
         )
         book = load_rules(REPO / "config" / "rules.yaml")
         self.version = book.version
