@@ -276,31 +276,49 @@ def embedded(args: argparse.Namespace, tmp: Path) -> None:
     )
 
     legacy = sqlite3.connect(old_path)
-    bare = sqlite3.connect(new_path)
+    bare = sqlite3.connect(new_path, isolation_level=None)
     store = EmbeddedStore(new_path, Metrics())
-    names = ("before", "bare before", "after", "bare after", "sqlite only")
+    names = (
+        "before",
+        "bare before",
+        "after: packs",
+        "after: +1 day",
+        "after",
+        "bare after",
+        "sqlite only",
+    )
     timings = {n: Timing() for n in names}
     core = Timing()
     per_district = 0
     jobs = []
+    unpack = (
+        "DELETE FROM elec_reading_days WHERE meter IN "
+        "(SELECT meter FROM elec_reading_meters WHERE district = ?) AND day >= ?"
+    )
     for d in synth:
         start, end = d.end_ms - window, d.end_ms
         jobs.append((d.name, start, end))
         meters = store.meters(ELEC_READING, d.name)
         a = legacy_series(legacy, start, end, d.name)
         b = store.series(ELEC_READING, READING_FIELDS, start, end, district=d.name)
-        if not same(a, b):
+        if not same(a, b) or not same(a, store.series(ELEC_READING, FIELDS, start, end, d.name)):
             raise SystemExit(f"{d.name}: before and after differ")
         per_district = sum(len(s.ts_ms) for s in b.values())
-        contenders: list[tuple[str, Callable[..., object], tuple[object, ...]]] = [
-            ("before", legacy_series, (legacy, start, end, d.name)),
-            ("bare before", _fetchall, (legacy, LEGACY_SQL, (start, end, d.name))),
-            ("after", store.series, (ELEC_READING, READING_FIELDS, start, end, d.name)),
-            ("bare after", per_meter_fetch, (bare, meters, start, end, d.name)),
-            ("sqlite only", per_meter_sum, (bare, meters, start, end, d.name)),
+        last_day = (end + 1) // DAY_MS - 1
+        args_read = (ELEC_READING, READING_FIELDS, start, end, d.name)
+        contenders: list[tuple[str, tuple[object, ...] | None, Callable[..., object], Any]] = [
+            ("before", None, legacy_series, (legacy, start, end, d.name)),
+            ("bare before", None, _fetchall, (legacy, LEGACY_SQL, (start, end, d.name))),
+            ("after: packs", (d.name, 0), store.series, args_read),
+            ("after: +1 day", (d.name, last_day), store.series, args_read),
+            ("after", None, store.series, args_read),
+            ("bare after", None, per_meter_fetch, (bare, meters, start, end, d.name)),
+            ("sqlite only", None, per_meter_sum, (bare, meters, start, end, d.name)),
         ]
         for _ in range(args.rounds):
-            for name, fn, fn_args in contenders:
+            for name, drop, fn, fn_args in contenders:
+                if drop is not None:
+                    bare.execute(unpack, drop)
                 timings[name].add(fn, *fn_args)
         stamp = (format_ts(end), book.version)
         dist_args = (d, b, stamp)
@@ -317,24 +335,32 @@ def embedded(args: argparse.Namespace, tmp: Path) -> None:
         f"one district = {per_district:,} rows (ts + {len(FIELDS)} fields); median of "
         f"{args.rounds} rounds × {args.districts} district(s), interleaved"
     )
-    print(f"{'contender':<13} {'wall ms':>8} {'cpu ms':>8}  {f'{n:,} districts (cpu)':>22}")
+    print(f"{'contender':<14} {'wall ms':>8} {'cpu ms':>8}  {f'{n:,} districts (cpu)':>22}")
     for name in names:
         t = timings[name]
         total = t.cpu_ms * n / 1000
-        print(f"{name:<13} {t.wall_ms:>8.0f} {t.cpu_ms:>8.0f}  {_hours(total):>22}")
+        print(f"{name:<14} {t.wall_ms:>8.0f} {t.cpu_ms:>8.0f}  {_hours(total):>22}")
     before, after = timings["before"], timings["after"]
+    bare_ms = timings["bare after"].cpu_ms
     print(
-        f"store.series: {before.cpu_ms:.0f} → {after.cpu_ms:.0f} ms CPU per district "
-        f"({before.cpu_ms / after.cpu_ms:.1f}×), wall {before.wall_ms:.0f} → "
-        f"{after.wall_ms:.0f} ms; after = {after.cpu_ms / timings['bare after'].cpu_ms:.2f}× "
-        f"a bare fetchall of the same rows, of which SQLite itself "
-        f"{timings['sqlite only'].cpu_ms:.0f} ms"
+        f"store.series, CPU per district: {before.cpu_ms:.0f} ms before → "
+        f"{timings['after: packs'].cpu_ms:.0f} ms reading and packing 30 days, "
+        f"{timings['after: +1 day'].cpu_ms:.0f} ms packing one new day, "
+        f"{after.cpu_ms:.0f} ms with every day packed ({before.cpu_ms / after.cpu_ms:.0f}× "
+        f"before; {after.cpu_ms / bare_ms:.2f}× a bare sqlite3 fetchall of the same rows, "
+        f"{bare_ms:.0f} ms, of which SQLite itself {timings['sqlite only'].cpu_ms:.0f} ms)"
     )
     print(
         f"estimator core on the same district (fit_district + meter_decision): "
         f"{core.cpu_ms:.0f} ms CPU, {core.wall_ms:.0f} ms wall"
     )
-    for label, read in (("before", before.cpu_ms), ("after", after.cpu_ms)):
+    for label, key in (
+        ("before", "before"),
+        ("after, first pass (packs every day)", "after: packs"),
+        ("after, next day's pass (packs one day)", "after: +1 day"),
+        ("after, all days packed", "after"),
+    ):
+        read = timings[key].cpu_ms
         total = (read + core.cpu_ms) * n / 1000
         print(
             f"full pass over {n:,} districts, one process, {label}: reads "

@@ -123,45 +123,79 @@ def test_a_meter_that_moved_district_is_read_per_district(tmp_path: Path) -> Non
 _value = st.one_of(st.none(), st.floats(allow_nan=False, width=64))
 
 
-@settings(max_examples=60, deadline=None)
+STEP = 6 * 3_600_000  # four points a day: windows span whole days (day blocks) and parts
+
+
+@settings(max_examples=80, deadline=None)
 @given(
     batches=st.lists(
-        st.lists(
-            st.tuples(
-                st.sampled_from(["A", "B", "C", "A-1"]),
-                st.sampled_from(["D1", "D2"]),
-                st.integers(0, 40),
-                _value,
-                _value,
+        st.tuples(
+            st.lists(
+                st.tuples(
+                    st.sampled_from(["A", "B", "C", "A-1"]),
+                    st.sampled_from(["D1", "D2"]),
+                    st.integers(0, 24),
+                    _value,
+                    _value,
+                ),
+                max_size=20,
             ),
-            max_size=25,
+            # read after the batch: window (in steps, shifted by an hour or not) and district
+            st.tuples(st.integers(-3, 27), st.integers(-3, 27), st.booleans()),
+            st.sampled_from([None, "D1", "D2"]),
         ),
-        max_size=4,
-    ),
-    window=st.tuples(st.integers(-5, 45), st.integers(-5, 45)),
-    district=st.sampled_from([None, "D1", "D2"]),
+        max_size=5,
+    )
 )
 def test_series_is_the_last_write_of_each_point_in_the_window(
     tmp_path_factory: pytest.TempPathFactory,
-    batches: list[list[tuple[str, str, int, float | None, float | None]]],
-    window: tuple[int, int],
-    district: str | None,
+    batches: list[
+        tuple[
+            list[tuple[str, str, int, float | None, float | None]],
+            tuple[int, int, bool],
+            str | None,
+        ]
+    ],
 ) -> None:
+    """Writes and reads interleaved: the days a read packs are dropped by later writes."""
     store = EmbeddedStore(tmp_path_factory.mktemp("s") / "t.sqlite", Metrics())
     truth: dict[tuple[str, int], tuple[str, float | None, float | None]] = {}
-    for batch in batches:
+    for batch, (lo, hi, shift), district in batches:
         records = []
-        for meter, dist, ts, kwh, amps in batch:
+        for meter, dist, step, kwh, amps in batch:
             values = {k: v for k, v in (("energy_kwh", kwh), ("current_a", amps)) if v is not None}
-            records.append(elec(meter, dist, ts * 900_000, **values))
-            truth[(meter, ts * 900_000)] = (dist, kwh, amps)
+            records.append(elec(meter, dist, step * STEP, **values))
+            truth[(meter, step * STEP)] = (dist, kwh, amps)
         store.write(records)
-    start, end = window[0] * 900_000, window[1] * 900_000
-    want: dict[str, list[tuple[float | None, ...]]] = {}
-    for (meter, ts), (dist, kwh, amps) in sorted(truth.items()):
-        if start <= ts <= end and district in (None, dist):
-            want.setdefault(meter, []).append((ts, kwh, amps, None, None))
-    assert as_lists(store.series(ELEC_READING, FIELDS, start, end, district=district)) == want
+        start = lo * STEP + (3_600_000 if shift else 0)
+        end = hi * STEP - (1 if shift else 0)
+        want: dict[str, list[tuple[float | None, ...]]] = {}
+        for (meter, ts), (dist, kwh, amps) in sorted(truth.items()):
+            if start <= ts <= end and district in (None, dist):
+                want.setdefault(meter, []).append((ts, kwh, amps, None, None))
+        got = store.series(ELEC_READING, FIELDS, start, end, district=district)
+        assert as_lists(got) == want
+        assert list(got) == sorted(want)
+    store.close()
+
+
+def test_full_days_are_packed_and_a_late_point_unpacks_its_day(tmp_path: Path) -> None:
+    store = EmbeddedStore(tmp_path / "t.sqlite", Metrics())
+    day = 86_400_000
+    store.write([elec("M1", "D1", t, energy_kwh=float(t // STEP)) for t in range(0, 3 * day, STEP)])
+    store.write([elec("M1", "D2", day + STEP, energy_kwh=-1.0)])  # day 1 has two districts
+    got = store.series(ELEC_READING, FIELDS, 0, 3 * day - 1, district="D1")
+    assert got["M1"].ts_ms.tolist() == [t for t in range(0, 3 * day, STEP) if t != day + STEP]
+    db = sqlite3.connect(tmp_path / "t.sqlite")
+    packed = "SELECT day, district, mixed, n FROM elec_reading_days ORDER BY day"
+    assert db.execute(packed).fetchall() == [(0, "D1", 0, 4), (1, None, 1, 4), (2, "D1", 0, 4)]
+    store.write([elec("M1", "D1", 2 * day + 1, energy_kwh=9.0)])  # a late point of day 2
+    assert [d for d, *_ in db.execute(packed)] == [0, 1]
+    got = store.series(ELEC_READING, FIELDS, 0, 3 * day - 1, district="D1")
+    assert 2 * day + 1 in got["M1"].ts_ms.tolist()
+    assert got["M1"].values["energy_kwh"].flags.writeable
+    assert [d for d, *_ in db.execute(packed)] == [0, 1, 2]
+    db.close()
     store.close()
 
 

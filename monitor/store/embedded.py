@@ -13,7 +13,12 @@ import sqlite3
 import threading
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
 
 from monitor.metrics import Metrics
 from monitor.ports import MeterPoint, Point, Series, StoreHealth, meter_series
@@ -22,7 +27,8 @@ from monitor.schema import MEASUREMENTS, Measurement, Record
 log = logging.getLogger(__name__)
 
 # The file layout this code writes (PRAGMA user_version); older files are migrated on open.
-LAYOUT = 2
+LAYOUT = 3
+DAY_MS = 86_400_000
 
 _SQL_TYPES = {"float": "REAL", "int": "INTEGER", "str": "TEXT"}
 
@@ -55,6 +61,83 @@ def _row(m: Measurement, cols: list[str], r: Record) -> tuple[object, ...]:
     if with_district:
         return (r.meter, r.ts_ms, r.district or None, *map(r.values.get, rest))
     return (r.meter, r.ts_ms, *map(r.values.get, rest))
+
+
+def _day_blocked(m: Measurement) -> bool:
+    """Measurements `series` reads through day blocks: one point per (meter, ts), a district."""
+    return m.key == ("ts",) and "district" in m.tags
+
+
+def _day_tables(m: Measurement) -> list[str]:
+    """The day blocks of a measurement, the last day they may hold, and the triggers that
+    drop a block whenever a row of its (meter, day) is inserted, replaced, updated or
+    deleted, by this code or any other writer of the file."""
+    t, day = m.name, f"/ {DAY_MS}"
+    guard = f"<= (SELECT day FROM {t}_days_upto)"
+    drop = f"DELETE FROM {t}_days WHERE meter = {{r}}.meter AND day = {{r}}.ts {day}"
+    return [
+        f"CREATE TABLE IF NOT EXISTS {t}_days (meter TEXT NOT NULL, day INTEGER NOT NULL, "
+        "district TEXT, mixed INTEGER NOT NULL, n INTEGER NOT NULL, ts BLOB NOT NULL, "
+        "vals BLOB NOT NULL, PRIMARY KEY (meter, day)) WITHOUT ROWID",
+        f"CREATE TABLE IF NOT EXISTS {t}_days_upto "
+        "(one INTEGER PRIMARY KEY CHECK (one = 1), day INTEGER NOT NULL)",
+        f"CREATE TRIGGER IF NOT EXISTS {t}_days_on_insert AFTER INSERT ON {t} "
+        f"WHEN NEW.ts {day} {guard} BEGIN {drop.format(r='NEW')}; END",
+        f"CREATE TRIGGER IF NOT EXISTS {t}_days_on_delete AFTER DELETE ON {t} "
+        f"WHEN OLD.ts {day} {guard} BEGIN {drop.format(r='OLD')}; END",
+        f"CREATE TRIGGER IF NOT EXISTS {t}_days_on_update AFTER UPDATE ON {t} "
+        f"BEGIN {drop.format(r='OLD')}; {drop.format(r='NEW')}; END",
+    ]
+
+
+def _blocks(meter: str, rows: list[Any], days: list[int], width: int) -> list[tuple[object, ...]]:
+    """Rows (ts, district, *numeric) of one meter by time → one block row per day."""
+    ts = np.array([r[0] for r in rows], dtype=np.int64)
+    districts = [r[1] for r in rows]
+    vals = meter_series([(r[0], *r[2:]) for r in rows], [str(k) for k in range(width)])
+    block = (
+        np.vstack([vals.values[str(k)] for k in range(width)]) if width else np.empty((0, len(ts)))
+    )
+    out: list[tuple[object, ...]] = []
+    for day in days:
+        a, b = np.searchsorted(ts, [day * DAY_MS, (day + 1) * DAY_MS])
+        seen = set(districts[a:b])
+        uniform = len(seen) <= 1
+        out.append(
+            (
+                meter,
+                day,
+                next(iter(seen)) if len(seen) == 1 else None,
+                0 if uniform else 1,
+                int(b - a),
+                ts[a:b].tobytes(),
+                np.ascontiguousarray(block[:, a:b]).tobytes(),
+            )
+        )
+    return out
+
+
+def _join(pieces: list[Series], cols: list[str]) -> Series:
+    # Always a copy: block arrays are read-only views of the blobs.
+    return Series(
+        np.concatenate([p.ts_ms for p in pieces]),
+        {c: np.concatenate([p.values[c] for p in pieces]) for c in cols},
+    )
+
+
+# `_read`'s mark for a meter whose days are not all packed yet.
+_MISSING = Series(np.empty(0, dtype=np.int64), {})
+
+
+@dataclass(frozen=True)
+class _Block:
+    """One stored day of one meter (see `EmbeddedStore._days`)."""
+
+    day: int
+    district: str | None
+    mixed: bool
+    ts: NDArray[np.int64]
+    vals: NDArray[np.float64]  # (numeric fields, n)
 
 
 class EmbeddedStore:
@@ -98,6 +181,12 @@ class EmbeddedStore:
         index of layout 0 (one table lookup per row, a sort, and an insert per row spread
         over every district) and the (district, meter) index of layout 1 are dropped.
         Opening an older file fills the list from the rows once (one scan).
+
+        Layout 3: `<table>_days` keeps, per (meter, UTC day), the day's points packed as
+        numpy arrays (ts int64, every numeric field float64), built by `series` the first
+        time it reads a full day; triggers drop a block when a row of its day is written,
+        so a block is always the rows as they are (`<table>_days_upto` spares the trigger
+        its probe for days newer than any block: the live ones). New tables only.
         """
         db = self._db
         db.execute("BEGIN IMMEDIATE")
@@ -106,6 +195,9 @@ class EmbeddedStore:
             for m in MEASUREMENTS.values():
                 db.execute(_ddl(m))
                 db.execute(f"CREATE INDEX IF NOT EXISTS {m.name}_time ON {m.name} (ts)")
+                if _day_blocked(m):
+                    for ddl in _day_tables(m):
+                        db.execute(ddl)
                 if "district" not in m.tags:
                     continue
                 db.execute(
@@ -205,33 +297,166 @@ class EmbeddedStore:
     ) -> dict[str, Series]:
         """Numeric fields per meter in [start, end].
 
-        One query per meter along the primary key (meter, ts): the rows come in key
-        order with no per-row index lookup and no sort, and only (ts, fields) travel to
-        Python. The meters come from the district's list (`meters`).
+        Meter by meter (the district's list, `meters`): the full UTC days of the window
+        come from the day blocks (a few blobs per meter, no Python object per point), the
+        partial days at its ends from the rows, along the primary key (meter, ts). Days
+        not packed yet are packed first (once; later writes to a day drop its block).
         """
         name = measurement.name
         cols = [f for f in fields if f in self._cols[name]]
-        sql = (
+        numeric = measurement.numeric_fields()
+        first, last = -(-max(start_ms, 0) // DAY_MS), (end_ms + 1) // DAY_MS - 1
+        if not _day_blocked(measurement) or first > last or not set(cols) <= set(numeric):
+            with self._read_lock:
+                return self._read(
+                    self._meters(self._reader, measurement, district),
+                    measurement,
+                    cols,
+                    start_ms,
+                    end_ms,
+                    district,
+                    None,
+                )
+        days = (first, last)
+        with self._read_lock:
+            meters = self._meters(self._reader, measurement, district)
+            out = self._read(meters, measurement, cols, start_ms, end_ms, district, days)
+        todo = [m for m, got in out.items() if got is _MISSING]
+        if todo:
+            self._pack(measurement, todo, days)
+            with self._read_lock:
+                out |= self._read(todo, measurement, cols, start_ms, end_ms, district, days, True)
+            out = {m: out[m] for m in meters if m in out}
+        return {m: s for m, s in out.items() if s is not _MISSING}
+
+    def _read(
+        self,
+        meters: list[str],
+        measurement: Measurement,
+        cols: list[str],
+        start_ms: int,
+        end_ms: int,
+        district: str | None,
+        days: tuple[int, int] | None,
+        packed: bool = False,
+    ) -> dict[str, Series]:
+        """Per meter: rows in [start, end] or, with `days`, blocks for those days and rows
+        around them; a meter with a day not packed yet maps to `_MISSING` unless `packed`
+        (then read from rows). Meters without a point are left out. Under `_read_lock`."""
+        name = measurement.name
+        select = (
             f"SELECT {', '.join(['ts', *cols])} FROM {name} WHERE meter = ? AND ts BETWEEN ? AND ?"
         )
-        if district is not None:
-            # `+district`: a filter on the meter's key range, never an index to use.
-            sql += " AND +district = ?"
-        sql += " ORDER BY ts"
+        # `+district`: a filter on the meter's key range, never an index to use.
+        select += " AND +district = ? ORDER BY ts" if district is not None else " ORDER BY ts"
+        numeric = measurement.numeric_fields()
+        pick = [numeric.index(c) for c in cols] if days is not None else []
+        db = self._reader
         out: dict[str, Series] = {}
-        with self._read_lock:
-            db = self._reader
-            db.execute("BEGIN")  # one snapshot for every meter of the read
-            try:
-                for meter in self._meters(db, measurement, district):
-                    args: tuple[object, ...] = (meter, start_ms, end_ms)
-                    rows = db.execute(sql, (*args, district) if district is not None else args)
-                    got = rows.fetchall()
+
+        def rows(meter: str, lo: int, hi: int) -> list[Any]:
+            args = (meter, lo, hi, district) if district is not None else (meter, lo, hi)
+            return db.execute(select, args).fetchall() if lo <= hi else []
+
+        db.execute("BEGIN")  # one snapshot for every meter of the read
+        try:
+            for meter in meters:
+                if days is None:
+                    got = rows(meter, start_ms, end_ms)
                     if got:
                         out[meter] = meter_series(got, cols)
-            finally:
-                db.execute("COMMIT")
+                    continue
+                first, last = days
+                blocks = self._days(db, name, len(numeric), meter, first, last)
+                if len(blocks) < last - first + 1:
+                    if not packed:
+                        out[meter] = _MISSING
+                        continue
+                    got = rows(meter, start_ms, end_ms)
+                    if got:
+                        out[meter] = meter_series(got, cols)
+                    continue
+                pieces = [meter_series(rows(meter, start_ms, first * DAY_MS - 1), cols)]
+                for b in blocks:
+                    if district is not None and b.mixed:
+                        day_rows = rows(meter, b.day * DAY_MS, (b.day + 1) * DAY_MS - 1)
+                        pieces.append(meter_series(day_rows, cols))
+                    elif len(b.ts) and (district is None or b.district == district):
+                        vals = b.vals[pick]
+                        pieces.append(Series(b.ts, {c: vals[k] for k, c in enumerate(cols)}))
+                pieces.append(meter_series(rows(meter, (last + 1) * DAY_MS, end_ms), cols))
+                pieces = [p for p in pieces if len(p.ts_ms)]
+                if pieces:
+                    out[meter] = _join(pieces, cols)
+        finally:
+            db.execute("COMMIT")
         return out
+
+    @staticmethod
+    def _days(
+        db: sqlite3.Connection, name: str, width: int, meter: str, first: int, last: int
+    ) -> list[_Block]:
+        sql = (
+            f"SELECT day, district, mixed, n, ts, vals FROM {name}_days "
+            "WHERE meter = ? AND day BETWEEN ? AND ? ORDER BY day"
+        )
+        out = []
+        for day, district, mixed, n, ts, vals in db.execute(sql, (meter, first, last)):
+            out.append(
+                _Block(
+                    day,
+                    district,
+                    bool(mixed),
+                    np.frombuffer(ts, dtype=np.int64),
+                    np.frombuffer(vals, dtype=np.float64).reshape(width, n),
+                )
+            )
+        return out
+
+    def _pack(self, measurement: Measurement, meters: list[str], days: tuple[int, int]) -> None:
+        """Pack the missing full days [first, last] of these meters into day blocks.
+
+        Each meter is one short write transaction (the writer's lock and connection), so
+        what is packed is the rows as committed, and ingest waits milliseconds at most.
+        """
+        name = measurement.name
+        numeric = measurement.numeric_fields()
+        first, last = days
+        select = (
+            f"SELECT ts, district, {', '.join(numeric)} FROM {name} "
+            "WHERE meter = ? AND ts BETWEEN ? AND ? ORDER BY ts"
+        )
+        insert = (
+            f"INSERT OR REPLACE INTO {name}_days (meter, day, district, mixed, n, ts, vals) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)"
+        )
+        upto = (
+            f"INSERT INTO {name}_days_upto (one, day) VALUES (1, ?) "
+            "ON CONFLICT (one) DO UPDATE SET day = max(day, excluded.day)"
+        )
+        for meter in meters:
+            with self._lock:
+                db = self._db
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    have = {
+                        d
+                        for (d,) in db.execute(
+                            f"SELECT day FROM {name}_days WHERE meter = ? AND day BETWEEN ? AND ?",
+                            (meter, first, last),
+                        )
+                    }
+                    missing = [d for d in range(first, last + 1) if d not in have]
+                    if missing:
+                        lo, hi = missing[0] * DAY_MS, (missing[-1] + 1) * DAY_MS - 1
+                        got = db.execute(select, (meter, lo, hi)).fetchall()
+                        db.executemany(insert, _blocks(meter, got, missing, len(numeric)))
+                        db.execute(upto, (missing[-1],))
+                    db.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                    raise
 
     def meters(self, measurement: Measurement, district: str | None = None) -> list[str]:
         """Every meter with a point in the measurement, sorted; with a district, every meter
