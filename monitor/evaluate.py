@@ -26,7 +26,14 @@ from monitor.estimate.balance import (
     daily_line_loss,
     fit_balance,
 )
-from monitor.estimate.intervals import Grid, MeterSeries, blocks, place_on_grid
+from monitor.estimate.intervals import (
+    Grid,
+    MeterSeries,
+    blocks,
+    place_on_grid,
+    place_values,
+    without_stopped,
+)
 from monitor.lots import SampleResult, Sampling, decide_lot
 from monitor.ports import MeterPoint, Series, TelemetryStore
 from monitor.registry import MeterRow
@@ -55,6 +62,7 @@ class DistrictResult:
     estimates: dict[str, MeterEstimate] = field(default_factory=dict)
     series: dict[str, Series] = field(default_factory=dict)
     note: str = ""
+    stopped_intervals: dict[str, int] = field(default_factory=dict)
     daily_loss: list[DailyLoss] = field(default_factory=list)
 
     def report(self, decisions: dict[str, Decision], as_of: str, version: str) -> dict[str, Any]:
@@ -104,6 +112,7 @@ class DistrictResult:
                 "n_intervals": fit.n_intervals,
                 "effective_intervals": _r(fit.effective_intervals, 1),
             },
+            "stopped_intervals_left_out": self.stopped_intervals,
             "line_loss_daily": [
                 {
                     "day": d.day.isoformat(),
@@ -151,12 +160,30 @@ def fit_district(
     meter_series = {m: MeterSeries(s.ts_ms, s.values["energy_kwh"]) for m, s in series.items()}
     placed = place_on_grid(meter_series, grid)
     blk = blocks(placed, master, grid)
+    ff = rules.function_failure
+    currents = {
+        m: place_values(s.ts_ms, current, grid)
+        for m, s in series.items()
+        if m != master
+        and (current := s.column("current_a")) is not None
+        and rules_elec.is_stopped(s, ff)
+    }
+    blk = without_stopped(blk, grid, currents, ff.stopped_min_current_a)
     cfg = FitConfig(est.forgetting_meter, est.ridge, est.confidence, est.interval_s / 3600)
     fit = fit_balance(blk, cfg)
     gates = rules_elec.district_gates(placed, grid, blk, fit, est)
     estimates = fit.meters if fit is not None else {}
     daily = daily_line_loss(blk, grid, zone)
-    return DistrictResult(district, master, gates, fit, estimates, series, daily_loss=daily)
+    return DistrictResult(
+        district,
+        master,
+        gates,
+        fit,
+        estimates,
+        series,
+        daily_loss=daily,
+        stopped_intervals=blk.stopped_intervals,
+    )
 
 
 @dataclass

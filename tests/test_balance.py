@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from numpy.typing import NDArray
 
 from monitor.estimate.balance import FitConfig, daily_line_loss, fit_balance, line_loss_pct
-from monitor.estimate.intervals import Blocks, Grid
+from monitor.estimate.intervals import Blocks, Grid, without_stopped
 
 
 def district(
@@ -21,6 +22,7 @@ def district(
     noise: float = 0.0,
     fixed_kw: float = 0.4,
     gamma: float = 3e-4,
+    smooth: tuple[int, ...] = (),
 ) -> Blocks:
     """True loads with distinct daily shapes, meters reading (1+e)·x, master with losses."""
     rng = np.random.default_rng(seed)
@@ -31,7 +33,10 @@ def district(
         peak = rng.uniform(6, 22)
         base = 0.0 if i in vacant else rng.uniform(0.02, 0.1)
         amp = 0.0 if i in vacant else rng.uniform(0.1, 0.4)
-        x[:, i] = base + amp * np.exp(-((hour - peak) ** 2) / 4) * rng.uniform(0.5, 1.5, n)
+        jitter = rng.uniform(0.5, 1.5, n)
+        if i in smooth:  # a household's load drifts from one quarter hour to the next
+            jitter = 1 + 0.3 * np.convolve(rng.normal(0, 1, n + 15), np.ones(16) / 4, "valid")
+        x[:, i] = base + amp * np.exp(-((hour - peak) ** 2) / 4) * np.clip(jitter, 0.1, None)
     y = x * (1 + np.array(errors))
     load = x.sum(axis=1)
     master = load + fixed_kw * 0.25 + gamma * load**2 / 0.25 + rng.normal(0, noise, n)
@@ -167,3 +172,51 @@ def test_daily_loss_of_nothing_is_empty() -> None:
         np.zeros(0, np.int64),
     )
     assert daily_line_loss(empty, Grid(MIDNIGHT_UTC, QUARTER_MS, 0, 0)) == []
+
+
+def _stopped_district() -> tuple[Blocks, Grid, NDArray[np.float64]]:
+    """m2 stops two thirds of the way; its household keeps drawing, as its current says."""
+    n, volts = 3000, 230.0
+    blk = district([0.01, -0.02, 0.0, 0.03, 0.0], n=n, noise=0.002, seed=5, smooth=(2,))
+    energy = blk.energy.copy()
+    energy[2 * n // 3 :, 2] = 0.0
+    padded = np.concatenate([blk.energy[:1, 2], blk.energy[:, 2], blk.energy[-1:, 2]])
+    current = (padded[:-1] + padded[1:]) / 2 / 0.25 * 1000 / volts  # instantaneous
+    grid = Grid(MIDNIGHT_UTC, QUARTER_MS, n + 1, QUARTER_MS // 6)
+    stopped = Blocks(blk.meters, energy, blk.master, blk.master_sq, blk.lengths, blk.end_index)
+    return stopped, grid, current
+
+
+def test_a_stopped_meters_blocks_are_left_out_of_the_balance() -> None:
+    blk, grid, current = _stopped_district()
+    cfg = FitConfig(forgetting=0.9995, ridge=1e-3)
+    blind = fit_balance(blk, cfg)
+    clean = without_stopped(blk, grid, {"m2": current}, 0.1)
+    seen = fit_balance(clean, cfg)
+    assert blind is not None and seen is not None
+    assert clean.stopped_intervals == {"m2": 1000}
+    assert len(clean.master) == 2000
+    truth = {"m0": 1.0, "m1": -2.0, "m2": 0.0, "m3": 3.0, "m4": 0.0}
+    for m, e in truth.items():
+        est = seen.meters[m]
+        assert est.error_ci_pct[0] <= e <= est.error_ci_pct[1], (m, est)
+        assert abs(est.error_pct - e) < 0.5, (m, est)
+    # Left in, the stopped load is soaked up by the other meters: narrow intervals far
+    # from the truth, which the evaluation would act on.
+    misled = [m for m, e in truth.items() if abs(blind.meters[m].error_pct - e) > 5]
+    assert misled, {m: blind.meters[m].error_pct for m in truth}
+    # The billing line loss of what is left is still master − Σ customers.
+    assert seen.line_loss_pct == pytest.approx(line_loss_pct(clean))
+
+
+def test_still_blocks_with_an_unread_current_are_left_out_only_for_a_stopped_meter() -> None:
+    blk, grid, current = _stopped_district()
+    gaps = current.copy()
+    gaps[[2500, 2700]] = np.nan  # inside the stopped stretch: already left out
+    gaps[[100]] = np.nan  # before it: the register moved, both blocks stay
+    out = without_stopped(blk, grid, {"m2": gaps}, 0.1)
+    assert len(out.master) == 2000
+    idle = current.copy()
+    idle[2 * 3000 // 3 :] = 0.0  # a vacant household: still register, no current
+    assert len(without_stopped(blk, grid, {"m2": idle}, 0.1).master) == 3000
+    assert without_stopped(blk, grid, {}, 0.1) is blk

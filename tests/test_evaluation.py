@@ -86,7 +86,8 @@ def test_evaluate_defaults_to_the_latest_telemetry_time(world: World) -> None:
     summary = r.json()
     assert summary["as_of"] == format_ts(world.last_ms)
     assert summary["rules_version"] == world.version
-    assert summary["districts"] == 2 and summary["districts_passing_gates"] == 2
+    # The district with the stopped meter has too few intervals left (test_district_result).
+    assert summary["districts"] == 2 and summary["districts_passing_gates"] == 1
     assert summary["meters"] == sum(1 for t in world.truth.values() if t["kind"] == "elec")
 
 
@@ -104,8 +105,9 @@ def test_meters_beyond_the_limit_are_suspect_and_healthy_ones_are_not_replaced(
         decisions |= {m["meter_id"]: m for m in page["items"]}
         if not (cursor := page["next"]):
             break
-    # A stopped meter leaves its load unmetered: its district's balance no longer
-    # closes, every interval there widens, and the honest answer there is unknown.
+    # A stopped meter leaves its load unmetered: the intervals in which it stood still
+    # are left out of its district's balance; stopped for most of the window, too few
+    # remain and the honest answer there is unknown.
     disturbed = {t["district"] for t in world.truth.values() if "stopped" in t.get("faults", [])}
     beyond = [
         m
@@ -151,12 +153,23 @@ def test_a_decision_explains_itself(world: World) -> None:
 
 def test_district_result(world: World) -> None:
     world.client.post("/api/evaluate")
-    d = world.client.get("/api/districts/D01").json()
+    stopped = next(m for m, t in world.truth.items() if "stopped" in t.get("faults", []))
+    clean = next(f"D{k:02d}" for k in (1, 2) if world.truth[stopped]["district"] != f"D{k:02d}")
+    d = world.client.get(f"/api/districts/{clean}").json()
     assert d["gates"]["passed"] is True and d["gates"]["failures"] == []
+    assert d["stopped_intervals_left_out"] == {}
     assert 0 < d["fit"]["line_loss_pct"] < 10 and d["fit"]["r_squared"] > 0.99
     customers = [m for m in d["meters"] if m["role"] == "customer"]
     assert customers and all("error_pct" in m for m in customers)
     assert world.client.get("/api/districts/NOPE").status_code == 404
+    # The stopped meter stood still with current flowing from day 2 of 14: those
+    # intervals are left out, and the gate says why so few remain.
+    hit = world.client.get(f"/api/districts/{world.truth[stopped]['district']}").json()
+    left_out = hit["stopped_intervals_left_out"][stopped]
+    assert 11 * 96 <= left_out <= 12 * 96
+    (failure,) = hit["gates"]["failures"]
+    assert failure["rule"] == "elec.estimation.min_intervals"
+    assert f"{stopped} ({left_out})" in failure["detail"]
 
 
 def test_lot_sampling_round_trip(world: World) -> None:

@@ -57,12 +57,18 @@ def district_gates(
             )
         )
     if blocks.n_intervals < rule.min_intervals:
+        stopped = ", ".join(f"{m} ({n})" for m, n in sorted(blocks.stopped_intervals.items()))
         failures.append(
             Reason(
                 "elec.estimation.min_intervals",
                 blocks.n_intervals,
                 rule.min_intervals,
-                "too few usable intervals in the window",
+                "too few usable intervals in the window"
+                + (
+                    f"; left out because a meter stood still while current flowed: {stopped}"
+                    if stopped
+                    else ""
+                ),
             )
         )
     if fit is None:
@@ -259,6 +265,11 @@ def _backwards(series: Series, rule: FunctionFailureRule) -> Finding | None:
         ),
         severity="critical",
     )
+
+
+def is_stopped(series: Series, rule: FunctionFailureRule) -> bool:
+    """Whether the stopped-meter check fires on this series."""
+    return _stopped(series, rule) is not None
 
 
 def _stopped(series: Series, rule: FunctionFailureRule) -> Finding | None:
