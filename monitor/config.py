@@ -84,6 +84,9 @@ class MqttSettings(_Section):
     max_payload_bytes: int = Field(65536, ge=64)
     batch_max: int = Field(1000, ge=1, le=100_000)
     batch_wait_ms: int = Field(20, ge=0, le=10_000)
+    seen_flush_s: float = Field(
+        2.0, gt=0, le=300, description="how often meters seen are written to the state"
+    )
     reconnect_min_s: float = Field(1.0, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
     deadletter_topic: str = "monitor/deadletter"

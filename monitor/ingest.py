@@ -3,8 +3,10 @@
 The paho network thread only appends to a queue (it is the throughput
 ceiling). One processing thread takes batches, validates the raw bytes,
 writes the batch durably, publishes dead letters, and only then acknowledges
-every message of the batch, in order (manual acks). A worker killed mid-batch
-has acknowledged nothing it had not stored, so the broker redelivers it.
+every message of the batch, in order, in one write (manual acks). A worker
+killed mid-batch has acknowledged nothing it had not stored, so the broker
+redelivers it. Meters seen are gathered in memory and written to the state
+every `seen_flush_s` and on stop (reads of the state flush first).
 """
 
 from __future__ import annotations
@@ -17,15 +19,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import paho.mqtt.client as paho
 
 from monitor.config import MqttSettings
 from monitor.metrics import Metrics
-from monitor.mqtt import BrokerAddress, connect_properties, make_client
+from monitor.mqtt import BrokerAddress, ack_all, connect_properties, make_client
 from monitor.ports import TelemetryStore
 from monitor.schema import Record
 from monitor.state import SeenUpdate, SqliteState
@@ -34,9 +35,8 @@ from monitor.telemetry import Rejection, parse_message
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class Inbound:
-    """A message as the network thread hands it over."""
+class Inbound(NamedTuple):
+    """A message as the network thread hands it over (a tuple: cheap on that thread)."""
 
     topic: str
     payload: bytes
@@ -67,6 +67,9 @@ def _kind_of(topic: str, root: str) -> str:
     rest = topic[len(root) + 1 :] if topic.startswith(root + "/") else ""
     kind = rest.split("/", 1)[0]
     return kind if kind in ("elec", "taxi") else "other"
+
+
+_KINDS_CACHED = 65536  # topics whose kind label is remembered (a fleet's topics are few)
 
 
 def summarise_seen(records: list[Record], received: float) -> dict[str, SeenUpdate]:
@@ -123,6 +126,8 @@ class IngestWorker:
             int(settings.reconnect_min_s), int(settings.reconnect_max_s)
         )
         self._thread = threading.Thread(target=self._run, name="ingest", daemon=True)
+        self._kinds: dict[str, str] = {}  # topic → metric label
+        self._seen_due = 0.0  # monotonic time of the next flush of meters seen
         self.processed = 0
         self.last_event_ms = 0
 
@@ -199,6 +204,7 @@ class IngestWorker:
     # -- processing thread -------------------------------------------------
 
     def _run(self) -> None:
+        self._seen_due = time.monotonic() + self._s.seen_flush_s
         while not self._stopping.is_set():
             batch = self._take_batch()
             if batch:
@@ -208,6 +214,9 @@ class IngestWorker:
                     log.exception(
                         "batch of %d failed; not acknowledged, broker will redeliver", len(batch)
                     )
+            if time.monotonic() >= self._seen_due:
+                self._flush_seen()
+        self._flush_seen()
 
     def _take_batch(self) -> list[Inbound]:
         try:
@@ -234,9 +243,16 @@ class IngestWorker:
         kinds: Counter[str] = Counter()
         ignored = 0
         root, cap = self._s.topic_root, self._s.max_payload_bytes
+        known = self._kinds
         for msg in batch:
-            kinds[_kind_of(msg.topic, root)] += 1
-            result = parse_message(msg.topic, msg.payload, root, cap)
+            topic = msg.topic
+            kind = known.get(topic)
+            if kind is None:
+                kind = _kind_of(topic, root)
+                if len(known) < _KINDS_CACHED:
+                    known[topic] = kind
+            kinds[kind] += 1
+            result = parse_message(topic, msg.payload, root, cap)
             if result is None:
                 ignored += 1
             elif isinstance(result, Rejection):
@@ -272,9 +288,16 @@ class IngestWorker:
         if not records:
             return
         try:
-            self._state.note_seen(summarise_seen(records, self._clock()))
+            self._state.note_records(records, self._clock())
         except Exception:  # presence bookkeeping must not block telemetry
             log.exception("could not record meters seen")
+
+    def _flush_seen(self) -> None:
+        self._seen_due = time.monotonic() + self._s.seen_flush_s
+        try:
+            self._state.flush_seen()
+        except Exception:  # kept in memory, written by the next flush
+            log.exception("could not write meters seen")
 
     def _deadletter(self, rejected: list[tuple[Inbound, Rejection]]) -> None:
         for msg, rej in rejected:
@@ -285,8 +308,9 @@ class IngestWorker:
             log.debug("dead-lettered %s: %s %s", msg.topic, rej.reason, rej.detail)
 
     def _acknowledge(self, batch: list[Inbound]) -> None:
+        ack_all(self._client, [msg.mid for msg in batch if msg.qos == 1])
         for msg in batch:
-            if msg.qos > 0:
+            if msg.qos == 2:
                 self._client.ack(msg.mid, msg.qos)
 
     def _count(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ssl
+import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
@@ -71,3 +73,29 @@ def connect_properties(session_expiry_s: int, receive_maximum: int) -> Propertie
     props.SessionExpiryInterval = session_expiry_s
     props.ReceiveMaximum = receive_maximum
     return props
+
+
+# A PUBACK with its 2-byte length and message id, as one big-endian word (MQTT
+# 3.1.1 and 5: reason "success" without properties may be left out).
+_PUBACK_WORD = (paho.PUBACK << 24) | (2 << 16)
+
+
+def ack_all(client: paho.Client, mids: Sequence[int]) -> None:
+    """PUBACK QoS 1 messages (manual ack) in one write, in the order given.
+
+    paho's `ack()` queues one packet per message and wakes its network thread
+    for each (a socket write on both sides, ~25 us of Python per message); here
+    the PUBACKs go out as one buffer through the same queue. Like `ack()`, it
+    does nothing durable: acks queued while disconnected are dropped with the
+    connection and the broker redelivers those messages.
+    """
+    if not mids:
+        return
+    queue = getattr(client, "_packet_queue", None)
+    if queue is None:  # a paho without the internal queue: one ack at a time
+        for mid in mids:
+            client.ack(mid, 1)
+        return
+    word = _PUBACK_WORD
+    packet = struct.pack(f"!{len(mids)}I", *[word | mid for mid in mids])
+    queue(paho.PUBACK, packet, 0, 0)

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from monitor.config import Settings, load_settings
-from monitor.ingest import IngestWorker
+from monitor.ingest import IngestWorker, summarise_seen
 from monitor.metrics import Metrics
 from monitor.mqtt import parse_broker_url
-from monitor.schema import ELEC_READING, TAXI_STATUS, TAXI_TRIP
+from monitor.schema import ELEC_READING, TAXI_STATUS, TAXI_TRIP, Record
 from monitor.state import SqliteState
 from monitor.store.embedded import EmbeddedStore
 from tests.helpers import BASE_MS, Collector, Publisher, reading, wait_for
@@ -22,15 +25,22 @@ from tests.services import Mosquitto
 class Rig:
     """A worker with an embedded store on a real broker."""
 
-    def __init__(self, broker: Mosquitto, data: Path, client_id: str = "worker-test") -> None:
-        self.settings: Settings = load_settings(
-            data / "no-config",
-            {
-                "MONITOR_MQTT_URL": broker.url,
-                "MONITOR_DATA_DIR": str(data),
-                "MONITOR_MQTT__CLIENT_ID": client_id,
-            },
-        )
+    def __init__(
+        self,
+        broker: Mosquitto,
+        data: Path,
+        client_id: str = "worker-test",
+        protocol: str = "5",
+        **mqtt: str,
+    ) -> None:
+        env = {
+            "MONITOR_MQTT_URL": broker.url,
+            "MONITOR_DATA_DIR": str(data),
+            "MONITOR_MQTT__CLIENT_ID": client_id,
+            "MONITOR_MQTT__PROTOCOL": protocol,
+        }
+        env |= {f"MONITOR_MQTT__{key.upper()}": value for key, value in mqtt.items()}
+        self.settings: Settings = load_settings(data / "no-config", env)
         self.metrics = Metrics()
         self.store = EmbeddedStore(data / "telemetry.sqlite", self.metrics)
         self.state = SqliteState(data / "state.sqlite")
@@ -175,10 +185,14 @@ def test_broker_restart_mid_stream_loses_nothing(rig: Rig, mosquitto: Mosquitto)
     pub.close()
 
 
+PROTOCOLS = pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+
+
+@PROTOCOLS
 def test_unacknowledged_messages_are_redelivered_to_the_next_worker(
-    mosquitto: Mosquitto, tmp_path: Path
+    mosquitto: Mosquitto, tmp_path: Path, protocol: str
 ) -> None:
-    first = Rig(mosquitto, tmp_path / "a", client_id="worker-redeliver")
+    first = Rig(mosquitto, tmp_path / "a", client_id="worker-redeliver", protocol=protocol)
     first.store.close()  # every write now fails: nothing may be acknowledged
     pub = Publisher(mosquitto.url)
     for i in range(50):
@@ -189,11 +203,168 @@ def test_unacknowledged_messages_are_redelivered_to_the_next_worker(
         what="failed store writes",
     )
     first.worker.stop(drain_s=0.1)
-    second = Rig(mosquitto, tmp_path / "b", client_id="worker-redeliver")  # same session
+    second = Rig(mosquitto, tmp_path / "b", "worker-redeliver", protocol)  # same session
     wait_for(lambda: len(second.readings()) == 50, 30, "redelivered readings")
     second.close()
     first.state.close()
     pub.close()
+
+
+@PROTOCOLS
+def test_acknowledged_messages_are_not_delivered_again(
+    mosquitto: Mosquitto, tmp_path: Path, protocol: str
+) -> None:
+    """The batched PUBACKs reach the broker: a worker on the same session gets only new messages."""
+    first = Rig(mosquitto, tmp_path / "a", "worker-acks", protocol)
+    pub = Publisher(mosquitto.url)
+    for i in range(2500):  # several batches
+        pub.send(*reading(i))
+    pub.wait_all()
+    wait_for(lambda: first.worker.processed >= 2500, 60, "2500 processed")
+    first.close()
+    second = Rig(mosquitto, tmp_path / "b", "worker-acks", protocol)
+    pub.send(*reading(2500))
+    pub.wait_all()
+    wait_for(lambda: len(second.readings()) == 1, 30, "the new reading")
+    second.close()
+    assert first.worker.processed == 2500
+    assert second.worker.processed == 1
+    pub.close()
+
+
+_CHILD = """
+import sys, time
+from pathlib import Path
+from monitor.config import load_settings
+from monitor.ingest import IngestWorker, summarise_seen
+from monitor.metrics import Metrics
+from monitor.mqtt import parse_broker_url
+from monitor.state import SqliteState
+from monitor.store.embedded import EmbeddedStore
+
+url, data, client_id, protocol = sys.argv[1:]
+env = {"MONITOR_MQTT_URL": url, "MONITOR_MQTT__CLIENT_ID": client_id,
+       "MONITOR_MQTT__PROTOCOL": protocol, "MONITOR_MQTT__BATCH_MAX": "50"}
+settings = load_settings(Path(data) / "no-config", env)
+metrics = Metrics()
+store = EmbeddedStore(Path(data) / "telemetry.sqlite", metrics)
+state = SqliteState(Path(data) / "state.sqlite")
+IngestWorker(settings.mqtt, parse_broker_url(url), store, state, metrics).start()
+time.sleep(600)  # until killed
+"""
+
+
+def _stored(path: Path) -> int:
+    if not path.exists():
+        return 0
+    db = sqlite3.connect(path, timeout=10)
+    try:
+        return int(db.execute("SELECT count(*) FROM elec_reading").fetchone()[0])
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+    finally:
+        db.close()
+
+
+@PROTOCOLS
+def test_a_killed_worker_loses_nothing(mosquitto: Mosquitto, tmp_path: Path, protocol: str) -> None:
+    """SIGKILL mid-stream, restart on the same session and data: every reading is stored."""
+    data, client_id, total = tmp_path / "data", "worker-killed", 4000
+    Rig(mosquitto, data, client_id, protocol).close()  # the session, subscribed, offline
+    pub = Publisher(mosquitto.url)
+    for i in range(total // 2):
+        pub.send(*reading(i))
+    pub.wait_all()
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, mosquitto.url, str(data), client_id, protocol],
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    try:
+        wait_for(lambda: _stored(data / "telemetry.sqlite") > 0, 60, "the first stored batch")
+    finally:
+        child.kill()  # SIGKILL: no drain, no disconnect, no flush
+        child.wait(10)
+    for i in range(total // 2, total):  # queued for the offline session meanwhile
+        pub.send(*reading(i))
+    pub.wait_all()
+    rig = Rig(mosquitto, data, client_id, protocol)
+    wait_for(lambda: len(rig.readings()) == total, 60, f"{total} stored readings")
+    assert [ts for ts, _ in rig.readings()] == [BASE_MS + i * 900_000 for i in range(total)]
+    seen = rig.state.seen("M1")
+    assert seen is not None and seen["last_ts"] == BASE_MS + (total - 1) * 900_000
+    rig.close()
+    pub.close()
+
+
+def test_meters_seen_are_written_every_flush_and_on_stop(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """Another process reads `seen` from the file: it is written while running and on stop."""
+    rig = Rig(mosquitto, tmp_path, seen_flush_s="0.2")
+    other = SqliteState(tmp_path / "state.sqlite")  # its own connection, no pending meters
+    pub = Publisher(mosquitto.url)
+    pub.send(*reading(0))
+    pub.wait_all()
+    wait_for(lambda: other.seen("M1") is not None, 30, "M1 written while the worker runs")
+    rig.close()
+
+    rig = Rig(mosquitto, tmp_path, client_id="worker-seen", seen_flush_s="300")
+    for i in range(1, 4):
+        pub.send(*reading(i, meter="M2"))
+    pub.wait_all()
+    wait_for(lambda: rig.worker.processed >= 3, 30, "3 processed")
+    assert rig.state.seen("M2") is not None  # a read through the same state flushes first
+    pub.send(*reading(9, meter="M3"))
+    pub.wait_all()
+    wait_for(lambda: rig.worker.processed >= 4, 30, "4 processed")
+    rig.worker.stop()
+    assert other.seen("M3") == {
+        "kind": "elec",
+        "district": "TA1",
+        "first_ts": BASE_MS + 9 * 900_000,
+        "last_ts": BASE_MS + 9 * 900_000,
+        "messages": 1,
+    }
+    rig.store.close()
+    rig.state.close()
+    other.close()
+    pub.close()
+
+
+def test_seen_bookkeeping_merges_batches_and_reads_agree(tmp_path: Path) -> None:
+    state = SqliteState(tmp_path / "state.sqlite")
+    recs = [
+        Record(ELEC_READING, "E1", "D1", BASE_MS + 2, {"energy_kwh": 1.0}),
+        Record(ELEC_READING, "E1", "D1", BASE_MS, {"energy_kwh": 1.0}),
+        Record(TAXI_STATUS, "T1", "", BASE_MS + 5, {"seal": "intact"}),
+    ]
+    state.note_records(recs[:1], 1.0)
+    state.note_records(recs[1:], 2.0)
+    state.note_seen(summarise_seen([Record(ELEC_READING, "E1", "D1", BASE_MS + 9, {})], 3.0))
+    assert state.seen("E1") == {
+        "kind": "elec",
+        "district": "D1",
+        "first_ts": BASE_MS,
+        "last_ts": BASE_MS + 9,
+        "messages": 3,
+    }
+    assert state.all_seen() == {
+        "E1": ("elec", "D1", BASE_MS + 9),
+        "T1": ("taxi", None, BASE_MS + 5),
+    }
+    assert state.all_seen("taxi") == {"T1": ("taxi", None, BASE_MS + 5)}
+    assert state.seen_meters("elec") == {"E1": ("D1", BASE_MS + 9)}
+    state.note_records(recs[:1], 4.0)
+    state.close()  # flushes
+    again = SqliteState(tmp_path / "state.sqlite")
+    assert again.seen("E1") == {
+        "kind": "elec",
+        "district": "D1",
+        "first_ts": BASE_MS,
+        "last_ts": BASE_MS + 9,
+        "messages": 4,
+    }
+    again.close()
 
 
 def test_deadletter_body_for_binary_payload() -> None:
