@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from monitor.metrics import Metrics
 from monitor.ports import Series, group_series, meter_series
 from monitor.schema import ELEC_READING, TAXI_TRIP, Record
+from monitor.store import embedded
 from monitor.store.embedded import LAYOUT, EmbeddedStore
 
 
@@ -199,8 +200,49 @@ def test_full_days_are_packed_and_a_late_point_unpacks_its_day(tmp_path: Path) -
     store.close()
 
 
+def test_a_block_keeps_the_fields_read_and_grows_when_more_are_asked(tmp_path: Path) -> None:
+    store = EmbeddedStore(tmp_path / "t.sqlite", Metrics())
+    day = 86_400_000
+    store.write(
+        [elec("M1", "D1", t, energy_kwh=1.0, current_a=2.0, seq=3) for t in range(0, day, STEP)]
+    )
+    db = sqlite3.connect(tmp_path / "t.sqlite")
+    fields = "SELECT fields FROM elec_reading_days"
+    assert store.series(ELEC_READING, ["energy_kwh"], 0, day - 1)["M1"].values.keys() == {
+        "energy_kwh"
+    }
+    assert db.execute(fields).fetchall() == [("energy_kwh",)]
+    got = store.series(ELEC_READING, ["seq", "current_a"], 0, day - 1)["M1"]
+    assert got.values["seq"].tolist() == [3.0] * 4 and got.values["current_a"].tolist() == [2.0] * 4
+    assert db.execute(fields).fetchall() == [("energy_kwh,current_a,seq",)]
+    db.close()
+    store.close()
+
+
+def test_packing_in_small_chunks_gives_the_same_series(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(embedded, "_PACK_ROWS", 3)  # a write transaction per meter or two
+    store = EmbeddedStore(tmp_path / "t.sqlite", Metrics())
+    day = 86_400_000
+    store.write(
+        [
+            elec(f"M{m}", "D1" if m % 3 else "D2", t, energy_kwh=float(m * 100 + t // STEP))
+            for m in range(7)
+            for t in range(0, 4 * day, STEP)
+        ]
+    )
+    inner = as_lists(store.series(ELEC_READING, FIELDS, 1, 4 * day - 2, district="D1"))
+    packed = as_lists(store.series(ELEC_READING, FIELDS, 0, 4 * day - 1, district="D1"))
+    assert list(packed) == ["M1", "M2", "M4", "M5"]
+    assert {m: r[1:] for m, r in packed.items()} == inner  # (the first point is at 0)
+    assert as_lists(store.series(ELEC_READING, FIELDS, 0, 4 * day - 1, district="D1")) == packed
+    store.close()
+
+
 def _old_file(path: Path, version: int) -> None:
-    """A file as layout 0 (index (district, ts)) or 1 (index (district, meter)) left it."""
+    """A file as layout 0 (index (district, ts)), 1 (index (district, meter)) or 3 (day
+    blocks without their fields) left it."""
     old = sqlite3.connect(path, isolation_level=None)
     old.execute("PRAGMA journal_mode=WAL")
     old.execute(
@@ -211,6 +253,18 @@ def _old_file(path: Path, version: int) -> None:
     old.execute("CREATE INDEX elec_reading_time ON elec_reading (ts)")
     if version == 0:
         old.execute("CREATE INDEX elec_reading_district ON elec_reading (district, ts)")
+    elif version == 3:
+        old.execute(
+            "CREATE TABLE elec_reading_meters (district TEXT NOT NULL, meter TEXT NOT NULL, "
+            "PRIMARY KEY (district, meter)) WITHOUT ROWID"
+        )
+        old.execute("INSERT INTO elec_reading_meters VALUES ('D1', 'M1'), ('D2', 'M2')")
+        old.execute(
+            "CREATE TABLE elec_reading_days (meter TEXT NOT NULL, day INTEGER NOT NULL, "
+            "district TEXT, mixed INTEGER NOT NULL, n INTEGER NOT NULL, ts BLOB NOT NULL, "
+            "vals BLOB NOT NULL, PRIMARY KEY (meter, day)) WITHOUT ROWID"
+        )
+        old.execute(f"PRAGMA user_version = {version}")
     else:
         old.execute("CREATE INDEX elec_reading_district_meter ON elec_reading (district, meter)")
         old.execute(f"PRAGMA user_version = {version}")
@@ -226,7 +280,7 @@ def _old_file(path: Path, version: int) -> None:
     old.close()
 
 
-@pytest.mark.parametrize("version", [0, 1])
+@pytest.mark.parametrize("version", [0, 1, 3])
 def test_an_older_file_is_migrated_on_open(tmp_path: Path, version: int) -> None:
     path = tmp_path / "old.sqlite"
     _old_file(path, version)
@@ -248,6 +302,8 @@ def test_an_older_file_is_migrated_on_open(tmp_path: Path, version: int) -> None
     assert not indexes & {"elec_reading_district", "elec_reading_district_meter"}
     assert "elec_reading_time" in indexes
     assert db.execute("PRAGMA user_version").fetchone()[0] == LAYOUT
+    days = [r[1] for r in db.execute("PRAGMA table_info(elec_reading_days)")]
+    assert "fields" in days
     assert db.execute("SELECT * FROM elec_reading_meters ORDER BY 1, 2").fetchall() == [
         ("D1", "M1"),
         ("D2", "M2"),

@@ -27,7 +27,7 @@ from monitor.schema import MEASUREMENTS, Measurement, Record
 log = logging.getLogger(__name__)
 
 # The file layout this code writes (PRAGMA user_version); older files are migrated on open.
-LAYOUT = 3
+LAYOUT = 4
 DAY_MS = 86_400_000
 
 _SQL_TYPES = {"float": "REAL", "int": "INTEGER", "str": "TEXT"}
@@ -77,8 +77,8 @@ def _day_tables(m: Measurement) -> list[str]:
     drop = f"DELETE FROM {t}_days WHERE meter = {{r}}.meter AND day = {{r}}.ts {day}"
     return [
         f"CREATE TABLE IF NOT EXISTS {t}_days (meter TEXT NOT NULL, day INTEGER NOT NULL, "
-        "district TEXT, mixed INTEGER NOT NULL, n INTEGER NOT NULL, ts BLOB NOT NULL, "
-        "vals BLOB NOT NULL, PRIMARY KEY (meter, day)) WITHOUT ROWID",
+        "district TEXT, mixed INTEGER NOT NULL, n INTEGER NOT NULL, fields TEXT NOT NULL, "
+        "ts BLOB NOT NULL, vals BLOB NOT NULL, PRIMARY KEY (meter, day)) WITHOUT ROWID",
         f"CREATE TABLE IF NOT EXISTS {t}_days_upto "
         "(one INTEGER PRIMARY KEY CHECK (one = 1), day INTEGER NOT NULL)",
         f"CREATE TRIGGER IF NOT EXISTS {t}_days_on_insert AFTER INSERT ON {t} "
@@ -90,26 +90,31 @@ def _day_tables(m: Measurement) -> list[str]:
     ]
 
 
-def _blocks(meter: str, rows: list[Any], days: list[int], width: int) -> list[tuple[object, ...]]:
-    """Rows (ts, district, *numeric) of one meter by time → one block row per day."""
-    ts = np.array([r[0] for r in rows], dtype=np.int64)
-    districts = [r[1] for r in rows]
-    vals = meter_series([(r[0], *r[2:]) for r in rows], [str(k) for k in range(width)])
-    block = (
-        np.vstack([vals.values[str(k)] for k in range(width)]) if width else np.empty((0, len(ts)))
-    )
+def _blocks(
+    meter: str,
+    days: list[int],
+    rows: list[Any],
+    fields: list[str],
+    districts: dict[int, tuple[int, int, str | None, str | None]],
+) -> list[tuple[object, ...]]:
+    """Rows (ts, *fields) of one meter by time, and per day (points, points with a
+    district, min and max district) → one block row per day."""
+    series = meter_series(rows, fields)
+    ts = series.ts_ms
+    block = np.vstack([series.values[f] for f in fields]) if fields else np.empty((0, len(ts)))
     out: list[tuple[object, ...]] = []
     for day in days:
-        a, b = np.searchsorted(ts, [day * DAY_MS, (day + 1) * DAY_MS])
-        seen = set(districts[a:b])
-        uniform = len(seen) <= 1
+        a, b = (int(i) for i in np.searchsorted(ts, [day * DAY_MS, (day + 1) * DAY_MS]))
+        n, named, low, high = districts.get(day, (0, 0, None, None))
+        uniform = named == 0 or (named == n and low == high)
         out.append(
             (
                 meter,
                 day,
-                next(iter(seen)) if len(seen) == 1 else None,
+                low if uniform else None,
                 0 if uniform else 1,
-                int(b - a),
+                b - a,
+                ",".join(fields),
                 ts[a:b].tobytes(),
                 np.ascontiguousarray(block[:, a:b]).tobytes(),
             )
@@ -125,8 +130,8 @@ def _join(pieces: list[Series], cols: list[str]) -> Series:
     )
 
 
-# `_read`'s mark for a meter whose days are not all packed yet.
-_MISSING = Series(np.empty(0, dtype=np.int64), {})
+# Rows packed per write transaction (then the writer's lock is let go for ingest).
+_PACK_ROWS = 20_000
 
 
 @dataclass(frozen=True)
@@ -136,8 +141,9 @@ class _Block:
     day: int
     district: str | None
     mixed: bool
+    fields: tuple[str, ...]
     ts: NDArray[np.int64]
-    vals: NDArray[np.float64]  # (numeric fields, n)
+    vals: NDArray[np.float64]  # (fields, n)
 
 
 class EmbeddedStore:
@@ -182,9 +188,9 @@ class EmbeddedStore:
         over every district) and the (district, meter) index of layout 1 are dropped.
         Opening an older file fills the list from the rows once (one scan).
 
-        Layout 3: `<table>_days` keeps, per (meter, UTC day), the day's points packed as
-        numpy arrays (ts int64, every numeric field float64), built by `series` the first
-        time it reads a full day; triggers drop a block when a row of its day is written,
+        Layout 3 (4: a block names its fields): `<table>_days` keeps, per (meter, UTC
+        day), the day's points packed as numpy arrays (ts int64, the fields read float64),
+        built by `series` the first time it reads a full day; triggers drop a block when a row of its day is written,
         so a block is always the rows as they are (`<table>_days_upto` spares the trigger
         its probe for days newer than any block: the live ones). New tables only.
         """
@@ -196,6 +202,8 @@ class EmbeddedStore:
                 db.execute(_ddl(m))
                 db.execute(f"CREATE INDEX IF NOT EXISTS {m.name}_time ON {m.name} (ts)")
                 if _day_blocked(m):
+                    if version < 4:  # layout 3's blocks held every field: a cache, dropped
+                        db.execute(f"DROP TABLE IF EXISTS {m.name}_days")
                     for ddl in _day_tables(m):
                         db.execute(ddl)
                 if "district" not in m.tags:
@@ -320,14 +328,25 @@ class EmbeddedStore:
         days = (first, last)
         with self._read_lock:
             meters = self._meters(self._reader, measurement, district)
-            out = self._read(meters, measurement, cols, start_ms, end_ms, district, days)
-        todo = [m for m, got in out.items() if got is _MISSING]
+            todo = self._unpacked(name, meters, days, cols)
         if todo:
-            self._pack(measurement, todo, days)
-            with self._read_lock:
-                out |= self._read(todo, measurement, cols, start_ms, end_ms, district, days, True)
-            out = {m: out[m] for m in meters if m in out}
-        return {m: s for m, s in out.items() if s is not _MISSING}
+            self._pack(measurement, todo, days, cols)
+        with self._read_lock:
+            return self._read(meters, measurement, cols, start_ms, end_ms, district, days)
+
+    def _unpacked(
+        self, name: str, meters: list[str], days: tuple[int, int], cols: list[str]
+    ) -> list[str]:
+        """The meters with a day of `days` not packed, or packed without one of `cols`."""
+        # `cols` are the measurement's own column names (checked by the caller).
+        covers = "".join(f" AND instr(',' || fields || ',', ',{c},') > 0" for c in cols)
+        sql = f"SELECT count(*) FROM {name}_days WHERE meter = ? AND day BETWEEN ? AND ?{covers}"
+        first, last = days
+        return [
+            m
+            for m in meters
+            if self._reader.execute(sql, (m, first, last)).fetchone()[0] < last - first + 1
+        ]
 
     def _read(
         self,
@@ -338,19 +357,16 @@ class EmbeddedStore:
         end_ms: int,
         district: str | None,
         days: tuple[int, int] | None,
-        packed: bool = False,
     ) -> dict[str, Series]:
         """Per meter: rows in [start, end] or, with `days`, blocks for those days and rows
-        around them; a meter with a day not packed yet maps to `_MISSING` unless `packed`
-        (then read from rows). Meters without a point are left out. Under `_read_lock`."""
+        around them (all rows if a day is not packed: written since `_pack`). Meters
+        without a point are left out. Under `_read_lock`."""
         name = measurement.name
         select = (
             f"SELECT {', '.join(['ts', *cols])} FROM {name} WHERE meter = ? AND ts BETWEEN ? AND ?"
         )
         # `+district`: a filter on the meter's key range, never an index to use.
         select += " AND +district = ? ORDER BY ts" if district is not None else " ORDER BY ts"
-        numeric = measurement.numeric_fields()
-        pick = [numeric.index(c) for c in cols] if days is not None else []
         db = self._reader
         out: dict[str, Series] = {}
 
@@ -367,11 +383,11 @@ class EmbeddedStore:
                         out[meter] = meter_series(got, cols)
                     continue
                 first, last = days
-                blocks = self._days(db, name, len(numeric), meter, first, last)
-                if len(blocks) < last - first + 1:
-                    if not packed:
-                        out[meter] = _MISSING
-                        continue
+                blocks = self._days(db, name, meter, first, last)
+                wanted = set(cols)
+                if len(blocks) < last - first + 1 or any(
+                    not wanted <= set(b.fields) for b in blocks
+                ):
                     got = rows(meter, start_ms, end_ms)
                     if got:
                         out[meter] = meter_series(got, cols)
@@ -382,8 +398,8 @@ class EmbeddedStore:
                         day_rows = rows(meter, b.day * DAY_MS, (b.day + 1) * DAY_MS - 1)
                         pieces.append(meter_series(day_rows, cols))
                     elif len(b.ts) and (district is None or b.district == district):
-                        vals = b.vals[pick]
-                        pieces.append(Series(b.ts, {c: vals[k] for k, c in enumerate(cols)}))
+                        vals = {c: b.vals[b.fields.index(c)] for c in cols}
+                        pieces.append(Series(b.ts, vals))
                 pieces.append(meter_series(rows(meter, (last + 1) * DAY_MS, end_ms), cols))
                 pieces = [p for p in pieces if len(p.ts_ms)]
                 if pieces:
@@ -393,65 +409,96 @@ class EmbeddedStore:
         return out
 
     @staticmethod
-    def _days(
-        db: sqlite3.Connection, name: str, width: int, meter: str, first: int, last: int
-    ) -> list[_Block]:
+    def _days(db: sqlite3.Connection, name: str, meter: str, first: int, last: int) -> list[_Block]:
         sql = (
-            f"SELECT day, district, mixed, n, ts, vals FROM {name}_days "
+            f"SELECT day, district, mixed, n, fields, ts, vals FROM {name}_days "
             "WHERE meter = ? AND day BETWEEN ? AND ? ORDER BY day"
         )
         out = []
-        for day, district, mixed, n, ts, vals in db.execute(sql, (meter, first, last)):
+        for day, district, mixed, n, fields, ts, vals in db.execute(sql, (meter, first, last)):
+            names = tuple(fields.split(",")) if fields else ()
             out.append(
                 _Block(
                     day,
                     district,
                     bool(mixed),
+                    names,
                     np.frombuffer(ts, dtype=np.int64),
-                    np.frombuffer(vals, dtype=np.float64).reshape(width, n),
+                    np.frombuffer(vals, dtype=np.float64).reshape(len(names), n),
                 )
             )
         return out
 
-    def _pack(self, measurement: Measurement, meters: list[str], days: tuple[int, int]) -> None:
-        """Pack the missing full days [first, last] of these meters into day blocks.
+    def _pack(
+        self, measurement: Measurement, meters: list[str], days: tuple[int, int], cols: list[str]
+    ) -> None:
+        """Pack the full days [first, last] of these meters that have no block holding
+        `cols` (a block keeps the fields it was packed for, plus any asked for since).
 
         Each meter is one short write transaction (the writer's lock and connection), so
         what is packed is the rows as committed, and ingest waits milliseconds at most.
+        The district of each day is summed up inside SQLite: no Python object per row.
         """
         name = measurement.name
         numeric = measurement.numeric_fields()
         first, last = days
-        select = (
-            f"SELECT ts, district, {', '.join(numeric)} FROM {name} "
-            "WHERE meter = ? AND ts BETWEEN ? AND ? ORDER BY ts"
+        present = f"SELECT day, fields FROM {name}_days WHERE meter = ? AND day BETWEEN ? AND ?"
+        by_day = (
+            f"SELECT ts / {DAY_MS}, count(*), count(district), min(district), max(district) "
+            f"FROM {name} WHERE meter = ? AND ts BETWEEN ? AND ? GROUP BY 1"
         )
         insert = (
-            f"INSERT OR REPLACE INTO {name}_days (meter, day, district, mixed, n, ts, vals) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)"
+            f"INSERT OR REPLACE INTO {name}_days "
+            "(meter, day, district, mixed, n, fields, ts, vals) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
         )
         upto = (
             f"INSERT INTO {name}_days_upto (one, day) VALUES (1, ?) "
             "ON CONFLICT (one) DO UPDATE SET day = max(day, excluded.day)"
         )
-        for meter in meters:
+        whole = (
+            f"SELECT count(*), count(district), min(district), max(district) FROM {name} "
+            "WHERE meter = ? AND ts BETWEEN ? AND ?"
+        )
+        queue = list(meters)
+        while queue:
             with self._lock:
                 db = self._db
                 db.execute("BEGIN IMMEDIATE")
                 try:
-                    have = {
-                        d
-                        for (d,) in db.execute(
-                            f"SELECT day FROM {name}_days WHERE meter = ? AND day BETWEEN ? AND ?",
-                            (meter, first, last),
-                        )
-                    }
-                    missing = [d for d in range(first, last + 1) if d not in have]
-                    if missing:
+                    # Meters until ~_PACK_ROWS rows: ingest waits for one such chunk at most.
+                    packed = 0
+                    while queue and packed < _PACK_ROWS:
+                        meter = queue.pop(0)
+                        have = dict(db.execute(present, (meter, first, last)).fetchall())
+                        wanted = set(cols)
+                        missing = [
+                            d
+                            for d in range(first, last + 1)
+                            if d not in have or not wanted <= set(have[d].split(","))
+                        ]
+                        if not missing:
+                            continue
+                        keep = wanted.union(*(have[d].split(",") for d in missing if d in have))
+                        fields = [f for f in numeric if f in keep]
                         lo, hi = missing[0] * DAY_MS, (missing[-1] + 1) * DAY_MS - 1
-                        got = db.execute(select, (meter, lo, hi)).fetchall()
-                        db.executemany(insert, _blocks(meter, got, missing, len(numeric)))
+                        select = (
+                            f"SELECT {', '.join(['ts', *fields])} FROM {name} "
+                            "WHERE meter = ? AND ts BETWEEN ? AND ? ORDER BY ts"
+                        )
+                        rows = db.execute(select, (meter, lo, hi)).fetchall()
+                        # The district of each day, summed up inside SQLite; usually one
+                        # district for the whole span, and then no grouping by day at all.
+                        n, named, low, high = db.execute(whole, (meter, lo, hi)).fetchone()
+                        if named == 0 or (named == n and low == high):
+                            districts = {d: (1, 0 if named == 0 else 1, low, high) for d in missing}
+                        else:
+                            districts = {
+                                int(r[0]): (r[1], r[2], r[3], r[4])
+                                for r in db.execute(by_day, (meter, lo, hi))
+                            }
+                        db.executemany(insert, _blocks(meter, missing, rows, fields, districts))
                         db.execute(upto, (missing[-1],))
+                        packed += len(rows) + 1
                     db.execute("COMMIT")
                 except BaseException:
                     with contextlib.suppress(sqlite3.Error):
