@@ -71,6 +71,11 @@ class Metrics:
             buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000),
             registry=r,
         )
+        self.ingest_rate = Gauge(
+            "monitor_messages_per_minute",
+            "MQTT messages received per minute over the last housekeeping interval",
+            registry=r,
+        )
         self.last_event_ts = Gauge(
             "monitor_last_event_timestamp_seconds",
             "Newest telemetry event time seen (event time, not wall clock)",
@@ -90,3 +95,30 @@ class Metrics:
             "Meters sending telemetry but not in the registry",
             registry=r,
         )
+
+
+    def received_total(self) -> float:
+        """Messages received, all kinds."""
+        return sum(
+            sample.value
+            for family in self.received.collect()
+            for sample in family.samples
+            if sample.name.endswith("_total")
+        )
+
+
+@dataclass
+class RateSampler:
+    """Per-minute rate of a counter between consecutive samples (for pages, not alerting).
+
+    rate = RateSampler(); rate.sample(total, time.monotonic()) every interval.
+    """
+
+    _last: tuple[float, float] | None = None
+
+    def sample(self, total: float, now: float) -> float | None:
+        """The rate since the previous sample; None on the first one or a counter reset."""
+        last, self._last = self._last, (total, now)
+        if last is None or now <= last[1] or total < last[0]:
+            return None
+        return (total - last[0]) / (now - last[1]) * 60.0

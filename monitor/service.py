@@ -23,7 +23,7 @@ from monitor.broker import EmbeddedBroker
 from monitor.config import Settings, split_host_port
 from monitor.evaluate import Evaluator
 from monitor.ingest import IngestWorker
-from monitor.metrics import Metrics
+from monitor.metrics import Metrics, RateSampler
 from monitor.mqtt import BrokerAddress, parse_broker_url
 from monitor.notify import Notifier
 from monitor.offline import OFFLINE_RULES, offline_conditions
@@ -69,6 +69,7 @@ class Service:
         self._http: uvicorn.Server | None = None
         self._reported: dict[Path, int] = {}
         self._started = time.monotonic()
+        self._ingest_rate = RateSampler()
         self._notify: Callable[[Sequence[Change]], None] = lambda changes: None
 
     @property
@@ -127,7 +128,13 @@ class Service:
         self._scheduler.add_job(
             self._deliver, "interval", seconds=2, id="notify", max_instances=1, coalesce=True
         )
-        self._scheduler.add_job(self._housekeeping, "interval", seconds=30, id="housekeeping")
+        self._scheduler.add_job(
+            self._housekeeping,
+            "interval",
+            seconds=30,
+            id="housekeeping",
+            next_run_time=datetime.now(UTC),  # the ingest rate's first sample
+        )
         self._notify = notify
         self._scheduler.add_job(self.check_offline, "interval", seconds=60, id="offline")
         if s.scheduling.evaluate_cron:
@@ -200,6 +207,9 @@ class Service:
         return len(changes)
 
     def _housekeeping(self) -> None:
+        rate = self._ingest_rate.sample(self.metrics.received_total(), time.monotonic())
+        if rate is not None:
+            self.metrics.ingest_rate.set(rate)
         if self.parts is not None:
             self.metrics.unregistered.set(self.parts.state.count_unregistered())
 

@@ -369,6 +369,11 @@ class SqliteState:
         """`all_seen(kind)` as id → (district, last event time), for older callers."""
         return {m: (s.district, s.last_ts) for m, s in self.all_seen(kind).items()}
 
+    def last_received(self) -> float | None:
+        """Wall-clock time (epoch s) the newest telemetry message was received."""
+        found = self._rows("SELECT max(last_received) FROM seen")
+        return float(found[0][0]) if found and found[0][0] is not None else None
+
     def latest_event_ts(self) -> int | None:
         """Newest telemetry event time seen (the default `as_of`)."""
         found = self._rows("SELECT max(last_ts) FROM seen")

@@ -190,6 +190,7 @@ def _metric(ctx: ApiContext, name: str) -> float:
 
 def _overview(ctx: ApiContext) -> dict[str, Any]:
     as_of = ctx.state.latest_event_ts()
+    received = ctx.state.last_received()
     due, more = _due_soon(ctx, as_of)
     return {
         "as_of": format_ts(as_of) if as_of else None,
@@ -204,6 +205,8 @@ def _overview(ctx: ApiContext) -> dict[str, Any]:
             "received": int(_metric(ctx, "monitor_messages_received_total")),
             "rejected": int(_metric(ctx, "monitor_messages_rejected_total")),
             "buffered": int(_metric(ctx, "monitor_store_buffered_points")),
+            "per_minute": _metric(ctx, "monitor_messages_per_minute"),
+            "last_received": format_ts(int(received * 1000)) if received else None,
         },
     }
 
