@@ -136,8 +136,8 @@ def district_rows(d: SynthDistrict) -> list[tuple[Any, ...]]:
 def write_file(path: Path, rows: list[tuple[Any, ...]], legacy: bool) -> float:
     """Create a store file of one layout and insert the rows in batches; seconds spent.
 
-    The current layout's batches also list their (district, meter) pairs, as
-    `EmbeddedStore.write` does.
+    The current layout's batches also list their (district, meter) pairs and look up
+    the last packed day, as `EmbeddedStore.write` does.
     """
     if legacy:
         db = sqlite3.connect(path, isolation_level=None)
@@ -155,8 +155,9 @@ def write_file(path: Path, rows: list[tuple[Any, ...]], legacy: bool) -> float:
         batch = rows[a : a + BATCH]
         db.execute("BEGIN")
         db.executemany(INSERT, batch)
-        if not legacy:
+        if not legacy:  # what `EmbeddedStore.write` adds: the list, the last packed day
             db.executemany(listing, sorted({(r[2], r[0]) for r in batch}))
+            db.execute("SELECT day FROM elec_reading_days_upto").fetchone()
         db.execute("COMMIT")
     spent = time.perf_counter() - t0
     db.close()
@@ -372,7 +373,8 @@ def embedded(args: argparse.Namespace, tmp: Path) -> None:
         one = parallel_reads(new_path, jobs, 1)
         many = parallel_reads(new_path, jobs, args.readers)
         print(
-            f"reading {len(jobs)} districts in reader processes (each its own store, WAL): "
+            f"reading {len(jobs)} districts in reader processes (each its own store, WAL; "
+            "the Series pickled back to this process): "
             f"1 process {1000 * one / len(jobs):.0f} ms/district, {args.readers} processes "
             f"{1000 * many / len(jobs):.0f} ms/district wall ({one / many:.2f}× on "
             f"{os.cpu_count()} CPUs) → {_hours(many / len(jobs) * n)} for {n:,} districts"

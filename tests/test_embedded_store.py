@@ -241,8 +241,8 @@ def test_packing_in_small_chunks_gives_the_same_series(
 
 
 def _old_file(path: Path, version: int) -> None:
-    """A file as layout 0 (index (district, ts)), 1 (index (district, meter)) or 3 (day
-    blocks without their fields) left it."""
+    """A file as layout 0 (index (district, ts)), 1 (index (district, meter)), 3 (day
+    blocks without their fields) or 4 (blocks dropped by triggers) left it."""
     old = sqlite3.connect(path, isolation_level=None)
     old.execute("PRAGMA journal_mode=WAL")
     old.execute(
@@ -253,17 +253,23 @@ def _old_file(path: Path, version: int) -> None:
     old.execute("CREATE INDEX elec_reading_time ON elec_reading (ts)")
     if version == 0:
         old.execute("CREATE INDEX elec_reading_district ON elec_reading (district, ts)")
-    elif version == 3:
+    elif version in (3, 4):
         old.execute(
             "CREATE TABLE elec_reading_meters (district TEXT NOT NULL, meter TEXT NOT NULL, "
             "PRIMARY KEY (district, meter)) WITHOUT ROWID"
         )
         old.execute("INSERT INTO elec_reading_meters VALUES ('D1', 'M1'), ('D2', 'M2')")
+        fields = "fields TEXT NOT NULL, " if version == 4 else ""
         old.execute(
             "CREATE TABLE elec_reading_days (meter TEXT NOT NULL, day INTEGER NOT NULL, "
-            "district TEXT, mixed INTEGER NOT NULL, n INTEGER NOT NULL, ts BLOB NOT NULL, "
-            "vals BLOB NOT NULL, PRIMARY KEY (meter, day)) WITHOUT ROWID"
+            f"district TEXT, mixed INTEGER NOT NULL, n INTEGER NOT NULL, {fields}"
+            "ts BLOB NOT NULL, vals BLOB NOT NULL, PRIMARY KEY (meter, day)) WITHOUT ROWID"
         )
+        if version == 4:  # blocks were dropped by triggers
+            old.execute(
+                "CREATE TRIGGER elec_reading_days_on_insert AFTER INSERT ON elec_reading "
+                "BEGIN DELETE FROM elec_reading_days WHERE meter = NEW.meter; END"
+            )
         old.execute(f"PRAGMA user_version = {version}")
     else:
         old.execute("CREATE INDEX elec_reading_district_meter ON elec_reading (district, meter)")
@@ -280,7 +286,7 @@ def _old_file(path: Path, version: int) -> None:
     old.close()
 
 
-@pytest.mark.parametrize("version", [0, 1, 3])
+@pytest.mark.parametrize("version", [0, 1, 3, 4])
 def test_an_older_file_is_migrated_on_open(tmp_path: Path, version: int) -> None:
     path = tmp_path / "old.sqlite"
     _old_file(path, version)
@@ -304,6 +310,7 @@ def test_an_older_file_is_migrated_on_open(tmp_path: Path, version: int) -> None
     assert db.execute("PRAGMA user_version").fetchone()[0] == LAYOUT
     days = [r[1] for r in db.execute("PRAGMA table_info(elec_reading_days)")]
     assert "fields" in days
+    assert db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall() == []
     assert db.execute("SELECT * FROM elec_reading_meters ORDER BY 1, 2").fetchall() == [
         ("D1", "M1"),
         ("D2", "M2"),

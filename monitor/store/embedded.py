@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -27,7 +27,7 @@ from monitor.schema import MEASUREMENTS, Measurement, Record
 log = logging.getLogger(__name__)
 
 # The file layout this code writes (PRAGMA user_version); older files are migrated on open.
-LAYOUT = 4
+LAYOUT = 5
 DAY_MS = 86_400_000
 
 _SQL_TYPES = {"float": "REAL", "int": "INTEGER", "str": "TEXT"}
@@ -69,24 +69,15 @@ def _day_blocked(m: Measurement) -> bool:
 
 
 def _day_tables(m: Measurement) -> list[str]:
-    """The day blocks of a measurement, the last day they may hold, and the triggers that
-    drop a block whenever a row of its (meter, day) is inserted, replaced, updated or
-    deleted, by this code or any other writer of the file."""
-    t, day = m.name, f"/ {DAY_MS}"
-    guard = f"<= (SELECT day FROM {t}_days_upto)"
-    drop = f"DELETE FROM {t}_days WHERE meter = {{r}}.meter AND day = {{r}}.ts {day}"
+    """The day blocks of a measurement and the last day they may hold (`write` drops the
+    blocks of the days it writes to, up to that day)."""
+    t = m.name
     return [
         f"CREATE TABLE IF NOT EXISTS {t}_days (meter TEXT NOT NULL, day INTEGER NOT NULL, "
         "district TEXT, mixed INTEGER NOT NULL, n INTEGER NOT NULL, fields TEXT NOT NULL, "
         "ts BLOB NOT NULL, vals BLOB NOT NULL, PRIMARY KEY (meter, day)) WITHOUT ROWID",
         f"CREATE TABLE IF NOT EXISTS {t}_days_upto "
         "(one INTEGER PRIMARY KEY CHECK (one = 1), day INTEGER NOT NULL)",
-        f"CREATE TRIGGER IF NOT EXISTS {t}_days_on_insert AFTER INSERT ON {t} "
-        f"WHEN NEW.ts {day} {guard} BEGIN {drop.format(r='NEW')}; END",
-        f"CREATE TRIGGER IF NOT EXISTS {t}_days_on_delete AFTER DELETE ON {t} "
-        f"WHEN OLD.ts {day} {guard} BEGIN {drop.format(r='OLD')}; END",
-        f"CREATE TRIGGER IF NOT EXISTS {t}_days_on_update AFTER UPDATE ON {t} "
-        f"BEGIN {drop.format(r='OLD')}; {drop.format(r='NEW')}; END",
     ]
 
 
@@ -166,6 +157,7 @@ class EmbeddedStore:
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._cols = {name: _columns(m) for name, m in MEASUREMENTS.items()}
         self._listed = {name for name, m in MEASUREMENTS.items() if "district" in m.tags}
+        self._blocked = {name for name, m in MEASUREMENTS.items() if _day_blocked(m)}
         self._migrate()
         self._inserts = {
             name: f"INSERT OR REPLACE INTO {name} ({', '.join(c)}) VALUES ({', '.join('?' * len(c))})"
@@ -188,11 +180,13 @@ class EmbeddedStore:
         over every district) and the (district, meter) index of layout 1 are dropped.
         Opening an older file fills the list from the rows once (one scan).
 
-        Layout 3 (4: a block names its fields): `<table>_days` keeps, per (meter, UTC
-        day), the day's points packed as numpy arrays (ts int64, the fields read float64),
-        built by `series` the first time it reads a full day; triggers drop a block when a row of its day is written,
-        so a block is always the rows as they are (`<table>_days_upto` spares the trigger
-        its probe for days newer than any block: the live ones). New tables only.
+        Layout 3: `<table>_days` keeps, per (meter, UTC day), the day's points packed as
+        numpy arrays (ts int64, fields float64), built by `series` the first time it reads
+        a full day; `write` drops the blocks of the days it writes to, so a block is
+        always the rows as they are (`<table>_days_upto`, the last day packed, spares live
+        points any probe). Layout 4: a block names the fields it holds. Layout 5: blocks
+        are dropped by `write`, no longer by triggers (~6 µs a row). Every telemetry
+        write must go through `write`.
         """
         db = self._db
         db.execute("BEGIN IMMEDIATE")
@@ -204,6 +198,9 @@ class EmbeddedStore:
                 if _day_blocked(m):
                     if version < 4:  # layout 3's blocks held every field: a cache, dropped
                         db.execute(f"DROP TABLE IF EXISTS {m.name}_days")
+                    if version < 5:  # layouts 3-4 dropped blocks by triggers (~6 µs a row)
+                        for event in ("insert", "delete", "update"):
+                            db.execute(f"DROP TRIGGER IF EXISTS {m.name}_days_on_{event}")
                     for ddl in _day_tables(m):
                         db.execute(ddl)
                 if "district" not in m.tags:
@@ -247,6 +244,8 @@ class EmbeddedStore:
                         f"INSERT OR IGNORE INTO {name}_meters (district, meter) VALUES (?, ?)",
                         sorted(listed),
                     )
+                for name in groups.keys() & self._blocked:
+                    self._unpack(name, groups[name])
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._error = str(exc)
@@ -256,6 +255,28 @@ class EmbeddedStore:
         self._error = ""
         for name, rows in groups.items():
             self._metrics.written.labels(measurement=name).inc(len(rows))
+
+    def _unpack(self, name: str, rows: list[tuple[object, ...]]) -> None:
+        """Drop the day blocks of the (meter, day)s these rows were written to.
+
+        Inside `write`'s transaction, after its inserts: the write lock is held, so the
+        last packed day read here is current, also when another process packs. Live
+        points are newer than any block: one comparison each, no probe.
+        """
+        found = self._db.execute(f"SELECT day FROM {name}_days_upto").fetchone()
+        if found is None:
+            return
+        limit = (int(found[0]) + 1) * DAY_MS
+        # Rows are (meter, ts, ...) as `_row` makes them.
+        touched = {
+            (meter, ts // DAY_MS)
+            for meter, ts, *_ in cast(list[tuple[str, int]], rows)
+            if 0 <= ts < limit
+        }
+        if touched:
+            self._db.executemany(
+                f"DELETE FROM {name}_days WHERE meter = ? AND day = ?", sorted(touched)
+            )
 
     def history(
         self,
@@ -435,9 +456,9 @@ class EmbeddedStore:
         """Pack the full days [first, last] of these meters that have no block holding
         `cols` (a block keeps the fields it was packed for, plus any asked for since).
 
-        Each meter is one short write transaction (the writer's lock and connection), so
-        what is packed is the rows as committed, and ingest waits milliseconds at most.
-        The district of each day is summed up inside SQLite: no Python object per row.
+        Write transactions of ~`_PACK_ROWS` rows (the writer's lock and connection): what
+        is packed is the rows as committed, and ingest waits for one chunk at most. The
+        district of each day is summed up inside SQLite: no Python object per row.
         """
         name = measurement.name
         numeric = measurement.numeric_fields()
