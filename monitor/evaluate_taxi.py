@@ -146,7 +146,7 @@ def decide_taxis(
             "taxi",
             findings,
             row.due_on if row else None,
-            extension(row, as_of_ms, rules),
+            extension(row, as_of_ms, rules) if rules_taxi.extendable(findings) else None,
             evidence,
             *stamp,
         )

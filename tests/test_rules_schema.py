@@ -14,7 +14,7 @@ RULES = Path(__file__).resolve().parent.parent / "config" / "rules.yaml"
 
 def test_shipped_rules_are_valid_and_versioned() -> None:
     book = load_rules(RULES)
-    assert book.version.startswith("shanghai-default@2026.1+")
+    assert book.version.startswith("shanghai-default@2026.2+")
     assert book.rules.elec.error_limit.in_service_limit_pct["2"] == 3.5
     assert book.rules.taxi.distance.limit_low_pct == -4.0
 

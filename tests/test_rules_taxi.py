@@ -6,6 +6,7 @@ import math
 from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from monitor.decide import Finding, decide_meter
 from monitor.ports import MeterPoint, Series
 from monitor.rules import taxi
-from monitor.rules.schema import FareRule, load_rules
+from monitor.rules.schema import FareRule, TaxiRules, load_rules
 from monitor.taxi.tariff import (
     SHANGHAI_2022,
     Tariff,
@@ -97,6 +98,7 @@ def judge(
     events: list[MeterPoint] | None = None,
     work_orders: list[taxi.WorkOrder] | None = None,
     as_of: int | None = None,
+    rules: TaxiRules = RULES,
 ) -> tuple[list[Finding], dict[str, Any]]:
     return taxi.taxi_findings(
         "T1",
@@ -107,7 +109,7 @@ def judge(
         events or [],
         work_orders or [],
         BOOK,
-        RULES,
+        rules,
         as_of if as_of is not None else T0 + 365 * DAY,
     )
 
@@ -218,6 +220,111 @@ def test_bias_decisions(bias_pct: float, sd_pct: float, expected: tuple[str, str
     assert evidence["n_trips"] == 100
     if state == "faulty":
         assert high < DIST.limit_low_pct or low > DIST.limit_high_pct
+
+
+def spread_logs(bias_pct: float, sd_pct: float, n: int = 100, seed: int = 1) -> np.ndarray:
+    """n log-ratios with median exactly ln(1 + bias) and a normal spread of sd_pct (no luck)."""
+    unit = NormalDist()
+    z = np.array([unit.inv_cdf((i + 0.5) / n) for i in range(n)])
+    logs = math.log1p(bias_pct / 100) + z * sd_pct / 100
+    return np.random.default_rng(seed).permutation(logs)  # in no particular order
+
+
+def a_bias(error_pct: float, low: float, high: float) -> taxi.Bias:
+    return taxi.Bias(error_pct, (low, high), 100, math.log1p(error_pct / 100), 0.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("error", "interval", "zone"),
+    [
+        (0.3, (-0.1, 0.7), "inside"),  # δ inside; the interval may poke out
+        (0.5, (0.1, 0.9), "inside"),  # the band's edge belongs to the band
+        (0.7, (0.3, 1.1), "unproven"),  # δ out, the interval reaches back inside
+        (0.9, (0.5, 1.3), "unproven"),  # touching the edge is reaching it
+        (0.8, (0.51, 1.09), "outside"),  # the whole interval above +0.5 %
+        (1.2, (-0.1, 2.5), "outside"),  # δ beyond +1 %: never kept for being noisy
+        (1.4, (1.01, 1.79), "beyond_limit"),
+        (-3.4, (-4.4, -2.4), "unproven"),  # the low side alike
+        (-3.4, (-3.8, -3.01), "outside"),
+        (-4.2, (-6.0, -2.5), "outside"),
+        (-5.0, (-6.0, -4.01), "beyond_limit"),
+    ],
+)
+def test_the_guard_band_is_judged_on_the_interval(
+    error: float, interval: tuple[float, float], zone: str
+) -> None:
+    assert taxi.bias_zone(a_bias(error, *interval), DIST) == zone
+    # the rules before 2026.2 judged δ alone
+    old = {"inside": "inside", "beyond_limit": "beyond_limit"}.get(zone, "outside")
+    assert taxi.bias_zone(a_bias(error, *interval), ESTIMATE.distance) == old
+
+
+ESTIMATE = RULES.model_copy(
+    update={"distance": DIST.model_copy(update={"guard_band_on": "estimate"})}
+)
+
+
+def test_a_meter_just_outside_the_band_with_a_wide_interval_is_kept_not_extended() -> None:
+    # δ = +0.7 %, per-trip spread 2 %: se ≈ 0.25 pp, interval ≈ [+0.2, +1.2] %
+    trips = trips_from_logs(spread_logs(0.7, 2.0))
+    findings, evidence = judge(trips)
+    assert evidence["error_pct"] == pytest.approx(0.7, abs=1e-6)
+    low, high = evidence["error_ci_pct"]
+    assert low < DIST.guard_high_pct < evidence["error_pct"] < DIST.limit_high_pct < high
+    assert evidence["distance_zone"] == "unproven"
+    assert rules_of(findings) == [("normal", "taxi.distance.unproven")]
+    reason = findings[0].reason
+    assert (reason.value, reason.threshold) == (0.7, [DIST.guard_low_pct, DIST.guard_high_pct])
+    assert f"95 % interval [{low:+.2f}, {high:+.2f}] %, 100 trips" in reason.detail
+    assert "not extended" in reason.detail
+    assert decision(findings, evidence) == ("keep", "normal")
+    assert not taxi.extendable(findings)
+    # the same meter under the old reading of the band (δ alone) was sent to verification
+    old = judge(trips, rules=ESTIMATE)
+    assert rules_of(old[0]) == [("suspect", "taxi.distance.guard_band")]
+    assert decision(*old) == ("resample", "suspect")
+
+
+def test_a_meter_whose_interval_clears_the_band_is_sent_to_verification() -> None:
+    # δ = +0.8 %, per-trip spread 0.5 %: se ≈ 0.06 pp, interval ≈ [+0.68, +0.92] %
+    findings, evidence = judge(trips_from_logs(spread_logs(0.8, 0.5)))
+    low, high = evidence["error_ci_pct"]
+    assert DIST.guard_high_pct < low < evidence["error_pct"] < high < DIST.limit_high_pct
+    assert evidence["distance_zone"] == "outside"
+    assert rules_of(findings) == [("suspect", "taxi.distance.guard_band")]
+    reason = findings[0].reason
+    assert (reason.value, reason.threshold) == (0.8, [DIST.guard_low_pct, DIST.guard_high_pct])
+    assert "with its whole interval" in reason.detail
+    assert f"[{low:+.2f}, {high:+.2f}] %" in reason.detail
+    assert decision(findings, evidence) == ("resample", "suspect")
+    assert taxi.extendable(findings)  # no `unproven` finding: the state decides
+
+
+def test_an_estimate_beyond_the_limit_is_verified_however_noisy() -> None:
+    # δ = +1.2 %, per-trip spread 5 %: the interval reaches down into the band
+    findings, evidence = judge(trips_from_logs(spread_logs(1.2, 5.0)))
+    low, high = evidence["error_ci_pct"]
+    assert low < DIST.guard_high_pct and high > DIST.limit_high_pct
+    assert rules_of(findings)[0] == ("suspect", "taxi.distance.guard_band")
+    assert "beyond the JJG 517 limit [-4, +1] % by the estimate" in findings[0].reason.detail
+    assert decision(findings, evidence) == ("resample", "suspect")
+
+
+def test_a_low_meter_just_outside_the_band_is_kept_too() -> None:
+    findings, evidence = judge(trips_from_logs(spread_logs(-3.3, 2.0)))
+    low, high = evidence["error_ci_pct"]
+    assert DIST.limit_low_pct < low < evidence["error_pct"] < DIST.guard_low_pct < high
+    assert rules_of(findings) == [("normal", "taxi.distance.unproven")]
+    assert decision(findings, evidence) == ("keep", "normal")
+
+
+def test_the_interval_follows_the_rules_confidence() -> None:
+    logs = spread_logs(0.0, 1.0)
+    wide = taxi.distance_bias(logs, 0.0, DIST.model_copy(update={"confidence": 0.99}))
+    usual = taxi.distance_bias(logs, 0.0, DIST)
+    assert wide is not None and usual is not None
+    assert usual.error_ci_pct[1] == pytest.approx(100 * math.expm1(1.959964 * usual.se_log))
+    assert wide.error_ci_pct[1] == pytest.approx(100 * math.expm1(2.575829 * usual.se_log))
 
 
 def test_too_few_usable_trips_is_unknown_and_says_why() -> None:

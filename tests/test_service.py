@@ -256,7 +256,7 @@ def test_cli_rules_check_and_bad_registry(tmp_path: Path) -> None:
         )
 
     ok = cli("rules", "check")
-    assert ok.returncode == 0 and "valid, version shanghai-default@2026.1+" in ok.stdout
+    assert ok.returncode == 0 and "valid, version shanghai-default@2026.2+" in ok.stdout
     changed = tmp_path / "rules.yaml"
     rules = (REPO / "config/rules.yaml").read_text()
     changed.write_text(rules.replace("deadline_h: 24", "deadline_h: 12"))

@@ -175,6 +175,14 @@ class DistanceRule(Rule):
     limit_low_pct: float = -4.0
     guard_high_pct: float = 0.5
     guard_low_pct: float = -3.0
+    confidence: float = Field(
+        0.95, gt=0.5, lt=1, description="two-sided level of δ's interval (error_ci_pct)"
+    )
+    guard_band_on: Literal["interval", "estimate"] = Field(
+        "interval",
+        description="resample when δ's whole interval leaves the guard band (or δ passes the "
+        "limit), or, as before 2026.2, when δ alone leaves it",
+    )
     gross_trips_per_month: int = Field(3, ge=1)
     cusum_k: float = Field(0.5, gt=0)
     cusum_h: float = Field(5.0, gt=0)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from decimal import Decimal
 from itertools import pairwise
+from statistics import NormalDist
 from typing import Any, Literal
 
 import numpy as np
@@ -44,7 +45,6 @@ MONTH_MS = 30 * DAY_MS
 MAD_TO_SIGMA = 1.4826
 # The standard error of a sample median is √(π/2)·σ/√N ≈ 1.2533·σ/√N (DOMAIN §2).
 MEDIAN_SE_FACTOR = math.sqrt(math.pi / 2)
-Z95 = 1.959964
 # Not in rules.yaml (DOMAIN §2 states it as a fact, not a setting): urban GNSS distance
 # error per trip lies in −0.4 … +5.5 %. Half its width in log terms (≈ 2.9 %) is the
 # smallest per-trip spread the CUSUM standardises by. Why a floor: GNSS errors cluster
@@ -280,7 +280,7 @@ class Bias:
     """A meter's distance error against the fleet (CONTRACT §4 evidence)."""
 
     error_pct: float  # 100·(exp(δ) − 1); positive = the meter over-registers
-    error_ci_pct: tuple[float, float]  # 95 % interval
+    error_ci_pct: tuple[float, float]  # the rule's `confidence` interval (95 %)
     n_trips: int  # log-ratios the median rests on
     delta_log: float  # δ on the log scale
     se_log: float  # standard error of δ on the log scale
@@ -291,7 +291,8 @@ def distance_bias(ratios: Floats, fleet_median: float, rule: DistanceRule) -> Bi
     """δ = median of the last window_trips log-ratios − fleet median; None below min_trips.
 
     The standard error is that of a median, 1.2533·σ/√N with σ = 1.4826·MAD of the same
-    trips; the uncertainty of the fleet median (thousands of trips) is neglected.
+    trips; the uncertainty of the fleet median (thousands of trips) is neglected. The
+    interval is δ ± z·se at the rule's two-sided `confidence` (z = 1.96 at 95 %).
     """
     values = np.asarray(ratios, dtype=np.float64)
     recent = values[np.isfinite(values)][-rule.window_trips :]
@@ -301,14 +302,76 @@ def distance_bias(ratios: Floats, fleet_median: float, rule: DistanceRule) -> Bi
     delta = float(np.median(recent)) - fleet_median
     sigma = robust_sigma(recent)
     se = MEDIAN_SE_FACTOR * sigma / math.sqrt(n)
+    z = NormalDist().inv_cdf(0.5 + rule.confidence / 2)
     return Bias(
         error_pct=_pct(delta),
-        error_ci_pct=(_pct(delta - Z95 * se), _pct(delta + Z95 * se)),
+        error_ci_pct=(_pct(delta - z * se), _pct(delta + z * se)),
         n_trips=n,
         delta_log=delta,
         se_log=se,
         sigma_log=sigma,
     )
+
+
+BiasZone = Literal["inside", "unproven", "outside", "beyond_limit"]
+# The finding of a meter whose δ is outside the guard band while its interval reaches back
+# inside: `normal` (no verification is sent for what the data do not show), but the meter
+# is not extended (see `extendable`).
+UNPROVEN_RULE = "taxi.distance.unproven"
+
+
+def bias_zone(bias: Bias, rule: DistanceRule) -> BiasZone:
+    """Where δ and its interval lie against the guard band and the JJG 517 limit.
+
+    The decision rule (guard_band_on = interval; JCGM 106:2012 §8, ILAC G8:09/2019 guarded
+    rejection) — δ's standard error, 0.15–0.5 pp, is comparable with the guard band's
+    0.5 pp margin, so δ alone leaving the band proves little:
+
+    - `beyond_limit`: the whole interval beyond the limit (non-conformity proven) → faulty;
+    - `outside`: the whole interval outside the guard band (leaving it proven), or δ itself
+      beyond the limit (a meter whose best estimate is non-conforming is never kept just
+      because its data are noisy) → suspect;
+    - `unproven`: δ outside the guard band, its interval reaching back inside → normal, but
+      not extended: extending needs δ inside the band, whose margin to the limit is the
+      guarded acceptance of the period extension;
+    - `inside`: δ inside the guard band.
+
+    With guard_band_on = estimate δ alone decides between inside and outside (rules
+    before 2026.2).
+    """
+    low, high = bias.error_ci_pct
+    estimate = bias.error_pct
+    if low > rule.limit_high_pct or high < rule.limit_low_pct:
+        return "beyond_limit"
+    if rule.guard_low_pct <= estimate <= rule.guard_high_pct:
+        return "inside"
+    if (
+        rule.guard_band_on == "estimate"
+        or low > rule.guard_high_pct
+        or high < rule.guard_low_pct
+        or not rule.limit_low_pct <= estimate <= rule.limit_high_pct
+    ):
+        return "outside"
+    return "unproven"
+
+
+def _outside_why(bias: Bias, rule: DistanceRule) -> str:
+    """Why a meter in the `outside` zone is there, in words for its reason."""
+    low, high = bias.error_ci_pct
+    band = f"[{rule.guard_low_pct:g}, {rule.guard_high_pct:+g}] %"
+    if rule.guard_band_on == "estimate":
+        return f"outside the guard band {band}"
+    if low > rule.guard_high_pct or high < rule.guard_low_pct:
+        return f"outside the guard band {band} with its whole interval"
+    return (
+        f"beyond the JJG 517 limit [{rule.limit_low_pct:g}, {rule.limit_high_pct:+g}] % by the "
+        f"estimate, though not with confidence, so outside the guard band {band}"
+    )
+
+
+def extendable(findings: Iterable[Finding]) -> bool:
+    """Whether the distance findings allow a period extension (no `unproven` bias)."""
+    return not any(f.reason.rule == UNPROVEN_RULE for f in findings)
 
 
 # --------------------------------------------------------------------------- CUSUM
@@ -721,31 +784,50 @@ def _bias_findings(
         ]
     value = round(bias.error_pct, 3)
     low, high = bias.error_ci_pct
-    ci = f"95 % interval [{low:.2f}, {high:.2f}] %, {bias.n_trips} trips"
-    if low > rule.limit_high_pct or high < rule.limit_low_pct:
+    ci = f"{100 * rule.confidence:g} % interval [{low:+.2f}, {high:+.2f}] %, {bias.n_trips} trips"
+    band = [rule.guard_low_pct, rule.guard_high_pct]
+    limits = [rule.limit_low_pct, rule.limit_high_pct]
+    zone = bias_zone(bias, rule)
+    if zone == "beyond_limit":
         return [
             Finding(
                 "faulty",
                 Reason(
                     "taxi.distance.limit",
                     value,
-                    [rule.limit_low_pct, rule.limit_high_pct],
-                    f"distance error beyond the JJG 517 limit with confidence ({ci})",
+                    limits,
+                    f"distance error {value:+.2f} % beyond the JJG 517 limit "
+                    f"[{limits[0]:g}, {limits[1]:+g}] % with confidence ({ci})",
                 ),
                 severity="critical",
             )
         ]
-    if not rule.guard_low_pct <= bias.error_pct <= rule.guard_high_pct:
+    if zone == "outside":
+        why = _outside_why(bias, rule)
         return [
             Finding(
                 "suspect",
                 Reason(
                     "taxi.distance.guard_band",
                     value,
-                    [rule.guard_low_pct, rule.guard_high_pct],
-                    f"distance error outside the guard band ({ci}): on-site verification",
+                    band,
+                    f"distance error {value:+.2f} % {why} ({ci}): on-site verification",
                 ),
                 severity=rule.severity,
+            )
+        ]
+    if zone == "unproven":
+        return [
+            Finding(
+                "normal",
+                Reason(
+                    UNPROVEN_RULE,
+                    value,
+                    band,
+                    f"distance error {value:+.2f} % outside the guard band "
+                    f"[{band[0]:g}, {band[1]:+g}] % by the estimate only: its {ci} reaches "
+                    "back inside, so leaving the band is not proven; kept, not extended",
+                ),
             )
         ]
     return [
@@ -754,8 +836,9 @@ def _bias_findings(
             Reason(
                 "taxi.distance.bias",
                 value,
-                [rule.guard_low_pct, rule.guard_high_pct],
-                f"distance error inside the guard band ({ci})",
+                band,
+                f"distance error {value:+.2f} % inside the guard band "
+                f"[{band[0]:g}, {band[1]:+g}] % ({ci})",
             ),
         )
     ]
@@ -858,6 +941,7 @@ class _DistanceResult:
     sigma: float
     gross_30d: int
     findings: list[Finding]
+    zone: BiasZone | None = None  # where δ and its interval lie (None without a bias)
 
 
 def _distance_rules(
@@ -881,7 +965,8 @@ def _distance_rules(
     findings = _bias_findings(bias, ratios, fleet_median, rule)
     extra = (_cusum_finding(result, ratios, sigma, rule), _gross_finding(gross_30d, ratios, rule))
     findings += [f for f in extra if f is not None]
-    return _DistanceResult(ratios, bias, result, reference, sigma, gross_30d, findings)
+    zone = bias_zone(bias, rule) if bias is not None else None
+    return _DistanceResult(ratios, bias, result, reference, sigma, gross_30d, findings, zone)
 
 
 def _evidence(
@@ -901,6 +986,7 @@ def _evidence(
     return {
         "error_pct": round(bias.error_pct, 3) if bias else None,
         "error_ci_pct": [round(v, 3) for v in bias.error_ci_pct] if bias else None,
+        "distance_zone": dist.zone,
         "n_trips": bias.n_trips if bias else ratios.n_usable,
         "n_trips_total": ratios.n_trips,
         "n_trips_usable": ratios.n_usable,
