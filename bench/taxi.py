@@ -29,20 +29,18 @@ Evaluation as of the end of each simulated day. A full `Evaluator.run` re-reads 
 re-judges the whole 60-day window (288 heartbeats a taxi a day, every fare recomputed in
 Decimal): ~1.6 s per simulated day of data for 200 taxis here (98 s as of day 60), so
 one run a day for 60 days would take ~50 min per fleet. The daily figures therefore come
-from `DailyMirror`: the steps of `Evaluator._taxis` → `evaluate_taxi.decide_taxis` →
-`rules_taxi.taxi_findings`, called one by one over the same stored points, read back
-from the store incrementally (the last 2 h of event time are re-read each day, so late
-and duplicate deliveries land as they do in the store), with two exact shortcuts:
+from `DailyMirror`: the same `evaluate_taxi.evaluate` the Evaluator's taxi half calls,
+handed the window's stored points read back from the store incrementally (the last 2 h
+of event time are re-read each day, so late and duplicate deliveries land as they do in
+the store) instead of re-reading the window, with two exact shortcuts:
 
-- each trip's `fare_check` is computed once (against the tariff book in force when it
-  is read; all are recomputed when a rollout changes the book);
+- each trip's `fare_check` is computed once (`rules_taxi.FareCache`: reused while the
+  tariff book and rules stay the same; all are recomputed when a rollout changes the book);
 - heartbeats are kept only when seal, pulses_per_km or tariff_version change from the
   previous one of that meter: seal / parameter findings, their count and the rollout
   answers are the same, only a reason's wording ("N heartbeats") is not.
 
-`taxi_findings` is unrolled through helpers that are private to `monitor.rules.taxi`
-(`_distance_rules`, `_fare_findings`, `_evidence`); should they change, the check days
-say so. On the `--check-days` (by default day 3 and the last day, which is always
+On the `--check-days` (by default day 3 and the last day, which is always
 checked) the real `Evaluator.run(as_of, book, record=False)` runs as well and every
 taxi's decision, state, new due date, reason rules and whole evidence dict are compared
 with the mirror's; the agreement is printed (differences as MISMATCH lines), and the last
@@ -78,7 +76,7 @@ from typing import Any
 from monitor import evaluate_taxi
 from monitor.api import ApiContext, create_app
 from monitor.config import load_settings
-from monitor.decide import Decision, Finding, decide_meter
+from monitor.decide import Decision
 from monitor.evaluate import Evaluator
 from monitor.ingest import summarise_seen
 from monitor.metrics import Metrics
@@ -245,32 +243,19 @@ class DailyMirror:
         self._config = config_tariffs
         self._book = book
         self._read_until = start_ms - 1
-        self._versions: list[str] = []
-        self._tariffs = config_tariffs
+        self._fares = rules_taxi.FareCache()
         self._seen_trips: dict[tuple[str, str], int] = {}
         self._seen_status: dict[tuple[str, int], int] = {}
         self._seen_events: dict[tuple[str, int, str], int] = {}
         self._last_signature: dict[str, tuple[object, object, object]] = {}
         self.trips: dict[str, list[rules_taxi.Trip]] = {}
-        self._checks: dict[str, dict[str, rules_taxi.FareCheck]] = {}
         self._status: dict[str, list[MeterPoint]] = {}
         self._events: dict[str, list[MeterPoint]] = {}
         self.heartbeats_read = 0
         self.heartbeats_kept = 0
 
-    def _check(self, trip: rules_taxi.Trip) -> rules_taxi.FareCheck:
-        rules = self._book.rules.taxi
-        grace_ms = int(rules.tariff.deadline_h * HOUR_MS)
-        return rules_taxi.fare_check(trip, self._tariffs, rules.fare, grace_ms=grace_ms)
-
     def pull(self, until_ms: int) -> None:
         """Read what the store holds up to `until_ms` that was not read before."""
-        tariffs = evaluate_taxi.tariff_book(self._config, self._state)
-        if list(tariffs) != self._versions:  # a rollout joined the book: check afresh
-            self._tariffs, self._versions = tariffs, list(tariffs)
-            self._checks = {
-                m: {t.trip_id: self._check(t) for t in ts} for m, ts in self.trips.items()
-            }
         low = self._read_until - OVERLAP_MS + 1
         fresh: dict[str, list[MeterPoint]] = {}
         for p in self._store.points(TAXI_TRIP, low, until_ms):
@@ -280,10 +265,7 @@ class DailyMirror:
                 fresh.setdefault(p.meter, []).append(p)
         for meter, points in fresh.items():
             trips = self.trips.setdefault(meter, [])
-            checks = self._checks.setdefault(meter, {})
-            for trip in rules_taxi.trips_from_points(points):
-                trips.append(trip)
-                checks[trip.trip_id] = self._check(trip)
+            trips.extend(rules_taxi.trips_from_points(points))
             trips.sort(key=lambda t: (t.end_ms, t.trip_id))  # the order the store returns
         for p in self._store.points(TAXI_STATUS, low, until_ms):
             status_key = (p.meter, p.ts_ms)
@@ -309,61 +291,34 @@ class DailyMirror:
         self._read_until = until_ms
 
     def decide(self, as_of_ms: int) -> dict[str, Decision]:
-        """Every taxi meter's decision as of `as_of_ms` (the data pulled so far)."""
+        """Every taxi meter's decision as of `as_of_ms` (the data pulled so far).
+
+        The window's points as `evaluate_taxi.load` would read them, handed to
+        `evaluate_taxi.evaluate`: the Evaluator's own taxi half, with the fare checks
+        carried over from the previous day (`rules_taxi.FareCache`).
+        """
         rules = self._book.rules.taxi
-        start = as_of_ms - int(rules.distance.window_days * DAY_MS)
-        registry = {r.meter_id: r for r in self._state.registry_rows("taxi")}
-        meters = sorted(set(registry) | set(self._state.seen_meters("taxi")))
+        start = evaluate_taxi.window_start(as_of_ms, rules)
         trips = {
             m: kept
             for m, ts in self.trips.items()
             if (kept := [t for t in ts if start <= t.end_ms <= as_of_ms])
         }
         status = {
-            m: [p for p in ps if start <= p.ts_ms <= as_of_ms] for m, ps in self._status.items()
+            m: beats
+            for m, ps in self._status.items()
+            if (beats := [p for p in ps if start <= p.ts_ms <= as_of_ms])
         }
         events = {
-            m: [p for p in ps if start <= p.ts_ms <= as_of_ms] for m, ps in self._events.items()
+            m: codes
+            for m, ps in self._events.items()
+            if (codes := [p for p in ps if start <= p.ts_ms <= as_of_ms])
         }
-        # From here on the steps of evaluate_taxi.decide_taxis and rules_taxi.taxi_findings,
-        # with the fare checks taken from the cache (a fare check is a function of the trip
-        # and the tariff book only).
-        window = rules.distance.window_trips
-        ratios = {m: rules_taxi.log_ratios(t, rules.distance).log_ratio for m, t in trips.items()}
-        median = rules_taxi.fleet_median(ratios, window)
-        sigma = rules_taxi.fleet_sigma(ratios, window) if ratios else None
         data = evaluate_taxi.TaxiData(trips, status, events, {})
-        overdue = evaluate_taxi.overdue_findings(self._state, data, as_of_ms)
         stamp = (format_ts(as_of_ms), self._book.version)
-        out = {}
-        for meter in meters:
-            past = trips.get(meter, [])
-            dist = rules_taxi._distance_rules(past, median, sigma, rules.distance, as_of_ms)
-            cached = self._checks.get(meter, {})
-            fares = rules_taxi.fare_summary([cached[t.trip_id] for t in past], rules.fare)
-            seals: list[Finding] = []
-            if rules.seal.enabled:
-                seals = rules_taxi.seal_findings(
-                    meter, status.get(meter, []), events.get(meter, []), [], rules.seal
-                )
-            findings = dist.findings + rules_taxi._fare_findings(fares, rules) + seals
-            findings += overdue.get(meter, [])
-            row = registry.get(meter)
-            evidence = {
-                **rules_taxi._evidence(dist, median, fares, seals),
-                "registered": row is not None,
-                "lot": row.lot if row else None,
-            }
-            out[meter] = decide_meter(
-                meter,
-                "taxi",
-                findings,
-                row.due_on if row else None,
-                evaluate_taxi.extension(row, as_of_ms, rules),
-                evidence,
-                *stamp,
-            )
-        return out
+        return evaluate_taxi.evaluate(
+            self._store, self._state, self._config, rules, as_of_ms, stamp, data, self._fares
+        )
 
 
 def _verdict(d: Decision) -> DayVerdict:

@@ -17,6 +17,8 @@ from monitor.taxi.rollout import Rollout, applied_at, progress
 from monitor.taxi.tariff import TariffBook
 from monitor.telemetry import format_ts, ms_to_datetime
 
+DAY_MS = 86_400_000
+
 
 @dataclass(frozen=True)
 class TaxiData:
@@ -113,8 +115,15 @@ def decide_taxis(
     state: SqliteState,
     as_of_ms: int,
     stamp: tuple[str, str],
+    fares: rules_taxi.FareCache | None = None,
 ) -> dict[str, Decision]:
-    """Decisions for every taxi meter."""
+    """Decisions for every taxi meter.
+
+    `fares` carries fare checks over from a previous pass (see `rules_taxi.FareCache`);
+    the decisions are the same with or without it.
+    """
+    if fares is not None:
+        fares.new_pass()
     window = rules.distance.window_trips
     ratios = {m: rules_taxi.log_ratios(t, rules.distance).log_ratio for m, t in data.trips.items()}
     median = rules_taxi.fleet_median(ratios, window)
@@ -133,6 +142,7 @@ def decide_taxis(
             tariffs,
             rules,
             as_of_ms,
+            fares,
         )
         findings += overdue.get(meter, [])
         row = registry.get(meter)
@@ -151,3 +161,34 @@ def decide_taxis(
             *stamp,
         )
     return out
+
+
+def window_start(as_of_ms: int, rules: TaxiRules) -> int:
+    """The first event time a pass as of `as_of_ms` reads (the distance rule's window_days)."""
+    return as_of_ms - int(rules.distance.window_days * DAY_MS)
+
+
+def evaluate(
+    store: TelemetryStore,
+    state: SqliteState,
+    config_tariffs: TariffBook,
+    rules: TaxiRules,
+    as_of_ms: int,
+    stamp: tuple[str, str],
+    data: TaxiData | None = None,
+    fares: rules_taxi.FareCache | None = None,
+) -> dict[str, Decision]:
+    """The taxi half of an evaluation pass: every registered or seen taxi meter's decision.
+
+    `data` is what `load` reads for the window (`window_start` … as_of); a caller that keeps
+    the same points by other means (a benchmark reading the store incrementally) passes
+    them instead. `fares` carries fare checks over between passes (`rules_taxi.FareCache`).
+    """
+    registry = {r.meter_id: r for r in state.registry_rows("taxi")}
+    meters = sorted(set(registry) | set(state.seen_meters("taxi")))
+    if not meters:
+        return {}
+    if data is None:
+        data = load(store, state, window_start(as_of_ms, rules), as_of_ms)
+    tariffs = tariff_book(config_tariffs, state)
+    return decide_taxis(meters, registry, data, tariffs, rules, state, as_of_ms, stamp, fares)

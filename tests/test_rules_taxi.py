@@ -21,6 +21,7 @@ from monitor.rules.schema import FareRule, TaxiRules, load_rules
 from monitor.taxi.tariff import (
     SHANGHAI_2022,
     Tariff,
+    TariffBook,
     charged_fare_cny,
     default_tariff_book,
     fare_decimal,
@@ -571,6 +572,41 @@ def test_tariff_version_mismatch_is_reported_and_repriced() -> None:
     # before any tariff: nothing to check against
     old = fare_trip(10.0, 33.0, end=ms(datetime(2021, 1, 1, tzinfo=CST)))
     assert not taxi.fare_check(old, BOOK, RULES.fare).checked
+
+
+def test_fare_cache_answers_what_fare_check_answers_and_follows_the_tariff_book() -> None:
+    new_from = datetime(2026, 3, 1, 0, 0, tzinfo=CST)
+    body = {**SHANGHAI_2022, "effective_from": new_from.isoformat()}
+    body["day"] = {**SHANGHAI_2022["day"], "per_km": 3.0}
+    grace = int(RULES.tariff.deadline_h * HOUR)
+    late = ms(new_from) + 5 * DAY + 12 * HOUR
+    trips = [replace(fare_trip(10.0, 33.0, end=late + i * HOUR), trip_id=f"f{i}") for i in range(4)]
+    cache = taxi.FareCache()
+    first = [cache.check(t, BOOK, RULES.fare, grace) for t in trips]
+    assert first == [taxi.fare_check(t, BOOK, RULES.fare, grace_ms=grace) for t in trips]
+    assert not any(c.mismatch for c in first)
+    # asked again, with an equal book built anew: the checks already made, not re-priced
+    again = TariffBook(dict(BOOK.items()))
+    assert all(
+        cache.check(t, again, RULES.fare, grace) is c for t, c in zip(trips, first, strict=True)
+    )
+    # a rollout changes the book: every trip is priced again, under the tariff now in force
+    book = BOOK.with_tariff("SH-2026", Tariff.model_validate(body))
+    rolled = [cache.check(t, book, RULES.fare, grace) for t in trips]
+    assert rolled == [taxi.fare_check(t, book, RULES.fare, grace_ms=grace) for t in trips]
+    assert all(c.version_mismatch and c.expected_cny == 35.0 for c in rolled)
+    # so does another fare rule
+    strict = RULES.fare.model_copy(update={"tolerance_display_steps": 0.0})
+    assert cache.check(trips[0], book, strict, grace) is not rolled[0]
+    # a pass keeps what the previous pass asked for and drops the rest
+    cache.new_pass()
+    kept = cache.check(trips[0], book, strict, grace)
+    cache.new_pass()
+    assert cache.check(trips[0], book, strict, grace) is kept
+    cache.new_pass()
+    cache.new_pass()
+    assert cache.check(trips[0], book, strict, grace) is not kept
+    assert cache.check(trips[0], book, strict, grace) == kept
 
 
 def test_fare_and_tariff_findings_in_the_combined_rules() -> None:

@@ -2,30 +2,50 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
+from statistics import NormalDist
 
+import numpy as np
 import pytest
 
+from monitor import evaluate_taxi
 from monitor.evaluate import EvaluationResult, Evaluator
 from monitor.ingest import summarise_seen
 from monitor.metrics import Metrics
-from monitor.registry import parse_rows
-from monitor.rules.schema import load_rules
+from monitor.registry import MeterRow, parse_rows
+from monitor.rules import taxi as rules_taxi
+from monitor.rules.schema import RuleBook, load_rules
 from monitor.schema import Record
 from monitor.simulate import Fleet, FleetSpec
 from monitor.state import SqliteState
 from monitor.store.embedded import EmbeddedStore
-from monitor.taxi.tariff import load_tariffs
-from monitor.telemetry import parse_message
+from monitor.taxi.tariff import TariffBook, charged_fare_cny, default_tariff_book, load_tariffs
+from monitor.telemetry import format_ts, ms_to_datetime, parse_message
 
 REPO = Path(__file__).resolve().parent.parent
 START = 1772294400000
 DAYS = 12
 
 
+@dataclass(frozen=True)
+class World:
+    """A simulated fleet stored and registered, and what the Evaluator made of it."""
+
+    fleet: Fleet
+    store: EmbeddedStore
+    state: SqliteState
+    tariffs: TariffBook
+    book: RuleBook
+    end_ms: int
+    result: EvaluationResult
+
+
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fleet, EvaluationResult]]:
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("taxi")
     # A tight clean fleet (±0.2 % between meters) so that "clean" means clean under JJG 517.
     fleet = Fleet(
@@ -43,12 +63,16 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fleet,
     store.write(records)
     state.note_seen(summarise_seen(records, 0.0))
     tariffs = load_tariffs(REPO / "config" / "tariffs.yaml")
-    result = Evaluator(store, state, tariffs=lambda: tariffs).run(
-        end - 1, load_rules(REPO / "config" / "rules.yaml")
-    )
-    yield fleet, result
+    book = load_rules(REPO / "config" / "rules.yaml")
+    result = Evaluator(store, state, tariffs=lambda: tariffs).run(end - 1, book)
+    yield World(fleet, store, state, tariffs, book, end, result)
     store.close()
     state.close()
+
+
+@pytest.fixture(scope="module")
+def evaluated(world: World) -> tuple[Fleet, EvaluationResult]:
+    return world.fleet, world.result
 
 
 def planted(fleet: Fleet, fault: str) -> list[str]:
@@ -101,3 +125,83 @@ def test_taxi_decision_evidence(evaluated: tuple[Fleet, EvaluationResult]) -> No
     assert ev["cusum"]["alarm"] is True
     reason = d["reasons"][0]
     assert reason["rule"] == "taxi.distance.limit" and reason["detail"]
+
+
+def test_the_evaluator_and_evaluate_with_given_data_and_a_fare_cache_agree(world: World) -> None:
+    """The benchmark's path (points handed in, fare checks carried over) is the Evaluator's."""
+    rules = world.book.rules.taxi
+    fares = rules_taxi.FareCache()
+    for days_back in (2, 0):  # a first pass fills the cache, the second reuses it
+        as_of = world.end_ms - 1 - days_back * 86_400_000
+        expected = Evaluator(world.store, world.state, tariffs=lambda: world.tariffs).run(
+            as_of, world.book, record=False
+        )
+        data = evaluate_taxi.load(
+            world.store, world.state, evaluate_taxi.window_start(as_of, rules), as_of
+        )
+        stamp = (format_ts(as_of), world.book.version)
+        got = evaluate_taxi.evaluate(
+            world.store, world.state, world.tariffs, rules, as_of, stamp, data, fares
+        )
+        taxis = {m: d.as_dict() for m, d in expected.meters.items() if d.kind == "taxi"}
+        assert taxis and {m: d.as_dict() for m, d in got.items()} == taxis
+
+
+CST = timezone(timedelta(hours=8))
+T0 = int(datetime(2026, 3, 1, 8, 0, tzinfo=CST).timestamp() * 1000)
+
+
+def meter_trips(meter: str, bias_pct: float, sd_pct: float, n: int = 100) -> list[rules_taxi.Trip]:
+    """n trips of 10 km by GNSS whose log-ratios have median ln(1 + bias) and spread sd_pct."""
+    tariff = default_tariff_book()["SH-2022"]
+    unit = NormalDist()
+    z = np.array([unit.inv_cdf((i + 0.5) / n) for i in range(n)])
+    logs = np.random.default_rng(len(meter)).permutation(
+        math.log1p(bias_pct / 100) + z * sd_pct / 100
+    )
+    out = []
+    for i, r in enumerate(logs.tolist()):
+        end = T0 + i * 30 * 60_000
+        km = 10.0 * math.exp(r)
+        fare = charged_fare_cny(tariff, km, 0.0, ms_to_datetime(end))
+        out.append(rules_taxi.Trip(f"{meter}-{i}", end - 1_200_000, end, km, fare, "SH-2022", 10.0))
+    return out
+
+
+def test_a_meter_outside_the_band_by_its_estimate_only_is_kept_but_not_extended(
+    tmp_path: Path,
+) -> None:
+    # T1 sits at +0.7 % with a wide interval (≈ [+0.2, +1.2] %); T2-T6 at the fleet median.
+    # All are due within the extension horizon.
+    trips = {"T1": meter_trips("T1", 0.7, 2.0)}
+    trips |= {f"T{i}": meter_trips(f"T{i}", 0.0, 1.0) for i in range(2, 7)}
+    as_of = T0 + 100 * 30 * 60_000
+    verified = date(2025, 4, 1)  # due 2026-04-01, a month after as_of
+    registry = {
+        m: MeterRow(meter_id=m, kind="taxi", verified_on=verified, period_years=1) for m in trips
+    }
+    rules = load_rules(REPO / "config" / "rules.yaml").rules.taxi
+    state = SqliteState(tmp_path / "s.sqlite")
+    try:
+        decided = evaluate_taxi.decide_taxis(
+            sorted(trips),
+            registry,
+            evaluate_taxi.TaxiData(trips, {}, {}, {}),
+            default_tariff_book(),
+            rules,
+            state,
+            as_of,
+            ("now", "rules"),
+        )
+    finally:
+        state.close()
+    one = decided["T1"]
+    assert (one.decision, one.state, one.new_due_on) == ("keep", "normal", None)
+    assert [r.rule for r in one.reasons] == ["taxi.distance.unproven"]
+    assert one.evidence["distance_zone"] == "unproven"
+    low, high = one.evidence["error_ci_pct"]
+    assert low < rules.distance.guard_high_pct < one.evidence["error_pct"] < high
+    for meter in ("T2", "T3", "T4", "T5", "T6"):
+        d = decided[meter]
+        assert (d.decision, d.state, d.new_due_on) == ("extend", "normal", date(2027, 4, 1))
+        assert d.evidence["distance_zone"] == "inside"

@@ -560,6 +560,44 @@ def fare_check(
     )
 
 
+class FareCache:
+    """`fare_check` results reused from one evaluation pass to the next; exact.
+
+    A check is a function of the trip and of the tariff book, fare rule and rollout grace
+    it is made with: while those stay equal, a trip checked before is not re-priced (a
+    rollout or a changed rule empties the cache). `new_pass` starts a pass: what the
+    previous pass asked for is kept for this one, the rest is dropped, so the cache holds
+    about one window of trips.
+    """
+
+    def __init__(self) -> None:
+        """Empty."""
+        self._context: tuple[TariffBook, FareRule, int] | None = None
+        self._previous: dict[Trip, FareCheck] = {}
+        self._current: dict[Trip, FareCheck] = {}
+
+    def new_pass(self) -> None:
+        """Keep the checks the last pass used; drop the older ones."""
+        self._previous, self._current = self._current, {}
+
+    def check(self, trip: Trip, tariffs: TariffBook, rule: FareRule, grace_ms: int) -> FareCheck:
+        """`fare_check(trip, tariffs, rule, grace_ms=grace_ms)`, from the cache when known."""
+        context = self._context
+        if context is None or not (
+            tariffs is context[0] and rule is context[1] and grace_ms == context[2]
+        ):
+            if context is None or (tariffs, rule, grace_ms) != context:
+                self._previous, self._current = {}, {}
+            self._context = (tariffs, rule, grace_ms)
+        found = self._current.get(trip)
+        if found is None:
+            found = self._previous.get(trip)
+            if found is None:
+                found = fare_check(trip, tariffs, rule, grace_ms=grace_ms)
+            self._current[trip] = found
+        return found
+
+
 @dataclass(frozen=True)
 class FareSummary:
     """A meter's fare checks in numbers."""
@@ -1021,23 +1059,30 @@ def taxi_findings(
     tariffs: TariffBook,
     rules: TaxiRules,
     as_of_ms: int,
+    fares: FareCache | None = None,
 ) -> tuple[list[Finding], dict[str, Any]]:
     """All taxi rules for one meter as of `as_of_ms`: findings and CONTRACT §4 evidence.
 
     Only data with event time ≤ as_of counts, so a replay gives the same answer.
     `fleet_median` and `fleet_sigma` come from the functions of those names over the
     fleet; a missing sigma falls back to the GNSS floor. The states (DOMAIN §2): normal
-    inside the guard band with nothing else; suspect outside it, on a CUSUM alarm, on
-    ≥ gross_trips_per_month gross trips in 30 days, or on any seal / parameter / fare /
-    tariff finding; faulty when the whole 95 % interval lies beyond the JJG 517 limit;
-    unknown with its reason when fewer than min_trips trips are usable.
+    inside the guard band with nothing else (also when δ is outside it but its interval
+    reaches back inside: not extended, see `bias_zone`); suspect when the whole interval
+    is outside it or δ beyond the limit, on a CUSUM alarm, on ≥ gross_trips_per_month
+    gross trips in 30 days, or on any seal / parameter / fare / tariff finding; faulty
+    when the whole interval lies beyond the JJG 517 limit; unknown with its reason when
+    fewer than min_trips trips are usable. `fares`, when
+    given, answers the fare checks of trips it has checked before (same result).
     """
     past = [t for t in trips if t.end_ms <= as_of_ms]
     dist = _distance_rules(past, fleet_median, fleet_sigma, rules.distance, as_of_ms)
 
     grace_ms = int(rules.tariff.deadline_h * 3_600_000)
-    checks = [fare_check(t, tariffs, rules.fare, grace_ms=grace_ms) for t in past]
-    fares = fare_summary(checks, rules.fare)
+    if fares is None:
+        checks = [fare_check(t, tariffs, rules.fare, grace_ms=grace_ms) for t in past]
+    else:
+        checks = [fares.check(t, tariffs, rules.fare, grace_ms) for t in past]
+    summary = fare_summary(checks, rules.fare)
 
     seals: list[Finding] = []
     if rules.seal.enabled:
@@ -1048,5 +1093,5 @@ def taxi_findings(
             work_orders,
             rules.seal,
         )
-    findings = dist.findings + _fare_findings(fares, rules) + seals
-    return findings, _evidence(dist, fleet_median, fares, seals)
+    findings = dist.findings + _fare_findings(summary, rules) + seals
+    return findings, _evidence(dist, fleet_median, summary, seals)
