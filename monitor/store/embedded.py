@@ -13,12 +13,10 @@ import sqlite3
 import threading
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import numpy as np
-from numpy.typing import NDArray
 
 from monitor.metrics import Metrics
 from monitor.ports import MeterPoint, Point, Series, StoreHealth, meter_series
@@ -27,7 +25,7 @@ from monitor.schema import MEASUREMENTS, Measurement, Record
 log = logging.getLogger(__name__)
 
 # The file layout this code writes (PRAGMA user_version); older files are migrated on open.
-LAYOUT = 5
+LAYOUT = 6
 DAY_MS = 86_400_000
 
 _SQL_TYPES = {"float": "REAL", "int": "INTEGER", "str": "TEXT"}
@@ -92,7 +90,10 @@ def _blocks(
     district, min and max district) → one block row per day."""
     series = meter_series(rows, fields)
     ts = series.ts_ms
-    block = np.vstack([series.values[f] for f in fields]) if fields else np.empty((0, len(ts)))
+    # Point-major (n, fields): the blocks of a meter's days join into one array.
+    block = (
+        np.column_stack([series.values[f] for f in fields]) if fields else np.empty((len(ts), 0))
+    )
     out: list[tuple[object, ...]] = []
     for day in days:
         a, b = (int(i) for i in np.searchsorted(ts, [day * DAY_MS, (day + 1) * DAY_MS]))
@@ -107,10 +108,21 @@ def _blocks(
                 b - a,
                 ",".join(fields),
                 ts[a:b].tobytes(),
-                np.ascontiguousarray(block[:, a:b]).tobytes(),
+                np.ascontiguousarray(block[a:b]).tobytes(),
             )
         )
     return out
+
+
+def _unpacked_days(run: list[_Block], cols: list[str]) -> list[Series]:
+    """Consecutive blocks with the same fields → one Series piece (one join, two copies)."""
+    if not run:
+        return []
+    fields = run[0].fields
+    ts = np.frombuffer(b"".join(b.ts for b in run), dtype=np.int64)
+    vals = np.frombuffer(b"".join(b.vals for b in run), dtype=np.float64)
+    vals = vals.reshape(len(ts), len(fields))
+    return [Series(ts, {c: vals[:, fields.index(c)] for c in cols})]
 
 
 def _join(pieces: list[Series], cols: list[str]) -> Series:
@@ -125,16 +137,16 @@ def _join(pieces: list[Series], cols: list[str]) -> Series:
 _PACK_ROWS = 20_000
 
 
-@dataclass(frozen=True)
-class _Block:
+class _Block(NamedTuple):
     """One stored day of one meter (see `EmbeddedStore._days`)."""
 
     day: int
     district: str | None
-    mixed: bool
+    mixed: int  # 1: the day's points are of several districts
+    n: int
     fields: tuple[str, ...]
-    ts: NDArray[np.int64]
-    vals: NDArray[np.float64]  # (fields, n)
+    ts: bytes  # int64 × n
+    vals: bytes  # float64 × (n, fields), point-major
 
 
 class EmbeddedStore:
@@ -186,7 +198,8 @@ class EmbeddedStore:
         always the rows as they are (`<table>_days_upto`, the last day packed, spares live
         points any probe). Layout 4: a block names the fields it holds. Layout 5: blocks
         are dropped by `write`, no longer by triggers (~6 µs a row). Every telemetry
-        write must go through `write`.
+        write must go through `write`. Layout 6: a block's values are point-major, so a
+        meter's days join as bytes. Older blocks are dropped (a cache: repacked on read).
         """
         db = self._db
         db.execute("BEGIN IMMEDIATE")
@@ -196,7 +209,7 @@ class EmbeddedStore:
                 db.execute(_ddl(m))
                 db.execute(f"CREATE INDEX IF NOT EXISTS {m.name}_time ON {m.name} (ts)")
                 if _day_blocked(m):
-                    if version < 4:  # layout 3's blocks held every field: a cache, dropped
+                    if version < 6:  # blocks of layouts 3-5 differ: a cache, dropped
                         db.execute(f"DROP TABLE IF EXISTS {m.name}_days")
                     if version < 5:  # layouts 3-4 dropped blocks by triggers (~6 µs a row)
                         for event in ("insert", "delete", "update"):
@@ -414,13 +427,19 @@ class EmbeddedStore:
                         out[meter] = meter_series(got, cols)
                     continue
                 pieces = [meter_series(rows(meter, start_ms, first * DAY_MS - 1), cols)]
+                run: list[_Block] = []  # consecutive blocks taken whole, joined as bytes
                 for b in blocks:
                     if district is not None and b.mixed:
+                        pieces += _unpacked_days(run, cols)
+                        run = []
                         day_rows = rows(meter, b.day * DAY_MS, (b.day + 1) * DAY_MS - 1)
                         pieces.append(meter_series(day_rows, cols))
-                    elif len(b.ts) and (district is None or b.district == district):
-                        vals = {c: b.vals[b.fields.index(c)] for c in cols}
-                        pieces.append(Series(b.ts, vals))
+                    elif b.n and (district is None or b.district == district):
+                        if run and run[0].fields != b.fields:
+                            pieces += _unpacked_days(run, cols)
+                            run = []
+                        run.append(b)
+                pieces += _unpacked_days(run, cols)
                 pieces.append(meter_series(rows(meter, (last + 1) * DAY_MS, end_ms), cols))
                 pieces = [p for p in pieces if len(p.ts_ms)]
                 if pieces:
@@ -436,18 +455,12 @@ class EmbeddedStore:
             "WHERE meter = ? AND day BETWEEN ? AND ? ORDER BY day"
         )
         out = []
+        split: dict[str, tuple[str, ...]] = {}
         for day, district, mixed, n, fields, ts, vals in db.execute(sql, (meter, first, last)):
-            names = tuple(fields.split(",")) if fields else ()
-            out.append(
-                _Block(
-                    day,
-                    district,
-                    bool(mixed),
-                    names,
-                    np.frombuffer(ts, dtype=np.int64),
-                    np.frombuffer(vals, dtype=np.float64).reshape(len(names), n),
-                )
-            )
+            names = split.get(fields)
+            if names is None:
+                names = split[fields] = tuple(fields.split(",")) if fields else ()
+            out.append(_Block(day, district, mixed, n, names, ts, vals))
         return out
 
     def _pack(
