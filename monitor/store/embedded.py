@@ -3,6 +3,12 @@
 Same semantics as the InfluxDB backend: a point is keyed by meter and its key
 columns, so a duplicate overwrites itself (INSERT OR REPLACE) instead of
 counting twice. A batch is one transaction; `write` returns after commit.
+
+Bulk reads (`series`, what an evaluation pass reads per district) go meter by meter
+along the primary key (meter, ts) and take the full UTC days of a window from day
+blocks: each (meter, day) packed as numpy arrays, built on first read and dropped by
+any `write` to that day (see `EmbeddedStore._migrate` for the layout, and
+`python -m bench.store` for what it buys).
 """
 
 from __future__ import annotations
