@@ -240,6 +240,22 @@ def test_packing_in_small_chunks_gives_the_same_series(
     store.close()
 
 
+def test_days_that_cannot_be_packed_are_read_from_the_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = EmbeddedStore(tmp_path / "t.sqlite", Metrics())
+    day = 86_400_000
+    store.write([elec("M1", "D1", t, energy_kwh=float(t)) for t in range(0, 2 * day, STEP)])
+
+    def locked(*args: object) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(store, "_pack", locked)
+    got = store.series(ELEC_READING, FIELDS, 0, 2 * day - 1, district="D1")
+    assert got["M1"].ts_ms.tolist() == list(range(0, 2 * day, STEP))
+    store.close()
+
+
 def _old_file(path: Path, version: int) -> None:
     """A file as layout 0 (index (district, ts)), 1 (index (district, meter)), 3 (day
     blocks without their fields) or 4 (blocks dropped by triggers) left it."""

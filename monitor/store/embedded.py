@@ -370,7 +370,10 @@ class EmbeddedStore:
             meters = self._meters(self._reader, measurement, district)
             todo = self._unpacked(name, meters, days, cols)
         if todo:
-            self._pack(measurement, todo, days, cols)
+            try:
+                self._pack(measurement, todo, days, cols)
+            except sqlite3.OperationalError as exc:  # e.g. locked by another writer: rows
+                log.warning("telemetry store: days not packed (%s); reading the rows", exc)
         with self._read_lock:
             return self._read(meters, measurement, cols, start_ms, end_ms, district, days)
 
