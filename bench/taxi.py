@@ -25,10 +25,11 @@ meter that never applies a new tariff. The new tariff is rolled out half way (da
 effective time (next local midnight) and deadline (+ rules' deadline_h)); the cmd/tariff
 messages the API publishes are handed to `Fleet.push_tariff`.
 
-Evaluation as of the end of each simulated day. A full `Evaluator.run` re-reads and
-re-judges the whole 60-day window (288 heartbeats a taxi a day, every fare recomputed in
-Decimal): ~1.6 s per simulated day of data for 200 taxis here (98 s as of day 60), so
-one run a day for 60 days would take ~50 min per fleet. The daily figures therefore come
+Evaluation as of the end of each simulated day. A full `Evaluator.run` re-reads the
+whole 60-day window (288 heartbeats a taxi a day) and re-judges it: ~23 s as of day 60
+for 200 taxis on an idle 2-core machine, ~14 s when it reuses the previous pass's fare
+checks (92 s before heartbeats were cut to those that tell and fare checks were kept), so
+one run a day for 60 days would still take ~10 min per fleet. The daily figures therefore come
 from `DailyMirror`: the same `evaluate_taxi.evaluate` the Evaluator's taxi half calls,
 handed the window's stored points read back from the store incrementally (the last 2 h
 of event time are re-read each day, so late and duplicate deliveries land as they do in
@@ -38,7 +39,9 @@ the store) instead of re-reading the window, with two exact shortcuts:
   tariff book and rules stay the same; all are recomputed when a rollout changes the book);
 - heartbeats are kept only when seal, pulses_per_km or tariff_version change from the
   previous one of that meter: seal / parameter findings, their count and the rollout
-  answers are the same, only a reason's wording ("N heartbeats") is not.
+  answers are the same, only a reason's wording ("N heartbeats", the heartbeat before a
+  pulse-constant change) is not (`evaluate_taxi.load` also keeps the last heartbeat of
+  every run and every broken-seal one, `rules_taxi.telling_heartbeats`: exact).
 
 On the `--check-days` (by default day 3 and the last day, which is always
 checked) the real `Evaluator.run(as_of, book, record=False)` runs as well and every

@@ -346,16 +346,14 @@ class Evaluator:
         return out
 
     def _taxis(self, as_of_ms: int, book: RuleBook, stamp: tuple[str, str]) -> dict[str, Decision]:
+        # Fare checks carried from one pass to the next (exact: see FareCache), kept on
+        # the evaluator from its first taxi pass on.
+        fares: evaluate_taxi.FareCache | None = getattr(self, "_taxi_fares", None)
+        if fares is None:
+            fares = self._taxi_fares = evaluate_taxi.FareCache()
         rules = book.rules.taxi
-        registry = {r.meter_id: r for r in self._state.registry_rows("taxi")}
-        meters = sorted(set(registry) | set(self._state.seen_meters("taxi")))
-        if not meters:
-            return {}
-        start = as_of_ms - int(rules.distance.window_days * 86_400_000)
-        data = evaluate_taxi.load(self._store, self._state, start, as_of_ms)
-        tariffs = evaluate_taxi.tariff_book(self._tariffs(), self._state)
-        return evaluate_taxi.decide_taxis(
-            meters, registry, data, tariffs, rules, self._state, as_of_ms, stamp
+        return evaluate_taxi.evaluate(
+            self._store, self._state, self._tariffs(), rules, as_of_ms, stamp, fares=fares
         )
 
     def _raise_alerts(

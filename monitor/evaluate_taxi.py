@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -11,6 +14,7 @@ from monitor.ports import MeterPoint, TelemetryStore
 from monitor.registry import MeterRow, add_years
 from monitor.rules import taxi as rules_taxi
 from monitor.rules.schema import TaxiRules
+from monitor.rules.taxi import FareCache as FareCache  # re-exported for the Evaluator
 from monitor.schema import TAXI_EVENT, TAXI_STATUS, TAXI_TRIP
 from monitor.state import SqliteState
 from monitor.taxi.rollout import Rollout, applied_at, progress
@@ -18,6 +22,8 @@ from monitor.taxi.tariff import TariffBook
 from monitor.telemetry import format_ts, ms_to_datetime
 
 DAY_MS = 86_400_000
+# `TelemetryStore.history` wants a limit; a window's heartbeats are far fewer.
+NO_LIMIT = 2**62
 
 
 @dataclass(frozen=True)
@@ -37,20 +43,70 @@ def _group(points: list[MeterPoint]) -> dict[str, list[MeterPoint]]:
     return out
 
 
-def load(store: TelemetryStore, state: SqliteState, start_ms: int, as_of_ms: int) -> TaxiData:
-    """Read the window's taxi telemetry and the work orders."""
-    trips = {
-        m: rules_taxi.trips_from_points(ps)
-        for m, ps in _group(store.points(TAXI_TRIP, start_ms, as_of_ms)).items()
-    }
+def taxi_meters(state: SqliteState) -> tuple[dict[str, MeterRow], list[str]]:
+    """The taxi registry by meter, and every meter a pass decides: registered or seen."""
+    registry = {r.meter_id: r for r in state.registry_rows("taxi")}
+    return registry, sorted(set(registry) | set(state.seen_meters("taxi")))
+
+
+def _heartbeats(
+    store: TelemetryStore, meter: str, start_ms: int, as_of_ms: int
+) -> list[MeterPoint]:
+    """A meter's heartbeats in [start, as_of] that the rules can tell apart (see
+    `rules_taxi.telling_heartbeats`), with only the fields they read."""
+    points = store.history(
+        TAXI_STATUS, meter, rules_taxi.HEARTBEAT_FIELDS, start_ms, as_of_ms + 1, NO_LIMIT
+    )
+    return [
+        MeterPoint(meter, p.ts_ms, {k: v for k, v in p.values.items() if v is not None})
+        for p in rules_taxi.telling_heartbeats(points)
+    ]
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while a window is read back.
+
+    Reading builds millions of short-lived points, none in a reference cycle, and every
+    few thousand allocations the collector would walk every live object — the fare
+    checks kept between passes included: a third of a pass's time, for nothing. It is
+    switched back on (if it was on) however the read ends.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def load(
+    store: TelemetryStore,
+    state: SqliteState,
+    start_ms: int,
+    as_of_ms: int,
+    meters: Sequence[str] | None = None,
+) -> TaxiData:
+    """Read the window's taxi telemetry of `meters` (default: `taxi_meters`) and the work orders.
+
+    Heartbeats — 288 a day per meter — are read meter by meter, only the fields the rules
+    read, and cut to those that tell (`rules_taxi.telling_heartbeats`): the decisions are
+    those of every heartbeat, at a fraction of the memory and time.
+    """
+    if meters is None:
+        meters = taxi_meters(state)[1]
+    with _collector_paused():
+        status = {m: beats for m in meters if (beats := _heartbeats(store, m, start_ms, as_of_ms))}
+        trips = {
+            m: rules_taxi.trips_from_points(ps)
+            for m, ps in _group(store.points(TAXI_TRIP, start_ms, as_of_ms)).items()
+        }
     orders: dict[str, list[rules_taxi.WorkOrder]] = defaultdict(list)
     for _, meter, start, end, reason, _created in state.workorders(limit=1_000_000):
         orders[meter].append(rules_taxi.WorkOrder(meter, start, end, reason))
     return TaxiData(
-        trips,
-        _group(store.points(TAXI_STATUS, start_ms, as_of_ms)),
-        _group(store.points(TAXI_EVENT, start_ms, as_of_ms)),
-        dict(orders),
+        trips, status, _group(store.points(TAXI_EVENT, start_ms, as_of_ms)), dict(orders)
     )
 
 
@@ -115,11 +171,11 @@ def decide_taxis(
     state: SqliteState,
     as_of_ms: int,
     stamp: tuple[str, str],
-    fares: rules_taxi.FareCache | None = None,
+    fares: FareCache | None = None,
 ) -> dict[str, Decision]:
     """Decisions for every taxi meter.
 
-    `fares` carries fare checks over from a previous pass (see `rules_taxi.FareCache`);
+    `fares` carries fare checks over from a previous pass (see `FareCache`);
     the decisions are the same with or without it.
     """
     if fares is not None:
@@ -176,19 +232,18 @@ def evaluate(
     as_of_ms: int,
     stamp: tuple[str, str],
     data: TaxiData | None = None,
-    fares: rules_taxi.FareCache | None = None,
+    fares: FareCache | None = None,
 ) -> dict[str, Decision]:
     """The taxi half of an evaluation pass: every registered or seen taxi meter's decision.
 
     `data` is what `load` reads for the window (`window_start` … as_of); a caller that keeps
     the same points by other means (a benchmark reading the store incrementally) passes
-    them instead. `fares` carries fare checks over between passes (`rules_taxi.FareCache`).
+    them instead. `fares` carries fare checks over between passes (`FareCache`).
     """
-    registry = {r.meter_id: r for r in state.registry_rows("taxi")}
-    meters = sorted(set(registry) | set(state.seen_meters("taxi")))
+    registry, meters = taxi_meters(state)
     if not meters:
         return {}
     if data is None:
-        data = load(store, state, window_start(as_of_ms, rules), as_of_ms)
+        data = load(store, state, window_start(as_of_ms, rules), as_of_ms, meters)
     tariffs = tariff_book(config_tariffs, state)
     return decide_taxis(meters, registry, data, tariffs, rules, state, as_of_ms, stamp, fares)

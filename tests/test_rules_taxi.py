@@ -18,6 +18,7 @@ from monitor.decide import Finding, decide_meter
 from monitor.ports import MeterPoint, Series
 from monitor.rules import taxi
 from monitor.rules.schema import FareRule, TaxiRules, load_rules
+from monitor.taxi.rollout import applied_at
 from monitor.taxi.tariff import (
     SHANGHAI_2022,
     Tariff,
@@ -692,6 +693,55 @@ def test_pulse_constant_change_is_a_parameter_finding() -> None:
         {"pulses_per_km": np.array([1000.0, np.nan, 1100.0])},
     )
     assert rules_of(taxi.seal_findings("T1", series, [], [], RULES.seal)) == rules_of(findings)
+
+
+heartbeat_values = st.fixed_dictionaries(
+    {},
+    optional={
+        "seal": st.sampled_from(["intact", "broken"]),
+        "pulses_per_km": st.sampled_from([1000.0, 1100.0]),
+        "tariff_version": st.sampled_from(["SH-2022", "SH-2026"]),
+    },
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    runs=st.lists(
+        st.tuples(heartbeat_values, st.integers(1, 12), st.booleans()), min_size=1, max_size=12
+    ),
+    orders=st.lists(st.tuples(st.integers(0, 400), st.integers(0, 60)), max_size=3),
+)
+def test_telling_heartbeats_decide_what_every_heartbeat_decides(
+    runs: list[tuple[dict[str, Any], int, bool]], orders: list[tuple[int, int]]
+) -> None:
+    """Runs of equal heartbeats every 5 min (some sent twice), a few work orders."""
+    beats: list[MeterPoint] = []
+    for values, length, resent in runs:
+        for _ in range(length):
+            ts = T0 + len(beats) * 5 * MIN
+            beats.append(MeterPoint("T1", ts, dict(values)))
+            if resent:
+                beats.append(MeterPoint("T1", ts, dict(values)))
+    work_orders = [
+        taxi.WorkOrder("T1", T0 + a * MIN, T0 + (a + d) * MIN, "work") for a, d in orders
+    ]
+    kept = taxi.telling_heartbeats(beats)
+    assert set(map(id, kept)) <= set(map(id, beats))
+    assert [b.ts_ms for b in kept] == sorted(b.ts_ms for b in kept)
+    full = taxi.seal_findings("T1", beats, [], work_orders, RULES.seal)
+    assert taxi.seal_findings("T1", kept, [], work_orders, RULES.seal) == full
+    for version in ("SH-2022", "SH-2026"):
+        assert applied_at(version, [], kept) == applied_at(version, [], beats)
+
+
+def test_telling_heartbeats_keep_run_ends_and_every_broken_seal() -> None:
+    intact = [beat(T0 + i * 5 * MIN) for i in range(10)]
+    broken = [beat(T0 + (10 + i) * 5 * MIN, seal="broken") for i in range(4)]
+    changed = [beat(T0 + (14 + i) * 5 * MIN, ppk=1100.0) for i in range(10)]
+    kept = taxi.telling_heartbeats(list(reversed(intact + broken + changed)))
+    assert kept == [intact[0], intact[-1], *broken, changed[0], changed[-1]]
+    assert taxi.telling_heartbeats([]) == []
 
 
 def test_seal_findings_drive_the_decision() -> None:

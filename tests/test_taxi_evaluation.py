@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from statistics import NormalDist
@@ -13,18 +13,22 @@ import numpy as np
 import pytest
 
 from monitor import evaluate_taxi
+from monitor.config import InfluxSettings
 from monitor.evaluate import EvaluationResult, Evaluator
 from monitor.ingest import summarise_seen
 from monitor.metrics import Metrics
+from monitor.ports import MeterPoint
 from monitor.registry import MeterRow, parse_rows
 from monitor.rules import taxi as rules_taxi
 from monitor.rules.schema import RuleBook, load_rules
-from monitor.schema import Record
+from monitor.schema import TAXI_STATUS, Record
 from monitor.simulate import Fleet, FleetSpec
 from monitor.state import SqliteState
 from monitor.store.embedded import EmbeddedStore
+from monitor.store.influx import InfluxStore
 from monitor.taxi.tariff import TariffBook, charged_fare_cny, default_tariff_book, load_tariffs
 from monitor.telemetry import format_ts, ms_to_datetime, parse_message
+from tests.services import InfluxStack
 
 REPO = Path(__file__).resolve().parent.parent
 START = 1772294400000
@@ -127,24 +131,44 @@ def test_taxi_decision_evidence(evaluated: tuple[Fleet, EvaluationResult]) -> No
     assert reason["rule"] == "taxi.distance.limit" and reason["detail"]
 
 
-def test_the_evaluator_and_evaluate_with_given_data_and_a_fare_cache_agree(world: World) -> None:
-    """The benchmark's path (points handed in, fare checks carried over) is the Evaluator's."""
+def test_the_evaluator_decides_as_every_heartbeat_and_fresh_fare_checks_do(world: World) -> None:
+    """The Evaluator reads heartbeats cut to those that tell and reuses fare checks from
+    its previous pass; the benchmark hands in its own points and cache. All three agree
+    with a pass over every stored heartbeat with every fare priced afresh."""
     rules = world.book.rules.taxi
+    evaluator = Evaluator(world.store, world.state, tariffs=lambda: world.tariffs)
     fares = rules_taxi.FareCache()
-    for days_back in (2, 0):  # a first pass fills the cache, the second reuses it
+    for days_back in (2, 0):  # a first pass fills the caches, the second reuses them
         as_of = world.end_ms - 1 - days_back * 86_400_000
-        expected = Evaluator(world.store, world.state, tariffs=lambda: world.tariffs).run(
-            as_of, world.book, record=False
-        )
-        data = evaluate_taxi.load(
-            world.store, world.state, evaluate_taxi.window_start(as_of, rules), as_of
-        )
+        start = evaluate_taxi.window_start(as_of, rules)
         stamp = (format_ts(as_of), world.book.version)
-        got = evaluate_taxi.evaluate(
+        data = evaluate_taxi.load(world.store, world.state, start, as_of)
+        every: dict[str, list[MeterPoint]] = {}
+        for point in world.store.points(TAXI_STATUS, start, as_of):
+            every.setdefault(point.meter, []).append(point)
+        assert sum(map(len, every.values())) > 20 * sum(map(len, data.status.values()))
+        expected = evaluate_taxi.evaluate(
+            world.store,
+            world.state,
+            world.tariffs,
+            rules,
+            as_of,
+            stamp,
+            replace(data, status=every),
+        )
+        got = evaluator.run(as_of, world.book, record=False).meters
+        mirror = evaluate_taxi.evaluate(
             world.store, world.state, world.tariffs, rules, as_of, stamp, data, fares
         )
-        taxis = {m: d.as_dict() for m, d in expected.meters.items() if d.kind == "taxi"}
-        assert taxis and {m: d.as_dict() for m, d in got.items()} == taxis
+        taxis = {m: d.as_dict() for m, d in expected.items()}
+        assert len(taxis) == 24
+        assert {m: d.as_dict() for m, d in got.items() if d.kind == "taxi"} == taxis
+        assert {m: d.as_dict() for m, d in mirror.items()} == taxis
+    # the seal break is in there, its run of broken heartbeats counted in full
+    broken = expected[planted(world.fleet, "seal_break")[0]]
+    assert any(
+        r.rule == "taxi.seal.heartbeat" and "heartbeats)" in r.detail for r in broken.reasons
+    )
 
 
 CST = timezone(timedelta(hours=8))
@@ -205,3 +229,40 @@ def test_a_meter_outside_the_band_by_its_estimate_only_is_kept_but_not_extended(
         d = decided[meter]
         assert (d.decision, d.state, d.new_due_on) == ("extend", "normal", date(2027, 4, 1))
         assert d.evidence["distance_zone"] == "inside"
+
+
+def test_the_taxi_window_reads_alike_from_influxdb(influxdb: InfluxStack, tmp_path: Path) -> None:
+    """Heartbeats are read meter by meter through `history`: both stores answer alike."""
+    fleet = Fleet(FleetSpec(start_ms=START, districts=0, taxis=8, seed=3))
+    end = START + 2 * 86_400_000
+    records = [
+        r
+        for m in fleet.messages(START, end)
+        if isinstance(r := parse_message(m.topic, m.payload), Record)
+    ]
+    embedded = EmbeddedStore(tmp_path / "t.sqlite", Metrics())
+    embedded.write(records)
+    settings = InfluxSettings(
+        url=influxdb.url,
+        token=influxdb.token,
+        org=influxdb.org,
+        bucket=influxdb.bucket,
+        retry_max_s=0.5,
+    )
+    influx = InfluxStore(settings, tmp_path / "spool", Metrics())
+    influx.write(records)
+    assert influx.flush(60)
+    state = SqliteState(tmp_path / "s.sqlite")
+    state.upsert_meters(parse_rows(fleet.registry_rows()).rows)
+    try:
+        start = START + 3_600_000  # a window that begins inside the first day
+        read = [evaluate_taxi.load(s, state, start, end - 1) for s in (embedded, influx)]
+    finally:
+        state.close()
+        influx.close()
+        embedded.close()
+    ours, theirs = read
+    assert ours.trips == theirs.trips and sum(map(len, ours.trips.values())) > 100
+    assert ours.status == theirs.status and ours.events == theirs.events
+    broken = [p for ps in ours.status.values() for p in ps if p.values.get("seal") == "broken"]
+    assert broken and len(ours.status) == 8

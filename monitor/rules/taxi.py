@@ -17,19 +17,20 @@ evidence dict of CONTRACT §4.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
 from itertools import pairwise
 from statistics import NormalDist
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
 from monitor.decide import Finding, Reason
-from monitor.ports import MeterPoint, Series
+from monitor.ports import MeterPoint, Point, Series
 from monitor.rules.schema import DistanceRule, FareRule, SealRule, TaxiRules
 from monitor.taxi.tariff import Tariff, TariffBook, fare_decimal, round_half_up
 from monitor.telemetry import format_ts, ms_to_datetime
@@ -522,25 +523,34 @@ def fare_check(
     older known version: then it is checked against that version (rollout deadline).
     """
     end = ms_to_datetime(trip.end_ms)
-    base = FareCheck(trip.trip_id, trip.end_ms, False, trip.fare_cny)
     found = tariffs.in_force(end)
     if found is None:
-        return replace(base, note="no tariff in force at the trip's end")
+        return FareCheck(
+            trip.trip_id,
+            trip.end_ms,
+            False,
+            trip.fare_cny,
+            note="no tariff in force at the trip's end",
+        )
     version = found[0]
     applied_version, applied = _tariff_to_apply(trip, tariffs, found, grace_ms)
     in_grace = applied_version != version
-    checked = replace(
-        base,
-        version_in_force=version,
-        version_applied=applied_version,
-        version_mismatch=trip.tariff_version != version and not in_grace,
-        in_grace=in_grace,
-    )
+    version_mismatch = trip.tariff_version != version and not in_grace
     wait = trip.wait_s if trip.wait_s is not None else 0.0
     if not (
         math.isfinite(trip.meter_km) and trip.meter_km >= 0 and math.isfinite(wait) and wait >= 0
     ):
-        return replace(checked, note="distance or waiting time cannot be priced")
+        return FareCheck(
+            trip.trip_id,
+            trip.end_ms,
+            False,
+            trip.fare_cny,
+            version_in_force=version,
+            version_applied=applied_version,
+            version_mismatch=version_mismatch,
+            in_grace=in_grace,
+            note="distance or waiting time cannot be priced",
+        )
     raw = fare_decimal(applied, trip.meter_km, wait, end)
     display = applied.display_step or display_step_default
     tol = max(_dec(rule.tolerance_display_steps) * _dec(display), _dec(rule.tolerance_rel) * raw)
@@ -549,14 +559,20 @@ def fare_check(
     d_low, d_high = _allowed(raw, tol, display)
     reported = _dec(trip.fare_cny)
     ok = low <= reported <= high or d_low <= reported <= d_high
-    return replace(
-        checked,
-        checked=True,
+    return FareCheck(
+        trip.trip_id,
+        trip.end_ms,
+        True,
+        trip.fare_cny,
         expected_cny=float(charged),
         expected_raw_cny=float(raw),
         allowed_cny=(float(low), float(high)),
         diff_cny=float(reported - charged),
         mismatch=not ok,
+        version_in_force=version,
+        version_applied=applied_version,
+        version_mismatch=version_mismatch,
+        in_grace=in_grace,
     )
 
 
@@ -567,35 +583,38 @@ class FareCache:
     it is made with: while those stay equal, a trip checked before is not re-priced (a
     rollout or a changed rule empties the cache). `new_pass` starts a pass: what the
     previous pass asked for is kept for this one, the rest is dropped, so the cache holds
-    about one window of trips.
+    about one window of trips. Safe to share between threads.
     """
 
     def __init__(self) -> None:
         """Empty."""
+        self._lock = threading.Lock()
         self._context: tuple[TariffBook, FareRule, int] | None = None
         self._previous: dict[Trip, FareCheck] = {}
         self._current: dict[Trip, FareCheck] = {}
 
     def new_pass(self) -> None:
         """Keep the checks the last pass used; drop the older ones."""
-        self._previous, self._current = self._current, {}
+        with self._lock:
+            self._previous, self._current = self._current, {}
 
     def check(self, trip: Trip, tariffs: TariffBook, rule: FareRule, grace_ms: int) -> FareCheck:
         """`fare_check(trip, tariffs, rule, grace_ms=grace_ms)`, from the cache when known."""
-        context = self._context
-        if context is None or not (
-            tariffs is context[0] and rule is context[1] and grace_ms == context[2]
-        ):
-            if context is None or (tariffs, rule, grace_ms) != context:
-                self._previous, self._current = {}, {}
-            self._context = (tariffs, rule, grace_ms)
-        found = self._current.get(trip)
-        if found is None:
-            found = self._previous.get(trip)
+        with self._lock:  # a check made under one context is never stored under another
+            context = self._context
+            if context is None or not (
+                tariffs is context[0] and rule is context[1] and grace_ms == context[2]
+            ):
+                if context is None or (tariffs, rule, grace_ms) != context:
+                    self._previous, self._current = {}, {}
+                self._context = (tariffs, rule, grace_ms)
+            found = self._current.get(trip)
             if found is None:
-                found = fare_check(trip, tariffs, rule, grace_ms=grace_ms)
-            self._current[trip] = found
-        return found
+                found = self._previous.get(trip)
+                if found is None:
+                    found = fare_check(trip, tariffs, rule, grace_ms=grace_ms)
+                self._current[trip] = found
+            return found
 
 
 @dataclass(frozen=True)
@@ -664,6 +683,45 @@ def _beats(meter: str, status: Series | Sequence[MeterPoint]) -> list[_Beat]:
         ]
     beats.sort(key=lambda b: b.ts_ms)
     return [b for i, b in enumerate(beats) if i == 0 or b.ts_ms != beats[i - 1].ts_ms]
+
+
+# What `seal_findings` and the rollout progress read of a heartbeat (`telling_heartbeats`).
+HEARTBEAT_FIELDS = ("seal", "pulses_per_km", "tariff_version")
+_AnyPoint = TypeVar("_AnyPoint", Point, MeterPoint)
+
+
+def telling_heartbeats(beats: Sequence[_AnyPoint]) -> list[_AnyPoint]:
+    """One meter's heartbeats cut to those the rules can tell apart from the whole series.
+
+    A meter sends a heartbeat every few minutes and for weeks they all say the same.
+    In time order, a run is a stretch of heartbeats with equal values (HEARTBEAT_FIELDS,
+    all that `load` reads; any other field only cuts runs finer); kept are the first and
+    the last of every run and every heartbeat with seal "broken". Every finding and
+    answer is then the same as from all of them:
+
+    - a broken-seal run is kept whole: its count, first and last time, and where the
+      covering work order changes (`seal_findings`);
+    - a pulse-constant change lies between the last heartbeat of one value and the first
+      of the next: both ends of runs (`seal_findings`);
+    - the first heartbeat naming a tariff version starts a run (`rollout.applied_at`).
+
+    Oldest first (a stable sort, so heartbeats of equal time keep their order).
+    """
+    ordered = sorted(beats, key=lambda b: b.ts_ms)
+    values: list[dict[str, Any]] = [b.values for b in ordered]
+    # new[i]: heartbeat i starts a run (dicts compared in C, no tuple per heartbeat)
+    new = [True, *(a != b for a, b in pairwise(values))]
+    new.append(True)  # past the last heartbeat: the last one ends its run
+    return [
+        beat
+        for i, beat in enumerate(ordered)
+        if new[i] or new[i + 1] or _broken(values[i].get("seal"))
+    ]
+
+
+def _broken(seal: object) -> bool:
+    """A seal value `_beats` reads as "broken"."""
+    return seal is not None and str(seal) == "broken"
 
 
 def _cover(
