@@ -325,7 +325,7 @@ def bias_zone(bias: Bias, rule: DistanceRule) -> BiasZone:
     """Where δ and its interval lie against the guard band and the JJG 517 limit.
 
     The decision rule (guard_band_on = interval; JCGM 106:2012 §8, ILAC G8:09/2019 guarded
-    rejection) — δ's standard error, 0.15–0.5 pp, is comparable with the guard band's
+    rejection) — δ's standard error, 0.15–0.3 pp, is comparable with the guard band's
     0.5 pp margin, so δ alone leaving the band proves little:
 
     - `beyond_limit`: the whole interval beyond the limit (non-conformity proven) → faulty;
