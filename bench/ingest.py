@@ -40,6 +40,7 @@ import platform
 import pstats
 import random
 import sqlite3
+import statistics
 import subprocess
 import tempfile
 import threading
@@ -326,6 +327,26 @@ class Row:
         return max(0.0, u.machine - u.client - u.services) / u.wall if u.wall > 0 else 0.0
 
 
+def round_ratios(rounds: list[list[Row]]) -> list[str]:
+    """Per worker row: its ratio to the bare row of the same round (wall and CPU), and the median.
+
+    On a shared machine the rounds' rates move together; the ratio within a round
+    is steadier than the ratio of two medians taken from different rounds.
+    """
+    out = []
+    for i, row in enumerate(rounds[0]):
+        if not row.contender.startswith("worker"):
+            continue
+        wall = [r[i].rate / _bare_for(r, i).rate for r in rounds]
+        cpu = [_bare_for(r, i).client_us / r[i].client_us for r in rounds]
+        out.append(
+            f"  {row.contender}: vs bare per round " + ", ".join(f"{x:.2f}" for x in wall)
+            + f" (median {statistics.median(wall):.2f}); cpu vs bare "
+            + ", ".join(f"{x:.2f}" for x in cpu) + f" (median {statistics.median(cpu):.2f})"
+        )
+    return out
+
+
 def median_row(rows: list[Row]) -> Row:
     """The round with the median rate, carrying every round's rate and the worst loss."""
     ranked = sorted(rows, key=lambda r: r.rate)
@@ -336,6 +357,11 @@ def median_row(rows: list[Row]) -> Row:
 
 def _verdict(value: float, target: float) -> str:
     return "ok" if value >= target else "BELOW"
+
+
+def _bare_for(rows: list[Row], i: int) -> Row:
+    """The bare subscriber a row is compared with: the nearest bare row above it."""
+    return next((r for r in reversed(rows[: i + 1]) if r.contender.startswith("bare")), rows[0])
 
 
 def _target(row: Row, bare: Row, pair: tuple[Row, Row] | None) -> str:
@@ -350,7 +376,6 @@ def _target(row: Row, bare: Row, pair: tuple[Row, Row] | None) -> str:
 
 def print_table(rows: list[Row], pair: tuple[Row, Row] | None) -> None:
     """The results, one contender a line, targets beside the figures."""
-    bare = rows[0]
     head = (
         "contender", "messages", "seconds", "msg/s", "vs bare", "loss",
         "client us/msg", "cpu vs bare", "servers us/msg", "other cores", "target",
@@ -369,7 +394,7 @@ def print_table(rows: list[Row], pair: tuple[Row, Row] | None) -> None:
             f"{row.other_cores:.2f}",
             _target(row, bare, pair),
         )
-        for row in rows
+        for row, bare in ((row, _bare_for(rows, i)) for i, row in enumerate(rows))
     ]
     widths = [max(len(c[i]) for c in (head, *lines)) for i in range(len(head))]
     print(" | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip())
@@ -436,6 +461,25 @@ def print_profile(profile: cProfile.Profile, title: str, top: int = 25) -> None:
     pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(top)
     print(f"\n== {title}, by own time ==")
     print("\n".join(out.getvalue().splitlines()[: top + 12]))
+
+
+class BenchMosquitto(Mosquitto):
+    """The test broker, with Mosquitto's `max_inflight_messages` set (`--broker-inflight`).
+
+    It bounds QoS 1 messages in flight to an MQTT 3.1.1 client; an MQTT 5 client
+    sets its own bound (receive maximum) in CONNECT.
+    """
+
+    def __init__(self, workdir: Path, inflight: int) -> None:
+        super().__init__(workdir)
+        self.inflight = inflight
+
+    def _write_conf(self) -> None:
+        super()._write_conf()
+        text = self.conf.read_text()
+        self.conf.write_text(
+            text.replace("max_inflight_messages 1000", f"max_inflight_messages {self.inflight}")
+        )
 
 
 @dataclass(frozen=True)
@@ -532,7 +576,8 @@ class Bench:
         if isinstance(worker, ProfiledWorker):
             print_profile(worker.profile, "worker processing thread (cProfile)")
         stored = count_rows(data / "telemetry.sqlite")
-        return Row("worker + embedded SQLite", self.n, usage, stored, _extra(processed, self.n))
+        label = f"worker + embedded SQLite (MQTT {self.protocol})"
+        return Row(label, self.n, usage, stored, _extra(processed, self.n))
 
     def influx_worker(self, influx: InfluxTarget) -> list[Row]:
         """(c) time until spooled and acknowledged, and until flushed to InfluxDB."""
@@ -770,13 +815,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--rounds", type=int, default=1, help="repeat every contender, report the median"
     )
-    p.add_argument("--protocol", choices=("5", "3.1.1"), default="5", help="MQTT version")
+    p.add_argument(
+        "--protocol", choices=("5", "3.1.1"), action="append",
+        help="MQTT version of bare and worker (default 5); twice: both, in every round",
+    )
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="override an MqttSettings field of the workers, e.g. receive_maximum=4000",
     )
     p.add_argument(
         "--profile", action="store_true", help="cProfile the embedded worker's processing thread"
+    )
+    p.add_argument(
+        "--broker-inflight", type=int, default=1000, metavar="N",
+        help="Mosquitto max_inflight_messages (its own default is 20)",
     )
     p.add_argument("--meters", type=int, default=2000)
     p.add_argument("--districts", type=int, default=20)
@@ -790,7 +842,11 @@ def contenders(bench: Bench, args: argparse.Namespace, workdir: Path) -> list[li
         for i in range(args.rounds):
             if args.rounds > 1:
                 log.info("round %d of %d", i + 1, args.rounds)
-            rows = [bench.bare(), bench.embedded_worker()]
+            rows = []
+            for protocol in args.protocol:
+                bench.protocol = protocol
+                rows += [bench.bare(), bench.embedded_worker()]
+            bench.protocol = args.protocol[0]
             if influx is not None:
                 rows += bench.influx_worker(influx)
             if args.workers_pair:
@@ -806,8 +862,10 @@ def _nothing() -> Iterator[None]:
 
 def run(args: argparse.Namespace) -> None:
     overrides = parse_overrides(args.set)
+    args.protocol = args.protocol or ["5"]
     print(f"bench.ingest: {args.messages:,} readings per contender; {versions()}")
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"Mosquitto max_inflight_messages {args.broker_inflight}")
     t = time.perf_counter()
     messages = readings(args.messages, args.meters, args.districts)
     size = sum(len(p) for _, p in messages) / len(messages)
@@ -817,11 +875,11 @@ def run(args: argparse.Namespace) -> None:
     )
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         workdir = Path(tmp)
-        broker = Mosquitto(workdir / "mosquitto")
+        broker = BenchMosquitto(workdir / "mosquitto", args.broker_inflight)
         broker.start()
         try:
             bench = Bench(
-                broker, messages, workdir, args.protocol, args.profile, overrides
+                broker, messages, workdir, args.protocol[0], args.profile, overrides
             )
             rounds = contenders(bench, args, workdir)
         finally:
@@ -830,6 +888,8 @@ def run(args: argparse.Namespace) -> None:
     pair = (rows[-2], rows[-1]) if args.workers_pair else None
     print()
     print_table(rows, pair)
+    if len(rounds) > 1:
+        print("\n".join(["ratios within each round:", *round_ratios(rounds)]))
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
