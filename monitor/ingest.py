@@ -116,6 +116,7 @@ class IngestWorker:
         self._inbox: queue.SimpleQueue[Inbound] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._connected = threading.Event()
+        self._disconnected = threading.Event()
         self._client = make_client(
             address, settings.client_id, settings.protocol, persistent=True, manual_ack=True
         )
@@ -149,6 +150,7 @@ class IngestWorker:
 
     def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self._connected.clear()
+        self._disconnected.set()
         self._metrics.broker_connected.set(0)
         if not self._stopping.is_set():
             log.warning("disconnected from broker (%s); paho reconnects with backoff", reason)
@@ -185,7 +187,11 @@ class IngestWorker:
             time.sleep(0.02)
         self._stopping.set()
         self._thread.join(timeout=drain_s + 5)
-        self._client.disconnect()
+        self._disconnected.clear()
+        if self._client.disconnect() == paho.MQTT_ERR_SUCCESS:
+            # The DISCONNECT is queued behind the last PUBACKs and publishes; stopping
+            # the network loop before it is written would drop them (redelivered later).
+            self._disconnected.wait(5.0)
         self._client.loop_stop()
         self._metrics.broker_connected.set(0)
 

@@ -80,22 +80,27 @@ def connect_properties(session_expiry_s: int, receive_maximum: int) -> Propertie
 _PUBACK_WORD = (paho.PUBACK << 24) | (2 << 16)
 
 
-def ack_all(client: paho.Client, mids: Sequence[int]) -> None:
+def ack_all(client: paho.Client, mids: Sequence[int], batched: bool = True) -> None:
     """PUBACK QoS 1 messages (manual ack) in one write, in the order given.
 
     paho's `ack()` queues one packet per message and wakes its network thread
     for each (a socket write on both sides, ~25 us of Python per message); here
-    the PUBACKs go out as one buffer through the same queue. Like `ack()`, it
-    does nothing durable: acks queued while disconnected are dropped with the
-    connection and the broker redelivers those messages.
+    the PUBACKs go out as one buffer through the same internal queue (paho 2.1
+    and 2.2; pyproject pins the range). Where that queue is missing or has
+    another signature it falls back to `ack()` per message, which is also what
+    `batched=False` does. Like `ack()`, nothing here is durable: acks queued
+    while disconnected are dropped with the connection and the broker
+    redelivers those messages.
     """
     if not mids:
         return
-    queue = getattr(client, "_packet_queue", None)
-    if queue is None:  # a paho without the internal queue: one ack at a time
-        for mid in mids:
-            client.ack(mid, 1)
-        return
-    word = _PUBACK_WORD
-    packet = struct.pack(f"!{len(mids)}I", *[word | mid for mid in mids])
-    queue(paho.PUBACK, packet, 0, 0)
+    queue = getattr(client, "_packet_queue", None) if batched else None
+    if queue is not None:
+        packet = struct.pack(f"!{len(mids)}I", *[_PUBACK_WORD | mid for mid in mids])
+        try:
+            queue(paho.PUBACK, packet, 0, 0)
+            return
+        except TypeError:  # a paho whose internal queue changed: the public way
+            pass
+    for mid in mids:
+        client.ack(mid, 1)

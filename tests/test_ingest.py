@@ -6,6 +6,8 @@ import json
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import pytest
 from monitor.config import Settings, load_settings
 from monitor.ingest import IngestWorker, summarise_seen
 from monitor.metrics import Metrics
-from monitor.mqtt import parse_broker_url
+from monitor.mqtt import ack_all, connect_properties, make_client, parse_broker_url
 from monitor.schema import ELEC_READING, TAXI_STATUS, TAXI_TRIP, Record
 from monitor.state import SqliteState
 from monitor.store.embedded import EmbeddedStore
@@ -376,3 +378,54 @@ def test_deadletter_body_for_binary_payload() -> None:
     )
     assert body["encoding"] == "base64" and body["truncated_from_bytes"] == 20
     assert body["received_at"] == "1970-01-01T00:00:00.000+00:00"
+
+
+class _ManualAckSession:
+    """A bare paho subscriber with manual acks on a persistent MQTT 5 session."""
+
+    def __init__(self, mosquitto: Mosquitto, client_id: str) -> None:
+        addr = parse_broker_url(mosquitto.url)
+        self.mids: list[int] = []
+        self._lock = threading.Lock()
+        subscribed = threading.Event()
+        self.client = make_client(addr, client_id, "5", persistent=True, manual_ack=True)
+        self.client.on_message = lambda _c, _u, msg: self._got(msg.mid)
+        self.client.on_subscribe = lambda *_: subscribed.set()
+        self.client.on_connect = lambda c, *_: c.subscribe("acks/#", qos=1)
+        self.client.connect(
+            addr.host, addr.port, clean_start=False, properties=connect_properties(300, 1000)
+        )
+        self.client.loop_start()
+        assert subscribed.wait(10), "no SUBACK"
+
+    def _got(self, mid: int) -> None:
+        with self._lock:
+            self.mids.append(mid)
+
+    def close(self) -> None:
+        gone = threading.Event()
+        self.client.on_disconnect = lambda *_: gone.set()
+        self.client.disconnect()  # queued behind the acks: they are written first
+        assert gone.wait(10), "no clean disconnect"  # loop_stop before it may drop them
+        self.client.loop_stop()
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["one-buffer", "per-message"])
+def test_ack_all_reaches_the_broker_either_way(mosquitto: Mosquitto, batched: bool) -> None:
+    """Both paths of ack_all acknowledge exactly the mids given: the rest come back."""
+    client_id = f"acker-{batched}"
+    first = _ManualAckSession(mosquitto, client_id)
+    pub = Publisher(mosquitto.url, f"ack-publisher-{batched}")
+    for i in range(30):
+        pub.send(f"acks/{i}", {"n": i})
+    pub.wait_all()
+    wait_for(lambda: len(first.mids) == 30, 10, "30 deliveries")
+    ack_all(first.client, first.mids[:20], batched=batched)
+    first.close()
+    second = _ManualAckSession(mosquitto, client_id)
+    wait_for(lambda: len(second.mids) == 10, 10, "the 10 unacknowledged redelivered")
+    time.sleep(0.5)  # and nothing more
+    assert len(second.mids) == 10
+    ack_all(second.client, second.mids, batched=batched)
+    second.close()
+    pub.close()
