@@ -481,7 +481,7 @@ def _explain(exc: ValidationError) -> str:
 
 def _targets(ctx: ApiContext, meters: object) -> list[str]:
     known = {r.meter_id for r in ctx.state.registry_rows("taxi")} | set(
-        ctx.state.seen_meters("taxi")
+        ctx.state.all_seen("taxi")
     )
     if meters is None:
         if not known:

@@ -287,7 +287,7 @@ class Evaluator:
         self, registry: dict[str, MeterRow], rules: ElecRules, start: int, end: int
     ) -> dict[str, DistrictResult]:
         names = {r.district for r in registry.values() if r.district}
-        names |= {d for d, _ in self._state.seen_meters("elec").values() if d}
+        names |= {s.district for s in self._state.all_seen("elec").values() if s.district}
         masters = {
             r.district: r.meter_id for r in registry.values() if r.effective_role == "master"
         }

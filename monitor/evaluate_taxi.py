@@ -46,7 +46,7 @@ def _group(points: list[MeterPoint]) -> dict[str, list[MeterPoint]]:
 def taxi_meters(state: SqliteState) -> tuple[dict[str, MeterRow], list[str]]:
     """The taxi registry by meter, and every meter a pass decides: registered or seen."""
     registry = {r.meter_id: r for r in state.registry_rows("taxi")}
-    return registry, sorted(set(registry) | set(state.seen_meters("taxi")))
+    return registry, sorted(set(registry) | set(state.all_seen("taxi")))
 
 
 def _heartbeats(

@@ -365,10 +365,6 @@ class SqliteState:
         rows = self._rows(sql, []) if kind is None else self._rows(sql + " WHERE kind = ?", [kind])
         return {r[0]: SeenMeter(r[1], r[2], int(r[3])) for r in rows}
 
-    def seen_meters(self, kind: str) -> dict[str, tuple[str | None, int]]:
-        """`all_seen(kind)` as id → (district, last event time), for older callers."""
-        return {m: (s.district, s.last_ts) for m, s in self.all_seen(kind).items()}
-
     def last_received(self) -> float | None:
         """Wall-clock time (epoch s) the newest telemetry message was received."""
         found = self._rows("SELECT max(last_received) FROM seen")

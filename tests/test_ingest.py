@@ -355,7 +355,7 @@ def test_seen_bookkeeping_merges_batches_and_reads_agree(tmp_path: Path) -> None
         "T1": ("taxi", None, BASE_MS + 5),
     }
     assert state.all_seen("taxi") == {"T1": ("taxi", None, BASE_MS + 5)}
-    assert state.seen_meters("elec") == {"E1": ("D1", BASE_MS + 9)}
+    assert state.all_seen("elec") == {"E1": ("elec", "D1", BASE_MS + 9)}
     state.note_records(recs[:1], 4.0)
     state.close()  # flushes
     again = SqliteState(tmp_path / "state.sqlite")
