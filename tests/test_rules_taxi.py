@@ -299,7 +299,7 @@ def test_a_meter_whose_interval_clears_the_band_is_sent_to_verification() -> Non
     assert "with its whole interval" in reason.detail
     assert f"[{low:+.2f}, {high:+.2f}] %" in reason.detail
     assert decision(findings, evidence) == ("resample", "suspect")
-    assert taxi.extendable(findings)  # no `unproven` finding: the state decides
+    assert not taxi.extendable(findings)  # suspect: only a normal meter is extended
 
 
 def test_an_estimate_beyond_the_limit_is_verified_however_noisy() -> None:

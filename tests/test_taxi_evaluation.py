@@ -192,13 +192,14 @@ def meter_trips(meter: str, bias_pct: float, sd_pct: float, n: int = 100) -> lis
     return out
 
 
-def test_a_meter_outside_the_band_by_its_estimate_only_is_kept_but_not_extended(
+def test_only_meters_inside_the_band_are_extended(
     tmp_path: Path,
 ) -> None:
     # T1 sits at +0.7 % with a wide interval (≈ [+0.2, +1.2] %); T2-T6 at the fleet median.
     # All are due within the extension horizon.
     trips = {"T1": meter_trips("T1", 0.7, 2.0)}
     trips |= {f"T{i}": meter_trips(f"T{i}", 0.0, 1.0) for i in range(2, 7)}
+    trips["T7"] = meter_trips("T7", 0.0, 1.0)[:5]  # too few trips to say anything
     as_of = T0 + 100 * 30 * 60_000
     verified = date(2025, 4, 1)  # due 2026-04-01, a month after as_of
     registry = {
@@ -229,6 +230,9 @@ def test_a_meter_outside_the_band_by_its_estimate_only_is_kept_but_not_extended(
         d = decided[meter]
         assert (d.decision, d.state, d.new_due_on) == ("extend", "normal", date(2027, 4, 1))
         assert d.evidence["distance_zone"] == "inside"
+    # Not enough data is an honest `unknown`: the due date stands, nothing is extended.
+    few = decided["T7"]
+    assert (few.decision, few.state, few.new_due_on) == ("keep", "unknown", None)
 
 
 def test_the_taxi_window_reads_alike_from_influxdb(influxdb: InfluxStack, tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from monitor.decide import Finding, Reason
+from monitor.decide import Finding, Reason, worst_state
 from monitor.ports import MeterPoint, Point, Series
 from monitor.rules.schema import DistanceRule, FareRule, SealRule, TaxiRules
 from monitor.taxi.tariff import Tariff, TariffBook, fare_decimal, round_half_up
@@ -371,8 +371,17 @@ def _outside_why(bias: Bias, rule: DistanceRule) -> str:
 
 
 def extendable(findings: Iterable[Finding]) -> bool:
-    """Whether the distance findings allow a period extension (no `unproven` bias)."""
-    return not any(f.reason.rule == UNPROVEN_RULE for f in findings)
+    """Whether a meter's findings allow a period extension.
+
+    Only on evidence (DOMAIN §2: δ inside the guard band, nothing else found): a
+    meter with too few trips is `unknown` and keeps its due date, and one whose δ is
+    outside the band with an interval reaching back inside (`unproven`) is kept, not
+    extended.
+    """
+    found = list(findings)
+    return worst_state(found) == "normal" and not any(
+        f.reason.rule == UNPROVEN_RULE for f in found
+    )
 
 
 # --------------------------------------------------------------------------- CUSUM
