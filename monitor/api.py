@@ -48,6 +48,25 @@ class ApiContext:
     notify: Callable[[Sequence[Change]], None] | None = None
 
 
+def district_summary(body: dict[str, Any]) -> dict[str, Any]:
+    """One line of the district list from a district's result body."""
+    gates = body.get("gates") or {}
+    meters = [m for m in body.get("meters", []) if m.get("role") == "customer"]
+    return {
+        "district": body["district"],
+        "as_of": body.get("as_of"),
+        "master": body.get("master"),
+        "gates_passed": bool(gates.get("passed")),
+        "failures": [f["rule"] for f in gates.get("failures", [])],
+        "note": body.get("note") or None,
+        "line_loss_pct": gates.get("line_loss_pct"),
+        "completeness": gates.get("completeness"),
+        "customers": len(meters),
+        "evaluable": sum(1 for m in meters if m.get("evaluable")),
+        "stopped_meters": sorted(body.get("stopped_intervals_left_out") or {}),
+    }
+
+
 def encode_cursor(last_id: str) -> str:
     """Opaque keyset cursor."""
     return base64.urlsafe_b64encode(f"after:{last_id}".encode()).decode().rstrip("=")
@@ -296,6 +315,8 @@ class SampleResultIn(BaseModel):
 
 
 def _add_evaluation(app: FastAPI, ctx: ApiContext) -> None:
+    page_max = ctx.settings.api.page_max
+
     @app.post("/api/evaluate", tags=["evaluation"])
     def evaluate(as_of: str | None = None) -> dict[str, Any]:
         """Evaluate everything as of `as_of` (default: the latest telemetry time)."""
@@ -305,6 +326,20 @@ def _add_evaluation(app: FastAPI, ctx: ApiContext) -> None:
         if as_of_ms is None:
             raise HTTPException(409, "no telemetry yet and no as_of given: nothing to evaluate")
         return ctx.evaluator.run(as_of_ms, ctx.rules()).summary()
+
+    @app.get("/api/districts", tags=["evaluation"])
+    def districts(
+        gates: Literal["passed", "failed"] | None = None,
+        limit: int = Query(ctx.settings.api.page_default, ge=1, le=page_max),
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """Evaluated transformer areas by name: gates, line loss, how many meters are evaluable."""
+        passed = None if gates is None else gates == "passed"
+        after = decode_cursor(cursor) if cursor else None
+        rows = ctx.state.list_districts(after, limit + 1, passed)
+        items = [district_summary(b) for b in rows[:limit]]
+        more = len(rows) > limit
+        return {"items": items, "next": encode_cursor(items[-1]["district"]) if more else None}
 
     @app.get("/api/districts/{district}", tags=["evaluation"])
     def district(district: str) -> dict[str, Any]:
@@ -480,9 +515,7 @@ def _explain(exc: ValidationError) -> str:
 
 
 def _targets(ctx: ApiContext, meters: object) -> list[str]:
-    known = {r.meter_id for r in ctx.state.registry_rows("taxi")} | set(
-        ctx.state.all_seen("taxi")
-    )
+    known = {r.meter_id for r in ctx.state.registry_rows("taxi")} | set(ctx.state.all_seen("taxi"))
     if meters is None:
         if not known:
             raise HTTPException(409, "no taxi meters known (registry or telemetry) to push to")

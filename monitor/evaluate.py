@@ -237,6 +237,8 @@ class Evaluator:
         zone: tzinfo = UTC,
     ) -> None:
         self._zone = zone
+        # Fare checks carried from one pass to the next (exact: see FareCache).
+        self._taxi_fares = evaluate_taxi.FareCache()
         self._alerts = alerts
         self._notify = notify
         self._store = store
@@ -346,11 +348,7 @@ class Evaluator:
         return out
 
     def _taxis(self, as_of_ms: int, book: RuleBook, stamp: tuple[str, str]) -> dict[str, Decision]:
-        # Fare checks carried from one pass to the next (exact: see FareCache), kept on
-        # the evaluator from its first taxi pass on.
-        fares: evaluate_taxi.FareCache | None = getattr(self, "_taxi_fares", None)
-        if fares is None:
-            fares = self._taxi_fares = evaluate_taxi.FareCache()
+        fares = self._taxi_fares
         rules = book.rules.taxi
         return evaluate_taxi.evaluate(
             self._store, self._state, self._tariffs(), rules, as_of_ms, stamp, fares=fares

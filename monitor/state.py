@@ -344,6 +344,18 @@ class SqliteState:
         rows = [(m, kind, lot, date.fromisoformat(due)) for m, kind, lot, due in found]
         return rows, int(total[0][0])
 
+    def list_districts(
+        self, after: str | None, limit: int, gates_passed: bool | None = None
+    ) -> list[dict[str, Any]]:
+        """Evaluated districts by name after `after`: each one's latest result body."""
+        sql = "SELECT body FROM districts WHERE district > ?"
+        args: list[Any] = [after or ""]
+        if gates_passed is not None:
+            sql += " AND coalesce(json_extract(body, '$.gates.passed'), 0) = ?"
+            args.append(int(gates_passed))
+        found = self._rows(sql + " ORDER BY district LIMIT ?", [*args, limit])
+        return [json.loads(r[0]) for r in found]
+
     def registry_rows(self, kind: str | None = None) -> list[MeterRow]:
         """Every registry row (of one kind)."""
         sql = f"SELECT {', '.join(COLUMNS)} FROM registry"

@@ -170,6 +170,18 @@ def test_district_result(world: World) -> None:
     (failure,) = hit["gates"]["failures"]
     assert failure["rule"] == "elec.estimation.min_intervals"
     assert f"{stopped} ({left_out})" in failure["detail"]
+    # The list: one line per district, filterable by gates, paged by name.
+    listed = world.client.get("/api/districts", params={"limit": 1}).json()
+    rest = world.client.get("/api/districts", params={"cursor": listed["next"]}).json()
+    lines = {x["district"]: x for x in listed["items"] + rest["items"]}
+    assert sorted(lines) == ["D01", "D02"] and rest["next"] is None
+    assert lines[clean]["gates_passed"] is True
+    assert lines[clean]["evaluable"] == sum(m["evaluable"] for m in d["meters"])
+    assert lines[hit["district"]]["stopped_meters"] == [stopped]
+    assert lines[hit["district"]]["failures"] == ["elec.estimation.min_intervals"]
+    failed = world.client.get("/api/districts", params={"gates": "failed"}).json()["items"]
+    assert [x["district"] for x in failed] == [hit["district"]]
+    assert world.client.get("/api/districts", params={"gates": "maybe"}).status_code == 422
 
 
 def test_lot_sampling_round_trip(world: World) -> None:

@@ -264,6 +264,19 @@ def test_district_page_matches_the_api(site: Site, browser: Any) -> None:
     p.done()
 
 
+def test_district_list_matches_the_api(site: Site, browser: Any) -> None:
+    lines = site.api("GET", "/api/districts")["items"]
+    assert lines
+    p = Page(browser, site, "/districts")
+    assert p.page.locator("[data-testid=districts] tr").count() - 1 == len(lines)
+    for line in lines:
+        name = line["district"]
+        assert p.text(f"evaluable-{name}") == f"{line['evaluable']} / {line['customers']}"
+        assert p.text(f"gates-{name}") == ("passed" if line["gates_passed"] else "failed")
+    p.shot("districts")
+    p.done()
+
+
 def test_lot_form_records_results_and_changes_the_decision(site: Site, browser: Any) -> None:
     lots = {m["lot"] for m in all_meters(site, kind="elec") if m["lot"]}
     lot = next(
@@ -324,6 +337,7 @@ def test_every_page_reads_on_a_tablet(site: Site, browser: Any) -> None:
         "meter-elec": f"/meters/{elec['meter_id']}",
         "meter-taxi": f"/meters/{taxi['meter_id']}",
         "district": f"/districts/{elec['district']}",
+        "districts": "/districts",
         "lot": f"/lots/{elec['lot']}",
         "alerts": "/alerts",
         "tariffs": "/tariffs",

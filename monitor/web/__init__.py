@@ -24,6 +24,7 @@ from markupsafe import Markup, escape
 from monitor.api import (
     ApiContext,
     decode_cursor,
+    district_summary,
     encode_cursor,
     identify_meter,
     rollout_progress_of,
@@ -76,6 +77,14 @@ def mount_web(app: FastAPI, ctx: ApiContext) -> None:
     @app.get("/meters/{meter}", response_class=HTMLResponse, include_in_schema=False)
     def meter(request: Request, meter: str) -> HTMLResponse:
         return render(request, "meter.html", **_meter(ctx, meter))
+
+    @app.get("/districts", response_class=HTMLResponse, include_in_schema=False)
+    def districts(request: Request, gates: str = "", cursor: str = "") -> HTMLResponse:
+        passed = {"passed": True, "failed": False}.get(gates)
+        rows = ctx.state.list_districts(decode_cursor(cursor) if cursor else None, 101, passed)
+        items = [district_summary(b) for b in rows[:100]]
+        nxt = _next_page(request, items[-1]["district"]) if len(rows) > 100 else None
+        return render(request, "districts.html", items=items, next=nxt, gates=gates)
 
     @app.get("/districts/{district}", response_class=HTMLResponse, include_in_schema=False)
     def district(request: Request, district: str, sort: str = "meter") -> HTMLResponse:
