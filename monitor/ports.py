@@ -48,6 +48,19 @@ class Series:
 
 
 @dataclass(frozen=True)
+class Columns:
+    """One meter's points of one measurement, columnar, oldest first: every field asked
+    for, numeric ones as float64 (NaN = absent), text ones as object arrays of str (None =
+    absent). What a reduction over a long window reads instead of one `Point` per point."""
+
+    ts_ms: NDArray[np.int64]
+    values: dict[str, NDArray[Any]]
+
+    def __len__(self) -> int:
+        return len(self.ts_ms)
+
+
+@dataclass(frozen=True)
 class MeterPoint:
     """A point with the meter it belongs to (events across a fleet)."""
 
@@ -89,6 +102,18 @@ class TelemetryStore(Protocol):
         district: str | None = None,
     ) -> dict[str, Series]:
         """Numeric fields of every meter (of one district) in [start, end], per meter."""
+        ...
+
+    def columns(
+        self,
+        measurement: Measurement,
+        fields: Sequence[str],
+        start_ms: int,
+        end_ms: int,
+        meter: str | None = None,
+    ) -> dict[str, Columns]:
+        """Any fields (text too) of every meter, or of one, in [start, end], per meter
+        (meters without a point left out); see `Columns`."""
         ...
 
     def points(self, measurement: Measurement, start_ms: int, end_ms: int) -> list[MeterPoint]:
@@ -149,3 +174,23 @@ def group_series(rows: Sequence[Sequence[Any]], fields: Sequence[str]) -> dict[s
     for a, b in itertools.pairwise(cuts):
         out[meters[a]] = Series(ts[a:b], {f: c[a:b] for f, c in zip(fields, cols, strict=True)})
     return out
+
+
+def text_or_float_columns(
+    rows: Sequence[Sequence[Any]], fields: Sequence[str], text: Sequence[str]
+) -> Columns:
+    """Rows (ts, *fields) of one meter, oldest first → its `Columns`: the `text` fields as
+    object arrays (None stays None), the others as float64 (None → NaN)."""
+    if not rows:
+        empty = {f: np.empty(0, dtype=object if f in text else np.float64) for f in fields}
+        return Columns(np.empty(0, dtype=np.int64), empty)
+    columns = list(zip(*rows, strict=True))
+    if len(columns) != len(fields) + 1:
+        raise ValueError(f"rows of {len(columns)} columns, expected ts + {len(fields)}")
+    values: dict[str, NDArray[Any]] = {}
+    for name, col in zip(fields, columns[1:], strict=True):
+        if name in text:
+            values[name] = np.array(col, dtype=object)
+        else:
+            values[name] = _floats(col)
+    return Columns(np.array(columns[0], dtype=np.int64), values)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from monitor.metrics import Metrics
 from monitor.ports import Series, group_series, meter_series
-from monitor.schema import ELEC_READING, TAXI_TRIP, Record
+from monitor.schema import ELEC_READING, TAXI_STATUS, TAXI_TRIP, Record
 from monitor.store import embedded
 from monitor.store.embedded import LAYOUT, EmbeddedStore
 
@@ -48,6 +48,50 @@ def test_resent_trip_is_one_trip(tmp_path: Path) -> None:
     store.write([trip])
     assert len(store.history(TAXI_TRIP, "T1", ["meter_km"], None, None, 10)) == 1
     assert store.health().writable
+    store.close()
+
+
+# -- columnar reads (`columns`) ------------------------------------------------
+
+STATUS = ("seal", "pulses_per_km", "tariff_version")
+
+
+def status(meter: str, ts: int, **values: float | str) -> Record:
+    return Record(TAXI_STATUS, meter, "", ts, dict(values))
+
+
+def test_columns_are_the_points_of_history_text_and_numbers(tmp_path: Path) -> None:
+    store = EmbeddedStore(tmp_path / "t.sqlite", Metrics())
+    store.write(
+        [
+            status("T2", 3000, seal="intact", pulses_per_km=1000.0, tariff_version="A"),
+            status("T1", 2000, seal="broken", tariff_version="A"),
+            status("T1", 1000, seal="intact", pulses_per_km=1000.0, tariff_version="A"),
+            status("T1", 4000, pulses_per_km=1100.0),
+            status("T1", 9000, seal="intact"),  # outside the window
+        ]
+    )
+    store.write([status("T1", 2000, seal="broken", tariff_version="B")])  # overwrites
+    got = store.columns(TAXI_STATUS, STATUS, 1000, 4000)
+    assert list(got) == ["T1", "T2"]
+    t1 = got["T1"]
+    assert t1.ts_ms.tolist() == [1000, 2000, 4000] and t1.ts_ms.dtype == np.int64
+    assert t1.values["seal"].tolist() == ["intact", "broken", None]
+    assert t1.values["tariff_version"].tolist() == ["A", "B", None]
+    ppk = t1.values["pulses_per_km"]
+    assert ppk.dtype == np.float64 and ppk[0] == 1000.0 and math.isnan(ppk[1])
+    for meter, cols in got.items():
+        history = store.history(TAXI_STATUS, meter, STATUS, 1000, 4001, 100)
+        assert [p.ts_ms for p in history] == cols.ts_ms.tolist()
+        for f in STATUS:
+            values = [None if v != v else v for v in cols.values[f].tolist()]  # NaN → None
+            assert values == [p.values[f] for p in history]
+    one = store.columns(TAXI_STATUS, ["seal", "firmware", "nothing"], 0, 10_000, meter="T1")
+    assert list(one) == ["T1"] and len(one["T1"]) == 4
+    assert one["T1"].values["firmware"].tolist() == [None] * 4
+    assert bool(np.isnan(one["T1"].values["nothing"]).all())
+    assert store.columns(TAXI_STATUS, STATUS, 0, 10_000, meter="T9") == {}
+    assert store.columns(TAXI_STATUS, STATUS, 5000, 8000) == {}
     store.close()
 
 

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitor.decide import Finding, decide_meter
-from monitor.ports import MeterPoint, Series
+from monitor.ports import Columns, MeterPoint, Series
 from monitor.rules import taxi
 from monitor.rules.schema import FareRule, TaxiRules, load_rules
 from monitor.taxi.rollout import applied_at
@@ -742,6 +742,93 @@ def test_telling_heartbeats_keep_run_ends_and_every_broken_seal() -> None:
     kept = taxi.telling_heartbeats(list(reversed(intact + broken + changed)))
     assert kept == [intact[0], intact[-1], *broken, changed[0], changed[-1]]
     assert taxi.telling_heartbeats([]) == []
+
+
+def as_columns(beats: list[MeterPoint], fields: tuple[str, ...]) -> Columns:
+    """Heartbeats as a store's `columns` gives them: text as objects, numbers as floats."""
+    values: dict[str, Any] = {}
+    for name in fields:
+        got = [b.values.get(name) for b in beats]
+        if name == "pulses_per_km":
+            values[name] = np.array([math.nan if v is None else v for v in got], dtype=float)
+        else:
+            values[name] = np.array(got, dtype=object)
+    return Columns(np.array([b.ts_ms for b in beats], dtype=np.int64), values)
+
+
+# Few values each, so runs are long and every kind of change occurs.
+sparse_heartbeat = st.tuples(
+    st.sampled_from([None, "intact", "broken", "opened"]),
+    st.sampled_from([None, 1000.0, 1100.0, 1000]),
+    st.sampled_from([None, "SH-2022", "SH-2026"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    runs=st.lists(st.tuples(sparse_heartbeat, st.integers(1, 8)), max_size=14),
+    steps=st.lists(st.integers(0, 2), min_size=120, max_size=120),
+    fields=st.sampled_from(
+        [
+            taxi.HEARTBEAT_FIELDS,
+            ("seal", "pulses_per_km"),
+            ("tariff_version",),
+            ("pulses_per_km", "seal", "tariff_version"),
+        ]
+    ),
+)
+def test_the_vectorised_cut_keeps_what_telling_heartbeats_keeps(
+    runs: list[tuple[tuple[str | None, float | None, str | None], int]],
+    steps: list[int],
+    fields: tuple[str, ...],
+) -> None:
+    """Random heartbeat sequences (absent fields, repeated times, columns missing): the
+    columnar cut keeps exactly the heartbeats `telling_heartbeats` keeps, with the same
+    values, so every seal finding and rollout answer is the same too."""
+    beats: list[MeterPoint] = []
+    ts = T0
+    clash = False  # two heartbeats of the same time that differ (no store keeps both)
+    for (seal, ppk, version), length in runs:
+        for i in range(length):
+            step = steps[len(beats) % len(steps)]  # 0: a repeated time
+            clash = clash or (step == 0 and i == 0 and bool(beats))
+            ts += 5 * MIN * step
+            values = {"seal": seal, "pulses_per_km": ppk, "tariff_version": version}
+            beats.append(MeterPoint("T1", ts, {k: values[k] for k in fields}))
+    expected = [
+        MeterPoint("T1", b.ts_ms, {k: v for k, v in b.values.items() if v is not None})
+        for b in taxi.telling_heartbeats(beats)
+    ]
+    got = taxi.telling_points("T1", as_columns(beats, fields))
+    assert got == expected
+    assert all(type(v) is float for b in got for k, v in b.values.items() if k == "pulses_per_km")
+    if not clash:  # then also what every heartbeat says (see the test above)
+        assert taxi.seal_findings("T1", got, [], [], RULES.seal) == taxi.seal_findings(
+            "T1", beats, [], [], RULES.seal
+        )
+        for version in ("SH-2022", "SH-2026"):
+            assert applied_at(version, [], got) == applied_at(version, [], beats)
+    # out of time order, it is put in order first (as `telling_heartbeats` does)
+    backwards = list(reversed(beats))
+    assert taxi.telling_points("T1", as_columns(backwards, fields)) == [
+        MeterPoint("T1", b.ts_ms, {k: v for k, v in b.values.items() if v is not None})
+        for b in taxi.telling_heartbeats(backwards)
+    ]
+
+
+def test_the_vectorised_cut_keeps_run_ends_and_every_broken_seal() -> None:
+    intact = [beat(T0 + i * 5 * MIN) for i in range(10)]
+    broken = [beat(T0 + (10 + i) * 5 * MIN, seal="broken") for i in range(4)]
+    changed = [beat(T0 + (14 + i) * 5 * MIN, ppk=1100.0) for i in range(10)]
+    gone = [beat(T0 + (24 + i) * 5 * MIN, ppk=None) for i in range(3)]
+    every = intact + broken + changed + gone
+    mask = taxi.telling_mask(as_columns(every, taxi.HEARTBEAT_FIELDS))
+    kept = [b for b, k in zip(every, mask.tolist(), strict=True) if k]
+    assert kept == [intact[0], intact[-1], *broken, changed[0], changed[-1], gone[0], gone[-1]]
+    assert taxi.telling_points("T1", as_columns([], taxi.HEARTBEAT_FIELDS)) == []
+    assert taxi.telling_points("T1", as_columns(every[:1], ())) == [MeterPoint("T1", T0, {})]
+    with pytest.raises(ValueError, match="time order"):
+        taxi.telling_mask(as_columns(list(reversed(every)), taxi.HEARTBEAT_FIELDS))
 
 
 def test_seal_findings_drive_the_decision() -> None:

@@ -236,7 +236,8 @@ def test_only_meters_inside_the_band_are_extended(
 
 
 def test_the_taxi_window_reads_alike_from_influxdb(influxdb: InfluxStack, tmp_path: Path) -> None:
-    """Heartbeats are read meter by meter through `history`: both stores answer alike."""
+    """Heartbeats are read as columns (`columns`), meter by meter, and cut to those that
+    tell: both stores answer alike, and as `history` read point by point."""
     fleet = Fleet(FleetSpec(start_ms=START, districts=0, taxis=8, seed=3))
     end = START + 2 * 86_400_000
     records = [
@@ -261,6 +262,18 @@ def test_the_taxi_window_reads_alike_from_influxdb(influxdb: InfluxStack, tmp_pa
     try:
         start = START + 3_600_000  # a window that begins inside the first day
         read = [evaluate_taxi.load(s, state, start, end - 1) for s in (embedded, influx)]
+        few = ["T001", "T003"]
+        one_by_one = [evaluate_taxi.load(s, state, start, end - 1, few) for s in (embedded, influx)]
+        # point by point, as `load` read before columns
+        by_points = {}
+        for meter in sorted(read[0].status):
+            points = embedded.history(
+                TAXI_STATUS, meter, rules_taxi.HEARTBEAT_FIELDS, start, end, 10**9
+            )
+            by_points[meter] = [
+                MeterPoint(meter, p.ts_ms, {k: v for k, v in p.values.items() if v is not None})
+                for p in rules_taxi.telling_heartbeats(points)
+            ]
     finally:
         state.close()
         influx.close()
@@ -268,5 +281,7 @@ def test_the_taxi_window_reads_alike_from_influxdb(influxdb: InfluxStack, tmp_pa
     ours, theirs = read
     assert ours.trips == theirs.trips and sum(map(len, ours.trips.values())) > 100
     assert ours.status == theirs.status and ours.events == theirs.events
+    assert ours.status == by_points
+    assert one_by_one[0].status == one_by_one[1].status == {m: ours.status[m] for m in few}
     broken = [p for ps in ours.status.values() for p in ps if p.values.get("seal") == "broken"]
     assert broken and len(ours.status) == 8

@@ -30,7 +30,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from monitor.decide import Finding, Reason, worst_state
-from monitor.ports import MeterPoint, Point, Series
+from monitor.ports import Columns, MeterPoint, Point, Series
 from monitor.rules.schema import DistanceRule, FareRule, SealRule, TaxiRules
 from monitor.taxi.tariff import Tariff, TariffBook, fare_decimal, round_half_up
 from monitor.telemetry import format_ts, ms_to_datetime
@@ -725,6 +725,64 @@ def telling_heartbeats(beats: Sequence[_AnyPoint]) -> list[_AnyPoint]:
         beat
         for i, beat in enumerate(ordered)
         if new[i] or new[i + 1] or _broken(values[i].get("seal"))
+    ]
+
+
+def telling_mask(status: Columns) -> NDArray[np.bool_]:
+    """`telling_heartbeats` on columns: which heartbeats of one meter (in time order) tell.
+
+    The same rule without a Python object per heartbeat: heartbeat i starts a run when a
+    HEARTBEAT_FIELDS column differs from heartbeat i - 1 (text compared element by element,
+    None = absent; numbers by value, NaN = absent and equal to another absent), ends one
+    when i + 1 starts one; kept are the ends of runs and every seal "broken". Columns the
+    status lacks count as absent throughout.
+    """
+    n = len(status.ts_ms)
+    if n == 0:
+        return np.zeros(0, dtype=np.bool_)
+    if n > 1 and bool((status.ts_ms[1:] < status.ts_ms[:-1]).any()):
+        raise ValueError("heartbeats not in time order")
+    changed = np.zeros(n - 1, dtype=np.bool_)
+    for name in HEARTBEAT_FIELDS:
+        col = status.values.get(name)
+        if col is None:
+            continue
+        before, after = col[:-1], col[1:]
+        if col.dtype == object:
+            changed |= np.asarray(before != after, dtype=np.bool_)
+        else:
+            changed |= (before != after) & ~(np.isnan(before) & np.isnan(after))
+    new = np.ones(n + 1, dtype=np.bool_)  # new[i]: i starts a run; new[n]: past the last
+    new[1:n] = changed
+    keep = new[:n] | new[1:]
+    seal = status.values.get("seal")
+    if seal is not None:
+        keep |= np.asarray(seal == "broken", dtype=np.bool_)
+    return keep
+
+
+def telling_points(meter: str, status: Columns) -> list[MeterPoint]:
+    """The heartbeats `telling_mask` keeps, as `MeterPoint`s of the HEARTBEAT_FIELDS they
+    carry (absent ones left out): what `telling_heartbeats` keeps of the same points.
+    Out of time order, they are put in order first (a stable sort, as there)."""
+    ts_ms = status.ts_ms
+    if len(ts_ms) > 1 and bool((ts_ms[1:] < ts_ms[:-1]).any()):
+        by_time = np.argsort(ts_ms, kind="stable")
+        status = Columns(ts_ms[by_time], {k: v[by_time] for k, v in status.values.items()})
+    keep = np.flatnonzero(telling_mask(status))
+    ts = status.ts_ms[keep].tolist()
+    columns: list[tuple[str, list[Any]]] = []
+    for name in HEARTBEAT_FIELDS:
+        col = status.values.get(name)
+        if col is None:
+            continue
+        picked = col[keep].tolist()
+        if col.dtype != object:  # NaN: absent
+            picked = [None if math.isnan(v) else v for v in picked]
+        columns.append((name, picked))
+    return [
+        MeterPoint(meter, t, {name: vals[i] for name, vals in columns if vals[i] is not None})
+        for i, t in enumerate(ts)
     ]
 
 

@@ -25,7 +25,15 @@ from typing import Any, NamedTuple, cast
 import numpy as np
 
 from monitor.metrics import Metrics
-from monitor.ports import MeterPoint, Point, Series, StoreHealth, meter_series
+from monitor.ports import (
+    Columns,
+    MeterPoint,
+    Point,
+    Series,
+    StoreHealth,
+    meter_series,
+    text_or_float_columns,
+)
 from monitor.schema import MEASUREMENTS, Measurement, Record
 
 log = logging.getLogger(__name__)
@@ -153,6 +161,13 @@ class _Block(NamedTuple):
     fields: tuple[str, ...]
     ts: bytes  # int64 × n
     vals: bytes  # float64 × (n, fields), point-major
+
+
+def _absent(name: str, n: int, measurement: Measurement) -> Any:
+    """A column of a field the table lacks: all None (text) or NaN (numeric, or unknown)."""
+    if measurement.fields.get(name) == "str":
+        return np.full(n, None, dtype=object)
+    return np.full(n, np.nan)
 
 
 class EmbeddedStore:
@@ -547,6 +562,46 @@ class EmbeddedStore:
                     with contextlib.suppress(sqlite3.Error):
                         db.execute("ROLLBACK")
                     raise
+
+    def columns(
+        self,
+        measurement: Measurement,
+        fields: Sequence[str],
+        start_ms: int,
+        end_ms: int,
+        meter: str | None = None,
+    ) -> dict[str, Columns]:
+        """Any fields of every meter (or one) in [start, end], per meter, as `Columns`.
+
+        Meter by meter along the primary key (meter, ts), in one read snapshot: SQLite
+        hands back rows, numpy turns each meter's into columns; no `Point` per row.
+        """
+        name = measurement.name
+        cols = [f for f in fields if f in self._cols[name]]
+        text = [f for f in cols if measurement.fields.get(f) == "str"]
+        select = (
+            f"SELECT {', '.join(['ts', *cols])} FROM {name} "
+            "WHERE meter = ? AND ts BETWEEN ? AND ? ORDER BY ts"
+        )
+        out: dict[str, Columns] = {}
+        with self._read_lock:
+            db = self._reader
+            meters = [meter] if meter is not None else self._meters(db, measurement, None)
+            db.execute("BEGIN")  # one snapshot for every meter of the read
+            try:
+                for m in meters:
+                    rows = db.execute(select, (m, start_ms, end_ms)).fetchall()
+                    if not rows:
+                        continue
+                    got = text_or_float_columns(rows, cols, text)
+                    values = {
+                        f: got.values[f] if f in got.values else _absent(f, len(rows), measurement)
+                        for f in fields
+                    }
+                    out[m] = Columns(got.ts_ms, values)
+            finally:
+                db.execute("COMMIT")
+        return out
 
     def meters(self, measurement: Measurement, district: str | None = None) -> list[str]:
         """Every meter with a point in the measurement, sorted; with a district, every meter

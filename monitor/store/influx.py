@@ -17,7 +17,6 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
 
@@ -30,7 +29,15 @@ from influxdb_client.rest import ApiException
 
 from monitor.config import InfluxSettings
 from monitor.metrics import Metrics
-from monitor.ports import MeterPoint, Point, Series, StoreHealth, meter_series
+from monitor.ports import (
+    Columns,
+    MeterPoint,
+    Point,
+    Series,
+    StoreHealth,
+    meter_series,
+    text_or_float_columns,
+)
 from monitor.schema import Measurement, Record
 from monitor.store.lineproto import to_lines
 from monitor.store.spool import Segment, Spool
@@ -52,26 +59,6 @@ def quote_literal(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-# `series` reads windows at least this long in `InfluxStore.series_parts` time ranges.
-SERIES_SPLIT_MS = 2 * 86_400_000
-# Bulk answers uncompressed: InfluxDB's gzip costs it more CPU than the query itself.
-_PLAIN = {"Accept-Encoding": "identity"}
-
-
-def window_parts(start_ms: int, end_ms: int, parts: int, min_ms: int) -> list[tuple[int, int]]:
-    """[start, end] cut into `parts` consecutive ranges [lo, hi), the last one [lo, end].
-
-    Each instant of [start, end] (any precision) lies in exactly one range. A window
-    shorter than `min_ms`, or than `parts` ms, stays whole.
-    """
-    start_ms, end_ms = int(start_ms), int(end_ms)
-    span = end_ms - start_ms
-    if parts <= 1 or span < max(min_ms, parts):
-        return [(start_ms, end_ms)]
-    cuts = [start_ms + span * k // parts for k in range(parts)]
-    return [(lo, hi) for lo, hi in zip(cuts, [*cuts[1:], end_ms], strict=True)]
-
-
 def db_rp(bucket: str) -> tuple[str, str | None]:
     """`meters/autogen` → (`meters`, `autogen`); a bare bucket has no rp."""
     db, _, rp = bucket.partition("/")
@@ -82,8 +69,6 @@ class InfluxStore:
     """Telemetry in InfluxDB, with a disk spool while it is unreachable."""
 
     backend = "influxdb"
-    # Time ranges a long `series` window is read in, concurrently (1: one query).
-    series_parts = 2
 
     def __init__(self, settings: InfluxSettings, spool_dir: Path, metrics: Metrics) -> None:
         assert settings.url, "validated by StorageSettings"
@@ -197,12 +182,12 @@ class InfluxStore:
             rows.extend({**tags, **dict(zip(cols, v, strict=True))} for v in series["values"])
         return rows
 
-    def _get(self, q: str, headers: dict[str, str] | None = None) -> Any:
+    def _get(self, q: str) -> Any:
         db, rp = db_rp(self._s.bucket)
         params = {"db": db, "q": q, "epoch": "ms"}
         if rp:
             params["rp"] = rp
-        resp = self._http.get("/query", params=params, headers=headers)
+        resp = self._http.get("/query", params=params)
         resp.raise_for_status()
         return resp.json()
 
@@ -245,36 +230,35 @@ class InfluxStore:
         end_ms: int,
         district: str | None = None,
     ) -> dict[str, Series]:
-        """Numeric fields per meter in [start, end] (InfluxQL, GROUP BY meter).
-
-        What InfluxDB spends on a district's 30 days is mostly its own encoding of the
-        answer (`python -m bench.store --influx`), so: the answer is asked uncompressed
-        (`Accept-Encoding: identity`; httpx asks for gzip by default, and InfluxDB's gzip of
-        the ~24 MB answer doubled its CPU), and a window of `SERIES_SPLIT_MS` or more is
-        read as `series_parts` consecutive time ranges (`window_parts`) fetched and decoded
-        concurrently, so that InfluxDB encodes one range while this process decodes
-        another. The ranges partition [start, end] exactly (each point is in one) and come
-        back in time order, so the Series are the same as one query's.
-        """
-        head = (
-            f"SELECT {', '.join(quote_ident(f) for f in fields)} FROM {quote_ident(measurement.name)} "
-            "WHERE "
-        )
-        tail = f" GROUP BY {quote_ident('meter')}"
+        """Numeric fields per meter in [start, end] (one InfluxQL query, GROUP BY meter)."""
+        where = [f"time >= {int(start_ms)}ms", f"time <= {int(end_ms)}ms"]
         if district is not None:
-            tail = f" AND {quote_ident('district')} = {quote_literal(district)}" + tail
-        parts = window_parts(start_ms, end_ms, self.series_parts, SERIES_SPLIT_MS)
-        queries = [
-            f"{head}time >= {lo}ms AND time {'<=' if k == len(parts) - 1 else '<'} {hi}ms{tail}"
-            for k, (lo, hi) in enumerate(parts)
-        ]
-        if len(queries) == 1:
-            return series_from_response(self._get(queries[0], _PLAIN), fields)
-        with ThreadPoolExecutor(len(queries) - 1, thread_name_prefix="influx-series") as pool:
-            rest = [pool.submit(self._get, q, _PLAIN) for q in queries[1:]]
-            answers = [self._get(queries[0], _PLAIN), *(f.result() for f in rest)]
-        results = [r for answer in answers for r in answer.get("results", [])]
-        return series_from_response({"results": results}, fields)
+            where.append(f"{quote_ident('district')} = {quote_literal(district)}")
+        q = (
+            f"SELECT {', '.join(quote_ident(f) for f in fields)} FROM {quote_ident(measurement.name)} "
+            f"WHERE {' AND '.join(where)} GROUP BY {quote_ident('meter')}"
+        )
+        return series_from_response(self._get(q), fields)
+
+    def columns(
+        self,
+        measurement: Measurement,
+        fields: Sequence[str],
+        start_ms: int,
+        end_ms: int,
+        meter: str | None = None,
+    ) -> dict[str, Columns]:
+        """Any fields of every meter (or one) in [start, end], per meter, as `Columns`
+        (one InfluxQL query, GROUP BY meter; see `columns_from_response`)."""
+        where = [f"time >= {int(start_ms)}ms", f"time <= {int(end_ms)}ms"]
+        if meter is not None:
+            where.append(f"{quote_ident('meter')} = {quote_literal(meter)}")
+        q = (
+            f"SELECT {', '.join(quote_ident(f) for f in fields)} FROM {quote_ident(measurement.name)} "
+            f"WHERE {' AND '.join(where)} GROUP BY {quote_ident('meter')}"
+        )
+        text = [f for f in fields if measurement.fields.get(f) == "str"]
+        return columns_from_response(self._get(q), fields, text)
 
     def points(self, measurement: Measurement, start_ms: int, end_ms: int) -> list[MeterPoint]:
         """Every point in [start, end], by time."""
@@ -359,4 +343,47 @@ def series_from_response(payload: Any, fields: Sequence[str]) -> dict[str, Serie
             by_time = np.argsort(ts, kind="stable")
             ts, cols = ts[by_time], {f: v[by_time] for f, v in cols.items()}
         out[meter] = Series(ts, {f: cols[f] for f in fields})
+    return out
+
+
+def columns_from_response(
+    payload: Any, fields: Sequence[str], text: Sequence[str]
+) -> dict[str, Columns]:
+    """An InfluxQL JSON answer grouped by meter (`GROUP BY meter`) → `Columns` per meter.
+
+    The `text` fields as object arrays (null → None), the others float64 (null → NaN); a
+    field the answer lacks is all None / NaN; a meter split over several series (a
+    partial answer) is joined and put in time order (stable).
+    """
+    parts: dict[str, list[Columns]] = {}
+    for series in _result_series(payload):
+        meter = series.get("tags", {}).get("meter")
+        values = series.get("values") or []
+        if meter is None or not values:
+            continue
+        columns: list[str] = series["columns"]
+        order = ["time", *(f for f in fields if f in columns)]
+        if columns != order:
+            index = [columns.index(c) for c in order]
+            values = [[v[i] for i in index] for v in values]
+        got = text_or_float_columns(values, order[1:], text)
+        n = len(got.ts_ms)
+        missing = {
+            f: np.full(n, None, dtype=object) if f in text else np.full(n, np.nan)
+            for f in fields
+            if f not in got.values
+        }
+        parts.setdefault(meter, []).append(Columns(got.ts_ms, got.values | missing))
+    out: dict[str, Columns] = {}
+    for meter in sorted(parts):
+        pieces = parts[meter]
+        if len(pieces) == 1:
+            ts, cols = pieces[0].ts_ms, pieces[0].values
+        else:
+            ts = np.concatenate([p.ts_ms for p in pieces])
+            cols = {f: np.concatenate([p.values[f] for p in pieces]) for f in fields}
+        if len(ts) > 1 and bool((ts[1:] < ts[:-1]).any()):
+            by_time = np.argsort(ts, kind="stable")
+            ts, cols = ts[by_time], {f: v[by_time] for f, v in cols.items()}
+        out[meter] = Columns(ts, {f: cols[f] for f in fields})
     return out
