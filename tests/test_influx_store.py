@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -20,7 +21,12 @@ from monitor.mqtt import parse_broker_url
 from monitor.ports import Columns
 from monitor.schema import ELEC_EVENT, ELEC_READING, TAXI_STATUS, TAXI_TRIP, Record
 from monitor.state import SqliteState
-from monitor.store.influx import InfluxStore, columns_from_response, series_from_response
+from monitor.store.influx import (
+    InfluxStore,
+    columns_from_response,
+    series_from_response,
+    window_parts,
+)
 from tests.helpers import BASE_MS, Publisher, reading, wait_for
 from tests.services import InfluxStack, Mosquitto
 
@@ -370,3 +376,87 @@ def test_columns_from_response_joins_orders_and_fills() -> None:
     assert columns_from_response({"results": [{"statement_id": 0}]}, STATUS, ()) == {}
     with pytest.raises(RuntimeError, match="boom"):
         columns_from_response({"results": [{"error": "boom"}]}, STATUS, ())
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(
+    start=st.integers(-(2**42), 2**42),
+    span=st.integers(-5, 10 * 86_400_000),
+    parts=st.integers(0, 7),
+    min_ms=st.sampled_from([0, 1, 1000, 2 * 86_400_000]),
+    probes=st.lists(st.floats(0.0, 1.0), max_size=20),
+)
+def test_window_parts_cut_the_window_into_disjoint_ranges(
+    start: int, span: int, parts: int, min_ms: int, probes: list[float]
+) -> None:
+    """Every instant of [start, end], at ns precision, is in exactly one range; the ranges
+    follow each other in time order."""
+    end = start + span
+    got = window_parts(start, end, parts, min_ms)
+    assert got[0][0] == start and got[-1][1] == end
+    assert len(got) == (parts if parts > 1 and span >= max(min_ms, parts) else 1)
+    for (_, hi), (lo, _) in itertools.pairwise(got):
+        assert hi == lo
+    if span < 0:
+        return
+    instants = [
+        start * 1_000_000,
+        end * 1_000_000,
+        *(start * 1_000_000 + round(p * span * 1_000_000) for p in probes),
+    ]
+    instants += [lo * 1_000_000 + d for lo, _ in got for d in (-1, 0, 1)]
+    for t in instants:
+        inside = start * 1_000_000 <= t <= end * 1_000_000
+        hits = [
+            k
+            for k, (lo, hi) in enumerate(got)
+            if lo * 1_000_000 <= t
+            and (t <= hi * 1_000_000 if k == len(got) - 1 else t < hi * 1_000_000)
+        ]
+        assert len(hits) == (1 if inside else 0), (t, got)
+
+
+def test_series_in_time_ranges_reads_the_same_as_one_query(
+    influxdb: InfluxStack, tmp_path: Path
+) -> None:
+    """Points on and around the cuts (ms and ns precision), overwrites, a meter of another
+    district and points outside the window: every split reads what one query reads."""
+    store = InfluxStore(settings(influxdb), tmp_path / "spool", Metrics())
+    start, end = BASE_MS, BASE_MS + 3 * 86_400_000 + 17
+    cuts = sorted({lo for parts in range(2, 6) for lo, _ in window_parts(start, end, parts, 0)})
+    records = []
+    for k, t in enumerate([start - 1, *cuts, end, end + 1, *(c - 1 for c in cuts[1:])]):
+        for meter in ("M1", "M2"):
+            records.append(Record(ELEC_READING, meter, "TA1", t, {"energy_kwh": float(k)}))
+        records.append(Record(ELEC_READING, "M3", "TB2", t, {"current_a": float(k)}))
+    records.append(Record(ELEC_READING, "M2", "TA1", start + 5, {"current_a": 9.0}))
+    store.write(records)
+    store.write([Record(ELEC_READING, "M1", "TA1", cuts[1], {"energy_kwh": -1.0})])  # overwrite
+    assert store.flush(20)
+    # sub-ms instants straight to InfluxDB: half a ms before a cut, and after the window's end
+    half = 500_000
+    lines = [
+        f"elec_reading,district=TA1,meter=M1 energy_kwh=7.5 {cuts[2] * 1_000_000 - half}",
+        f"elec_reading,district=TA1,meter=M1 energy_kwh=8.5 {end * 1_000_000 + half}",
+    ]
+    httpx.post(
+        f"{influxdb.server.url}/write", params={"db": influxdb.db}, content="\n".join(lines)
+    ).raise_for_status()
+    store.series_parts = 1
+    whole = store.series(ELEC_READING, FIELDS, start, end, district="TA1")
+    assert list(whole) == ["M1", "M2"]
+    m1 = whole["M1"]
+    assert m1.ts_ms[0] == start and m1.ts_ms[-1] == end
+    assert (cuts[2] - 1) in m1.ts_ms.tolist()  # the half-ms point reads as its ms (floored)
+    assert m1.values["energy_kwh"][m1.ts_ms.tolist().index(cuts[1])] == -1.0
+    everyone = store.series(ELEC_READING, FIELDS, start, end)
+    for parts in (2, 3, 5):
+        store.series_parts = parts
+        for district, want in (("TA1", whole), (None, everyone)):
+            got = store.series(ELEC_READING, FIELDS, start, end, district=district)
+            assert list(got) == list(want)
+            for meter, s in want.items():
+                np.testing.assert_array_equal(got[meter].ts_ms, s.ts_ms)
+                for f in FIELDS:
+                    np.testing.assert_array_equal(got[meter].values[f], s.values[f])
+    store.close()
