@@ -30,8 +30,9 @@ here on the same district (`fit_district` + `meter_decision`). `--readers N` als
 reading every stored district with N processes, each with its own store (WAL readers).
 
 `--influx` starts InfluxDB 1.x from tests/services.py, writes one district (line protocol,
-ms) and times `InfluxStore.series` against the previous parse (a dict per point, then
-`group_series`) and against a bare GET + JSON decode of the same query.
+ms) and times `InfluxStore.series` (1, 2 and 3 time ranges read concurrently) against the
+previous `series` (one query, gzip as httpx asks by default) and against bare GETs of that
+query (gzip, uncompressed, uncompressed + `json.loads`), with influxd's CPU for each.
 
 The script prints figures; it asserts nothing on timing (it does check that before and
 after return the same Series).
@@ -419,11 +420,13 @@ def _hours(seconds: float) -> str:
 
 
 def influx(args: argparse.Namespace, tmp: Path) -> None:
+    import json
+
     import httpx
 
     from monitor.config import InfluxSettings
     from monitor.schema import Record
-    from monitor.store.influx import InfluxStore, quote_ident, quote_literal
+    from monitor.store.influx import InfluxStore, quote_ident, quote_literal, series_from_response
     from monitor.store.lineproto import to_lines
     from tests.services import InfluxDB1
 
@@ -448,7 +451,7 @@ def influx(args: argparse.Namespace, tmp: Path) -> None:
                     content="\n".join(lines[a : a + 50_000]).encode(),
                 ).raise_for_status()
         print(f"InfluxDB 1.x: {len(records):,} points written in {time.perf_counter() - t0:.1f} s")
-        settings = InfluxSettings(url=server.url, bucket="meters/autogen")
+        settings = InfluxSettings(url=server.url, bucket="meters/autogen", timeout_s=120)
         store = InfluxStore(settings, tmp / "spool", Metrics())
         start, end = d.end_ms - 30 * DAY_MS, d.end_ms
         q = (
@@ -456,38 +459,79 @@ def influx(args: argparse.Namespace, tmp: Path) -> None:
             f"WHERE time >= {start}ms AND time <= {end}ms AND "
             f"{quote_ident('district')} = {quote_literal(d.name)} GROUP BY {quote_ident('meter')}"
         )
+        params = {"db": "meters", "q": q, "epoch": "ms"}
+        plain = {"Accept-Encoding": "identity"}
+        proc = server._proc.proc
+        assert proc is not None
+        pid = proc.pid
 
-        def previous() -> dict[str, Series]:
+        def server_cpu() -> float:
+            # utime + stime of influxd (fields 14 and 15 of /proc/PID/stat)
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+
+        def before() -> dict[str, Series]:
+            # the previous `series`: one query, httpx's default Accept-Encoding (gzip)
             assert store is not None
-            rows = [(r["meter"], r["time"], *(r.get(f) for f in FIELDS)) for r in store.query(q)]
-            rows.sort(key=lambda r: (r[0], r[1]))
-            return legacy_group_series(rows, FIELDS)
+            return series_from_response(store._get(q), FIELDS)
 
-        def bare() -> object:
-            return http2.get("/query", params={"db": "meters", "q": q, "epoch": "ms"}).json()
+        def after(parts: int) -> Callable[[], dict[str, Series]]:
+            def read() -> dict[str, Series]:
+                assert store is not None
+                store.series_parts = parts
+                return store.series(ELEC_READING, READING_FIELDS, start, end, district=d.name)
 
-        got_before = previous()
-        got = store.series(ELEC_READING, READING_FIELDS, start, end, district=d.name)
-        if not same(got_before, got):
-            raise SystemExit("InfluxStore: before and after differ")
-        timings = {n: Timing() for n in ("before", "after", "bare GET+json")}
-        with httpx.Client(base_url=server.url, timeout=120) as http2:
-            for _ in range(args.rounds):
-                timings["before"].add(previous)
-                timings["after"].add(
-                    lambda: store.series(ELEC_READING, READING_FIELDS, start, end, district=d.name)
-                )
-                timings["bare GET+json"].add(bare)
-        n_rows = sum(len(s.ts_ms) for s in got.values())
-        print(f"InfluxStore.series, one district ({n_rows:,} rows), median of {args.rounds}:")
+            return read
+
+        http2 = httpx.Client(base_url=server.url, timeout=120)
+        contenders: dict[str, Callable[[], object]] = {
+            "bare GET gzip": lambda: http2.get("/query", params=params).content,
+            "bare GET": lambda: http2.get("/query", params=params, headers=plain).content,
+            "bare GET+json": lambda: json.loads(
+                http2.get("/query", params=params, headers=plain).content
+            ),
+            "before": before,
+            "after, 1 part": after(1),
+            "after, 2 parts": after(2),
+            "after, 3 parts": after(3),
+        }
+        got_before = before()
+        for parts in (1, 2, 3):
+            if not same(got_before, after(parts)()):
+                raise SystemExit(f"InfluxStore: before and after ({parts} parts) differ")
+        timings = {n: Timing() for n in contenders}
+        served: dict[str, list[float]] = {n: [] for n in contenders}
+        sizes = {  # bytes on the wire
+            "gzip": http2.get("/query", params=params).num_bytes_downloaded,
+            "plain": http2.get("/query", params=params, headers=plain).num_bytes_downloaded,
+        }
+        for _ in range(args.rounds):
+            for name, fn in contenders.items():
+                s0 = server_cpu()
+                timings[name].add(fn)
+                served[name].append(server_cpu() - s0)
+        http2.close()
+        n_rows = sum(len(s.ts_ms) for s in got_before.values())
+        n = args.pass_districts
         print(
-            f"{'contender':<14} {'wall ms':>8} {'client cpu ms':>14}  {args.pass_districts:,} districts (wall)"
+            f"InfluxStore.series, one district ({n_rows:,} rows, answer {sizes['plain'] / 1e6:.1f} "
+            f"MB of JSON, {sizes['gzip'] / 1e6:.1f} MB gzipped), median of {args.rounds} rounds, "
+            f"load {os.getloadavg()[0]:.2f}:"
+        )
+        print(
+            f"{'contender':<15} {'wall ms':>8} {'client cpu':>11} {'influxd cpu':>12}  "
+            f"{f'{n:,} districts (wall)':>22}"
         )
         for name, t in timings.items():
             print(
-                f"{name:<14} {t.wall_ms:>8.0f} {t.cpu_ms:>14.0f}  "
-                f"{_hours(t.wall_ms * args.pass_districts / 1000)}"
+                f"{name:<15} {t.wall_ms:>8.0f} {t.cpu_ms:>11.0f} "
+                f"{1000 * statistics.median(served[name]):>12.0f}  "
+                f"{_hours(t.wall_ms * n / 1000):>22}"
             )
+        print(
+            f"(bare: httpx GET of the one query `before` sends, bytes only, then + json.loads; "
+            f"{os.cpu_count()} CPUs shared by influxd and this process)"
+        )
     finally:
         if store is not None:
             store.close()
