@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitor.metrics import Metrics
-from monitor.ports import Series, group_series, meter_series
+from monitor.ports import Columns, Series, group_series, meter_series
 from monitor.schema import ELEC_READING, TAXI_STATUS, TAXI_TRIP, Record
 from monitor.store import embedded
 from monitor.store.embedded import LAYOUT, EmbeddedStore
@@ -92,6 +94,109 @@ def test_columns_are_the_points_of_history_text_and_numbers(tmp_path: Path) -> N
     assert bool(np.isnan(one["T1"].values["nothing"]).all())
     assert store.columns(TAXI_STATUS, STATUS, 0, 10_000, meter="T9") == {}
     assert store.columns(TAXI_STATUS, STATUS, 5000, 8000) == {}
+    store.close()
+
+
+def as_rows(cols: dict[str, Columns], fields: Sequence[str]) -> dict[str, list[tuple[Any, ...]]]:
+    """Columns → rows (NaN → None), with the value types checked."""
+    out = {}
+    for meter, c in cols.items():
+        assert c.ts_ms.dtype == np.int64
+        for f in fields:
+            assert c.values[f].dtype == (object if f in ("seal", "tariff_version") else np.float64)
+        lists = [c.values[f].tolist() for f in fields]
+        out[meter] = [
+            (ts, *(None if v != v else v for v in (col[i] for col in lists)))
+            for i, ts in enumerate(c.ts_ms.tolist())
+        ]
+    return out
+
+
+def history_rows(
+    store: EmbeddedStore, meters: Sequence[str], fields: Sequence[str], start: int, end: int
+) -> dict[str, list[tuple[Any, ...]]]:
+    out = {}
+    for meter in meters:
+        points = store.history(TAXI_STATUS, meter, fields, start, end + 1, 10**9)
+        if points:
+            out[meter] = [(p.ts_ms, *(p.values[f] for f in fields)) for p in points]
+    return out
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    beats=st.lists(
+        st.tuples(
+            st.sampled_from(["T1", "T2"]),
+            st.integers(0, 4 * 288 - 1),  # 5-min slots over 4 days
+            st.sampled_from([None, "intact", "broken", "ö ü"]),
+            st.sampled_from([None, 1000.0, 1100.5]),
+            st.sampled_from([None, "SH-2022", "SH-2026"]),
+        ),
+        max_size=80,
+    ),
+    late=st.lists(
+        st.tuples(st.sampled_from(["T1", "T2"]), st.integers(0, 4 * 288 - 1)), max_size=5
+    ),
+    windows=st.lists(
+        st.tuples(st.integers(-300, 4 * 288 + 300), st.integers(0, 3 * 288)), min_size=1, max_size=4
+    ),
+)
+def test_columns_from_packed_days_are_the_rows(
+    tmp_path_factory: pytest.TempPathFactory,
+    beats: list[tuple[str, int, str | None, float | None, str | None]],
+    late: list[tuple[str, int]],
+    windows: list[tuple[int, int]],
+) -> None:
+    """Full days come from column blocks (packed on first read), partial days from the
+    rows; a later write to a packed day drops its block: always what `history` reads."""
+    store = EmbeddedStore(tmp_path_factory.mktemp("cols") / "t.sqlite", Metrics())
+    slot = 300_000
+
+    def record(meter: str, i: int, seal: Any, ppk: Any, version: Any) -> Record:
+        values = {"seal": seal, "pulses_per_km": ppk, "tariff_version": version}
+        return status(meter, i * slot, **{k: v for k, v in values.items() if v is not None})
+
+    store.write([record(*b) for b in beats])
+    fields = ["seal", "pulses_per_km", "tariff_version"]
+    try:
+        for round_ in range(2):
+            for a, length in windows:
+                start, end = a * slot, (a + length) * slot - 1
+                expected = history_rows(store, ["T1", "T2"], fields, start, end)
+                assert as_rows(store.columns(TAXI_STATUS, fields, start, end), fields) == expected
+                one = store.columns(TAXI_STATUS, fields[::-1], start, end, meter="T2")
+                assert as_rows(one, fields[::-1]) == {
+                    m: [(r[0], *r[:0:-1]) for r in rows]
+                    for m, rows in expected.items()
+                    if m == "T2"
+                }
+            if round_ == 0:  # into packed days: their blocks go
+                store.write([record(m, i, "late", 999.0, None) for m, i in late])
+    finally:
+        store.close()
+
+
+def test_column_blocks_are_packed_once_and_dropped_by_a_write(tmp_path: Path) -> None:
+    store = EmbeddedStore(tmp_path / "t.sqlite", Metrics())
+    day = 86_400_000
+    store.write(
+        [status("T1", d * day + 1000, seal="intact", pulses_per_km=1000.0) for d in range(3)]
+    )
+    got = store.columns(TAXI_STATUS, STATUS, 0, 3 * day - 1)
+    assert got["T1"].values["seal"].tolist() == ["intact"] * 3
+    db = sqlite3.connect(tmp_path / "t.sqlite")
+    assert db.execute("SELECT day, n FROM taxi_status_days ORDER BY day").fetchall() == [
+        (0, 1),
+        (1, 1),
+        (2, 1),
+    ]
+    store.write([status("T1", day + 2000, seal="broken")])
+    assert db.execute("SELECT day FROM taxi_status_days ORDER BY day").fetchall() == [(0,), (2,)]
+    got = store.columns(TAXI_STATUS, STATUS, 0, 3 * day - 1)
+    assert got["T1"].values["seal"].tolist() == ["intact", "intact", "broken", "intact"]
+    assert len(db.execute("SELECT day FROM taxi_status_days").fetchall()) == 3
+    db.close()
     store.close()
 
 

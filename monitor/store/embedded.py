@@ -14,6 +14,7 @@ any `write` to that day (see `EmbeddedStore._migrate` for the layout, and
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sqlite3
 import threading
@@ -39,7 +40,7 @@ from monitor.schema import MEASUREMENTS, Measurement, Record
 log = logging.getLogger(__name__)
 
 # The file layout this code writes (PRAGMA user_version); older files are migrated on open.
-LAYOUT = 6
+LAYOUT = 7
 DAY_MS = 86_400_000
 
 _SQL_TYPES = {"float": "REAL", "int": "INTEGER", "str": "TEXT"}
@@ -78,6 +79,62 @@ def _row(m: Measurement, cols: list[str], r: Record) -> tuple[object, ...]:
 def _day_blocked(m: Measurement) -> bool:
     """Measurements `series` reads through day blocks: one point per (meter, ts), a district."""
     return m.key == ("ts",) and "district" in m.tags
+
+
+def _column_blocked(m: Measurement) -> bool:
+    """Measurements `columns` reads through column blocks: one point per (meter, ts), no
+    district (taxi heartbeats; see `EmbeddedStore._migrate`, layout 7)."""
+    return m.key == ("ts",) and "district" not in m.tags
+
+
+def _column_tables(m: Measurement) -> list[str]:
+    """The column blocks of a measurement and the last day they may hold."""
+    t = m.name
+    return [
+        f"CREATE TABLE IF NOT EXISTS {t}_days (meter TEXT NOT NULL, day INTEGER NOT NULL, "
+        "n INTEGER NOT NULL, ts BLOB NOT NULL, vals BLOB NOT NULL, labels TEXT NOT NULL, "
+        "codes BLOB NOT NULL, PRIMARY KEY (meter, day)) WITHOUT ROWID",
+        f"CREATE TABLE IF NOT EXISTS {t}_days_upto "
+        "(one INTEGER PRIMARY KEY CHECK (one = 1), day INTEGER NOT NULL)",
+    ]
+
+
+def _column_blocks(
+    meter: str, days: list[int], rows: list[Any], numeric: list[str], text: list[str]
+) -> list[tuple[object, ...]]:
+    """Rows (ts, *numeric, *text) of one meter by time → one column-block row per day:
+    times (int64), numbers (float64, NaN = None, point-major), and each text field as the
+    day's distinct values (`labels`, JSON) and int32 codes into them (-1 = None)."""
+    ts = np.array([r[0] for r in rows], dtype=np.int64)
+    k = len(numeric)
+    vals = (
+        np.array([r[1 : 1 + k] for r in rows], dtype=np.float64).reshape(len(rows), k)
+        if rows
+        else np.empty((0, k))
+    )
+    out: list[tuple[object, ...]] = []
+    for day in days:
+        a, b = (int(i) for i in np.searchsorted(ts, [day * DAY_MS, (day + 1) * DAY_MS]))
+        labels: list[list[str]] = []
+        codes = np.empty((b - a, len(text)), dtype=np.int32)
+        for j in range(len(text)):
+            index: dict[str, int] = {}
+            for i, r in enumerate(rows[a:b]):
+                v = r[1 + k + j]
+                codes[i, j] = -1 if v is None else index.setdefault(v, len(index))
+            labels.append(list(index))
+        out.append(
+            (
+                meter,
+                day,
+                b - a,
+                ts[a:b].tobytes(),
+                np.ascontiguousarray(vals[a:b]).tobytes(),
+                json.dumps({"numeric": numeric, "text": text, "labels": labels}),
+                codes.tobytes(),
+            )
+        )
+    return out
 
 
 def _day_tables(m: Measurement) -> list[str]:
@@ -163,6 +220,37 @@ class _Block(NamedTuple):
     vals: bytes  # float64 × (n, fields), point-major
 
 
+def _block_fields(m: Measurement) -> tuple[list[str], list[str]]:
+    """The numeric and the text fields of a column block, in the measurement's order."""
+    return m.numeric_fields(), [f for f, t in m.fields.items() if t == "str"]
+
+
+def _decode_columns(blocks: list[Any], measurement: Measurement, cols: list[str]) -> Columns | None:
+    """Column blocks (n, ts, vals, labels, codes) of consecutive days → one `Columns` of
+    `cols`; None if a block was packed for other fields (then the rows are read)."""
+    numeric, text = _block_fields(measurement)
+    packed = [json.loads(b[3]) for b in blocks]
+    if any(p["numeric"] != numeric or p["text"] != text for p in packed):
+        return None
+    k, t = len(numeric), len(text)
+    ts = np.frombuffer(b"".join(b[1] for b in blocks), dtype=np.int64).copy()
+    vals = np.frombuffer(b"".join(b[2] for b in blocks), dtype=np.float64).reshape(len(ts), k)
+    out: dict[str, Any] = {
+        c: np.ascontiguousarray(vals[:, numeric.index(c)]) for c in cols if c in numeric
+    }
+    for j, c in enumerate(text):
+        if c not in cols:
+            continue
+        parts = []
+        for (n, _, _, _, codes), p in zip(blocks, packed, strict=True):
+            if n:
+                names = np.array([*p["labels"][j], None], dtype=object)
+                day_codes = np.frombuffer(codes, dtype=np.int32).reshape(n, t)
+                parts.append(names[day_codes[:, j]])  # code -1: the None at the end
+        out[c] = np.concatenate(parts) if parts else np.empty(0, dtype=object)
+    return Columns(ts, {c: out[c] for c in cols})
+
+
 def _absent(name: str, n: int, measurement: Measurement) -> Any:
     """A column of a field the table lacks: all None (text) or NaN (numeric, or unknown)."""
     if measurement.fields.get(name) == "str":
@@ -191,6 +279,7 @@ class EmbeddedStore:
         self._cols = {name: _columns(m) for name, m in MEASUREMENTS.items()}
         self._listed = {name for name, m in MEASUREMENTS.items() if "district" in m.tags}
         self._blocked = {name for name, m in MEASUREMENTS.items() if _day_blocked(m)}
+        self._col_blocked = {name for name, m in MEASUREMENTS.items() if _column_blocked(m)}
         self._migrate()
         self._inserts = {
             name: f"INSERT OR REPLACE INTO {name} ({', '.join(c)}) VALUES ({', '.join('?' * len(c))})"
@@ -221,6 +310,11 @@ class EmbeddedStore:
         are dropped by `write`, no longer by triggers (~6 µs a row). Every telemetry
         write must go through `write`. Layout 6: a block's values are point-major, so a
         meter's days join as bytes. Older blocks are dropped (a cache: repacked on read).
+        Layout 7: measurements without a district keyed by time (taxi heartbeats) get
+        column blocks, `<table>_days` (meter, day, n, ts, vals, labels, codes): every
+        field, text ones as codes into the day's distinct values; `columns` reads the full
+        days of a window from them, packing days not packed yet, and `write` drops them
+        as it drops day blocks.
         """
         db = self._db
         db.execute("BEGIN IMMEDIATE")
@@ -236,6 +330,9 @@ class EmbeddedStore:
                         for event in ("insert", "delete", "update"):
                             db.execute(f"DROP TRIGGER IF EXISTS {m.name}_days_on_{event}")
                     for ddl in _day_tables(m):
+                        db.execute(ddl)
+                if _column_blocked(m):
+                    for ddl in _column_tables(m):
                         db.execute(ddl)
                 if "district" not in m.tags:
                     continue
@@ -278,7 +375,7 @@ class EmbeddedStore:
                         f"INSERT OR IGNORE INTO {name}_meters (district, meter) VALUES (?, ?)",
                         sorted(listed),
                     )
-                for name in groups.keys() & self._blocked:
+                for name in groups.keys() & (self._blocked | self._col_blocked):
                     self._unpack(name, groups[name])
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
@@ -573,35 +670,154 @@ class EmbeddedStore:
     ) -> dict[str, Columns]:
         """Any fields of every meter (or one) in [start, end], per meter, as `Columns`.
 
-        Meter by meter along the primary key (meter, ts), in one read snapshot: SQLite
-        hands back rows, numpy turns each meter's into columns; no `Point` per row.
+        Meter by meter along the primary key (meter, ts), in one read snapshot. For a
+        measurement with column blocks (`_column_blocked`: taxi heartbeats) the full UTC
+        days of the window come from the blocks (a few blobs per meter, no Python object
+        per point; days not packed yet are packed first, once), the partial days at its
+        ends from the rows; otherwise every point from the rows.
         """
         name = measurement.name
         cols = [f for f in fields if f in self._cols[name]]
+        first, last = -(-max(start_ms, 0) // DAY_MS), (end_ms + 1) // DAY_MS - 1
+        days = (first, last) if _column_blocked(measurement) and first <= last else None
+        with self._read_lock:
+            db = self._reader
+            meters = [meter] if meter is not None else self._meters(db, measurement, None)
+            todo = self._columns_unpacked(name, meters, days) if days else []
+        if todo and days:
+            try:
+                self._pack_columns(measurement, todo, days)
+            except sqlite3.OperationalError as exc:  # e.g. locked by another writer: rows
+                log.warning("telemetry store: days not packed (%s); reading the rows", exc)
+        with self._read_lock:
+            got = self._read_columns(meters, measurement, cols, start_ms, end_ms, days)
+        return {
+            m: Columns(
+                c.ts_ms,
+                {
+                    f: c.values[f] if f in c.values else _absent(f, len(c), measurement)
+                    for f in fields
+                },
+            )
+            for m, c in got.items()
+        }
+
+    def _columns_unpacked(self, name: str, meters: list[str], days: tuple[int, int]) -> list[str]:
+        """The meters with a day of `days` without a column block."""
+        sql = f"SELECT count(*) FROM {name}_days WHERE meter = ? AND day BETWEEN ? AND ?"
+        first, last = days
+        return [
+            m
+            for m in meters
+            if self._reader.execute(sql, (m, first, last)).fetchone()[0] < last - first + 1
+        ]
+
+    def _read_columns(
+        self,
+        meters: list[str],
+        measurement: Measurement,
+        cols: list[str],
+        start_ms: int,
+        end_ms: int,
+        days: tuple[int, int] | None,
+    ) -> dict[str, Columns]:
+        """Per meter: rows in [start, end] or, with `days`, column blocks for those days and
+        rows around them (all rows if a day has no block: written since packed). Meters
+        without a point are left out. Under `_read_lock`."""
+        name = measurement.name
         text = [f for f in cols if measurement.fields.get(f) == "str"]
         select = (
             f"SELECT {', '.join(['ts', *cols])} FROM {name} "
             "WHERE meter = ? AND ts BETWEEN ? AND ? ORDER BY ts"
         )
+        blocks_sql = (
+            f"SELECT n, ts, vals, labels, codes FROM {name}_days "
+            "WHERE meter = ? AND day BETWEEN ? AND ? ORDER BY day"
+        )
+        db = self._reader
         out: dict[str, Columns] = {}
-        with self._read_lock:
-            db = self._reader
-            meters = [meter] if meter is not None else self._meters(db, measurement, None)
-            db.execute("BEGIN")  # one snapshot for every meter of the read
-            try:
-                for m in meters:
-                    rows = db.execute(select, (m, start_ms, end_ms)).fetchall()
-                    if not rows:
-                        continue
-                    got = text_or_float_columns(rows, cols, text)
-                    values = {
-                        f: got.values[f] if f in got.values else _absent(f, len(rows), measurement)
-                        for f in fields
-                    }
-                    out[m] = Columns(got.ts_ms, values)
-            finally:
-                db.execute("COMMIT")
+
+        def rows(meter: str, lo: int, hi: int) -> Columns:
+            got = db.execute(select, (meter, lo, hi)).fetchall() if lo <= hi else []
+            return text_or_float_columns(got, cols, text)
+
+        db.execute("BEGIN")  # one snapshot for every meter of the read
+        try:
+            for meter in meters:
+                pieces: list[Columns] = []
+                if days is not None:
+                    first, last = days
+                    blocks = db.execute(blocks_sql, (meter, first, last)).fetchall()
+                    decoded = (
+                        _decode_columns(blocks, measurement, cols)
+                        if len(blocks) == last - first + 1
+                        else None
+                    )
+                    if decoded is not None:
+                        pieces = [
+                            rows(meter, start_ms, first * DAY_MS - 1),
+                            decoded,
+                            rows(meter, (last + 1) * DAY_MS, end_ms),
+                        ]
+                if not pieces:
+                    pieces = [rows(meter, start_ms, end_ms)]
+                pieces = [p for p in pieces if len(p)]
+                if len(pieces) == 1:
+                    out[meter] = pieces[0]
+                elif pieces:
+                    out[meter] = Columns(
+                        np.concatenate([p.ts_ms for p in pieces]),
+                        {c: np.concatenate([p.values[c] for p in pieces]) for c in cols},
+                    )
+        finally:
+            db.execute("COMMIT")
         return out
+
+    def _pack_columns(
+        self, measurement: Measurement, meters: list[str], days: tuple[int, int]
+    ) -> None:
+        """Column blocks for the full days [first, last] of these meters that have none
+        (every field of the measurement), in write transactions of ~`_PACK_ROWS` rows as
+        `_pack`: what is packed is the rows as committed."""
+        name = measurement.name
+        numeric, text = _block_fields(measurement)
+        first, last = days
+        present = f"SELECT day FROM {name}_days WHERE meter = ? AND day BETWEEN ? AND ?"
+        select = (
+            f"SELECT {', '.join(['ts', *numeric, *text])} FROM {name} "
+            "WHERE meter = ? AND ts BETWEEN ? AND ? ORDER BY ts"
+        )
+        insert = (
+            f"INSERT OR REPLACE INTO {name}_days (meter, day, n, ts, vals, labels, codes) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)"
+        )
+        upto = (
+            f"INSERT INTO {name}_days_upto (one, day) VALUES (1, ?) "
+            "ON CONFLICT (one) DO UPDATE SET day = max(day, excluded.day)"
+        )
+        queue = list(meters)
+        while queue:
+            with self._lock:
+                db = self._db
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    packed = 0
+                    while queue and packed < _PACK_ROWS:
+                        meter = queue.pop(0)
+                        have = {d for (d,) in db.execute(present, (meter, first, last))}
+                        missing = [d for d in range(first, last + 1) if d not in have]
+                        if not missing:
+                            continue
+                        lo, hi = missing[0] * DAY_MS, (missing[-1] + 1) * DAY_MS - 1
+                        rows = db.execute(select, (meter, lo, hi)).fetchall()
+                        db.executemany(insert, _column_blocks(meter, missing, rows, numeric, text))
+                        db.execute(upto, (missing[-1],))
+                        packed += len(rows) + 1
+                    db.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                    raise
 
     def meters(self, measurement: Measurement, district: str | None = None) -> list[str]:
         """Every meter with a point in the measurement, sorted; with a district, every meter
