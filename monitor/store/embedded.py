@@ -103,26 +103,23 @@ def _column_blocks(
     meter: str, days: list[int], rows: list[Any], numeric: list[str], text: list[str]
 ) -> list[tuple[object, ...]]:
     """Rows (ts, *numeric, *text) of one meter by time → one column-block row per day:
-    times (int64), numbers (float64, NaN = None, point-major), and each text field as the
-    day's distinct values (`labels`, JSON) and int32 codes into them (-1 = None)."""
-    ts = np.array([r[0] for r in rows], dtype=np.int64)
+    times (int64), numbers (float64, NaN = None, point-major), and each text field as int32
+    codes (point-major, -1 = None) into its distinct values over these rows (`labels`)."""
     k = len(numeric)
-    vals = (
-        np.array([r[1 : 1 + k] for r in rows], dtype=np.float64).reshape(len(rows), k)
-        if rows
-        else np.empty((0, k))
-    )
+    columns = list(zip(*rows, strict=True)) if rows else [()] * (1 + k + len(text))
+    ts = np.array(columns[0], dtype=np.int64)
+    vals = np.array(columns[1 : 1 + k], dtype=np.float64).T.reshape(len(ts), k)
+    labels: list[list[str]] = []
+    coded: list[list[int]] = []
+    for col in columns[1 + k :]:
+        index: dict[str, int] = {}
+        coded.append([-1 if v is None else index.setdefault(v, len(index)) for v in col])
+        labels.append(list(index))
+    codes = np.array(coded, dtype=np.int32).T.reshape(len(ts), len(text))
+    packed = json.dumps({"numeric": numeric, "text": text, "labels": labels})
     out: list[tuple[object, ...]] = []
     for day in days:
         a, b = (int(i) for i in np.searchsorted(ts, [day * DAY_MS, (day + 1) * DAY_MS]))
-        labels: list[list[str]] = []
-        codes = np.empty((b - a, len(text)), dtype=np.int32)
-        for j in range(len(text)):
-            index: dict[str, int] = {}
-            for i, r in enumerate(rows[a:b]):
-                v = r[1 + k + j]
-                codes[i, j] = -1 if v is None else index.setdefault(v, len(index))
-            labels.append(list(index))
         out.append(
             (
                 meter,
@@ -130,8 +127,8 @@ def _column_blocks(
                 b - a,
                 ts[a:b].tobytes(),
                 np.ascontiguousarray(vals[a:b]).tobytes(),
-                json.dumps({"numeric": numeric, "text": text, "labels": labels}),
-                codes.tobytes(),
+                packed,
+                np.ascontiguousarray(codes[a:b]).tobytes(),
             )
         )
     return out
