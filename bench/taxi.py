@@ -26,11 +26,15 @@ effective time (next local midnight) and deadline (+ rules' deadline_h)); the cm
 messages the API publishes are handed to `Fleet.push_tariff`.
 
 Evaluation as of the end of each simulated day. A full `Evaluator.run` re-reads the
-whole 60-day window (288 heartbeats a taxi a day) and re-judges it: ~23 s as of day 60
-for 200 taxis on an idle 2-core machine, ~14 s when it reuses the previous pass's fare
-checks (92 s before heartbeats were cut to those that tell and fare checks were kept), so
-one run a day for 60 days would still take ~10 min per fleet. The daily figures therefore come
-from `DailyMirror`: the same `evaluate_taxi.evaluate` the Evaluator's taxi half calls,
+whole 60-day window (288 heartbeats a taxi a day) and re-judges it. Heartbeats come back
+as columns (`TelemetryStore.columns`; the embedded store keeps full days as column
+blocks) and are cut vectorised (`rules_taxi.telling_points`): as of day 60 for 200 taxis
+the heartbeat read takes ~0.7 s (9-12 s point by point before), a pass reusing the
+previous pass's fare checks ~5-6 s (13-29 s before on the same shared 2-vCPU machine,
+~14 s when idle), the first pass, which packs the days, ~22 s (~23-26 s before); 92 s
+before heartbeats were cut to those that tell and fare checks were kept (bench/README.md,
+`bench.taxi`). One run a day for 60 days would still take minutes per fleet, so the daily
+figures come from `DailyMirror`: the same `evaluate_taxi.evaluate` the Evaluator's taxi half calls,
 handed the window's stored points read back from the store incrementally (the last 2 h
 of event time are re-read each day, so late and duplicate deliveries land as they do in
 the store) instead of re-reading the window, with two exact shortcuts:
@@ -674,7 +678,7 @@ def report_setup(run: FleetRun, bands: Bands) -> None:
         f"together with the GNSS bias)"
     )
     checks = ", ".join(
-        f"day {c.day}: {c.agree}/{c.meters} agree ({c.seconds:.0f} s)" for c in run.checks
+        f"day {c.day}: {c.agree}/{c.meters} agree ({c.seconds:.1f} s)" for c in run.checks
     )
     print(
         f"mirror vs Evaluator.run(record=False): {checks}; mirror total {run.mirror_s:.0f} s; "
