@@ -123,6 +123,7 @@ class IngestWorker:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
         self._client.reconnect_delay_set(
             int(settings.reconnect_min_s), int(settings.reconnect_max_s)
         )
@@ -139,7 +140,6 @@ class IngestWorker:
             log.warning("broker refused connection: %s", reason)
             return
         client.subscribe(self._s.subscription, qos=1)
-        self._connected.set()
         self._metrics.broker_connected.set(1)
         log.info(
             "connected to %s, subscribed to %s (session present: %s)",
@@ -147,6 +147,15 @@ class IngestWorker:
             self._s.subscription,
             flags.session_present,
         )
+
+    def _on_subscribe(self, _c: paho.Client, _u: Any, _mid: int, codes: Any, _p: Any) -> None:
+        # Connected means subscribed: a fresh session receives nothing published
+        # before the broker has taken its SUBSCRIBE.
+        refused = [c for c in codes if c.is_failure]
+        if refused:
+            log.error("broker refused the subscription %s: %s", self._s.subscription, refused)
+            return
+        self._connected.set()
 
     def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self._connected.clear()

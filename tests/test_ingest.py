@@ -403,9 +403,10 @@ class _ManualAckSession:
             self.mids.append(mid)
 
     def close(self) -> None:
+        wait_for(lambda: not self.client.want_write(), 5, "queued acks written")
         gone = threading.Event()
         self.client.on_disconnect = lambda *_: gone.set()
-        self.client.disconnect()  # queued behind the acks: they are written first
+        self.client.disconnect()
         assert gone.wait(10), "no clean disconnect"  # loop_stop before it may drop them
         self.client.loop_stop()
 
@@ -423,9 +424,9 @@ def test_ack_all_reaches_the_broker_either_way(mosquitto: Mosquitto, batched: bo
     ack_all(first.client, first.mids[:20], batched=batched)
     first.close()
     second = _ManualAckSession(mosquitto, client_id)
-    wait_for(lambda: len(second.mids) == 10, 10, "the 10 unacknowledged redelivered")
+    wait_for(lambda: len(second.mids) >= 10, 10, "the 10 unacknowledged redelivered")
     time.sleep(0.5)  # and nothing more
-    assert len(second.mids) == 10
+    assert len(second.mids) == 10, second.mids
     ack_all(second.client, second.mids, batched=batched)
     second.close()
     pub.close()
