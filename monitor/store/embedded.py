@@ -487,7 +487,7 @@ class EmbeddedStore:
             return self._read(meters, measurement, cols, start_ms, end_ms, district, days)
 
     def _unpacked(
-        self, name: str, meters: list[str], days: tuple[int, int], cols: list[str]
+        self, name: str, meters: list[str], days: tuple[int, int], cols: Sequence[str] = ()
     ) -> list[str]:
         """The meters with a day of `days` not packed, or packed without one of `cols`."""
         # `cols` are the measurement's own column names (checked by the caller).
@@ -680,7 +680,7 @@ class EmbeddedStore:
         with self._read_lock:
             db = self._reader
             meters = [meter] if meter is not None else self._meters(db, measurement, None)
-            todo = self._columns_unpacked(name, meters, days) if days else []
+            todo = self._unpacked(name, meters, days) if days else []
         if todo and days:
             try:
                 self._pack_columns(measurement, todo, days)
@@ -698,16 +698,6 @@ class EmbeddedStore:
             )
             for m, c in got.items()
         }
-
-    def _columns_unpacked(self, name: str, meters: list[str], days: tuple[int, int]) -> list[str]:
-        """The meters with a day of `days` without a column block."""
-        sql = f"SELECT count(*) FROM {name}_days WHERE meter = ? AND day BETWEEN ? AND ?"
-        first, last = days
-        return [
-            m
-            for m in meters
-            if self._reader.execute(sql, (m, first, last)).fetchone()[0] < last - first + 1
-        ]
 
     def _read_columns(
         self,

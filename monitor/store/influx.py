@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
@@ -27,6 +27,7 @@ from influxdb_client.client.influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
+from numpy.typing import NDArray
 
 from monitor.config import InfluxSettings
 from monitor.metrics import Metrics
@@ -354,14 +355,10 @@ def _result_series(payload: Any) -> list[dict[str, Any]]:
     return out
 
 
-def series_from_response(payload: Any, fields: Sequence[str]) -> dict[str, Series]:
-    """An InfluxQL JSON answer grouped by meter (`GROUP BY meter`) → one Series per meter.
-
-    Each InfluxQL series is converted as one block by numpy (null → NaN): no dict and no
-    tuple per point. A field the answer lacks is all NaN; a meter split over several
-    series (a partial answer) is joined and put in time order.
-    """
-    parts: dict[str, list[Series]] = {}
+def _meter_rows(
+    payload: Any, fields: Sequence[str]
+) -> Iterator[tuple[str, list[str], list[list[Any]]]]:
+    """(meter, the fields of `fields` it has, rows [time, *those fields]) per InfluxQL series."""
     for series in _result_series(payload):
         meter = series.get("tags", {}).get("meter")
         values = series.get("values") or []
@@ -372,22 +369,37 @@ def series_from_response(payload: Any, fields: Sequence[str]) -> dict[str, Serie
         if columns != order:
             index = [columns.index(c) for c in order]
             values = [[v[i] for i in index] for v in values]
-        got = meter_series(values, order[1:])
+        yield meter, order[1:], values
+
+
+def _in_time_order(
+    pieces: Sequence[Series | Columns], fields: Sequence[str]
+) -> tuple[NDArray[np.int64], dict[str, NDArray[Any]]]:
+    """One meter's pieces (a partial answer splits a meter) joined, stably in time order."""
+    if len(pieces) == 1:
+        ts, cols = pieces[0].ts_ms, dict(pieces[0].values)
+    else:
+        ts = np.concatenate([p.ts_ms for p in pieces])
+        cols = {f: np.concatenate([p.values[f] for p in pieces]) for f in fields}
+    if len(ts) > 1 and bool((ts[1:] < ts[:-1]).any()):
+        by_time = np.argsort(ts, kind="stable")
+        ts, cols = ts[by_time], {f: v[by_time] for f, v in cols.items()}
+    return ts, {f: cols[f] for f in fields}
+
+
+def series_from_response(payload: Any, fields: Sequence[str]) -> dict[str, Series]:
+    """An InfluxQL JSON answer grouped by meter (`GROUP BY meter`) → one Series per meter.
+
+    Each InfluxQL series is converted as one block by numpy (null → NaN): no dict and no
+    tuple per point. A field the answer lacks is all NaN; a meter split over several
+    series (a partial answer) is joined and put in time order.
+    """
+    parts: dict[str, list[Series]] = {}
+    for meter, present, values in _meter_rows(payload, fields):
+        got = meter_series(values, present)
         missing = {f: np.full(len(got.ts_ms), np.nan) for f in fields if f not in got.values}
         parts.setdefault(meter, []).append(Series(got.ts_ms, got.values | missing))
-    out: dict[str, Series] = {}
-    for meter in sorted(parts):
-        pieces = parts[meter]
-        ts = np.concatenate([p.ts_ms for p in pieces]) if len(pieces) > 1 else pieces[0].ts_ms
-        cols = {
-            f: np.concatenate([p.values[f] for p in pieces]) if len(pieces) > 1 else v
-            for f, v in pieces[0].values.items()
-        }
-        if len(ts) > 1 and bool((ts[1:] < ts[:-1]).any()):
-            by_time = np.argsort(ts, kind="stable")
-            ts, cols = ts[by_time], {f: v[by_time] for f, v in cols.items()}
-        out[meter] = Series(ts, {f: cols[f] for f in fields})
-    return out
+    return {m: Series(*_in_time_order(parts[m], fields)) for m in sorted(parts)}
 
 
 def columns_from_response(
@@ -400,17 +412,8 @@ def columns_from_response(
     partial answer) is joined and put in time order (stable).
     """
     parts: dict[str, list[Columns]] = {}
-    for series in _result_series(payload):
-        meter = series.get("tags", {}).get("meter")
-        values = series.get("values") or []
-        if meter is None or not values:
-            continue
-        columns: list[str] = series["columns"]
-        order = ["time", *(f for f in fields if f in columns)]
-        if columns != order:
-            index = [columns.index(c) for c in order]
-            values = [[v[i] for i in index] for v in values]
-        got = text_or_float_columns(values, order[1:], text)
+    for meter, present, values in _meter_rows(payload, fields):
+        got = text_or_float_columns(values, present, text)
         n = len(got.ts_ms)
         missing = {
             f: np.full(n, None, dtype=object) if f in text else np.full(n, np.nan)
@@ -418,16 +421,4 @@ def columns_from_response(
             if f not in got.values
         }
         parts.setdefault(meter, []).append(Columns(got.ts_ms, got.values | missing))
-    out: dict[str, Columns] = {}
-    for meter in sorted(parts):
-        pieces = parts[meter]
-        if len(pieces) == 1:
-            ts, cols = pieces[0].ts_ms, pieces[0].values
-        else:
-            ts = np.concatenate([p.ts_ms for p in pieces])
-            cols = {f: np.concatenate([p.values[f] for p in pieces]) for f in fields}
-        if len(ts) > 1 and bool((ts[1:] < ts[:-1]).any()):
-            by_time = np.argsort(ts, kind="stable")
-            ts, cols = ts[by_time], {f: v[by_time] for f, v in cols.items()}
-        out[meter] = Columns(ts, {f: cols[f] for f in fields})
-    return out
+    return {m: Columns(*_in_time_order(parts[m], fields)) for m in sorted(parts)}
