@@ -19,7 +19,7 @@ import logging
 import sqlite3
 import threading
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
@@ -611,51 +611,39 @@ class EmbeddedStore:
             f"SELECT count(*), count(district), min(district), max(district) FROM {name} "
             "WHERE meter = ? AND ts BETWEEN ? AND ?"
         )
-        queue = list(meters)
-        while queue:
-            with self._lock:
-                db = self._db
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    # Meters until ~_PACK_ROWS rows: ingest waits for one such chunk at most.
-                    packed = 0
-                    while queue and packed < _PACK_ROWS:
-                        meter = queue.pop(0)
-                        have = dict(db.execute(present, (meter, first, last)).fetchall())
-                        wanted = set(cols)
-                        missing = [
-                            d
-                            for d in range(first, last + 1)
-                            if d not in have or not wanted <= set(have[d].split(","))
-                        ]
-                        if not missing:
-                            continue
-                        keep = wanted.union(*(have[d].split(",") for d in missing if d in have))
-                        fields = [f for f in numeric if f in keep]
-                        lo, hi = missing[0] * DAY_MS, (missing[-1] + 1) * DAY_MS - 1
-                        select = (
-                            f"SELECT {', '.join(['ts', *fields])} FROM {name} "
-                            "WHERE meter = ? AND ts BETWEEN ? AND ? ORDER BY ts"
-                        )
-                        rows = db.execute(select, (meter, lo, hi)).fetchall()
-                        # The district of each day, summed up inside SQLite; usually one
-                        # district for the whole span, and then no grouping by day at all.
-                        n, named, low, high = db.execute(whole, (meter, lo, hi)).fetchone()
-                        if named == 0 or (named == n and low == high):
-                            districts = {d: (1, 0 if named == 0 else 1, low, high) for d in missing}
-                        else:
-                            districts = {
-                                int(r[0]): (r[1], r[2], r[3], r[4])
-                                for r in db.execute(by_day, (meter, lo, hi))
-                            }
-                        db.executemany(insert, _blocks(meter, missing, rows, fields, districts))
-                        db.execute(upto, (missing[-1],))
-                        packed += len(rows) + 1
-                    db.execute("COMMIT")
-                except BaseException:
-                    with contextlib.suppress(sqlite3.Error):
-                        db.execute("ROLLBACK")
-                    raise
+
+        def one(db: sqlite3.Connection, meter: str) -> int:
+            have = dict(db.execute(present, (meter, first, last)).fetchall())
+            wanted = set(cols)
+            missing = [
+                d
+                for d in range(first, last + 1)
+                if d not in have or not wanted <= set(have[d].split(","))
+            ]
+            if not missing:
+                return 0
+            keep = wanted.union(*(have[d].split(",") for d in missing if d in have))
+            fields = [f for f in numeric if f in keep]
+            lo, hi = missing[0] * DAY_MS, (missing[-1] + 1) * DAY_MS - 1
+            select = (
+                f"SELECT {', '.join(['ts', *fields])} FROM {name} "
+                "WHERE meter = ? AND ts BETWEEN ? AND ? ORDER BY ts"
+            )
+            rows = db.execute(select, (meter, lo, hi)).fetchall()
+            # The district of each day, summed up inside SQLite; usually one
+            # district for the whole span, and then no grouping by day at all.
+            n, named, low, high = db.execute(whole, (meter, lo, hi)).fetchone()
+            if named == 0 or (named == n and low == high):
+                districts = {d: (1, 0 if named == 0 else 1, low, high) for d in missing}
+            else:
+                districts = {
+                    int(r[0]): (r[1], r[2], r[3], r[4]) for r in db.execute(by_day, (meter, lo, hi))
+                }
+            db.executemany(insert, _blocks(meter, missing, rows, fields, districts))
+            db.execute(upto, (missing[-1],))
+            return len(rows) + 1
+
+        self._pack_in_chunks(meters, one)
 
     def columns(
         self,
@@ -782,6 +770,25 @@ class EmbeddedStore:
             f"INSERT INTO {name}_days_upto (one, day) VALUES (1, ?) "
             "ON CONFLICT (one) DO UPDATE SET day = max(day, excluded.day)"
         )
+
+        def one(db: sqlite3.Connection, meter: str) -> int:
+            have = {d for (d,) in db.execute(present, (meter, first, last))}
+            missing = [d for d in range(first, last + 1) if d not in have]
+            if not missing:
+                return 0
+            lo, hi = missing[0] * DAY_MS, (missing[-1] + 1) * DAY_MS - 1
+            rows = db.execute(select, (meter, lo, hi)).fetchall()
+            db.executemany(insert, _column_blocks(meter, missing, rows, numeric, text))
+            db.execute(upto, (missing[-1],))
+            return len(rows) + 1
+
+        self._pack_in_chunks(meters, one)
+
+    def _pack_in_chunks(
+        self, meters: list[str], pack: Callable[[sqlite3.Connection, str], int]
+    ) -> None:
+        """`pack(db, meter)` (→ rows packed) for each meter, ~_PACK_ROWS rows per write
+        transaction: ingest waits for one such chunk at most."""
         queue = list(meters)
         while queue:
             with self._lock:
@@ -790,16 +797,7 @@ class EmbeddedStore:
                 try:
                     packed = 0
                     while queue and packed < _PACK_ROWS:
-                        meter = queue.pop(0)
-                        have = {d for (d,) in db.execute(present, (meter, first, last))}
-                        missing = [d for d in range(first, last + 1) if d not in have]
-                        if not missing:
-                            continue
-                        lo, hi = missing[0] * DAY_MS, (missing[-1] + 1) * DAY_MS - 1
-                        rows = db.execute(select, (meter, lo, hi)).fetchall()
-                        db.executemany(insert, _column_blocks(meter, missing, rows, numeric, text))
-                        db.execute(upto, (missing[-1],))
-                        packed += len(rows) + 1
+                        packed += pack(db, queue.pop(0))
                     db.execute("COMMIT")
                 except BaseException:
                     with contextlib.suppress(sqlite3.Error):
