@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Iterable
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -100,12 +101,10 @@ def mount_web(app: FastAPI, ctx: ApiContext) -> None:
     @app.get("/lots/{lot}/sample.csv", include_in_schema=False)
     def lot_csv(lot: str) -> Response:
         d = _lot(ctx, lot)
-        out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(["meter_id", "lot", "district", "manufacturer", "model", "plate"])
+        rows = []
         for meter_id in d.get("drawn") or []:
             row = ctx.state.get_meter(meter_id)
-            writer.writerow(
+            rows.append(
                 [
                     meter_id,
                     lot,
@@ -115,11 +114,8 @@ def mount_web(app: FastAPI, ctx: ApiContext) -> None:
                     row.plate if row else "",
                 ]
             )
-        return Response(
-            out.getvalue(),
-            media_type="text/csv",
-            headers={"Content-Disposition": f'attachment; filename="{lot}-sample.csv"'},
-        )
+        header = ["meter_id", "lot", "district", "manufacturer", "model", "plate"]
+        return _csv_response(f"{lot}-sample.csv", header, rows)
 
     @app.get("/meters/{meter}/fares.csv", include_in_schema=False)
     def fares_csv(meter: str) -> Response:
@@ -129,24 +125,24 @@ def mount_web(app: FastAPI, ctx: ApiContext) -> None:
         end = seen["last_ts"] if seen else 0
         rows = _fare_rows(ctx, _trips(ctx, meter, end - 60 * DAY_MS, end))
         cols = ["ended", "trip", "km", "wait_s", "tariff", "in_force", "reported", "expected"]
-        out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(
-            [*cols, "allowed_low", "allowed_high", "diff", "finding", "version_mismatch", "note"]
-        )
-        for r in rows:
-            low, high = r["allowed"] or ("", "")
-            writer.writerow(
-                [
-                    *(r[c] for c in cols),
-                    *(low, high, r["diff"], r["what"], r["version_mismatch"], r["note"]),
-                ]
-            )
-        return Response(
-            out.getvalue(),
-            media_type="text/csv",
-            headers={"Content-Disposition": f'attachment; filename="{meter}-fares.csv"'},
-        )
+        header = [
+            *cols,
+            "allowed_low",
+            "allowed_high",
+            "diff",
+            "finding",
+            "version_mismatch",
+            "note",
+        ]
+        lines = [
+            [
+                *(r[c] for c in cols),
+                *(r["allowed"] or ("", "")),
+                *(r["diff"], r["what"], r["version_mismatch"], r["note"]),
+            ]
+            for r in rows
+        ]
+        return _csv_response(f"{meter}-fares.csv", header, lines)
 
     @app.get("/alerts", response_class=HTMLResponse, include_in_schema=False)
     def alerts(
@@ -180,6 +176,19 @@ def mount_web(app: FastAPI, ctx: ApiContext) -> None:
             "tariffs.html",
             rollouts=[rollout_progress_of(ctx, v, None) for v in ctx.state.tariff_versions()],
         )
+
+
+def _csv_response(filename: str, header: list[str], rows: Iterable[Iterable[object]]) -> Response:
+    """A CSV download (header first) that the browser saves as `filename`."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return Response(
+        out.getvalue(),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
 
 
 def _next_page(request: Request, last: str) -> str:
