@@ -73,6 +73,7 @@ from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from bench.common import mosquitto_version
 from monitor.alerts import AlertBook, Change, Condition, conditions_of
 from monitor.config import Settings, load_settings
 from monitor.decide import Decision, Reason
@@ -85,7 +86,7 @@ from monitor.rules.schema import RuleBook, load_rules
 from monitor.state import SqliteState
 from monitor.store.embedded import EmbeddedStore
 from monitor.telemetry import format_ts
-from tests.services import Mosquitto, find_mosquitto
+from tests.services import Mosquitto
 
 if TYPE_CHECKING:
     from multiprocessing.queues import Queue
@@ -667,14 +668,10 @@ def throughput(r: Rig, arrivals: Arrivals, n: int) -> None:
 
 
 def versions() -> str:
-    mosquitto = find_mosquitto() or "mosquitto"
-    out = subprocess.run([mosquitto, "-h"], capture_output=True, text=True, check=False)
-    text = (out.stdout or out.stderr).splitlines()
     return (
         f"python {platform.python_version()}, paho-mqtt {metadata.version('paho-mqtt')}, "
         f"apscheduler {metadata.version('apscheduler')}, sqlite {sqlite3.sqlite_version}, "
-        f"{text[0] if text else 'mosquitto ?'}, "
-        f"{os.cpu_count()} CPUs"
+        f"{mosquitto_version()}, {os.cpu_count()} CPUs"
     )
 
 

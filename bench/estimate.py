@@ -56,6 +56,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from bench.common import map_spawned
 from monitor.evaluate import READING_FIELDS, Evaluator, fit_district, meter_decision
 from monitor.ingest import summarise_seen
 from monitor.metrics import Metrics
@@ -1065,16 +1066,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         t0 = time.perf_counter()
         try:
             workers = max(1, min(args.processes, len(tasks)))
-            if workers == 1:
-                runs = [run_accuracy(t) for t in tasks]
-            else:
-                with blas_threads(args.blas_threads or None):
-                    pool = mp.get_context("spawn").Pool(workers)
-                try:
-                    runs = pool.map(run_accuracy, tasks, chunksize=1)
-                    pool.close()
-                finally:
-                    pool.join()
+            with blas_threads((args.blas_threads or None) if workers > 1 else None):
+                runs = map_spawned(run_accuracy, tasks, workers)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         for run in runs:

@@ -41,7 +41,6 @@ import pstats
 import random
 import sqlite3
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
@@ -57,6 +56,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
+from bench.common import mosquitto_version
 from monitor.config import InfluxSettings, MqttSettings
 from monitor.ingest import IngestWorker
 from monitor.metrics import Metrics
@@ -64,7 +64,7 @@ from monitor.mqtt import BrokerAddress, connect_properties, make_client, parse_b
 from monitor.ports import TelemetryStore
 from monitor.state import SqliteState
 from monitor.store.embedded import EmbeddedStore
-from tests.services import InfluxDB1, InfluxV2Adapter, Mosquitto, find_mosquitto
+from tests.services import InfluxDB1, InfluxV2Adapter, Mosquitto
 
 if TYPE_CHECKING:
     from multiprocessing.queues import Queue
@@ -340,9 +340,11 @@ def round_ratios(rounds: list[list[Row]]) -> list[str]:
         wall = [r[i].rate / _bare_for(r, i).rate for r in rounds]
         cpu = [_bare_for(r, i).client_us / r[i].client_us for r in rounds]
         out.append(
-            f"  {row.contender}: vs bare per round " + ", ".join(f"{x:.2f}" for x in wall)
+            f"  {row.contender}: vs bare per round "
+            + ", ".join(f"{x:.2f}" for x in wall)
             + f" (median {statistics.median(wall):.2f}); cpu vs bare "
-            + ", ".join(f"{x:.2f}" for x in cpu) + f" (median {statistics.median(cpu):.2f})"
+            + ", ".join(f"{x:.2f}" for x in cpu)
+            + f" (median {statistics.median(cpu):.2f})"
         )
     return out
 
@@ -370,15 +372,26 @@ def _target(row: Row, bare: Row, pair: tuple[Row, Row] | None) -> str:
         return f"{speedup:.2f}x one process (target >= {PAIR_TARGET}x): {_verdict(speedup, PAIR_TARGET)}"
     if row.contender.startswith("worker"):
         ratio = row.rate / bare.rate
-        return f"{ratio:.1%} of bare (target >= {WORKER_TARGET:.0%}): {_verdict(ratio, WORKER_TARGET)}"
+        return (
+            f"{ratio:.1%} of bare (target >= {WORKER_TARGET:.0%}): {_verdict(ratio, WORKER_TARGET)}"
+        )
     return ""
 
 
 def print_table(rows: list[Row], pair: tuple[Row, Row] | None) -> None:
     """The results, one contender a line, targets beside the figures."""
     head = (
-        "contender", "messages", "seconds", "msg/s", "vs bare", "loss",
-        "client us/msg", "cpu vs bare", "servers us/msg", "other cores", "target",
+        "contender",
+        "messages",
+        "seconds",
+        "msg/s",
+        "vs bare",
+        "loss",
+        "client us/msg",
+        "cpu vs bare",
+        "servers us/msg",
+        "other cores",
+        "target",
     )
     lines = [
         (
@@ -603,8 +616,13 @@ class Bench:
         processed = self._finish(worker, store, state)
         stored = influx.count(db)
         return [
-            Row("worker + InfluxStore, spooled+acked", self.n, acked, stored,
-                _extra(processed, self.n)),
+            Row(
+                "worker + InfluxStore, spooled+acked",
+                self.n,
+                acked,
+                stored,
+                _extra(processed, self.n),
+            ),
             Row("worker + InfluxStore, flushed to InfluxDB", self.n, flushed, stored),
         ]
 
@@ -628,8 +646,15 @@ class Bench:
     def processes(self, workers: int, group: str) -> Row:
         """(d) `workers` worker processes on one shared subscription, embedded stores."""
         specs = [
-            ChildSpec(i, self.broker.url, f"bench-{group}-{i}", group, self.protocol,
-                      str(self._fresh(f"{group}-{i}")), self.overrides)
+            ChildSpec(
+                i,
+                self.broker.url,
+                f"bench-{group}-{i}",
+                group,
+                self.protocol,
+                str(self._fresh(f"{group}-{i}")),
+                self.overrides,
+            )
             for i in range(workers)
         ]
         subscription = f"$share/{group}/meters/#"
@@ -641,7 +666,9 @@ class Bench:
         stored = sum(d.stored for d in done)
         label = "1 worker process" if workers == 1 else f"{workers} worker processes ($share)"
         note = "processed per process " + " + ".join(f"{p:,}" for p in processed)
-        note += f" = {sum(processed):,}" + ("" if sum(processed) == self.n else f" (N = {self.n:,})")
+        note += f" = {sum(processed):,}" + (
+            "" if sum(processed) == self.n else f" (N = {self.n:,})"
+        )
         return Row(label, self.n, usage, stored, note)
 
 
@@ -650,8 +677,13 @@ def mqtt_settings(
 ) -> MqttSettings:
     """The workers' MQTT settings: defaults, the bench's identity, then `--set` overrides."""
     return MqttSettings.model_validate(
-        {**dict(overrides), "url": url, "client_id": client_id, "shared_group": group,
-         "protocol": protocol}
+        {
+            **dict(overrides),
+            "url": url,
+            "client_id": client_id,
+            "shared_group": group,
+            "protocol": protocol,
+        }
     )
 
 
@@ -792,12 +824,9 @@ def influx_target(workdir: Path) -> Iterator[InfluxTarget]:
 
 
 def versions() -> str:
-    mosquitto = find_mosquitto() or "mosquitto"
-    out = subprocess.run([mosquitto, "-h"], capture_output=True, text=True, check=False)
-    text = (out.stdout or out.stderr).splitlines()
     return (
         f"python {platform.python_version()}, paho-mqtt {metadata.version('paho-mqtt')}, "
-        f"pydantic {metadata.version('pydantic')}, {text[0] if text else 'mosquitto ?'}, "
+        f"pydantic {metadata.version('pydantic')}, {mosquitto_version()}, "
         f"{os.cpu_count()} CPUs"
     )
 
@@ -816,18 +845,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--rounds", type=int, default=1, help="repeat every contender, report the median"
     )
     p.add_argument(
-        "--protocol", choices=("5", "3.1.1"), action="append",
+        "--protocol",
+        choices=("5", "3.1.1"),
+        action="append",
         help="MQTT version of bare and worker (default 5); twice: both, in every round",
     )
     p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override an MqttSettings field of the workers, e.g. receive_maximum=4000",
     )
     p.add_argument(
         "--profile", action="store_true", help="cProfile the embedded worker's processing thread"
     )
     p.add_argument(
-        "--broker-inflight", type=int, default=1000, metavar="N",
+        "--broker-inflight",
+        type=int,
+        default=1000,
+        metavar="N",
         help="Mosquitto max_inflight_messages (its own default is 20)",
     )
     p.add_argument("--meters", type=int, default=2000)
@@ -878,9 +915,7 @@ def run(args: argparse.Namespace) -> None:
         broker = BenchMosquitto(workdir / "mosquitto", args.broker_inflight)
         broker.start()
         try:
-            bench = Bench(
-                broker, messages, workdir, args.protocol[0], args.profile, overrides
-            )
+            bench = Bench(broker, messages, workdir, args.protocol[0], args.profile, overrides)
             rounds = contenders(bench, args, workdir)
         finally:
             broker.stop()

@@ -63,7 +63,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing as mp
 import os
 import platform
 import resource
@@ -80,6 +79,7 @@ from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
+from bench.common import map_spawned
 from monitor import evaluate_taxi
 from monitor.api import ApiContext, create_app
 from monitor.config import load_settings
@@ -968,15 +968,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     t0 = time.perf_counter()
     try:
         workers = max(1, min(args.processes, len(tasks)))
-        if workers == 1:
-            runs = [run_fleet(t) for t in tasks]
-        else:
-            pool = mp.get_context("spawn").Pool(workers)
-            try:
-                runs = pool.map(run_fleet, tasks, chunksize=1)
-                pool.close()
-            finally:
-                pool.join()
+        runs = map_spawned(run_fleet, tasks, workers)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     wall = time.perf_counter() - t0
