@@ -74,18 +74,18 @@ from typing import TYPE_CHECKING, Any
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from bench.common import mosquitto_version
-from monitor.alerts import AlertBook, Change, Condition, conditions_of
-from monitor.config import Settings, load_settings
-from monitor.decide import Decision, Reason
-from monitor.evaluate import EVALUATION_RULES
-from monitor.ingest import IngestWorker
-from monitor.metrics import Metrics
-from monitor.mqtt import make_client, parse_broker_url
-from monitor.notify import Notifier
-from monitor.rules.schema import RuleBook, load_rules
-from monitor.state import SqliteState
+from monitor.alerts.book import AlertBook, Change, Condition, conditions_of
+from monitor.alerts.notify import Notifier
+from monitor.core.decision import Decision, Reason
+from monitor.core.rulebook import RuleBook, load_rules
+from monitor.evaluation.runner import EVALUATION_RULES
+from monitor.ingest.telemetry import format_ts
+from monitor.ingest.worker import IngestWorker
+from monitor.platform.config import Settings, load_settings
+from monitor.platform.metrics import Metrics
+from monitor.platform.mqtt import make_client, parse_broker_url
 from monitor.store.embedded import EmbeddedStore
-from monitor.telemetry import format_ts
+from monitor.store.state import SqliteState
 from tests.services import Mosquitto
 
 if TYPE_CHECKING:
@@ -730,7 +730,7 @@ def run(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     # The log receiver's lines are produced (their cost is part of a tick) but not shown.
-    receiver_log = logging.getLogger("monitor.notify.log")
+    receiver_log = logging.getLogger("monitor.alerts.notify.log")
     receiver_log.addHandler(logging.NullHandler())
     receiver_log.propagate = False
     run(parse_args(argv))

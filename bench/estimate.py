@@ -57,17 +57,17 @@ import numpy as np
 import numpy.typing as npt
 
 from bench.common import map_spawned
-from monitor.evaluate import READING_FIELDS, Evaluator, fit_district, meter_decision
-from monitor.ingest import summarise_seen
-from monitor.metrics import Metrics
-from monitor.ports import Series, meter_series
-from monitor.registry import MeterRow, parse_rows
-from monitor.rules.schema import load_rules
-from monitor.schema import ELEC_READING, Record
+from monitor.core.ports import Series, meter_series
+from monitor.core.registry import MeterRow, parse_rows
+from monitor.core.rulebook import load_rules
+from monitor.core.schema import ELEC_READING, Record
+from monitor.evaluation.runner import READING_FIELDS, Evaluator, fit_district, meter_decision
+from monitor.ingest.telemetry import format_ts, parse_message
+from monitor.ingest.worker import summarise_seen
+from monitor.platform.metrics import Metrics
 from monitor.simulate import Fleet, FleetSpec
-from monitor.state import SqliteState
 from monitor.store.embedded import EmbeddedStore
-from monitor.telemetry import format_ts, parse_message
+from monitor.store.state import SqliteState
 
 FloatArray = npt.NDArray[np.float64]
 

@@ -57,13 +57,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
 from bench.common import mosquitto_version
-from monitor.config import InfluxSettings, MqttSettings
-from monitor.ingest import IngestWorker
-from monitor.metrics import Metrics
-from monitor.mqtt import BrokerAddress, connect_properties, make_client, parse_broker_url
-from monitor.ports import TelemetryStore
-from monitor.state import SqliteState
+from monitor.core.ports import TelemetryStore
+from monitor.ingest.worker import IngestWorker
+from monitor.platform.config import InfluxSettings, MqttSettings
+from monitor.platform.metrics import Metrics
+from monitor.platform.mqtt import BrokerAddress, connect_properties, make_client, parse_broker_url
 from monitor.store.embedded import EmbeddedStore
+from monitor.store.state import SqliteState
 from tests.services import InfluxDB1, InfluxV2Adapter, Mosquitto
 
 if TYPE_CHECKING:

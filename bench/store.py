@@ -59,13 +59,13 @@ from typing import Any
 import numpy as np
 
 from bench.estimate import DAY_MS, RULES_PATH, SynthDistrict, scratch_dir, synth_district
-from monitor.evaluate import READING_FIELDS, fit_district, meter_decision
-from monitor.metrics import Metrics
-from monitor.ports import Series
-from monitor.rules.schema import ElecRules, load_rules
-from monitor.schema import ELEC_READING
+from monitor.core.ports import Series
+from monitor.core.rulebook import ElecRules, load_rules
+from monitor.core.schema import ELEC_READING
+from monitor.evaluation.runner import READING_FIELDS, fit_district, meter_decision
+from monitor.ingest.telemetry import format_ts
+from monitor.platform.metrics import Metrics
 from monitor.store.embedded import EmbeddedStore, _columns, _ddl
-from monitor.telemetry import format_ts
 
 BATCH = 20_000
 FIELDS = list(READING_FIELDS)
@@ -424,8 +424,8 @@ def influx(args: argparse.Namespace, tmp: Path) -> None:
 
     import httpx
 
-    from monitor.config import InfluxSettings
-    from monitor.schema import Record
+    from monitor.core.schema import Record
+    from monitor.platform.config import InfluxSettings
     from monitor.store.influx import InfluxStore, quote_ident, quote_literal, series_from_response
     from monitor.store.lineproto import to_lines
     from tests.services import InfluxDB1

@@ -80,23 +80,23 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import map_spawned
-from monitor import evaluate_taxi
-from monitor.api import ApiContext, create_app
-from monitor.config import load_settings
-from monitor.decide import Decision
-from monitor.evaluate import Evaluator
-from monitor.ingest import summarise_seen
-from monitor.metrics import Metrics
-from monitor.ports import MeterPoint
-from monitor.registry import parse_rows
-from monitor.rules import taxi as rules_taxi
-from monitor.rules.schema import RuleBook, load_rules
-from monitor.schema import TAXI_EVENT, TAXI_STATUS, TAXI_TRIP, Record
+from monitor.api.app import ApiContext, create_app
+from monitor.core.decision import Decision
+from monitor.core.ports import MeterPoint
+from monitor.core.registry import parse_rows
+from monitor.core.rulebook import RuleBook, load_rules
+from monitor.core.schema import TAXI_EVENT, TAXI_STATUS, TAXI_TRIP, Record
+from monitor.evaluation.runner import Evaluator
+from monitor.ingest.telemetry import format_ts, parse_message
+from monitor.ingest.worker import summarise_seen
+from monitor.platform.config import load_settings
+from monitor.platform.metrics import Metrics
 from monitor.simulate import Fleet, FleetSpec
-from monitor.state import SqliteState
 from monitor.store.embedded import EmbeddedStore
+from monitor.store.state import SqliteState
+from monitor.taxi import evaluate as evaluate_taxi
+from monitor.taxi import rules as rules_taxi
 from monitor.taxi.tariff import Tariff, TariffBook, load_tariffs
-from monitor.telemetry import format_ts, parse_message
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES_PATH = ROOT / "config" / "rules.yaml"

@@ -9,8 +9,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from monitor.config import Settings, config_dir_from_env, load_settings
-from monitor.yamlfile import ConfigError
+from monitor.core.yamlfile import ConfigError
+from monitor.platform.config import Settings, config_dir_from_env, load_settings
 
 log = logging.getLogger("monitor")
 
@@ -50,8 +50,8 @@ def cmd_simulate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 def cmd_registry_import(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """Load registry rows from CSV into the state store (all or nothing)."""
-    from monitor.registry import parse_csv
-    from monitor.state import SqliteState
+    from monitor.core.registry import parse_csv
+    from monitor.store.state import SqliteState
 
     settings = _settings(args, env)
     parsed = parse_csv(Path(args.file).read_text(encoding="utf-8"))
@@ -71,14 +71,14 @@ def cmd_registry_import(args: argparse.Namespace, env: Mapping[str, str]) -> int
 
 def cmd_evaluate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """One evaluation pass over the stored telemetry, printed as a table."""
-    from monitor.evaluate import Evaluator
-    from monitor.metrics import Metrics
-    from monitor.report import print_evaluation
-    from monitor.rules.schema import load_rules
-    from monitor.state import SqliteState
+    from monitor.core.rulebook import load_rules
+    from monitor.evaluation.report import print_evaluation
+    from monitor.evaluation.runner import Evaluator
+    from monitor.ingest.telemetry import parse_ts
+    from monitor.platform.metrics import Metrics
     from monitor.store import open_store
+    from monitor.store.state import SqliteState
     from monitor.taxi.tariff import load_tariffs
-    from monitor.telemetry import parse_ts
 
     settings = _settings(args, env)
     book = load_rules(settings.rules_file)
@@ -102,13 +102,13 @@ def cmd_evaluate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 def cmd_rules_backtest(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """Re-run stored history under a rules file; list decisions that would differ."""
-    from monitor.backtest import backtest
-    from monitor.evaluate import Evaluator
-    from monitor.metrics import Metrics
-    from monitor.report import table
-    from monitor.rules.schema import load_rules
-    from monitor.state import SqliteState
+    from monitor.core.rulebook import load_rules
+    from monitor.evaluation.backtest import backtest
+    from monitor.evaluation.report import table
+    from monitor.evaluation.runner import Evaluator
+    from monitor.platform.metrics import Metrics
     from monitor.store import open_store
+    from monitor.store.state import SqliteState
     from monitor.taxi.tariff import load_tariffs
 
     settings = _settings(args, env)
@@ -146,7 +146,7 @@ def cmd_rules_backtest(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 def cmd_rules_check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """Validate a rules file and say what it would change against the one in force."""
-    from monitor.rules.schema import diff, load_rules
+    from monitor.core.rulebook import diff, load_rules
 
     settings = _settings(args, env)
     target = Path(args.file) if args.file else settings.rules_file

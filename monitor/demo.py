@@ -11,12 +11,12 @@ from datetime import UTC, datetime
 
 import paho.mqtt.client as paho
 
-from monitor.config import Settings
-from monitor.mqtt import BrokerAddress, make_client, parse_broker_url
-from monitor.registry import parse_rows
+from monitor.core.registry import parse_rows
+from monitor.ingest.telemetry import parse_ts
+from monitor.platform.config import Settings
+from monitor.platform.mqtt import BrokerAddress, make_client, parse_broker_url
 from monitor.simulate import Fleet, FleetSpec, run_paced, write_registry_csv
 from monitor.taxi.tariff import Tariff
-from monitor.telemetry import parse_ts
 
 log = logging.getLogger(__name__)
 DAY_MS = 86_400_000

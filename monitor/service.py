@@ -17,23 +17,23 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from fastapi import FastAPI
 
-from monitor.alerts import AlertBook, Change
-from monitor.api import ApiContext, create_app
-from monitor.broker import EmbeddedBroker
-from monitor.config import Settings, split_host_port
-from monitor.evaluate import Evaluator
-from monitor.ingest import IngestWorker
-from monitor.metrics import Metrics, RateSampler
-from monitor.mqtt import BrokerAddress, parse_broker_url
-from monitor.notify import Notifier
-from monitor.offline import OFFLINE_RULES, offline_conditions
-from monitor.ports import TelemetryStore
-from monitor.reload import HotFile
-from monitor.rules.schema import RuleBook, load_rules
-from monitor.state import SqliteState
+from monitor.alerts.book import AlertBook, Change
+from monitor.alerts.notify import Notifier
+from monitor.alerts.offline import OFFLINE_RULES, offline_conditions
+from monitor.api.app import ApiContext, create_app
+from monitor.api.web import mount_web
+from monitor.core.ports import TelemetryStore
+from monitor.core.rulebook import RuleBook, load_rules
+from monitor.evaluation.runner import Evaluator
+from monitor.ingest.worker import IngestWorker
+from monitor.platform.broker import EmbeddedBroker
+from monitor.platform.config import Settings, split_host_port
+from monitor.platform.metrics import Metrics, RateSampler
+from monitor.platform.mqtt import BrokerAddress, parse_broker_url
+from monitor.platform.reload import HotFile
 from monitor.store import open_store
+from monitor.store.state import SqliteState
 from monitor.taxi.tariff import TariffBook, load_tariffs
-from monitor.web import mount_web
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from monitor.mqtt import parse_broker_url
+from monitor.platform.mqtt import parse_broker_url
 
 BASE_MS = 1772294400000  # 2026-03-01T00:00:00+08:00
 

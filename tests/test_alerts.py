@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from monitor.alerts import AlertBook, Change, Condition, TransitionError, severity_of
-from monitor.api import ApiContext, create_app
-from monitor.config import load_settings
-from monitor.evaluate import Evaluator
-from monitor.metrics import Metrics
-from monitor.rules.schema import load_rules
-from monitor.state import SqliteState
+from monitor.alerts.book import AlertBook, Change, Condition, TransitionError, severity_of
+from monitor.api.app import ApiContext, create_app
+from monitor.core.rulebook import load_rules
+from monitor.evaluation.runner import Evaluator
+from monitor.platform.config import load_settings
+from monitor.platform.metrics import Metrics
 from monitor.store.embedded import EmbeddedStore
+from monitor.store.state import SqliteState
 from tests.helpers import BASE_MS, Collector, Publisher, wait_for
 from tests.services import Mosquitto
 

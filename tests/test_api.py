@@ -8,16 +8,16 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from monitor.api import ApiContext, create_app
-from monitor.config import load_settings
-from monitor.evaluate import Evaluator
-from monitor.ingest import summarise_seen
-from monitor.metrics import Metrics
-from monitor.registry import COLUMNS
-from monitor.rules.schema import load_rules
-from monitor.schema import ELEC_READING, TAXI_TRIP, Record
-from monitor.state import SqliteState
+from monitor.api.app import ApiContext, create_app
+from monitor.core.registry import COLUMNS
+from monitor.core.rulebook import load_rules
+from monitor.core.schema import ELEC_READING, TAXI_TRIP, Record
+from monitor.evaluation.runner import Evaluator
+from monitor.ingest.worker import summarise_seen
+from monitor.platform.config import load_settings
+from monitor.platform.metrics import Metrics
 from monitor.store.embedded import EmbeddedStore
+from monitor.store.state import SqliteState
 from tests.helpers import BASE_MS
 
 CSV = (

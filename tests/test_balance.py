@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from monitor.estimate.balance import FitConfig, daily_line_loss, fit_balance, line_loss_pct
-from monitor.estimate.intervals import Blocks, Grid, without_stopped
+from monitor.electricity.balance import FitConfig, daily_line_loss, fit_balance, line_loss_pct
+from monitor.electricity.intervals import Blocks, Grid, without_stopped
 
 
 def district(

@@ -170,7 +170,7 @@ def contract_variables() -> set[str] | None:
 def config_module() -> Any:
     """`monitor.config`, or None while it cannot be imported yet."""
     try:
-        return importlib.import_module("monitor.config")
+        return importlib.import_module("monitor.platform.config")
     except ImportError:
         return None
 
@@ -274,7 +274,7 @@ def settings_for(env: Mapping[str, str]) -> Any:
     """The settings a worker with this environment would start with, using ./config."""
     config = config_module()
     if config is None or not hasattr(config, "load_settings"):
-        pytest.skip("monitor.config.load_settings is not available yet")
+        pytest.skip("monitor.platform.config.load_settings is not available yet")
     return config.load_settings(ROOT / "config", dict(env))
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor.config import ENV_ALIASES, load_settings
-from monitor.yamlfile import ConfigError
+from monitor.core.yamlfile import ConfigError
+from monitor.platform.config import ENV_ALIASES, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 

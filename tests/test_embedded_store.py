@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.metrics import Metrics
-from monitor.ports import Columns, Series, group_series, meter_series
-from monitor.schema import ELEC_READING, TAXI_STATUS, TAXI_TRIP, Record
+from monitor.core.ports import Columns, Series, group_series, meter_series
+from monitor.core.schema import ELEC_READING, TAXI_STATUS, TAXI_TRIP, Record
+from monitor.platform.metrics import Metrics
 from monitor.store import embedded
 from monitor.store.embedded import LAYOUT, EmbeddedStore
 

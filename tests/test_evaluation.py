@@ -9,19 +9,19 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from monitor.alerts import AlertBook, Change
-from monitor.api import ApiContext, create_app
-from monitor.config import load_settings
-from monitor.evaluate import Evaluator
-from monitor.ingest import summarise_seen
-from monitor.metrics import Metrics
-from monitor.registry import parse_rows
-from monitor.rules.schema import load_rules
-from monitor.schema import Record
+from monitor.alerts.book import AlertBook, Change
+from monitor.api.app import ApiContext, create_app
+from monitor.core.registry import parse_rows
+from monitor.core.rulebook import load_rules
+from monitor.core.schema import Record
+from monitor.evaluation.runner import Evaluator
+from monitor.ingest.telemetry import format_ts, parse_message
+from monitor.ingest.worker import summarise_seen
+from monitor.platform.config import load_settings
+from monitor.platform.metrics import Metrics
 from monitor.simulate import Fleet, FleetSpec
-from monitor.state import SqliteState
 from monitor.store.embedded import EmbeddedStore
-from monitor.telemetry import format_ts, parse_message
+from monitor.store.state import SqliteState
 
 REPO = Path(__file__).resolve().parent.parent
 START = 1772294400000  # 2026-03-01T00:00:00+08:00
@@ -224,8 +224,8 @@ def test_as_of_is_event_time(world: World) -> None:
 
 
 def test_backtest_lists_what_a_rules_change_would_change_and_stores_nothing(world: World) -> None:
-    from monitor.backtest import backtest
-    from monitor.rules.schema import parse_rules
+    from monitor.core.rulebook import parse_rules
+    from monitor.evaluation.backtest import backtest
 
     world.client.post("/api/evaluate")
     stored = world.client.get("/api/meters", params={"limit": 1000}).json()["items"]

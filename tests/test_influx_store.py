@@ -14,19 +14,19 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from monitor.config import InfluxSettings
-from monitor.ingest import IngestWorker
-from monitor.metrics import Metrics
-from monitor.mqtt import parse_broker_url
-from monitor.ports import Columns
-from monitor.schema import ELEC_EVENT, ELEC_READING, TAXI_STATUS, TAXI_TRIP, Record
-from monitor.state import SqliteState
+from monitor.core.ports import Columns
+from monitor.core.schema import ELEC_EVENT, ELEC_READING, TAXI_STATUS, TAXI_TRIP, Record
+from monitor.ingest.worker import IngestWorker
+from monitor.platform.config import InfluxSettings
+from monitor.platform.metrics import Metrics
+from monitor.platform.mqtt import parse_broker_url
 from monitor.store.influx import (
     InfluxStore,
     columns_from_response,
     series_from_response,
     window_parts,
 )
+from monitor.store.state import SqliteState
 from tests.helpers import BASE_MS, Publisher, reading, wait_for
 from tests.services import InfluxStack, Mosquitto
 
@@ -161,7 +161,7 @@ def test_points_influxdb_refuses_for_good_are_counted_as_dropped(
 def test_worker_to_influxdb_end_to_end(
     influxdb: InfluxStack, mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
-    from monitor.config import load_settings
+    from monitor.platform.config import load_settings
 
     s = load_settings(tmp_path / "none", {"MONITOR_MQTT_URL": mosquitto.url})
     metrics = Metrics()

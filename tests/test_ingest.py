@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from monitor.config import Settings, load_settings
-from monitor.ingest import IngestWorker, summarise_seen
-from monitor.metrics import Metrics
-from monitor.mqtt import ack_all, connect_properties, make_client, parse_broker_url
-from monitor.schema import ELEC_READING, TAXI_STATUS, TAXI_TRIP, Record
-from monitor.state import SqliteState
+from monitor.core.schema import ELEC_READING, TAXI_STATUS, TAXI_TRIP, Record
+from monitor.ingest.worker import IngestWorker, summarise_seen
+from monitor.platform.config import Settings, load_settings
+from monitor.platform.metrics import Metrics
+from monitor.platform.mqtt import ack_all, connect_properties, make_client, parse_broker_url
 from monitor.store.embedded import EmbeddedStore
+from monitor.store.state import SqliteState
 from tests.helpers import BASE_MS, Collector, Publisher, reading, wait_for
 from tests.services import Mosquitto
 
@@ -237,11 +237,11 @@ def test_acknowledged_messages_are_not_delivered_again(
 _CHILD = """
 import sys, time
 from pathlib import Path
-from monitor.config import load_settings
-from monitor.ingest import IngestWorker, summarise_seen
-from monitor.metrics import Metrics
-from monitor.mqtt import parse_broker_url
-from monitor.state import SqliteState
+from monitor.platform.config import load_settings
+from monitor.ingest.worker import IngestWorker, summarise_seen
+from monitor.platform.metrics import Metrics
+from monitor.platform.mqtt import parse_broker_url
+from monitor.store.state import SqliteState
 from monitor.store.embedded import EmbeddedStore
 
 url, data, client_id, protocol = sys.argv[1:]
@@ -370,8 +370,8 @@ def test_seen_bookkeeping_merges_batches_and_reads_agree(tmp_path: Path) -> None
 
 
 def test_deadletter_body_for_binary_payload() -> None:
-    from monitor.ingest import deadletter_body
-    from monitor.telemetry import Rejection
+    from monitor.ingest.telemetry import Rejection
+    from monitor.ingest.worker import deadletter_body
 
     body = json.loads(
         deadletter_body("t", b"\x00\xff" * 10, Rejection("invalid_json", "x"), 0.0, 4)

@@ -7,7 +7,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.estimate.intervals import Grid, MeterSeries, blocks, place_on_grid
+from monitor.electricity.intervals import Grid, MeterSeries, blocks, place_on_grid
 
 STEP = 900_000
 

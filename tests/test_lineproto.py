@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from monitor.schema import ELEC_EVENT, ELEC_READING, TAXI_TRIP, Record
+from monitor.core.schema import ELEC_EVENT, ELEC_READING, TAXI_TRIP, Record
 from monitor.store.lineproto import escape_tag, to_line
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
-from monitor.decide import Decision
-from monitor.lots import SampleResult, Sampling, add_months, decide_lot
-from monitor.registry import MeterRow
-from monitor.rules.schema import load_rules
+from monitor.core.decision import Decision
+from monitor.core.registry import MeterRow
+from monitor.core.rulebook import load_rules
+from monitor.electricity.lots import SampleResult, Sampling, add_months, decide_lot
 
 RULES = load_rules(Path(__file__).resolve().parent.parent / "config" / "rules.yaml").rules.elec
 STAMP = ("2026-06-01T00:00:00.000Z", "test@1")

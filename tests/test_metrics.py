@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from monitor.metrics import Metrics, RateSampler
+from monitor.platform.metrics import Metrics, RateSampler
 
 
 def test_rate_between_samples_per_minute() -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from monitor.alerts import AlertBook, Condition
-from monitor.evaluate import EVALUATION_RULES
-from monitor.offline import OFFLINE_RULES, OfflineSettings, offline_conditions
+from monitor.alerts.book import AlertBook, Condition
+from monitor.alerts.offline import OFFLINE_RULES, OfflineSettings, offline_conditions
+from monitor.evaluation.runner import EVALUATION_RULES
 
 NOW = 1772294400000
 MIN = 60_000
@@ -71,9 +71,9 @@ def test_evaluation_passes_do_not_clear_offline_alerts(tmp_path: Path) -> None:
 def test_service_checks_offline_only_when_its_own_view_is_trustworthy(
     tmp_path: Path, mosquitto: object
 ) -> None:
-    from monitor.config import load_settings
+    from monitor.ingest.telemetry import format_ts
+    from monitor.platform.config import load_settings
     from monitor.service import Service
-    from monitor.telemetry import format_ts
     from tests.helpers import BASE_MS, Publisher, reading, wait_for
     from tests.services import Mosquitto
 

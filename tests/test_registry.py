@@ -6,8 +6,8 @@ import sqlite3
 from datetime import date
 from pathlib import Path
 
-from monitor.registry import COLUMNS, parse_csv, parse_rows
-from monitor.state import SqliteState
+from monitor.core.registry import COLUMNS, parse_csv, parse_rows
+from monitor.store.state import SqliteState
 
 HEADER = ",".join(COLUMNS)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from monitor.reload import HotFile
-from monitor.rules.schema import RuleBook, load_rules
+from monitor.core.rulebook import RuleBook, load_rules
+from monitor.platform.reload import HotFile
 
 RULES = Path(__file__).resolve().parent.parent / "config" / "rules.yaml"
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from monitor.estimate.balance import MeterEstimate
-from monitor.ports import MeterPoint, Series
-from monitor.rules import elec
-from monitor.rules.schema import load_rules
+from monitor.core.ports import MeterPoint, Series
+from monitor.core.rulebook import load_rules
+from monitor.electricity import rules as elec
+from monitor.electricity.balance import MeterEstimate
 
 RULES = load_rules(Path(__file__).resolve().parent.parent / "config" / "rules.yaml").rules.elec
 STEP = 900_000

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor.rules.schema import diff, load_rules, parse_rules
-from monitor.yamlfile import ConfigError
+from monitor.core.rulebook import diff, load_rules, parse_rules
+from monitor.core.yamlfile import ConfigError
 
 RULES = Path(__file__).resolve().parent.parent / "config" / "rules.yaml"
 

@@ -14,10 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.decide import Finding, decide_meter
-from monitor.ports import Columns, MeterPoint, Series
-from monitor.rules import taxi
-from monitor.rules.schema import FareRule, TaxiRules, load_rules
+from monitor.core.decision import Finding, decide_meter
+from monitor.core.ports import Columns, MeterPoint, Series
+from monitor.core.rulebook import FareRule, TaxiRules, load_rules
+from monitor.ingest.telemetry import ms_to_datetime
+from monitor.taxi import rules as taxi
 from monitor.taxi.rollout import applied_at
 from monitor.taxi.tariff import (
     SHANGHAI_2022,
@@ -28,7 +29,6 @@ from monitor.taxi.tariff import (
     fare_decimal,
     round_half_up,
 )
-from monitor.telemetry import ms_to_datetime
 
 RULES = load_rules(Path(__file__).resolve().parent.parent / "config" / "rules.yaml").rules.taxi
 DIST = RULES.distance

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from monitor import sampling
-from monitor.sampling import Plan, code_letter, draw_sample, iso2859_1_plan, judge, plan
+from monitor.electricity import sampling
+from monitor.electricity.sampling import Plan, code_letter, draw_sample, iso2859_1_plan, judge, plan
 
 REPO = Path(__file__).resolve().parent.parent
 

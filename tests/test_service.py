@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from monitor.registry import parse_csv
+from monitor.core.registry import parse_csv
+from monitor.ingest.telemetry import parse_ts
 from monitor.simulate import Fleet, FleetSpec
-from monitor.telemetry import parse_ts
 from tests.helpers import Publisher, reading, wait_for
 from tests.services import Mosquitto, free_port
 

@@ -10,16 +10,16 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from monitor.api import ApiContext, create_app
-from monitor.config import load_settings
-from monitor.evaluate import Evaluator
-from monitor.ingest import summarise_seen
-from monitor.metrics import Metrics
-from monitor.rules.schema import load_rules
-from monitor.schema import TAXI_EVENT, TAXI_STATUS, Record
-from monitor.state import SqliteState
+from monitor.api.app import ApiContext, create_app
+from monitor.core.rulebook import load_rules
+from monitor.core.schema import TAXI_EVENT, TAXI_STATUS, Record
+from monitor.evaluation.runner import Evaluator
+from monitor.ingest.telemetry import parse_ts
+from monitor.ingest.worker import summarise_seen
+from monitor.platform.config import load_settings
+from monitor.platform.metrics import Metrics
 from monitor.store.embedded import EmbeddedStore
-from monitor.telemetry import parse_ts
+from monitor.store.state import SqliteState
 
 REPO = Path(__file__).resolve().parent.parent
 TARIFF = yaml.safe_load((REPO / "config" / "tariffs.yaml").read_text())["SH-2022"]

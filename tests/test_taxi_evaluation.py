@@ -12,22 +12,22 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
-from monitor import evaluate_taxi
-from monitor.config import InfluxSettings
-from monitor.evaluate import EvaluationResult, Evaluator
-from monitor.ingest import summarise_seen
-from monitor.metrics import Metrics
-from monitor.ports import MeterPoint
-from monitor.registry import MeterRow, parse_rows
-from monitor.rules import taxi as rules_taxi
-from monitor.rules.schema import RuleBook, load_rules
-from monitor.schema import TAXI_STATUS, Record
+from monitor.core.ports import MeterPoint
+from monitor.core.registry import MeterRow, parse_rows
+from monitor.core.rulebook import RuleBook, load_rules
+from monitor.core.schema import TAXI_STATUS, Record
+from monitor.evaluation.runner import EvaluationResult, Evaluator
+from monitor.ingest.telemetry import format_ts, ms_to_datetime, parse_message
+from monitor.ingest.worker import summarise_seen
+from monitor.platform.config import InfluxSettings
+from monitor.platform.metrics import Metrics
 from monitor.simulate import Fleet, FleetSpec
-from monitor.state import SqliteState
 from monitor.store.embedded import EmbeddedStore
 from monitor.store.influx import InfluxStore
+from monitor.store.state import SqliteState
+from monitor.taxi import evaluate as evaluate_taxi
+from monitor.taxi import rules as rules_taxi
 from monitor.taxi.tariff import TariffBook, charged_fare_cny, default_tariff_book, load_tariffs
-from monitor.telemetry import format_ts, ms_to_datetime, parse_message
 from tests.services import InfluxStack
 
 REPO = Path(__file__).resolve().parent.parent

@@ -20,21 +20,21 @@ import pytest
 import uvicorn
 import yaml
 
-from monitor.alerts import AlertBook
-from monitor.api import ApiContext, create_app
-from monitor.config import load_settings
-from monitor.evaluate import Evaluator
-from monitor.ingest import summarise_seen
-from monitor.metrics import Metrics
-from monitor.registry import parse_rows
-from monitor.rules.schema import load_rules
-from monitor.schema import Record
+from monitor.alerts.book import AlertBook
+from monitor.api.app import ApiContext, create_app
+from monitor.api.web import mount_web
+from monitor.core.registry import parse_rows
+from monitor.core.rulebook import load_rules
+from monitor.core.schema import Record
+from monitor.evaluation.runner import Evaluator
+from monitor.ingest.telemetry import parse_message
+from monitor.ingest.worker import summarise_seen
+from monitor.platform.config import load_settings
+from monitor.platform.metrics import Metrics
 from monitor.simulate import Fleet, FleetSpec
-from monitor.state import SqliteState
 from monitor.store.embedded import EmbeddedStore
+from monitor.store.state import SqliteState
 from monitor.taxi.tariff import load_tariffs
-from monitor.telemetry import parse_message
-from monitor.web import mount_web
 from tests.services import free_port
 
 REPO = Path(__file__).resolve().parent.parent

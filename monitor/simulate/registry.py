@@ -10,7 +10,7 @@ from datetime import date, datetime, timedelta
 
 import numpy as np
 
-from monitor.registry import COLUMNS  # one definition of CONTRACT §3's columns
+from monitor.core.registry import COLUMNS  # one definition of CONTRACT §3's columns
 from monitor.simulate.spec import FleetSpec
 
 # (manufacturer, model, lot code, age in years at the start of the simulation). The two

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from monitor.config import StorageSettings
-from monitor.metrics import Metrics
-from monitor.ports import TelemetryStore
+from monitor.core.ports import TelemetryStore
+from monitor.platform.config import StorageSettings
+from monitor.platform.metrics import Metrics
 
 
 def open_store(settings: StorageSettings, metrics: Metrics) -> TelemetryStore:

@@ -25,8 +25,7 @@ from typing import Any, NamedTuple, cast
 
 import numpy as np
 
-from monitor.metrics import Metrics
-from monitor.ports import (
+from monitor.core.ports import (
     Columns,
     MeterPoint,
     Point,
@@ -35,7 +34,8 @@ from monitor.ports import (
     meter_series,
     text_or_float_columns,
 )
-from monitor.schema import MEASUREMENTS, Measurement, Record
+from monitor.core.schema import MEASUREMENTS, Measurement, Record
+from monitor.platform.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

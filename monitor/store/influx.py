@@ -29,9 +29,7 @@ from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 from numpy.typing import NDArray
 
-from monitor.config import InfluxSettings
-from monitor.metrics import Metrics
-from monitor.ports import (
+from monitor.core.ports import (
     Columns,
     MeterPoint,
     Point,
@@ -40,7 +38,9 @@ from monitor.ports import (
     meter_series,
     text_or_float_columns,
 )
-from monitor.schema import Measurement, Record
+from monitor.core.schema import Measurement, Record
+from monitor.platform.config import InfluxSettings
+from monitor.platform.metrics import Metrics
 from monitor.store.lineproto import to_lines
 from monitor.store.spool import Segment, Spool
 

@@ -1,1 +1,1 @@
-"""Taxi fare meters: tariffs and the fare formula (CONTRACT §9, DOMAIN §2)."""
+"""Taxi fare meters: tariffs and the fare formula, rules (distance, CUSUM, fares, seals), rollout, evaluation."""

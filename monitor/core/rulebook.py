@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from monitor.yamlfile import (
+from monitor.core.yamlfile import (
     ConfigError,
     ConfigProblem,
     load_yaml,

@@ -22,7 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup, escape
 
-from monitor.api import (
+from monitor.api.app import (
     ApiContext,
     decode_cursor,
     district_summary,
@@ -30,12 +30,12 @@ from monitor.api import (
     identify_meter,
     rollout_progress_of,
 )
-from monitor.ports import MeterPoint
-from monitor.rules import taxi as rules_taxi
-from monitor.schema import ELEC_EVENT, ELEC_READING, TAXI_EVENT, TAXI_TRIP
-from monitor.state import MeterFilter
-from monitor.telemetry import format_ts, ms_to_datetime
-from monitor.web import charts
+from monitor.api.web import charts
+from monitor.core.ports import MeterPoint
+from monitor.core.schema import ELEC_EVENT, ELEC_READING, TAXI_EVENT, TAXI_TRIP
+from monitor.ingest.telemetry import format_ts, ms_to_datetime
+from monitor.store.state import MeterFilter
+from monitor.taxi import rules as rules_taxi
 
 HERE = Path(__file__).parent
 DAY_MS = 86_400_000

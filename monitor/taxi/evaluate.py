@@ -9,17 +9,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from monitor.decide import Decision, Finding, Reason, decide_meter
-from monitor.ports import MeterPoint, TelemetryStore
-from monitor.registry import MeterRow, add_years
-from monitor.rules import taxi as rules_taxi
-from monitor.rules.schema import TaxiRules
-from monitor.rules.taxi import FareCache as FareCache  # re-exported for the Evaluator
-from monitor.schema import TAXI_EVENT, TAXI_STATUS, TAXI_TRIP
-from monitor.state import SqliteState
+from monitor.core.decision import Decision, Finding, Reason, decide_meter
+from monitor.core.ports import MeterPoint, TelemetryStore
+from monitor.core.registry import MeterRow, add_years
+from monitor.core.rulebook import TaxiRules
+from monitor.core.schema import TAXI_EVENT, TAXI_STATUS, TAXI_TRIP
+from monitor.ingest.telemetry import format_ts, ms_to_datetime
+from monitor.store.state import SqliteState
+from monitor.taxi import rules as rules_taxi
 from monitor.taxi.rollout import Rollout, applied_at, progress
+from monitor.taxi.rules import FareCache as FareCache  # re-exported for the Evaluator
 from monitor.taxi.tariff import TariffBook
-from monitor.telemetry import format_ts, ms_to_datetime
 
 DAY_MS = 86_400_000
 

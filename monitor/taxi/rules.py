@@ -29,11 +29,11 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from monitor.decide import Finding, Reason, worst_state
-from monitor.ports import Columns, MeterPoint, Point, Series
-from monitor.rules.schema import DistanceRule, FareRule, SealRule, TaxiRules
+from monitor.core.decision import Finding, Reason, worst_state
+from monitor.core.ports import Columns, MeterPoint, Point, Series
+from monitor.core.rulebook import DistanceRule, FareRule, SealRule, TaxiRules
+from monitor.ingest.telemetry import format_ts, ms_to_datetime
 from monitor.taxi.tariff import Tariff, TariffBook, fare_decimal, round_half_up
-from monitor.telemetry import format_ts, ms_to_datetime
 
 Floats = NDArray[np.float64]
 Ints = NDArray[np.int64]

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from monitor.config import split_host_port
+from monitor.platform.config import split_host_port
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class EmbeddedBroker:
                 f"{self.bind} is already in use: set MONITOR_EMBEDDED_MQTT to a free host:port, "
                 "or MONITOR_MQTT_URL to use the broker that is listening there"
             )
-        self._proc = subprocess.Popen([sys.executable, "-m", "monitor.broker", self.bind])
+        self._proc = subprocess.Popen([sys.executable, "-m", "monitor.platform.broker", self.bind])
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from monitor.alerts import Condition
-from monitor.telemetry import format_ts
+from monitor.alerts.book import Condition
+from monitor.ingest.telemetry import format_ts
 
 OFFLINE_RULES = ("offline",)
 

@@ -17,19 +17,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from monitor import __version__
-from monitor.alerts import AlertBook, Change, TransitionError
-from monitor.config import Settings
-from monitor.evaluate import Evaluator
-from monitor.metrics import Metrics
-from monitor.ports import TelemetryStore
-from monitor.registry import ParsedRows, parse_csv, parse_rows
-from monitor.rules.schema import RuleBook
-from monitor.schema import MEASUREMENTS, TAXI_EVENT, TAXI_STATUS, Measurement, field_owner
-from monitor.state import MeterFilter, SqliteState
+from monitor.alerts.book import AlertBook, Change, TransitionError
+from monitor.core.ports import TelemetryStore
+from monitor.core.registry import ParsedRows, parse_csv, parse_rows
+from monitor.core.rulebook import RuleBook
+from monitor.core.schema import MEASUREMENTS, TAXI_EVENT, TAXI_STATUS, Measurement, field_owner
+from monitor.evaluation.runner import Evaluator
+from monitor.ingest.telemetry import ID_PATTERN, format_ts, parse_ts
+from monitor.platform.config import Settings
+from monitor.platform.metrics import Metrics
+from monitor.store.state import MeterFilter, SqliteState
 from monitor.taxi.rollout import Rollout, applied_at, progress
 from monitor.taxi.rollout import summary as rollout_summary
 from monitor.taxi.tariff import Tariff
-from monitor.telemetry import ID_PATTERN, format_ts, parse_ts
 
 
 @dataclass

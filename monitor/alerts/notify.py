@@ -42,7 +42,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 if TYPE_CHECKING:  # only a type here: config.py can import the settings models cheaply
-    from monitor.alerts import Change
+    from monitor.alerts.book import Change
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TextIO
 
-from monitor.decide import Decision
-from monitor.evaluate import EvaluationResult
+from monitor.core.decision import Decision
+from monitor.evaluation.runner import EvaluationResult
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

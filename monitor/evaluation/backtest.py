@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from monitor.decide import Decision
-from monitor.evaluate import Evaluator
-from monitor.rules.schema import RuleBook
+from monitor.core.decision import Decision
+from monitor.core.rulebook import RuleBook
+from monitor.evaluation.runner import Evaluator
 
 DAY_MS = 86_400_000
 

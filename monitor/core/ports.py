@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from monitor.schema import Measurement, Record
+from monitor.core.schema import Measurement, Record
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, tzinfo
 from typing import Any
 
-from monitor import evaluate_taxi
-from monitor.alerts import AlertBook, Change, conditions_of, district_conditions
-from monitor.decide import Decision, Finding, decide_meter, decision_from_dict
-from monitor.estimate.balance import (
+from monitor.alerts.book import AlertBook, Change, conditions_of, district_conditions
+from monitor.core.decision import Decision, Finding, decide_meter, decision_from_dict
+from monitor.core.ports import MeterPoint, Series, TelemetryStore
+from monitor.core.registry import MeterRow
+from monitor.core.rulebook import ElecRules, RuleBook
+from monitor.core.schema import ELEC_EVENT, ELEC_READING
+from monitor.electricity import rules as rules_elec
+from monitor.electricity.balance import (
     DailyLoss,
     DistrictFit,
     FitConfig,
@@ -26,7 +30,7 @@ from monitor.estimate.balance import (
     daily_line_loss,
     fit_balance,
 )
-from monitor.estimate.intervals import (
+from monitor.electricity.intervals import (
     Grid,
     MeterSeries,
     blocks,
@@ -34,15 +38,11 @@ from monitor.estimate.intervals import (
     place_values,
     without_stopped,
 )
-from monitor.lots import SampleResult, Sampling, decide_lot
-from monitor.ports import MeterPoint, Series, TelemetryStore
-from monitor.registry import MeterRow
-from monitor.rules import elec as rules_elec
-from monitor.rules.schema import ElecRules, RuleBook
-from monitor.schema import ELEC_EVENT, ELEC_READING
-from monitor.state import SqliteState
+from monitor.electricity.lots import SampleResult, Sampling, decide_lot
+from monitor.ingest.telemetry import format_ts, ms_to_datetime, parse_ts
+from monitor.store.state import SqliteState
+from monitor.taxi import evaluate as evaluate_taxi
 from monitor.taxi.tariff import TariffBook
-from monitor.telemetry import format_ts, ms_to_datetime, parse_ts
 
 log = logging.getLogger(__name__)
 READING_FIELDS = ("energy_kwh", "current_a", "voltage_v", "clock_offset_s")

@@ -18,9 +18,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from monitor.notify import RoutingSettings
-from monitor.offline import OfflineSettings
-from monitor.yamlfile import (
+from monitor.alerts.notify import RoutingSettings
+from monitor.alerts.offline import OfflineSettings
+from monitor.core.yamlfile import (
     ConfigError,
     ConfigProblem,
     KeyPath,

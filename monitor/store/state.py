@@ -17,8 +17,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from monitor.registry import COLUMNS, MeterRow, add_years
-from monitor.schema import Record
+from monitor.core.registry import COLUMNS, MeterRow, add_years
+from monitor.core.schema import Record
 
 _SCHEMA = [
     f"""CREATE TABLE IF NOT EXISTS registry (

@@ -32,7 +32,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from monitor.estimate.intervals import Blocks, FloatArray, Grid
+from monitor.electricity.intervals import Blocks, FloatArray, Grid
 
 # Below this ratio of a meter's data information to its prior information the
 # estimate is mostly prior: the meter is not observable.

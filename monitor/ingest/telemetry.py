@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from monitor.schema import (
+from monitor.core.schema import (
     ELEC_EVENT,
     ELEC_READING,
     MEASUREMENTS,

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from monitor.decide import SEVERITY_OF_STATE, Decision
-from monitor.rules.schema import Rules
-from monitor.telemetry import format_ts
+from monitor.core.decision import SEVERITY_OF_STATE, Decision
+from monitor.core.rulebook import Rules
+from monitor.ingest.telemetry import format_ts
 
 Status = Literal["open", "acknowledged", "resolved"]
 SEVERITIES = ("critical", "major", "minor", "info")

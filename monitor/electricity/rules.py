@@ -12,18 +12,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from monitor.decide import Finding, Reason
-from monitor.estimate.balance import DistrictFit, MeterEstimate
-from monitor.estimate.intervals import Blocks, Grid, Placed
-from monitor.ports import MeterPoint, Series
-from monitor.rules.schema import (
+from monitor.core.decision import Finding, Reason
+from monitor.core.ports import MeterPoint, Series
+from monitor.core.rulebook import (
     ClockRule,
     ElecRules,
     EstimationRule,
     EventRule,
     FunctionFailureRule,
 )
-from monitor.telemetry import format_ts
+from monitor.electricity.balance import DistrictFit, MeterEstimate
+from monitor.electricity.intervals import Blocks, Grid, Placed
+from monitor.ingest.telemetry import format_ts
 
 DAY_MS = 86_400_000
 

@@ -24,13 +24,13 @@ from typing import Any, NamedTuple
 
 import paho.mqtt.client as paho
 
-from monitor.config import MqttSettings
-from monitor.metrics import Metrics
-from monitor.mqtt import BrokerAddress, ack_all, connect_properties, make_client
-from monitor.ports import TelemetryStore
-from monitor.schema import Record
-from monitor.state import SeenUpdate, SqliteState
-from monitor.telemetry import Rejection, parse_message
+from monitor.core.ports import TelemetryStore
+from monitor.core.schema import Record
+from monitor.ingest.telemetry import Rejection, parse_message
+from monitor.platform.config import MqttSettings
+from monitor.platform.metrics import Metrics
+from monitor.platform.mqtt import BrokerAddress, ack_all, connect_properties, make_client
+from monitor.store.state import SeenUpdate, SqliteState
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from monitor.decide import Decision, Reason
-from monitor.registry import MeterRow, add_years
-from monitor.rules.schema import ErrorLimitRule, LotRule
-from monitor.sampling import Plan, draw_sample, judge, plan
+from monitor.core.decision import Decision, Reason
+from monitor.core.registry import MeterRow, add_years
+from monitor.core.rulebook import ErrorLimitRule, LotRule
+from monitor.electricity.sampling import Plan, draw_sample, judge, plan
 
 
 @dataclass(frozen=True)

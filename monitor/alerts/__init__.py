@@ -1,0 +1,1 @@
+"""Alerts: conditions from decisions, the alert book (lifecycle), routing and delivery, offline meters."""

@@ -1,0 +1,1 @@
+"""The evaluation pass: both domains as of one time, with the rules in force; backtest and report."""

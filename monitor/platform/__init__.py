@@ -1,0 +1,1 @@
+"""What the service runs on: settings, metrics, the MQTT client and embedded broker, hot reload."""

@@ -1,1 +1,0 @@
-"""State-evaluation rules: the rules file schema and, later, the rule logic."""
