@@ -26,8 +26,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 MOSQUITTO_CONF = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
 PROMETHEUS_YML = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 GRAFANA_DATASOURCES = ROOT / "deploy" / "grafana" / "provisioning" / "datasources" / "influxdb.yml"
-# CI clones the repository with `shared/` beside it.
-CONTRACT = ROOT.parent / "shared" / "CONTRACT.md"
+CONFIG_DOC = ROOT / "docs" / "configuration.md"
 
 NOT_FOR_COMPOSE = {"MONITOR_EMBEDDED_MQTT"}  # Mosquitto replaces the embedded broker
 
@@ -148,22 +147,20 @@ def command_words(args: str) -> list[str]:
     return shlex.split(args)
 
 
-# --- the variable names: the code's ENV_ALIASES, else the contract ---------------
+# --- the variable names: the code's ENV_ALIASES and the documented table ---------------
 
 
-def contract_variables() -> set[str] | None:
-    """The variable names in the CONTRACT §8 table, or None without the contract."""
-    if not CONTRACT.is_file():
-        return None
-    text = CONTRACT.read_text(encoding="utf-8")
-    match = re.search(r"^## 8\..*?$(.*?)(?=^## |\Z)", text, re.M | re.S)
-    assert match, f"{CONTRACT} has no section 8"
+def documented_variables() -> set[str]:
+    """The variable names in the first table under `## Environment variables` of the docs."""
+    text = CONFIG_DOC.read_text(encoding="utf-8")
+    match = re.search(r"^## Environment variables$(.*?)(?=^## |\Z)", text, re.M | re.S)
+    assert match, f"{CONFIG_DOC} has no 'Environment variables' section"
+    table = re.search(r"(?:^\|.*\n)+", match.group(1), re.M)
+    assert table, f"no variable table in the 'Environment variables' section of {CONFIG_DOC}"
     names: set[str] = set()
-    for row in match.group(1).splitlines():
-        if row.startswith("|"):
-            first_cell = row.split("|")[1]
-            names.update(re.findall(r"`(MONITOR_[A-Z0-9_]+)`", first_cell))
-    assert names, f"no variable table found in section 8 of {CONTRACT}"
+    for row in table.group(0).splitlines():
+        names.update(re.findall(r"`(MONITOR_[A-Z0-9_]+)`", row.split("|")[1]))
+    assert names, f"no variable names in the first table of {CONFIG_DOC}"
     return names
 
 
@@ -190,18 +187,8 @@ def alias_variables() -> set[str] | None:
 @pytest.fixture(scope="module")
 def known_variables() -> set[str]:
     """The MONITOR_* names the code understands."""
-    names = alias_variables() or contract_variables()
-    if not names:
-        pytest.fail(f"neither monitor.config.ENV_ALIASES nor {CONTRACT} is available")
-    return names
-
-
-@pytest.fixture(scope="module")
-def section8_variables() -> set[str]:
-    """The MONITOR_* names the contract promises."""
-    names = contract_variables() or alias_variables()
-    if not names:
-        pytest.fail(f"neither {CONTRACT} nor monitor.config.ENV_ALIASES is available")
+    names = alias_variables()
+    assert names, "monitor.platform.config has no ENV_ALIASES"
     return names
 
 
@@ -242,18 +229,17 @@ def test_monitor_env_names_are_known_to_the_code(
     assert not unknown, f"monitor env has variables the code does not read: {unknown}"
 
 
-def test_monitor_sets_every_contract_variable(
-    services: dict[str, Any], section8_variables: set[str]
-) -> None:
-    missing = section8_variables - NOT_FOR_COMPOSE - set(environment(services["monitor"]))
-    assert not missing, f"monitor env lacks CONTRACT §8 variables: {missing}"
+def test_monitor_sets_every_documented_variable(services: dict[str, Any]) -> None:
+    missing = documented_variables() - NOT_FOR_COMPOSE - set(environment(services["monitor"]))
+    assert not missing, f"monitor env lacks variables of docs/configuration.md: {missing}"
 
 
-def test_contract_variables_are_all_aliased() -> None:
-    contract, aliases = contract_variables(), alias_variables()
-    if contract is None or aliases is None:
-        pytest.skip("needs both CONTRACT.md and monitor.config.ENV_ALIASES")
-    assert contract <= aliases, f"ENV_ALIASES lacks {contract - aliases}"
+def test_documented_variables_are_the_code_aliases(known_variables: set[str]) -> None:
+    documented = documented_variables()
+    assert documented == known_variables, (
+        f"docs/configuration.md lists {documented - known_variables} the code does not read; "
+        f"the code reads {known_variables - documented} the docs do not list"
+    )
 
 
 def test_monitor_uses_influxdb_and_container_paths(monitor_env: dict[str, str]) -> None:
