@@ -730,7 +730,7 @@ def run(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     # The log receiver's lines are produced (their cost is part of a tick) but not shown.
-    receiver_log = logging.getLogger("monitor.alerts.notify.log")
+    receiver_log = logging.getLogger("monitor.alerts.book.notify.log")
     receiver_log.addHandler(logging.NullHandler())
     receiver_log.propagate = False
     run(parse_args(argv))

@@ -95,7 +95,7 @@ from monitor.simulate import Fleet, FleetSpec
 from monitor.store.embedded import EmbeddedStore
 from monitor.store.state import SqliteState
 from monitor.taxi import evaluate as evaluate_taxi
-from monitor.taxi import rules as rules_taxi
+from monitor.taxi import findings as rules_taxi
 from monitor.taxi.tariff import Tariff, TariffBook, load_tariffs
 
 ROOT = Path(__file__).resolve().parent.parent

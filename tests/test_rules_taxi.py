@@ -18,7 +18,7 @@ from monitor.core.decision import Finding, decide_meter
 from monitor.core.ports import Columns, MeterPoint, Series
 from monitor.core.rulebook import FareRule, TaxiRules, load_rules
 from monitor.ingest.telemetry import ms_to_datetime
-from monitor.taxi import rules as taxi
+from monitor.taxi import findings as taxi
 from monitor.taxi.rollout import applied_at
 from monitor.taxi.tariff import (
     SHANGHAI_2022,

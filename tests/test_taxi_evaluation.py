@@ -26,7 +26,7 @@ from monitor.store.embedded import EmbeddedStore
 from monitor.store.influx import InfluxStore
 from monitor.store.state import SqliteState
 from monitor.taxi import evaluate as evaluate_taxi
-from monitor.taxi import rules as rules_taxi
+from monitor.taxi import findings as rules_taxi
 from monitor.taxi.tariff import TariffBook, charged_fare_cny, default_tariff_book, load_tariffs
 from tests.services import InfluxStack
 

@@ -16,9 +16,9 @@ from monitor.core.rulebook import TaxiRules
 from monitor.core.schema import TAXI_EVENT, TAXI_STATUS, TAXI_TRIP
 from monitor.ingest.telemetry import format_ts, ms_to_datetime
 from monitor.store.state import SqliteState
-from monitor.taxi import rules as rules_taxi
+from monitor.taxi import findings as rules_taxi
+from monitor.taxi.findings import FareCache as FareCache  # re-exported for the Evaluator
 from monitor.taxi.rollout import Rollout, applied_at, progress
-from monitor.taxi.rules import FareCache as FareCache  # re-exported for the Evaluator
 from monitor.taxi.tariff import TariffBook
 
 DAY_MS = 86_400_000

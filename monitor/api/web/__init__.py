@@ -35,7 +35,7 @@ from monitor.core.ports import MeterPoint
 from monitor.core.schema import ELEC_EVENT, ELEC_READING, TAXI_EVENT, TAXI_TRIP
 from monitor.ingest.telemetry import format_ts, ms_to_datetime
 from monitor.store.state import MeterFilter
-from monitor.taxi import rules as rules_taxi
+from monitor.taxi import findings as rules_taxi
 
 HERE = Path(__file__).parent
 DAY_MS = 86_400_000
