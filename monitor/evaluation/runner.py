@@ -42,6 +42,7 @@ from monitor.electricity.lots import SampleResult, Sampling, decide_lot
 from monitor.ingest.telemetry import format_ts, ms_to_datetime, parse_ts
 from monitor.store.state import SqliteState
 from monitor.taxi import evaluate as evaluate_taxi
+from monitor.taxi.fares import FareCache
 from monitor.taxi.tariff import TariffBook
 
 log = logging.getLogger(__name__)
@@ -238,7 +239,7 @@ class Evaluator:
     ) -> None:
         self._zone = zone
         # Fare checks carried from one pass to the next (exact: see FareCache).
-        self._taxi_fares = evaluate_taxi.FareCache()
+        self._taxi_fares = FareCache()
         self._alerts = alerts
         self._notify = notify
         self._store = store
