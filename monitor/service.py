@@ -18,7 +18,7 @@ from apscheduler.triggers.cron import CronTrigger
 from fastapi import FastAPI
 
 from monitor.alerts.book import AlertBook, Change
-from monitor.alerts.notify import Notifier
+from monitor.alerts.notifier import Notifier
 from monitor.alerts.offline import OFFLINE_RULES, offline_conditions
 from monitor.api.app import ApiContext, create_app
 from monitor.api.web import mount_web

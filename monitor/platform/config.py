@@ -18,8 +18,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from monitor.alerts.notify import RoutingSettings
 from monitor.alerts.offline import OfflineSettings
+from monitor.alerts.routing import RoutingSettings
 from monitor.core.yamlfile import (
     ConfigError,
     ConfigProblem,
