@@ -233,7 +233,7 @@ def test_empty_sample_and_negative_size() -> None:
 def test_draw_is_the_same_in_another_process() -> None:
     # A fresh interpreter with a different str-hash salt must draw the same ids.
     code = (
-        "import json; from monitor.sampling import draw_sample; "
+        "import json; from monitor.electricity.sampling import draw_sample; "
         "print(json.dumps(draw_sample([f'm{i:03d}' for i in range(50)], 8, 'lot-9')))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}

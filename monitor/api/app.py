@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from monitor import __version__
 from monitor.alerts.book import AlertBook, Change, TransitionError
-from monitor.core.ports import TelemetryStore
+from monitor.core.ports import MeterFilter, SampleRow, StateStore, TelemetryStore
 from monitor.core.registry import ParsedRows, parse_csv, parse_rows
 from monitor.core.rulebook import RuleBook
 from monitor.core.schema import MEASUREMENTS, TAXI_EVENT, TAXI_STATUS, Measurement, field_owner
@@ -26,7 +26,6 @@ from monitor.evaluation.runner import Evaluator
 from monitor.ingest.telemetry import ID_PATTERN, format_ts, parse_ts
 from monitor.platform.config import Settings
 from monitor.platform.metrics import Metrics
-from monitor.store.state import MeterFilter, SqliteState
 from monitor.taxi.rollout import Rollout, applied_at, progress
 from monitor.taxi.rollout import summary as rollout_summary
 from monitor.taxi.tariff import Tariff
@@ -37,7 +36,7 @@ class ApiContext:
     """What the API reads and writes; built by the service, or by a test."""
 
     settings: Settings
-    state: SqliteState
+    state: StateStore
     store: TelemetryStore
     metrics: Metrics
     broker_connected: Callable[[], bool]
@@ -379,7 +378,9 @@ def _add_evaluation(app: FastAPI, ctx: ApiContext) -> None:
                 f"{body['decision']!r}): nothing to record results for",
             )
         _check_results(results, drawn)
-        ctx.state.save_sample_results(lot, [(r.meter, r.error_pct, r.passed) for r in results])
+        ctx.state.save_sample_results(
+            lot, [SampleRow(r.meter, r.error_pct, r.passed) for r in results]
+        )
         decided = ctx.evaluator.rejudge_lot(lot, ctx.rules())
         assert decided is not None
         return decided.as_dict()

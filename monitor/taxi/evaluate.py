@@ -8,14 +8,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, timedelta
+from typing import Protocol
 
 from monitor.core.decision import Decision, Finding, Reason, decide_meter
-from monitor.core.ports import MeterPoint, TelemetryStore
+from monitor.core.ports import MeterPoint, Presence, Registry, TaxiLedger, TelemetryStore
 from monitor.core.registry import MeterRow, add_years
 from monitor.core.rulebook import TaxiRules
 from monitor.core.schema import TAXI_EVENT, TAXI_STATUS, TAXI_TRIP
 from monitor.ingest.telemetry import format_ts, ms_to_datetime
-from monitor.store.state import SqliteState
 from monitor.taxi.distance import extendable, fleet_median, fleet_sigma, log_ratios
 from monitor.taxi.fares import FareCache
 from monitor.taxi.findings import taxi_findings
@@ -25,6 +25,10 @@ from monitor.taxi.tariff import TariffBook
 from monitor.taxi.trips import Trip, WorkOrder, trips_from_points
 
 DAY_MS = 86_400_000
+
+
+class TaxiState(Registry, Presence, TaxiLedger, Protocol):
+    """The state roles the taxi half of a pass reads: the fleet, who reported, the ledger."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,7 @@ def _group(points: list[MeterPoint]) -> dict[str, list[MeterPoint]]:
     return out
 
 
-def taxi_meters(state: SqliteState) -> tuple[dict[str, MeterRow], list[str]]:
+def taxi_meters(state: TaxiState) -> tuple[dict[str, MeterRow], list[str]]:
     """The taxi registry by meter, and every meter a pass decides: registered or seen."""
     registry = {r.meter_id: r for r in state.registry_rows("taxi")}
     return registry, sorted(set(registry) | set(state.all_seen("taxi")))
@@ -89,7 +93,7 @@ def _collector_paused() -> Iterator[None]:
 
 def load(
     store: TelemetryStore,
-    state: SqliteState,
+    state: TaxiState,
     start_ms: int,
     as_of_ms: int,
     meters: Sequence[str] | None = None,
@@ -116,7 +120,7 @@ def load(
     )
 
 
-def tariff_book(config: TariffBook, state: SqliteState) -> TariffBook:
+def tariff_book(config: TariffBook, state: TaxiLedger) -> TariffBook:
     """Config tariffs plus every tariff rolled out through the API."""
     book = config
     rolled = TariffBook.from_bodies(state.tariff_bodies(), "rolled-out tariffs")
@@ -125,7 +129,7 @@ def tariff_book(config: TariffBook, state: SqliteState) -> TariffBook:
     return book
 
 
-def overdue_findings(state: SqliteState, data: TaxiData, as_of_ms: int) -> dict[str, list[Finding]]:
+def overdue_findings(state: TaxiLedger, data: TaxiData, as_of_ms: int) -> dict[str, list[Finding]]:
     """Meters that had not applied a rolled-out tariff by its deadline (at as_of)."""
     out: dict[str, list[Finding]] = defaultdict(list)
     for version in state.tariff_bodies():
@@ -174,7 +178,7 @@ def decide_taxis(
     data: TaxiData,
     tariffs: TariffBook,
     rules: TaxiRules,
-    state: SqliteState,
+    state: TaxiState,
     as_of_ms: int,
     stamp: tuple[str, str],
     fares: FareCache | None = None,
@@ -232,7 +236,7 @@ def window_start(as_of_ms: int, rules: TaxiRules) -> int:
 
 def evaluate(
     store: TelemetryStore,
-    state: SqliteState,
+    state: TaxiState,
     config_tariffs: TariffBook,
     rules: TaxiRules,
     as_of_ms: int,

@@ -31,10 +31,9 @@ from monitor.api.app import (
     rollout_progress_of,
 )
 from monitor.api.web import charts
-from monitor.core.ports import MeterPoint
+from monitor.core.ports import MeterFilter, MeterPoint
 from monitor.core.schema import ELEC_EVENT, ELEC_READING, TAXI_EVENT, TAXI_TRIP
 from monitor.ingest.telemetry import format_ts, ms_to_datetime
-from monitor.store.state import MeterFilter
 from monitor.taxi.fares import fare_check
 from monitor.taxi.trips import Trip, trips_from_points
 
