@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 Severity = Literal["critical", "major", "minor", "info"]
 AlertKind = Literal["elec", "taxi", "lot", "district"]
 
-DEFAULT_TOPIC = "monitor/alerts/{severity}/{kind}"  # CONTRACT §2
+DEFAULT_TOPIC = "monitor/alerts/{severity}/{kind}"  # docs/mqtt.md
 # Actions that reach receivers; `repeated` only refreshes what escalation will send.
 ROUTED_ACTIONS = frozenset({"opened", "reopened", "resolved", "acknowledged"})
 TOPIC_FIELDS = frozenset({"severity", "kind", "rule", "meter", "lot", "district", "id", "action"})
@@ -693,7 +693,7 @@ class Notifier:
         return judge_response(resp.status_code, resp.headers.get("Retry-After"))
 
     def _publish_each(self, receiver: Receiver, row: Notification) -> None:
-        # The contract's alert topic carries one alert JSON per message (CONTRACT §2, §4),
+        # The contract's alert topic carries one alert JSON per message (docs/mqtt.md),
         # so a group is published alert by alert; the outbox row still succeeds or
         # retries as a whole (a retry may repeat some messages: at least once).
         assert self._publish is not None  # checked in __init__
@@ -769,7 +769,7 @@ class Notifier:
 
 
 def _log_notification(receiver: Receiver, row: Notification) -> None:
-    """One log line per notification (a group too), on `monitor.notify.<receiver>`."""
+    """One log line per notification (a group too), on `monitor.alerts.notify.<receiver>`."""
     shown = "; ".join(str(a.get("message", a.get("id"))) for a in row.alerts[:5])
     more = f" (+{len(row.alerts) - 5} more)" if len(row.alerts) > 5 else ""
     level = logging.INFO if row.action in ("resolved", "acknowledged") else logging.WARNING

@@ -1,4 +1,4 @@
-"""Taxi fare meter rules: distance bias against GNSS, CUSUM, fares, seals (DOMAIN §2).
+"""Taxi fare meter rules: distance bias against GNSS, CUSUM, fares, seals (docs/metrology.md).
 
 Each function takes data and a rule block of `rules.yaml` and returns numbers or
 findings; none of them reads a clock, a store or a file. The evidence per meter is
@@ -10,8 +10,8 @@ findings; none of them reads a clock, a store or a file. The evidence per meter 
 - every fare recomputed from the tariff in force at the trip's end;
 - seal and parameter events and heartbeats, excused only by an open work order.
 
-`taxi_findings` combines them into findings for `monitor.decide.decide_meter` and the
-evidence dict of CONTRACT §4.
+`taxi_findings` combines them into findings for `monitor.core.decision.decide_meter` and the
+evidence dict of docs/decisions.md.
 """
 
 from __future__ import annotations
@@ -39,14 +39,14 @@ Floats = NDArray[np.float64]
 Ints = NDArray[np.int64]
 
 DAY_MS = 86_400_000
-# DOMAIN §2 counts gross trips "in a month"; a month is the 30 days before as_of.
+# Gross trips are counted "in a month" (docs/metrology.md); a month is the 30 days before as_of.
 MONTH_MS = 30 * DAY_MS
 # 1.4826·MAD estimates σ of a normal sample without being moved by outlier trips
 # (GNSS dropouts, pulse injection).
 MAD_TO_SIGMA = 1.4826
-# The standard error of a sample median is √(π/2)·σ/√N ≈ 1.2533·σ/√N (DOMAIN §2).
+# The standard error of a sample median is √(π/2)·σ/√N ≈ 1.2533·σ/√N.
 MEDIAN_SE_FACTOR = math.sqrt(math.pi / 2)
-# Not in rules.yaml (DOMAIN §2 states it as a fact, not a setting): urban GNSS distance
+# Not in rules.yaml (a measured fact, not a setting; docs/metrology.md): urban GNSS distance
 # error per trip lies in −0.4 … +5.5 %. Half its width in log terms (≈ 2.9 %) is the
 # smallest per-trip spread the CUSUM standardises by. Why a floor: GNSS errors cluster
 # by route and weather, so trips are not independent, and a CUSUM with k = 0.5, h = 5
@@ -75,7 +75,7 @@ PPK_REL_TOL = 1e-9
 
 @dataclass(frozen=True)
 class Trip:
-    """One finished trip as stored (CONTRACT §1 `trip`); times in epoch ms."""
+    """One finished trip as stored (the `trip` topic of docs/mqtt.md); times in epoch ms."""
 
     trip_id: str
     start_ms: int
@@ -250,7 +250,7 @@ def robust_sigma(values: Floats) -> float:
 def fleet_median(ratios_by_meter: Mapping[str, Floats], window: int) -> float | None:
     """Median of the log-ratios of every meter's last `window` trips, or None without data.
 
-    Every meter shares the urban GNSS bias (DOMAIN §2: −0.4 … +5.5 %), so subtracting
+    Every meter shares the urban GNSS bias (−0.4 … +5.5 %, Kang et al. 2020), so subtracting
     this median leaves each meter's own distance error.
     """
     pooled = _pooled_tail(ratios_by_meter, window)
@@ -262,7 +262,7 @@ def fleet_sigma(ratios_by_meter: Mapping[str, Floats], window: int) -> float:
 
     1.4826·MAD of the pooled log-ratios (per-trip GNSS scatter plus the spread of the
     meters' own biases; unmoved by tampered meters while they are few), but never below
-    `GNSS_SIGMA_FLOOR`, half the width of DOMAIN's GNSS error band (see there why).
+    `GNSS_SIGMA_FLOOR`, half the width of the urban GNSS error band (see there why).
     """
     spread = robust_sigma(_pooled_tail(ratios_by_meter, window))
     return max(spread, GNSS_SIGMA_FLOOR) if math.isfinite(spread) else GNSS_SIGMA_FLOOR
@@ -278,7 +278,7 @@ def _pct(log_value: float) -> float:
 
 @dataclass(frozen=True)
 class Bias:
-    """A meter's distance error against the fleet (CONTRACT §4 evidence)."""
+    """A meter's distance error against the fleet (evidence of docs/decisions.md)."""
 
     error_pct: float  # 100·(exp(δ) − 1); positive = the meter over-registers
     error_ci_pct: tuple[float, float]  # the rule's `confidence` interval (95 %)
@@ -373,7 +373,7 @@ def _outside_why(bias: Bias, rule: DistanceRule) -> str:
 def extendable(findings: Iterable[Finding]) -> bool:
     """Whether a meter's findings allow a period extension.
 
-    Only on evidence (DOMAIN §2: δ inside the guard band, nothing else found): a
+    Only on evidence (δ inside the guard band, nothing else found): a
     meter with too few trips is `unknown` and keeps its due date, and one whose δ is
     outside the band with an interval reaching back inside (`unproven`) is kept, not
     extended.
@@ -469,7 +469,7 @@ class FareCheck:
     checked: bool  # False when no tariff was in force or the trip cannot be priced
     reported_cny: float
     expected_cny: float | None = None  # the charged fare the tariff gives
-    expected_raw_cny: float | None = None  # the unrounded fare F of CONTRACT §9
+    expected_raw_cny: float | None = None  # the unrounded fare F of docs/mqtt.md
     allowed_cny: tuple[float, float] | None = None  # charged fares the tolerance allows
     diff_cny: float = 0.0  # reported − expected charged
     mismatch: bool = False
@@ -923,7 +923,7 @@ def seal_findings(
 def _bias_findings(
     bias: Bias | None, ratios: TripRatios, median: float | None, rule: DistanceRule
 ) -> list[Finding]:
-    """The bias judgement of DOMAIN §2, or an honest `unknown`."""
+    """The bias judgement of docs/metrology.md, or an honest `unknown`."""
     if median is None:
         return [
             Finding(
@@ -1114,7 +1114,7 @@ def _distance_rules(
     rule: DistanceRule,
     as_of_ms: int,
 ) -> _DistanceResult:
-    """Bias, CUSUM and gross trips of one meter (DOMAIN §2 "evidence per meter")."""
+    """Bias, CUSUM and gross trips of one meter (docs/metrology.md, "Distance against GNSS")."""
     ratios = log_ratios(trips, rule)
     sigma = fleet_sigma if fleet_sigma is not None and fleet_sigma > 0 else GNSS_SIGMA_FLOOR
     gross_30d = sum(1 for ts in ratios.gross_end_ms if ts > as_of_ms - MONTH_MS)
@@ -1138,7 +1138,7 @@ def _evidence(
     fares: FareSummary,
     seals: Sequence[Finding],
 ) -> dict[str, Any]:
-    """The evidence of CONTRACT §4: error_pct, error_ci_pct, n_trips and what else counted."""
+    """The evidence of docs/decisions.md: error_pct, error_ci_pct, n_trips and what else counted."""
     ratios, bias, result = dist.ratios, dist.bias, dist.cusum
     shift = None
     if dist.reference is not None and fleet_median is not None:
@@ -1186,11 +1186,11 @@ def taxi_findings(
     as_of_ms: int,
     fares: FareCache | None = None,
 ) -> tuple[list[Finding], dict[str, Any]]:
-    """All taxi rules for one meter as of `as_of_ms`: findings and CONTRACT §4 evidence.
+    """All taxi rules for one meter as of `as_of_ms`: findings and the evidence of docs/decisions.md.
 
     Only data with event time ≤ as_of counts, so a replay gives the same answer.
     `fleet_median` and `fleet_sigma` come from the functions of those names over the
-    fleet; a missing sigma falls back to the GNSS floor. The states (DOMAIN §2): normal
+    fleet; a missing sigma falls back to the GNSS floor. The states (docs/metrology.md): normal
     inside the guard band with nothing else (also when δ is outside it but its interval
     reaches back inside: not extended, see `bias_zone`); suspect when the whole interval
     is outside it or δ beyond the limit, on a CUSUM alarm, on ≥ gross_trips_per_month
