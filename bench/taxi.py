@@ -16,7 +16,7 @@ through the real path: simulator messages → `parse_message` → `EmbeddedStore
 - "tight": (0.5, 0.2), a fleet in which clean really means inside the guard band.
 
 Each fleet has the simulator's GNSS error (a shared +1.5 % bias and ±1.2 % per trip,
-clipped to DOMAIN's −0.4 … +5.5 %), 15-25 trips a taxi a day and the planted faults of
+clipped to the urban GNSS band −0.4 … +5.5 % of docs/metrology.md), 15-25 trips a taxi a day and the planted faults of
 `FleetSpec`: meters inflated by +2, +5 and +10 %, a pulse injector (×1.5 on 20 % of
 trips), a 10 % fare overcharge, an unauthorised seal break (after one day) and one
 meter that never applies a new tariff. The new tariff is rolled out half way (day
@@ -884,7 +884,7 @@ def explain(runs: Sequence[FleetRun], bands: Bands) -> None:
         )
     print(
         "  Meters above the guard band are *meant* to be sent to verification (resample) and\n"
-        "  those beyond the limit with confidence replaced (DOMAIN §2): in the default spread\n"
+        "  those beyond the limit with confidence replaced (docs/metrology.md): in the default spread\n"
         "  most flags of 'clean' meters are such genuine meters, not false alarms. The false\n"
         f"  alarms are the flags of meters whose true relative error is inside +{guard:g} % (the\n"
         "  'inside guard' rows): in the tight fleet nearly every clean meter is one, so there any\n"

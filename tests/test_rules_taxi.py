@@ -1,4 +1,4 @@
-"""Taxi fare meter rules: each one on data made to trip it or not (DOMAIN §2)."""
+"""Taxi fare meter rules: each one on data made to trip it or not (docs/metrology.md)."""
 
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def noisy(bias_pct: float, n: int, sd_pct: float = 1.0, seed: int = 0) -> np.nda
 
 
 def simulated_meter(rng: np.random.Generator, n: int, noise: str, bias: float = 0.0) -> np.ndarray:
-    """Log-ratios of n usable trips of one meter with the urban GNSS error of DOMAIN §2.
+    """Log-ratios of n usable trips of one meter with the urban GNSS error of docs/metrology.md.
 
     `clipnorm` is the project simulator's model (fleet bias +1.5 %, per-trip scatter
     1.2 %, clipped to −0.4 … +5.5 %); `uniform` spreads every trip over the whole band.
@@ -196,7 +196,7 @@ def test_fleet_sigma_is_robust_and_floored() -> None:
     narrow = {str(i): rng.normal(0.0, 0.01, 100) for i in range(20)}
     assert fleet_sigma(narrow, 100) == GNSS_SIGMA_FLOOR
     assert fleet_sigma({}, 100) == GNSS_SIGMA_FLOOR
-    # half the width of DOMAIN's −0.4 … +5.5 % band, in log terms
+    # half the width of the −0.4 … +5.5 % urban GNSS band, in log terms
     assert pytest.approx((math.log(1.055) - math.log(0.996)) / 2) == GNSS_SIGMA_FLOOR
 
 
@@ -451,7 +451,7 @@ def test_cusum_reference_follows_the_meter_inside_the_guard_band() -> None:
 
 @pytest.mark.parametrize("noise", ["clipnorm", "uniform"])
 def test_cusum_false_alarms_on_clean_meters_over_60_days(noise: str) -> None:
-    """200 clean meters × 1200 usable trips (~60 days) with DOMAIN's GNSS noise.
+    """200 clean meters × 1200 usable trips (~60 days) with the urban GNSS noise of docs/metrology.md.
 
     Measured: seed 60 gives 0 (clipnorm) and 1 (uniform) alarms of 200; over ten seeds
     0 / 2000 and 4 / 2000 (0.2 %). Against the bare fleet median with σ = 1.4826·MAD
@@ -860,7 +860,7 @@ def test_seal_findings_drive_the_decision() -> None:
     )
     assert decision(findings, evidence) == ("keep", "normal")
     assert evidence["seal_findings"] == 0 and evidence["seal_covered"] == 1
-    # a clean meter: evidence of CONTRACT §4
+    # a clean meter: evidence of docs/decisions.md
     findings, evidence = judge(trips, status=[beat(as_of - HOUR)], as_of=as_of)
     assert decision(findings, evidence) == ("keep", "normal")
     for key in ("error_pct", "error_ci_pct", "n_trips", "n_trips_without_gps", "gross_trips_30d"):

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 Severity = Literal["critical", "major", "minor", "info"]
 AlertKind = Literal["elec", "taxi", "lot", "district"]
 
-DEFAULT_TOPIC = "monitor/alerts/{severity}/{kind}"  # CONTRACT §2
+DEFAULT_TOPIC = "monitor/alerts/{severity}/{kind}"  # docs/mqtt.md
 # Actions that reach receivers; `repeated` only refreshes what escalation will send.
 ROUTED_ACTIONS = frozenset({"opened", "reopened", "resolved", "acknowledged"})
 TOPIC_FIELDS = frozenset({"severity", "kind", "rule", "meter", "lot", "district", "id", "action"})

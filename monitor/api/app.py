@@ -1,4 +1,4 @@
-"""The HTTP API of CONTRACT §5 (FastAPI; OpenAPI at /docs)."""
+"""The HTTP API of docs/api.md (FastAPI; OpenAPI at /docs)."""
 
 from __future__ import annotations
 
@@ -265,7 +265,7 @@ def _add_registry(app: FastAPI, ctx: ApiContext) -> None:
         },
     )
     async def post_registry(request: Request) -> JSONResponse:
-        """Add or update meters from CSV (CONTRACT §3 columns) or a JSON list of rows."""
+        """Add or update meters from CSV (the columns of docs/registry.md) or a JSON list of rows."""
         body = await request.body()
         parsed = _parse_registry_body(request.headers.get("content-type", ""), body)
         if parsed.errors:
@@ -399,7 +399,7 @@ def _check_results(results: list[SampleResultIn], drawn: set[str]) -> None:
 
 
 class WorkOrderIn(BaseModel):
-    """An authorised intervention on a meter (CONTRACT §5)."""
+    """An authorised intervention on a meter, open from `from` to `to` (both included)."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -468,7 +468,7 @@ async def _json_object(request: Request) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise HTTPException(400, f"body is not JSON: {exc}") from None
     if not isinstance(body, dict):
-        raise HTTPException(400, "body must be a JSON object: the tariff (CONTRACT §9)")
+        raise HTTPException(400, "body must be a JSON object: the tariff body of docs/mqtt.md")
     return body
 
 

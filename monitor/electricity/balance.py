@@ -1,4 +1,4 @@
-"""The energy-balance estimator of DOMAIN §1, solved by exponentially weighted ridge LS.
+"""The energy-balance estimator of docs/metrology.md, solved by exponentially weighted ridge LS.
 
 Per block j of a district (see `intervals.blocks`):
 
@@ -135,7 +135,7 @@ def daily_line_loss(blocks: Blocks, grid: Grid, zone: tzinfo = UTC) -> list[Dail
 def load_squares(blocks: Blocks) -> FloatArray:
     """Σ_t S(t)² per block, S = the customers' metered consumption in interval t.
 
-    The I²R loss follows the current the customers draw. DOMAIN writes it with
+    The I²R loss follows the current the customers draw. The textbook form writes it with
     the master's y0², but y0 includes the fixed loss, and squaring it folds a
     term 2·γ·L_fix·Σx, collinear with the β's, into the regressor: every error
     comes out shifted by about 2·γ·L_fix/Δt (0.1–0.3 % on simulated feeders).

@@ -47,7 +47,7 @@ class Inbound(NamedTuple):
 def deadletter_body(
     topic: str, payload: bytes, rejection: Rejection, received: float, cap: int
 ) -> bytes:
-    """The dead-letter JSON of CONTRACT §2 (payload base64 when it is not UTF-8)."""
+    """The dead-letter JSON of docs/mqtt.md (payload base64 when it is not UTF-8)."""
     body: dict[str, Any] = {"topic": topic, "reason": rejection.reason, "detail": rejection.detail}
     kept = payload[:cap]
     try:

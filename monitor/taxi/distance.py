@@ -1,4 +1,4 @@
-"""Distance bias against GNSS (DOMAIN §2): per-trip log-ratios, the fleet reference, the
+"""Distance bias against GNSS (docs/metrology.md): per-trip log-ratios, the fleet reference, the
 meter's bias with its interval and where it lies against the guard band and the limit.
 """
 
@@ -23,9 +23,9 @@ Ints = NDArray[np.int64]
 # 1.4826·MAD estimates σ of a normal sample without being moved by outlier trips
 # (GNSS dropouts, pulse injection).
 MAD_TO_SIGMA = 1.4826
-# The standard error of a sample median is √(π/2)·σ/√N ≈ 1.2533·σ/√N (DOMAIN §2).
+# The standard error of a sample median is √(π/2)·σ/√N ≈ 1.2533·σ/√N.
 MEDIAN_SE_FACTOR = math.sqrt(math.pi / 2)
-# Not in rules.yaml (DOMAIN §2 states it as a fact, not a setting): urban GNSS distance
+# Not in rules.yaml (a measured fact, not a setting; docs/metrology.md): urban GNSS distance
 # error per trip lies in −0.4 … +5.5 %. Half its width in log terms (≈ 2.9 %) is the
 # smallest per-trip spread the CUSUM standardises by. Why a floor: GNSS errors cluster
 # by route and weather, so trips are not independent, and a CUSUM with k = 0.5, h = 5
@@ -127,7 +127,7 @@ def robust_sigma(values: Floats) -> float:
 def fleet_median(ratios_by_meter: Mapping[str, Floats], window: int) -> float | None:
     """Median of the log-ratios of every meter's last `window` trips, or None without data.
 
-    Every meter shares the urban GNSS bias (DOMAIN §2: −0.4 … +5.5 %), so subtracting
+    Every meter shares the urban GNSS bias (−0.4 … +5.5 %, Kang et al. 2020), so subtracting
     this median leaves each meter's own distance error.
     """
     pooled = _pooled_tail(ratios_by_meter, window)
@@ -139,7 +139,7 @@ def fleet_sigma(ratios_by_meter: Mapping[str, Floats], window: int) -> float:
 
     1.4826·MAD of the pooled log-ratios (per-trip GNSS scatter plus the spread of the
     meters' own biases; unmoved by tampered meters while they are few), but never below
-    `GNSS_SIGMA_FLOOR`, half the width of DOMAIN's GNSS error band (see there why).
+    `GNSS_SIGMA_FLOOR`, half the width of the urban GNSS error band (see there why).
     """
     spread = robust_sigma(_pooled_tail(ratios_by_meter, window))
     return max(spread, GNSS_SIGMA_FLOOR) if math.isfinite(spread) else GNSS_SIGMA_FLOOR
@@ -155,7 +155,7 @@ def log_to_pct(log_value: float) -> float:
 
 @dataclass(frozen=True)
 class Bias:
-    """A meter's distance error against the fleet (CONTRACT §4 evidence)."""
+    """A meter's distance error against the fleet (evidence of docs/decisions.md)."""
 
     error_pct: float  # 100·(exp(δ) − 1); positive = the meter over-registers
     error_ci_pct: tuple[float, float]  # the rule's `confidence` interval (95 %)
@@ -250,7 +250,7 @@ def outside_why(bias: Bias, rule: DistanceRule) -> str:
 def extendable(findings: Iterable[Finding]) -> bool:
     """Whether a meter's findings allow a period extension.
 
-    Only on evidence (DOMAIN §2: δ inside the guard band, nothing else found): a
+    Only on evidence (δ inside the guard band, nothing else found): a
     meter with too few trips is `unknown` and keeps its due date, and one whose δ is
     outside the band with an interval reaching back inside (`unproven`) is kept, not
     extended.

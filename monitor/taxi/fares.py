@@ -31,7 +31,7 @@ class FareCheck:
     checked: bool  # False when no tariff was in force or the trip cannot be priced
     reported_cny: float
     expected_cny: float | None = None  # the charged fare the tariff gives
-    expected_raw_cny: float | None = None  # the unrounded fare F of CONTRACT §9
+    expected_raw_cny: float | None = None  # the unrounded fare F of docs/mqtt.md
     allowed_cny: tuple[float, float] | None = None  # charged fares the tolerance allows
     diff_cny: float = 0.0  # reported − expected charged
     mismatch: bool = False

@@ -1,4 +1,4 @@
-"""Taxi fare meter rules combined: one meter's findings and evidence (DOMAIN §2).
+"""Taxi fare meter rules combined: one meter's findings and evidence (docs/metrology.md).
 
 Each rule module takes data and a rule block of `rules.yaml` and returns numbers or
 findings; none of them reads a clock, a store or a file. The evidence per meter is
@@ -13,7 +13,7 @@ findings; none of them reads a clock, a store or a file. The evidence per meter 
   (`seals.py`).
 
 `taxi_findings` combines them into findings for `monitor.decide.decide_meter` and the
-evidence dict of CONTRACT §4.
+`taxi_findings` combines them into findings for `monitor.core.decision.decide_meter` and the
 """
 
 from __future__ import annotations
@@ -45,14 +45,14 @@ from monitor.taxi.tariff import TariffBook
 from monitor.taxi.trips import Trip, WorkOrder
 
 DAY_MS = 86_400_000
-# DOMAIN §2 counts gross trips "in a month"; a month is the 30 days before as_of.
+# Gross trips are counted "in a month" (docs/metrology.md); a month is the 30 days before as_of.
 MONTH_MS = 30 * DAY_MS
 
 
 def _bias_findings(
     bias: Bias | None, ratios: TripRatios, median: float | None, rule: DistanceRule
 ) -> list[Finding]:
-    """The bias judgement of DOMAIN §2, or an honest `unknown`."""
+    """The bias judgement of docs/metrology.md, or an honest `unknown`."""
     if median is None:
         return [
             Finding(
@@ -243,7 +243,7 @@ def _distance_rules(
     rule: DistanceRule,
     as_of_ms: int,
 ) -> _DistanceResult:
-    """Bias, CUSUM and gross trips of one meter (DOMAIN §2 "evidence per meter")."""
+    """Bias, CUSUM and gross trips of one meter (docs/metrology.md, "Distance against GNSS")."""
     ratios = log_ratios(trips, rule)
     sigma = fleet_sigma if fleet_sigma is not None and fleet_sigma > 0 else GNSS_SIGMA_FLOOR
     gross_30d = sum(1 for ts in ratios.gross_end_ms if ts > as_of_ms - MONTH_MS)
@@ -267,7 +267,7 @@ def _evidence(
     fares: FareSummary,
     seals: Sequence[Finding],
 ) -> dict[str, Any]:
-    """The evidence of CONTRACT §4: error_pct, error_ci_pct, n_trips and what else counted."""
+    """The evidence of docs/decisions.md: error_pct, error_ci_pct, n_trips and what else counted."""
     ratios, bias, result = dist.ratios, dist.bias, dist.cusum
     shift = None
     if dist.reference is not None and fleet_median is not None:
@@ -317,11 +317,11 @@ def taxi_findings(
     as_of_ms: int,
     fares: FareCache | None = None,
 ) -> tuple[list[Finding], dict[str, Any]]:
-    """All taxi rules for one meter as of `as_of_ms`: findings and CONTRACT §4 evidence.
+    """All taxi rules for one meter as of `as_of_ms`: findings and the evidence of docs/decisions.md.
 
     Only data with event time ≤ as_of counts, so a replay gives the same answer.
     `fleet_median` and `fleet_sigma` come from the functions of those names over the
-    fleet; a missing sigma falls back to the GNSS floor. The states (DOMAIN §2): normal
+    fleet; a missing sigma falls back to the GNSS floor. The states (docs/metrology.md): normal
     inside the guard band with nothing else (also when δ is outside it but its interval
     reaches back inside: not extended, see `bias_zone`); suspect when the whole interval
     is outside it or δ beyond the limit, on a CUSUM alarm, on ≥ gross_trips_per_month

@@ -13,7 +13,7 @@ from monitor.ingest.telemetry import format_ts
 
 @dataclass(frozen=True)
 class Trip:
-    """One finished trip as stored (CONTRACT §1 `trip`); times in epoch ms."""
+    """One finished trip as stored (the `trip` topic of docs/mqtt.md); times in epoch ms."""
 
     trip_id: str
     start_ms: int
