@@ -21,9 +21,16 @@ from monitor.alerts.book import AlertBook, Change, TransitionError
 from monitor.core.ports import MeterFilter, SampleRow, StateStore, TelemetryStore
 from monitor.core.registry import ParsedRows, parse_csv, parse_rows
 from monitor.core.rulebook import RuleBook
-from monitor.core.schema import MEASUREMENTS, TAXI_EVENT, TAXI_STATUS, Measurement, field_owner
+from monitor.core.schema import (
+    ID_PATTERN,
+    MEASUREMENTS,
+    TAXI_EVENT,
+    TAXI_STATUS,
+    Measurement,
+    field_owner,
+)
 from monitor.evaluation.runner import Evaluator
-from monitor.ingest.telemetry import ID_PATTERN, format_ts, parse_ts
+from monitor.ingest.telemetry import format_ts, parse_ts
 from monitor.platform.config import Settings
 from monitor.platform.metrics import Metrics
 from monitor.taxi.rollout import Rollout, applied_at, progress

@@ -122,6 +122,10 @@ class TelemetryStore(Protocol):
         """All points of a (sparse) measurement, e.g. events, in [start, end], by time."""
         ...
 
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until what was written is readable (a buffered store drains); False on timeout."""
+        ...
+
     def health(self) -> StoreHealth:
         """Writable or not, and what is buffered or was dropped."""
         ...

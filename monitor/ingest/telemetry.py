@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,6 +19,7 @@ from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
 from monitor.core.schema import (
     ELEC_EVENT,
     ELEC_READING,
+    ID_PATTERN,
     MEASUREMENTS,
     TAXI_EVENT,
     TAXI_STATUS,
@@ -32,7 +32,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Epoch milliseconds outside 2000..2100 are almost always epoch *seconds* or garbage.
 MIN_TS_MS = 946_684_800_000
 MAX_TS_MS = 4_102_444_800_000
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 ELEC_EVENT_CODES = (
     "cover_open",

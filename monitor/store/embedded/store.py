@@ -588,6 +588,10 @@ class EmbeddedStore:
             out.append(MeterPoint(row[0], row[1], values))
         return out
 
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Nothing to wait for: `write` returns after its transaction committed."""
+        return True
+
     def health(self) -> StoreHealth:
         """Writable unless the last write failed."""
         return StoreHealth(writable=not self._error, backend=self.backend, detail=self._error)
