@@ -20,6 +20,7 @@ from monitor.platform.config import load_settings
 from monitor.platform.metrics import Metrics
 from monitor.store.embedded import EmbeddedStore
 from monitor.store.state import SqliteState
+from tests.helpers import received_live
 
 REPO = Path(__file__).resolve().parent.parent
 TARIFF = yaml.safe_load((REPO / "config" / "tariffs.yaml").read_text())["SH-2022"]
@@ -51,7 +52,7 @@ class Taxi:
 
     def report(self, records: list[Record]) -> None:
         self.store.write(records)
-        self.state.note_seen(summarise_seen(records, 0.0))
+        self.state.note_seen(summarise_seen(records, received_live(records)))
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -45,6 +46,8 @@ class ApiContext:
     publish: Callable[[str, bytes, bool], None] | None = None
     alerts: AlertBook | None = None
     notify: Callable[[Sequence[Change]], None] | None = None
+    # The receive clock (epoch s): requests are validated against it, never decided by it.
+    clock: Callable[[], float] = time.time
 
 
 def district_summary(body: dict[str, Any]) -> dict[str, Any]:
@@ -90,6 +93,24 @@ def _time_param(name: str, value: str | None) -> int | None:
         return parse_ts(int(value) if value.lstrip("-").isdigit() else value)
     except ValueError as exc:
         raise HTTPException(400, f"{name}: {exc}") from None
+
+
+def future_as_of(as_of_ms: int, now_ms: int) -> str | None:
+    """Why an `as_of` after the receive clock is refused, or None when it is not."""
+    if as_of_ms <= now_ms:
+        return None
+    return (
+        f"as_of {format_ts(as_of_ms)} is after the receive clock ({format_ts(now_ms)}): "
+        "a pass in the future finds every meter silent, every lot out of evidence and "
+        "clears every alert; pass force=true to evaluate it anyway"
+    )
+
+
+def refuse_future_as_of(as_of_ms: int, now_ms: int) -> None:
+    """A 400 for an `as_of` after the receive clock."""
+    why = future_as_of(as_of_ms, now_ms)
+    if why is not None:
+        raise HTTPException(400, why)
 
 
 def _readable(exc: RequestValidationError) -> str:
@@ -317,9 +338,18 @@ def _add_evaluation(app: FastAPI, ctx: ApiContext) -> None:
     page_max = ctx.settings.api.page_max
 
     @app.post("/api/evaluate", tags=["evaluation"])
-    def evaluate(as_of: str | None = None) -> dict[str, Any]:
-        """Evaluate everything as of `as_of` (default: the latest telemetry time)."""
+    def evaluate(
+        as_of: str | None = None,
+        force: bool = Query(False, description="evaluate an as_of after the receive clock"),
+    ) -> dict[str, Any]:
+        """Evaluate everything as of `as_of` (default: the latest telemetry time).
+
+        An `as_of` after the present is refused (400) unless `force=true`: a pass
+        there finds every meter silent and clears every alert.
+        """
         as_of_ms = _time_param("as_of", as_of)
+        if as_of_ms is not None and not force:
+            refuse_future_as_of(as_of_ms, int(ctx.clock() * 1000))
         if as_of_ms is None:
             as_of_ms = ctx.evaluator.default_as_of()
         if as_of_ms is None:

@@ -28,6 +28,7 @@ from monitor.core.yamlfile import (
     load_yaml,
     problems_from_validation,
 )
+from monitor.ingest.limits import IngestSettings
 
 # The named variables of docs/configuration.md and the setting each one overrides.
 ENV_ALIASES: dict[str, KeyPath] = {
@@ -228,6 +229,7 @@ class Settings(_Section):
     api: ApiSettings = ApiSettings()
     scheduling: SchedulingSettings = SchedulingSettings()
     alerts: AlertSettings = AlertSettings()
+    ingest: IngestSettings = IngestSettings()
 
     @property
     def rules_file(self) -> Path:
