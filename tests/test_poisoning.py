@@ -329,9 +329,11 @@ def test_the_district_map_follows_registry_changes(running: Running) -> None:
 def test_a_registry_import_by_another_process_reaches_the_running_worker(
     running: Running, tmp_path: Path
 ) -> None:
+    running.send(*reading(0, meter="M7", district="TA1"))  # unregistered yet: stored
+    running.settle(1, 0)
     other = SqliteState(tmp_path / "data" / "state.sqlite")  # as `monitor registry import`
     other.upsert_meters(parse_rows([{"meter_id": "M7", "kind": "elec", "district": "TA3"}]).rows)
     other.close()
-    running.send(*reading(0, meter="M7", district="TA1"))
-    running.settle(1, 1)
-    assert running.dead.json()[0]["reason"] == "district_mismatch"
+    running.send(*reading(1, meter="M7", district="TA1"))
+    running.settle(2, 1)
+    assert [d["reason"] for d in running.dead.json()] == ["district_mismatch"]
