@@ -112,8 +112,9 @@ class IngestWorker:
         clock: Callable[[], float] = time.time,
         ingest: IngestSettings | None = None,
     ) -> None:
-        """`clock` is the receive clock (epoch s): it stamps each message as it arrives
-        and is what timestamps are validated against (injectable for tests)."""
+        """`clock` is the receive clock (epoch s): timestamps are validated against it
+        and it stamps when meters were last heard from (injectable: tests, the demo's
+        simulated world). Ingest lag and dead letters keep the wall clock."""
         self._s = settings
         self._limits = Limits.of(ingest or IngestSettings())
         self._districts: dict[str, str] = {}  # registered meter → its district
@@ -175,7 +176,7 @@ class IngestWorker:
             log.warning("disconnected from broker (%s); paho reconnects with backoff", reason)
 
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
-        self._inbox.put(Inbound(msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._clock()))
+        self._inbox.put(Inbound(msg.topic, bytes(msg.payload), msg.mid, msg.qos, time.time()))
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -280,6 +281,7 @@ class IngestWorker:
         ignored = 0
         root, cap = self._s.topic_root, self._s.max_payload_bytes
         known, limits, districts = self._kinds, self._limits, self._districts
+        received_ms = int(self._clock() * 1000)  # one reading per batch
         for msg in batch:
             topic = msg.topic
             kind = known.get(topic)
@@ -288,9 +290,7 @@ class IngestWorker:
                 if len(known) < _KINDS_CACHED:
                     known[topic] = kind
             kinds[kind] += 1
-            result = parse_message(
-                topic, msg.payload, root, cap, limits, int(msg.received * 1000), districts
-            )
+            result = parse_message(topic, msg.payload, root, cap, limits, received_ms, districts)
             if result is None:
                 ignored += 1
             elif isinstance(result, Rejection):
