@@ -85,7 +85,7 @@ def cmd_evaluate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     store = open_store(settings.storage, Metrics())
     state = SqliteState(settings.storage.data_dir / "state.sqlite")
     try:
-        book_of_tariffs = load_tariffs(settings.tariffs_file)
+        book_of_tariffs = load_tariffs(settings.tariffs_file, settings.scheduling.timezone)
         evaluator = Evaluator(
             store, state, tariffs=lambda: book_of_tariffs, zone=settings.scheduling.zone
         )
@@ -117,7 +117,7 @@ def cmd_rules_backtest(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     store = open_store(settings.storage, Metrics())
     state = SqliteState(settings.storage.data_dir / "state.sqlite")
     try:
-        book_of_tariffs = load_tariffs(settings.tariffs_file)
+        book_of_tariffs = load_tariffs(settings.tariffs_file, settings.scheduling.timezone)
         evaluator = Evaluator(
             store, state, tariffs=lambda: book_of_tariffs, zone=settings.scheduling.zone
         )

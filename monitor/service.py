@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,7 @@ class Service:
         """Start everything but the HTTP server; config files are validated first."""
         s = self.settings
         rules = HotFile(s.rules_file, load_rules)
-        tariffs = HotFile(s.tariffs_file, load_tariffs)
+        tariffs = HotFile(s.tariffs_file, partial(load_tariffs, zone=s.scheduling.timezone))
         self.data_dir.mkdir(parents=True, exist_ok=True)
         broker, address, mqtt = None, None, s.mqtt
         if s.mqtt.url is None:

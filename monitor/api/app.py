@@ -507,7 +507,9 @@ def _start_rollout(ctx: ApiContext, version: str, body: dict[str, Any]) -> dict[
         raise HTTPException(400, f"version {version!r} is not [A-Za-z0-9_.:-]{{1,64}}")
     meters = body.pop("meters", None)
     try:
-        tariff = Tariff.model_validate(body)
+        # Named explicitly before it is stored and sent, so that a meter and every
+        # later pass read the night window in the same zone.
+        tariff = Tariff.model_validate(body).in_zone(ctx.settings.scheduling.timezone)
     except ValidationError as exc:
         raise HTTPException(422, "tariff refused, nothing stored: " + _explain(exc)) from None
     if ctx.state.tariff(version) is not None:
