@@ -315,6 +315,14 @@ def test_inbox_acknowledge_changes_the_alert(site: Site, browser: Any) -> None:
     p.done()
     acked = Page(browser, site, "/alerts?status=acknowledged")
     assert acked.text(f"status-{first['id']}") == "acknowledged"
+    # both clocks, labelled, for every step (event time first, as the alert's own times)
+    step = after["history"][-1]
+    assert step["event_time"] >= after["last_seen"] and step["recorded_at"]
+    acked.page.locator(f"tr[data-alert='{first['id']}'] summary").click()
+    history = acked.text(f"history-{first['id']}")
+    assert f"event time {step['event_time']} · recorded {step['recorded_at']} (wall clock)" in (
+        history
+    )
     acked.done()
 
 

@@ -8,7 +8,6 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from fastapi import FastAPI, HTTPException, Query, Request
@@ -635,11 +634,12 @@ def _add_alerts(app: FastAPI, ctx: ApiContext) -> None:
     def act(
         alert_id: int, action: Literal["ack", "resolve"], body: AlertActionIn
     ) -> dict[str, Any]:
-        # People act now: their step is stamped with the wall clock (an audit time,
-        # not an input to any decision).
-        at = datetime.now(UTC).isoformat(timespec="seconds")
+        # A person acts at the newest telemetry time (event clock, like every other
+        # step); the book records the wall clock beside it, as an audit time.
         try:
-            change = book().act(alert_id, action, body.actor, body.comment, at)
+            change = book().act(
+                alert_id, action, body.actor, body.comment, ctx.state.latest_event_ts()
+            )
         except KeyError:
             raise HTTPException(404, f"no alert {alert_id}") from None
         except TransitionError as exc:
