@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -26,7 +25,7 @@ from monitor.api.app import ApiContext, create_app
 from monitor.api.web import mount_web
 from monitor.core.ports import StateStore, TelemetryStore
 from monitor.core.rulebook import RuleBook, load_rules
-from monitor.evaluation.runner import Evaluator
+from monitor.evaluation.runner import Evaluator, decision_publisher
 from monitor.ingest.worker import IngestWorker
 from monitor.platform.broker import EmbeddedBroker
 from monitor.platform.config import Settings, split_host_port
@@ -106,15 +105,7 @@ class Service:
         state = SqliteState(self.data_dir / "state.sqlite")
         worker = IngestWorker(mqtt, address, store, state, self.metrics, self.clock, s.ingest)
         worker.start()
-        root = s.mqtt.decisions_topic_root
-
-        def publish_decision(suffix: str, body: dict[str, Any]) -> None:
-            payload = json.dumps(body, separators=(",", ":")).encode()
-            try:
-                worker.publish(f"{root}/{suffix}", payload, retain=True)
-            except ConnectionError as exc:
-                # Decisions are stored; the retained copy is refreshed by the next pass.
-                log.warning("decision not published: %s", exc)
+        publish_decision = decision_publisher(worker.publish, s.mqtt.decisions_topic_root)
 
         alerts = AlertBook(self.data_dir / "state.sqlite", int(s.alerts.clear_after_h * 3_600_000))
 

@@ -22,7 +22,8 @@ from monitor.core.ports import MeterFilter, SampleRow, StateStore, TelemetryStor
 from monitor.core.registry import ParsedRows, parse_csv, parse_rows
 from monitor.core.rulebook import RuleBook
 from monitor.core.schema import MEASUREMENTS, TAXI_EVENT, TAXI_STATUS, Measurement, field_owner
-from monitor.evaluation.runner import Evaluator
+from monitor.evaluation.report import worth_showing
+from monitor.evaluation.runner import Evaluator, future_as_of
 from monitor.ingest.telemetry import ID_PATTERN, format_ts, parse_ts
 from monitor.platform.config import Settings
 from monitor.platform.metrics import Metrics
@@ -92,17 +93,6 @@ def _time_param(name: str, value: str | None) -> int | None:
         return parse_ts(int(value) if value.lstrip("-").isdigit() else value)
     except ValueError as exc:
         raise HTTPException(400, f"{name}: {exc}") from None
-
-
-def future_as_of(as_of_ms: int, now_ms: int) -> str | None:
-    """Why an `as_of` after the receive clock is refused, or None when it is not."""
-    if as_of_ms <= now_ms:
-        return None
-    return (
-        f"as_of {format_ts(as_of_ms)} is after the receive clock ({format_ts(now_ms)}): "
-        "a pass in the future finds every meter silent, every lot out of evidence and "
-        "clears every alert; pass force=true to evaluate it anyway"
-    )
 
 
 def refuse_future_as_of(as_of_ms: int, now_ms: int) -> None:
@@ -340,6 +330,11 @@ def _add_evaluation(app: FastAPI, ctx: ApiContext) -> None:
     def evaluate(
         as_of: str | None = None,
         force: bool = Query(False, description="evaluate an as_of after the receive clock"),
+        decisions: Literal["none", "findings", "all"] = Query(
+            "none",
+            description="also return the pass's decisions: lots and the meters with a "
+            "finding, or every meter (what `monitor evaluate` prints)",
+        ),
     ) -> dict[str, Any]:
         """Evaluate everything as of `as_of` (default: the latest telemetry time).
 
@@ -353,7 +348,15 @@ def _add_evaluation(app: FastAPI, ctx: ApiContext) -> None:
             as_of_ms = ctx.evaluator.default_as_of()
         if as_of_ms is None:
             raise HTTPException(409, "no telemetry yet and no as_of given: nothing to evaluate")
-        return ctx.evaluator.run(as_of_ms, ctx.rules()).summary()
+        result = ctx.evaluator.run(as_of_ms, ctx.rules())
+        summary = result.summary()
+        if decisions != "none":
+            meters = result.meters.values()
+            summary["decisions"] = {
+                "meters": [d.as_dict() for d in meters if decisions == "all" or worth_showing(d)],
+                "lots": [d.as_dict() for d in result.lots.values()],
+            }
+        return summary
 
     @app.get("/api/districts", tags=["evaluation"])
     def districts(
