@@ -21,7 +21,7 @@ from typing import Any, TextIO
 import httpx
 
 from monitor.alerts.book import AlertBook, Change
-from monitor.alerts.notify import Notifier
+from monitor.alerts.notifier import Notifier
 from monitor.core.decision import decision_from_dict
 from monitor.core.rulebook import load_rules
 from monitor.evaluation.report import print_evaluation, print_report
