@@ -44,7 +44,7 @@ class Range(_Section):
 
 
 class ElecReadingBounds(_Section):
-    """Plausible values of an electricity reading (CONTRACT §1 fields)."""
+    """Plausible values of an electricity reading (its fields: docs/mqtt.md)."""
 
     # An 8-digit register (99 999 999 kWh) outlasts the master meter of the largest
     # transformer area for decades; a value above it is a fault, not consumption.
