@@ -111,6 +111,11 @@ def test_bounds_come_from_monitor_yaml_and_the_environment(tmp_path: Path) -> No
     )
 
 
+def test_the_shipped_monitor_yaml_states_the_built_in_bounds() -> None:
+    # config/monitor.yaml documents the defaults; it must not drift from them.
+    assert load_settings(REPO / "config", {}).ingest == IngestSettings()
+
+
 @pytest.mark.parametrize(
     ("text", "reason"),
     [
