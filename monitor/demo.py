@@ -363,6 +363,7 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
     """`monitor demo`: the service plus a simulated fleet (history in bulk, then live)."""
     from monitor.service import Service
 
+    started = time.monotonic()
     service = Service(settings)
     service.bind_http()
     parts = service.start()
@@ -377,7 +378,7 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
     stop = threading.Event()
     demo = threading.Thread(
         target=_demo_thread,
-        args=(service, fleet, history_end, args, stop),
+        args=(service, fleet, history_end, args, stop, started),
         name="demo",
         daemon=True,
     )
@@ -418,8 +419,8 @@ def _demo_thread(
             alerts_open = sum(parts.alerts.open_by_severity().values())
             print(first_pass_text(summary, alerts_open, service.settings.api.http), flush=True)
             print(
-                f"first pass {time.monotonic() - started:.0f} s after the history started "
-                f"loading; evaluating again every {args.evaluate_every_min:g} min",
+                f"first pass {time.monotonic() - started:.0f} s after the demo started; "
+                f"evaluating again every {args.evaluate_every_min:g} min",
                 flush=True,
             )
         service.schedule_evaluation(args.evaluate_every_min * 60)
