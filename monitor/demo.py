@@ -377,8 +377,7 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
     parts.state.upsert_meters(parse_rows(fleet.registry_rows()).rows)
     stop = threading.Event()
     demo = threading.Thread(
-        target=_demo_thread,
-        args=(service, fleet, history_end, args, stop, started),
+        target=lambda: _demo_thread(service, fleet, history_end, args, stop, started),
         name="demo",
         daemon=True,
     )
@@ -403,10 +402,10 @@ def _demo_thread(
     history_end: int,
     args: argparse.Namespace,
     stop: threading.Event,
+    started: float,
 ) -> None:
     parts = service.parts
     assert parts is not None
-    started = time.monotonic()
     try:
         loaded = load_history(parts.worker, fleet, history_end, ProgressLine(sys.stdout))
         print(
