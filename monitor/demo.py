@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import paho.mqtt.client as paho
 
+from monitor.core.clock import DAY_MS, HOUR_MS
 from monitor.core.registry import parse_rows
 from monitor.ingest.telemetry import parse_ts
 from monitor.ingest.worker import IngestWorker
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
     from monitor.service import Service
 
 log = logging.getLogger(__name__)
-DAY_MS = 86_400_000
 _ACK_WAIT_S = 60.0  # at the end, how long to wait for the broker's last acknowledgements
 
 
@@ -368,7 +368,7 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
     service.bind_http()
     parts = service.start()
     now_ms = int(time.time() * 1000)
-    history_end = now_ms - int(args.catch_up_hours * 3_600_000)
+    history_end = now_ms - int(args.catch_up_hours * HOUR_MS)
     if args.start:
         history_end = parse_ts(args.start) + int(args.backfill_days * DAY_MS)
     fleet = Fleet(demo_spec(args, history_end))
