@@ -11,6 +11,7 @@ from pathlib import Path
 
 from monitor.core.yamlfile import ConfigError
 from monitor.platform.config import Settings, config_dir_from_env, load_settings
+from monitor.platform.listen import StartupError
 
 log = logging.getLogger("monitor")
 
@@ -24,6 +25,7 @@ def cmd_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from monitor.service import Service
 
     service = Service(_settings(args, env))
+    service.bind_http()
     service.start()
     try:
         service.serve_http()
@@ -33,7 +35,7 @@ def cmd_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    """The service plus a simulated fleet publishing to it."""
+    """The service plus a simulated fleet: weeks of history loaded at once, then live telemetry."""
     from monitor.demo import run_demo
 
     code: int = run_demo(_settings(args, env), args)
@@ -150,34 +152,111 @@ def cmd_rules_check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return 0
 
 
+EXIT_CODES = """\
+exit codes:
+  0    done
+  1    the command did not do what was asked (registry rows refused, nothing to
+       evaluate, simulated messages the broker did not acknowledge)
+  2    bad arguments or a configuration file refused (file, line, key, reason)
+  3    the service could not start: a port it needs is in use, or the embedded
+       broker did not come up (one line on stderr says which and what to set)
+  130  interrupted (Ctrl-C)
+"""
+
+REGISTRY_COLUMNS = """\
+CSV columns (header row required; meter_id and kind required, the rest may be empty):
+  meter_id        the meter's id as in its MQTT topics (letters, digits, - _ .)
+  kind            elec or taxi
+  role            elec only: customer or master (the district's master meter)
+  district        elec only: the transformer area (district) id
+  lot             delivery lot (same manufacturer, model, class, delivery batch)
+  manufacturer    free text
+  model           free text
+  accuracy_class  elec: 0.2S 0.5S 0.5 1 2 3 or A B C D
+  installed_on    YYYY-MM-DD
+  verified_on     YYYY-MM-DD, the last (initial or periodic) verification
+  period_years    verification period in years (1..30): the due date is
+                  verified_on (else installed_on) + period_years
+  plate           taxi only: the vehicle's plate
+Rows are upserted by meter_id; a file with any bad row imports nothing.
+"""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """The default after each option's help (unless the help says it), epilogs as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "(default" in text
+            or not action.option_strings
+            or action.default in (None, False, argparse.SUPPRESS)
+        ):
+            return text
+        return text + " (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(prog="monitor", description=__doc__)
-    parser.add_argument("--log-level", default="INFO")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="monitor",
+        description="meter-state monitor: decides from their own telemetry which electricity "
+        "and taxi fare meters stay in service (extend), get sample-checked (resample) or "
+        "replaced (replace).",
+        epilog=EXIT_CODES,
+        formatter_class=_Formatter,
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        help="log level: DEBUG, INFO, WARNING or ERROR",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        parent: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        doc: str | None,
+        epilog: str | None = None,
+    ) -> argparse.ArgumentParser:
+        return parent.add_parser(
+            name, help=doc, description=doc, epilog=epilog, formatter_class=_Formatter
+        )
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--config", type=Path, default=None, help="config folder (MONITOR_CONFIG)")
+        p.add_argument(
+            "--config",
+            type=Path,
+            default=None,
+            help="config folder with monitor.yaml, rules.yaml, tariffs.yaml "
+            "(default: $MONITOR_CONFIG, else ./config)",
+        )
         return p
 
-    with_config(sub.add_parser("run", help=cmd_run.__doc__)).set_defaults(func=cmd_run)
-    demo = with_config(sub.add_parser("demo", help=cmd_demo.__doc__))
+    with_config(command(sub, "run", cmd_run.__doc__, EXIT_CODES)).set_defaults(func=cmd_run)
+    demo = with_config(command(sub, "demo", cmd_demo.__doc__, EXIT_CODES))
     demo.set_defaults(func=cmd_demo)
-    sim = sub.add_parser("simulate", help=cmd_simulate.__doc__)
-    sim.add_argument("--broker", required=True, help="mqtt://host:port")
+    _fleet_arguments(demo)
+    _demo_arguments(demo)
+    sim = command(sub, "simulate", cmd_simulate.__doc__, EXIT_CODES)
+    sim.add_argument("--broker", required=True, help="the broker to publish to: mqtt://host:port")
     sim.set_defaults(func=cmd_simulate)
-    for p in (demo, sim):
-        _fleet_arguments(p)
+    _fleet_arguments(sim)
+    _simulate_arguments(sim)
 
-    registry = sub.add_parser("registry", help="the meter registry").add_subparsers(
-        dest="action", required=True
+    registry = command(sub, "registry", "the meter registry").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
     )
-    imp = with_config(registry.add_parser("import", help=cmd_registry_import.__doc__))
-    imp.add_argument("file")
+    imp = with_config(command(registry, "import", cmd_registry_import.__doc__, REGISTRY_COLUMNS))
+    imp.add_argument("file", help="registry CSV (UTF-8), columns below")
     imp.set_defaults(func=cmd_registry_import)
 
-    ev = with_config(sub.add_parser("evaluate", help=cmd_evaluate.__doc__))
-    ev.add_argument("--as-of", default=None, help="RFC 3339 or epoch ms; default: latest telemetry")
+    ev = with_config(command(sub, "evaluate", cmd_evaluate.__doc__))
+    ev.add_argument(
+        "--as-of",
+        default=None,
+        help="evaluate as of this time, RFC 3339 or epoch ms (default: the latest telemetry time)",
+    )
     ev.add_argument("--all", action="store_true", help="list every meter, not only findings")
     ev.add_argument(
         "--force", action="store_true", help="evaluate an --as-of after the present anyway"
@@ -191,36 +270,105 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.set_defaults(func=cmd_evaluate)
 
-    rules = sub.add_parser("rules", help="the rules file").add_subparsers(
-        dest="action", required=True
+    rules = command(sub, "rules", "the rules file").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
     )
-    check = with_config(rules.add_parser("check", help=cmd_rules_check.__doc__))
-    check.add_argument("file", nargs="?")
+    check = with_config(command(rules, "check", cmd_rules_check.__doc__))
+    check.add_argument(
+        "file", nargs="?", help="rules file to check (default: the one in force, config/rules.yaml)"
+    )
     check.set_defaults(func=cmd_rules_check)
-    back = with_config(rules.add_parser("backtest", help=cmd_rules_backtest.__doc__))
+    back = with_config(command(rules, "backtest", cmd_rules_backtest.__doc__))
     back.add_argument("file", nargs="?", help="candidate rules file (default: the one in force)")
-    back.add_argument("--since", type=int, default=7, help="days of history to replay")
+    back.add_argument(
+        "--since", type=int, default=7, help="days of history to replay, one pass a day"
+    )
     back.set_defaults(func=cmd_rules_backtest)
     return parser
 
 
 def _fleet_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--districts", type=int, default=3)
-    p.add_argument("--meters-per-district", type=int, default=50)
-    p.add_argument("--taxis", type=int, default=20)
-    p.add_argument("--speed", type=float, default=60.0, help="simulated seconds per wall second")
+    """The simulated fleet: its size, randomness and delivery defects."""
     p.add_argument(
-        "--start", default=None, help="simulated start (RFC 3339); default: now - backfill"
+        "--seed", type=int, default=1, help="random seed: same seed, same fleet and faults"
     )
-    p.add_argument("--backfill-days", type=float, default=1.0, help="history published at once")
-    p.add_argument("--duration-days", type=float, default=None, help="stop after this much")
-    p.add_argument("--resolution-kwh", type=float, default=0.001, help="register resolution")
-    p.add_argument("--missing", type=float, default=0.01, help="share of readings never sent")
-    p.add_argument("--duplicates", type=float, default=0.005, help="share sent twice")
-    p.add_argument("--disorder", type=float, default=0.01, help="share sent late")
-    p.add_argument("--registry-out", type=Path, default=None, help="write the fleet's registry CSV")
-    p.add_argument("--topic-root", default="meters")
+    p.add_argument(
+        "--districts", type=int, default=3, help="electricity districts (transformer areas)"
+    )
+    p.add_argument(
+        "--meters-per-district",
+        type=int,
+        default=50,
+        help="customer meters per district (plus one master meter each)",
+    )
+    p.add_argument("--taxis", type=int, default=20, help="taxi fare meters")
+    p.add_argument(
+        "--start",
+        default=None,
+        help="simulated start, RFC 3339 (default: computed from the wall clock so that "
+        "the history ends in the past)",
+    )
+    p.add_argument(
+        "--duration-days",
+        type=float,
+        default=None,
+        help="stop after this much simulated time (default: run until stopped)",
+    )
+    p.add_argument("--resolution-kwh", type=float, default=0.001, help="register resolution (kWh)")
+    p.add_argument(
+        "--missing", type=float, default=0.01, help="share of readings the meters never send"
+    )
+    p.add_argument("--duplicates", type=float, default=0.005, help="share of messages sent twice")
+    p.add_argument("--disorder", type=float, default=0.01, help="share of messages sent late")
+    p.add_argument(
+        "--registry-out", type=Path, default=None, help="also write the fleet's registry CSV here"
+    )
+    p.add_argument("--topic-root", default="meters", help="first level of the telemetry topics")
+
+
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--backfill-days",
+        type=float,
+        default=35.0,
+        help="days of history loaded in bulk at start (through the ingest validation, not "
+        "over MQTT), so that the first evaluation has enough data",
+    )
+    p.add_argument(
+        "--catch-up-hours",
+        type=float,
+        default=24.0,
+        help="simulated hours between the end of the history and now, published live over "
+        "MQTT at --speed; after that the fleet runs in real time",
+    )
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=60.0,
+        help="simulated seconds per wall second while catching up (never ahead of now)",
+    )
+    p.add_argument(
+        "--evaluate-every-min",
+        type=float,
+        default=5.0,
+        help="evaluate right after the history is loaded, then every this many minutes",
+    )
+
+
+def _simulate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--backfill-days",
+        type=float,
+        default=1.0,
+        help="days of history published at once over MQTT (QoS 1, as fast as the broker "
+        "acknowledges) before the live stream",
+    )
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=60.0,
+        help="simulated seconds per wall second after the backfill",
+    )
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
@@ -237,5 +385,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except ConfigError as exc:
         print(f"configuration refused:\n{exc}", file=sys.stderr)
         return 2
+    except StartupError as exc:
+        print(f"monitor: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         return 130

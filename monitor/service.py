@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +30,7 @@ from monitor.evaluation.runner import Evaluator, decision_publisher
 from monitor.ingest.worker import IngestWorker
 from monitor.platform.broker import EmbeddedBroker
 from monitor.platform.config import Settings, split_host_port
+from monitor.platform.listen import listen_socket
 from monitor.platform.metrics import Metrics, RateSampler
 from monitor.platform.mqtt import BrokerAddress, parse_broker_url
 from monitor.platform.reload import HotFile
@@ -77,6 +79,7 @@ class Service:
         self.parts: Components | None = None
         self._scheduler = BackgroundScheduler(timezone=settings.scheduling.timezone)
         self._http: uvicorn.Server | None = None
+        self._http_socket: socket.socket | None = None
         self._reported: dict[Path, int] = {}
         self._started = time.monotonic()
         self._ingest_rate = RateSampler()
@@ -179,6 +182,18 @@ class Service:
         log.info("evaluation as of %s: %s", summary["as_of"], summary["meter_decisions"])
         return summary
 
+    def schedule_evaluation(self, every_s: float) -> None:
+        """Also evaluate every `every_s` seconds (the demo's short schedule), beside the cron."""
+        self._scheduler.add_job(
+            self.evaluate_latest,
+            "interval",
+            seconds=every_s,
+            id="evaluate-every",
+            max_instances=1,
+            coalesce=True,
+            replace_existing=True,
+        )
+
     def _deliver(self) -> None:
         """Drain the notification outbox: tick until nothing more goes out."""
         if self.parts is None:
@@ -263,13 +278,24 @@ class Service:
         mount_web(app, ctx)
         return app
 
+    def bind_http(self) -> None:
+        """Take the API's port now: a port in use is refused (StartupError, one line)
+        before the broker and the worker start, and no banner claims otherwise."""
+        if self._http_socket is None:
+            host, port = split_host_port(self.settings.api.http)
+            self._http_socket = listen_socket(
+                host, port, "the API", "set MONITOR_HTTP to a free host:port"
+            )
+
     def serve_http(self) -> None:
         """Serve the API until SIGINT/SIGTERM (in the main thread) or `stop()`."""
+        self.bind_http()
+        assert self._http_socket is not None
         host, port = split_host_port(self.settings.api.http)
-        config = uvicorn.Config(self.app(), host=host, port=port, log_level="warning")
+        config = uvicorn.Config(self.app(), log_level="warning")
         self._http = uvicorn.Server(config)
         log.info("API on http://%s:%d (OpenAPI at /docs)", host, port)
-        self._http.run()
+        self._http.run(sockets=[self._http_socket])
 
     def serve_http_in_thread(self) -> threading.Thread:
         """Serve the API from a background thread (tests, demo)."""
@@ -281,6 +307,9 @@ class Service:
         """Stop in reverse order: HTTP, scheduler, worker (drains), store, state, broker."""
         if self._http is not None:
             self._http.should_exit = True
+        if self._http_socket is not None:
+            self._http_socket.close()
+            self._http_socket = None
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
         if self.parts is None:

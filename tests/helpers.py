@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from monitor.core.schema import Record
+from monitor.core.schema import MEASUREMENTS, Record
 from monitor.platform.mqtt import parse_broker_url
 
 BASE_MS = 1772294400000  # 2026-03-01T00:00:00+08:00
@@ -121,3 +123,51 @@ def reading(i: int, meter: str = "M1", district: str = "TA1") -> tuple[str, dict
             "seq": i,
         },
     )
+
+
+class Counter:
+    """A subscriber keeping the distinct payloads (and every copy) it receives."""
+
+    def __init__(self, url: str, topic: str, client_id: str) -> None:
+        addr = parse_broker_url(url)
+        self.payloads: set[bytes] = set()
+        self.copies: list[tuple[str, bytes, bool]] = []
+        self._lock = threading.Lock()
+        ready = threading.Event()
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311
+        )
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: ready.set()
+        self.client.connect(addr.host, addr.port)
+        self.client.subscribe(topic, qos=1)
+        self.client.loop_start()
+        assert ready.wait(10), "subscription not acknowledged"
+
+    def _on_message(self, _c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
+        with self._lock:
+            self.payloads.add(bytes(msg.payload))
+            self.copies.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.payloads)
+
+    def has(self, payload: bytes) -> bool:
+        with self._lock:
+            return payload in self.payloads
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def stored_rows(data_dir: Path) -> int:
+    """Rows in the embedded telemetry store, every measurement (a duplicate overwrites)."""
+    db = sqlite3.connect(f"file:{data_dir / 'telemetry.sqlite'}?mode=ro", uri=True)
+    try:
+        return sum(
+            db.execute(f"SELECT count(*) FROM {name}").fetchone()[0] for name in MEASUREMENTS
+        )
+    finally:
+        db.close()

@@ -242,6 +242,15 @@ class Mosquitto:
         self.stop()
         self.start()
 
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open, nothing is read or acknowledged until resume()."""
+        assert self._proc.proc is not None
+        self._proc.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._proc.proc is not None
+        self._proc.proc.send_signal(signal.SIGCONT)
+
     def log_tail(self, lines: int = 40) -> str:
         return _tail(self.log, lines)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from monitor.ingest.telemetry import parse_ts
 from monitor.simulate import Fleet, FleetSpec, SimMessage, run_paced, write_registry_csv
 from monitor.taxi.tariff import SHANGHAI_2022, TariffBook, charged_fare_cny
 
@@ -292,6 +293,16 @@ def test_delivery_rates_are_near_the_spec(
     assert late / len(received) == pytest.approx(spec.disorder_rate, rel=0.25)
 
 
+def test_delivery_counts_say_what_was_never_sent(clean: tuple[Fleet, list[SimMessage]]) -> None:
+    _, sent = clean  # no delivery defects: every message made
+    fleet = Fleet(FleetSpec(start_ms=START, duplicate_rate=0, disorder_rate=0, missing_rate=0.05))
+    received = list(fleet.messages(START, START + SPAN))
+    counts = fleet.delivery_counts
+    assert counts.produced == len(sent)
+    assert counts.withheld == len(sent) - len(received) > 0
+    assert counts.duplicated == counts.delayed == 0
+
+
 # --- payloads ---------------------------------------------------------------------------
 
 
@@ -514,6 +525,31 @@ def test_run_paced_publishes_each_message_once_its_time_has_come() -> None:
     live = next(i for i, m in enumerate(expected) if m.event_ms >= START + backfill)
     assert live > 100
     assert all(sim_now == START + backfill for sim_now, _, _ in published[:live])
+
+
+def test_run_paced_never_runs_ahead_of_now() -> None:
+    """Caught up with the present, a fleet publishes in real time: nothing is future-dated."""
+    clock, speed = FakeClock(), 3600.0
+    present_s = (START + 2 * HOUR) / 1000  # two simulated hours to catch up, then real time
+    sent: list[tuple[float, int]] = []  # (now, the message's ts), epoch ms
+
+    def now_s() -> float:
+        return present_s + clock.now
+
+    def publish(topic: str, body: bytes) -> None:
+        sent.append((now_s() * 1000, parse_ts(json.loads(body)["ts"])))
+
+    fleet = Fleet(FleetSpec(start_ms=START, districts=1, meters_per_district=(2, 2), taxis=0))
+    end = START + 4 * HOUR
+    count = run_paced(
+        fleet, publish, START, speed, threading.Event(), end, 0, clock, clock.sleep, now_s
+    )
+    assert count == len(sent) > 0
+    assert all(now_ms >= ts_ms for now_ms, ts_ms in sent)
+    # The first two hours went out at 3600x (two wall seconds), the rest in real time:
+    # the last reading (at the last quarter hour before `end`) waited for its own time.
+    assert 2 * 3600 - 15 * 60 <= clock.now < 2 * 3600
+    assert sent[-1][0] - sent[-1][1] < 1000
 
 
 def test_run_paced_stops_when_told() -> None:

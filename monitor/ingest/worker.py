@@ -215,6 +215,14 @@ class IngestWorker:
         self._client.loop_stop()
         self._metrics.broker_connected.set(0)
 
+    def submit(self, topic: str, payload: bytes) -> None:
+        """Process a message that did not come over MQTT (a bulk load of history) exactly
+        as one that did: validated, stored, dead-lettered and counted in `processed`.
+
+        Unbounded: a caller with much to submit waits while `submitted - processed` is large.
+        """
+        self._inbox.put(Inbound(topic, payload, 0, 0, time.time()))  # QoS 0: nothing to ack
+
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
         """Publish QoS 1 on the worker's connection; raise when it cannot be handed on.
 

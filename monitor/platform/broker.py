@@ -2,32 +2,32 @@
 
 It runs in a process of its own: amqtt shares the GIL with whatever runs
 beside it, and sharing a process with the worker's paho thread halves both.
-`python -m monitor.platform.broker HOST:PORT` is that process.
+`python -m monitor.platform.broker HOST:PORT` is that process; it writes one
+line to stdout, `ready` once it listens or `error <reason>` when it cannot, so
+the service never probes the port with a connection the broker would log as
+a broken client.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import socket
+import select
 import subprocess
 import sys
-import time
+from typing import Any
 
 from monitor.platform.config import split_host_port
+from monitor.platform.listen import StartupError, ensure_free, refusal
 
 log = logging.getLogger(__name__)
 
-
-def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    """True when something accepts TCP connections at host:port."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+_WHAT = "the embedded MQTT broker"
+_REMEDY = (
+    "set MONITOR_EMBEDDED_MQTT to a free host:port, "
+    "or MONITOR_MQTT_URL to use the broker listening there"
+)
 
 
 class EmbeddedBroker:
@@ -47,23 +47,33 @@ class EmbeddedBroker:
         return "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
 
     def start(self, timeout_s: float = 20.0) -> None:
-        """Start the broker and wait until it accepts connections."""
-        if port_open(self.client_host, self.port):
-            raise RuntimeError(
-                f"{self.bind} is already in use: set MONITOR_EMBEDDED_MQTT to a free host:port, "
-                "or MONITOR_MQTT_URL to use the broker that is listening there"
-            )
-        self._proc = subprocess.Popen([sys.executable, "-m", "monitor.platform.broker", self.bind])
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"embedded broker exited with {self._proc.returncode}")
-            if port_open(self.client_host, self.port):
-                log.info("embedded MQTT broker (amqtt) listening on %s", self.bind)
-                return
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"embedded broker did not listen on {self.bind} within {timeout_s}s")
+        """Start the broker and wait until it listens; StartupError (one line) if it cannot."""
+        ensure_free(self.host or "0.0.0.0", self.port, _WHAT, _REMEDY)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "monitor.platform.broker", self.bind], stdout=subprocess.PIPE
+        )
+        try:
+            line = self._first_line(timeout_s)
+        except StartupError:
+            self.stop()
+            raise
+        if line != "ready":
+            self.stop()
+            raise StartupError(line.removeprefix("error "))
+        log.info("embedded MQTT broker (amqtt) listening on %s", self.bind)
+
+    def _first_line(self, timeout_s: float) -> str:
+        assert self._proc is not None and self._proc.stdout is not None
+        out = self._proc.stdout
+        ready, _, _ = select.select([out], [], [], timeout_s)
+        if not ready:
+            raise StartupError(f"{_WHAT} did not listen on {self.bind} within {timeout_s:g} s")
+        line = out.readline().decode("utf-8", "replace").strip()
+        out.close()  # nothing more is written there
+        if not line:
+            code = self._proc.wait(timeout=5)
+            return f"error {_WHAT} exited with code {code} before listening on {self.bind}"
+        return line
 
     def stop(self) -> None:
         """Stop the broker process."""
@@ -86,13 +96,49 @@ def broker_config(bind: str) -> dict[str, object]:
     }
 
 
-async def serve(bind: str) -> None:
-    """Run amqtt until cancelled, or until the service that started it is gone."""
+def make_broker(config: dict[str, object]) -> Any:
+    """An amqtt Broker that sends a retained message only to a session subscribed to a
+    filter matching it.
+
+    amqtt 0.12 sends, to every client that connects, the retained messages matching any
+    filter that *any* session holds (once per filter): `mosquitto_sub -t nothing/here`
+    got every retained decision and tariff command, twice. MQTT 3.1.1 §3.3.1.3 sends
+    retained messages to new subscriptions whose filter matches them, so here they go
+    only where the session itself holds that filter.
+    """
     from amqtt.broker import Broker
 
+    class FilteringBroker(Broker):  # type: ignore[misc]
+        async def _publish_retained_messages_for_subscription(
+            self, subscription: tuple[str, int], session: Any
+        ) -> None:
+            holders = self._subscriptions.get(subscription[0], ())
+            if any(s.client_id == session.client_id for s, _ in holders):
+                await super()._publish_retained_messages_for_subscription(subscription, session)
+
+    return FilteringBroker(config)
+
+
+async def serve(bind: str) -> int:
+    """Run amqtt until cancelled, or until the service that started it is gone."""
     parent = os.getppid()
-    broker = Broker(broker_config(bind))
-    await broker.start()
+    amqtt_log = logging.getLogger("amqtt")
+    # amqtt logs a failed bind as a traceback; the parent prints the one-line reason.
+    amqtt_log.setLevel(logging.CRITICAL)
+    broker = make_broker(broker_config(bind))
+    try:
+        await broker.start()
+    except Exception as exc:
+        cause = exc.__cause__
+        if isinstance(cause, OSError):
+            host, port = split_host_port(bind)
+            line = refusal(host, port, _WHAT, _REMEDY, cause)
+        else:
+            line = f"{_WHAT} cannot listen on {bind}: {exc}"
+        print(f"error {line}", flush=True)
+        return 3
+    amqtt_log.setLevel(logging.WARNING)
+    print("ready", flush=True)
     try:
         # A service killed with SIGKILL cannot stop its child: the child notices
         # it was orphaned (re-parented) and leaves instead of holding the port.
@@ -101,16 +147,20 @@ async def serve(bind: str) -> None:
         log.warning("embedded broker: parent process gone, shutting down")
     finally:
         await broker.shutdown()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the broker process."""
     args = sys.argv[1:] if argv is None else argv
     bind = args[0] if args else "127.0.0.1:1883"
-    logging.basicConfig(level=logging.WARNING)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(bind))
-    return 0
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return asyncio.run(serve(bind))
+    except KeyboardInterrupt:
+        return 0
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Iterator
 
-from monitor.simulate.delivery import Delivery
+from monitor.simulate.delivery import Delivery, DeliveryCounts
 from monitor.simulate.elec import ElecFleet
 from monitor.simulate.registry import write_registry_csv
 from monitor.simulate.spec import FleetSpec, Produced, SimMessage, rng_for
@@ -42,6 +42,11 @@ class Fleet:
     def generated_until_ms(self) -> int:
         """Event time up to which the meters have been simulated (exclusive)."""
         return self._next_k * self.spec.interval_ms
+
+    @property
+    def delivery_counts(self) -> DeliveryCounts:
+        """What the delivery defects did to the messages made so far (withheld, duplicated...)."""
+        return self._delivery.counts
 
     @property
     def cursor_ms(self) -> int:
