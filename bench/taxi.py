@@ -80,7 +80,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import map_spawned
-from monitor.api.app import ApiContext, create_app
+from monitor.api.app import create_app
+from monitor.api.context import ApiContext
 from monitor.core.decision import Decision
 from monitor.core.ports import MeterPoint
 from monitor.core.registry import parse_rows

@@ -33,7 +33,8 @@ def openapi_schema() -> JsonSchema:
     Building the routes reads only the settings (page sizes); every other part of the
     context is used when a request is served, so placeholders do here.
     """
-    from monitor.api.app import ApiContext, create_app
+    from monitor.api.app import create_app
+    from monitor.api.context import ApiContext
     from monitor.platform.config import Settings
 
     parts: dict[str, Any] = {f.name: None for f in dataclasses.fields(ApiContext)}

@@ -22,7 +22,8 @@ from monitor.alerts.book import AlertBook, Change
 from monitor.alerts.mismatch import MISMATCH_RULES, mismatch_conditions
 from monitor.alerts.notifier import Notifier
 from monitor.alerts.offline import OFFLINE_RULES, offline_conditions
-from monitor.api.app import ApiContext, create_app
+from monitor.api.app import create_app
+from monitor.api.context import ApiContext
 from monitor.api.web import mount_web
 from monitor.core.ports import StateStore, TelemetryStore
 from monitor.core.rulebook import RuleBook, load_rules

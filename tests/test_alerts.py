@@ -11,7 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from monitor.alerts.book import AlertBook, Change, Condition, TransitionError, severity_of
-from monitor.api.app import ApiContext, create_app
+from monitor.api.app import create_app
+from monitor.api.context import ApiContext
 from monitor.core.rulebook import load_rules
 from monitor.core.schema import ELEC_READING, Record
 from monitor.evaluation.runner import Evaluator

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from monitor.api.app import ApiContext, create_app
+from monitor.api.app import create_app
+from monitor.api.context import ApiContext
 from monitor.core.registry import COLUMNS
 from monitor.core.rulebook import load_rules
 from monitor.core.schema import ELEC_READING, TAXI_TRIP, Record

@@ -10,7 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from monitor.alerts.book import AlertBook, Change
-from monitor.api.app import ApiContext, create_app
+from monitor.api.app import create_app
+from monitor.api.context import ApiContext
 from monitor.core.registry import parse_rows
 from monitor.core.rulebook import load_rules
 from monitor.core.schema import Record

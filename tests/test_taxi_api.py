@@ -10,7 +10,8 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from monitor.api.app import ApiContext, create_app
+from monitor.api.app import create_app
+from monitor.api.context import ApiContext
 from monitor.core.rulebook import load_rules
 from monitor.core.schema import TAXI_EVENT, TAXI_STATUS, Record
 from monitor.evaluation.runner import Evaluator

@@ -21,7 +21,8 @@ import uvicorn
 import yaml
 
 from monitor.alerts.book import AlertBook
-from monitor.api.app import ApiContext, create_app
+from monitor.api.app import create_app
+from monitor.api.context import ApiContext
 from monitor.api.web import mount_web
 from monitor.core.registry import parse_rows
 from monitor.core.rulebook import load_rules

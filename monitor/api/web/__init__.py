@@ -22,14 +22,10 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup, escape
 
-from monitor.api.app import (
-    ApiContext,
-    decode_cursor,
-    district_summary,
-    encode_cursor,
-    identify_meter,
-    rollout_progress_of,
-)
+from monitor.api.context import ApiContext, decode_cursor, encode_cursor
+from monitor.api.evaluation import district_summary
+from monitor.api.meters import identify_meter
+from monitor.api.taxi import rollout_progress_of
 from monitor.api.web import charts
 from monitor.core.clock import DAY_MS
 from monitor.core.ports import MeterFilter, MeterPoint
