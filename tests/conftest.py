@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,8 +25,10 @@ from tests.services import (  # noqa: E402
     InfluxStack,
     InfluxV2Adapter,
     Mosquitto,
+    PostgreSQL,
     find_influxd,
     find_mosquitto,
+    find_postgres,
 )
 
 
@@ -72,3 +75,26 @@ def influxdb(tmp_path: Path) -> Iterator[InfluxStack]:
         if adapter is not None:
             adapter.stop()
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgreSQL]:
+    """One PostgreSQL server for the whole session (initdb takes seconds); each test
+    gets its own schema in it (`postgres_url`)."""
+    _require(find_postgres, "initdb", "postgresql")
+    server = PostgreSQL()
+    try:
+        server.start()
+        server.create_database("monitor_tests")
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgreSQL) -> str:
+    """The URL of a fresh, empty schema (as good as a new database, in milliseconds):
+    everything the code under test creates lands in it."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    postgres_server.psql(f"CREATE SCHEMA {schema}", "monitor_tests")
+    return f"{postgres_server.url('monitor_tests')}?options=-csearch_path%3D{schema}"

@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.error
@@ -31,9 +32,11 @@ __all__ = [
     "InfluxStack",
     "InfluxV2Adapter",
     "Mosquitto",
+    "PostgreSQL",
     "ServiceError",
     "find_influxd",
     "find_mosquitto",
+    "find_postgres",
     "free_port",
 ]
 
@@ -77,6 +80,19 @@ def find_mosquitto() -> str | None:
 
 def find_influxd() -> str | None:
     return _which("influxd", "/usr/bin/influxd", "/usr/local/bin/influxd")
+
+
+def find_postgres() -> str | None:
+    """The directory of Debian's PostgreSQL server binaries (initdb, postgres, pg_ctl),
+    which are not on PATH there: /usr/lib/postgresql/<version>/bin, newest version."""
+    found = shutil.which("initdb")
+    if found:
+        return str(Path(found).resolve().parent)
+    versions = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
+    return str(versions[-1].parent) if versions else None
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -381,6 +397,141 @@ bind-address = "{self.host}:{self.rpc_port}"
         if epoch:
             params["epoch"] = epoch
         return self._request("GET", params)
+
+
+class PostgreSQL:
+    """A PostgreSQL server on 127.0.0.1:<free port>, its cluster in a private directory.
+
+    initdb and the server refuse to run as root; as root (CI), both run as an
+    unprivileged user (`nobody` unless given) that owns the cluster directory, which is
+    therefore made outside pytest's private tmp tree. Tuned for tests, not for keeping
+    data through a power cut (fsync off), which a test never needs.
+
+        pg = PostgreSQL(); pg.start(); url = pg.create_database("t1"); ...; pg.stop()
+    """
+
+    def __init__(self, *, user: str = "nobody", port: int | None = None) -> None:
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self._root = Path(tempfile.mkdtemp(prefix="monitor-pg-"))
+        self.data = self._root / "data"
+        self.log = self._root / "postgres.log"
+        self._run_as = user if os.geteuid() == 0 else None
+        self._proc = _Process("postgres", self._root)
+        self._initialised = False
+
+    @property
+    def running(self) -> bool:
+        return self._proc.running
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@{self.host}:{self.port}/{database}"
+
+    def _bin(self, name: str) -> str:
+        where = find_postgres()
+        if where is None:
+            raise ServiceError("PostgreSQL server binaries not found (apt-get install postgresql)")
+        return str(Path(where) / name)
+
+    def _own(self) -> dict[str, Any]:
+        """Popen arguments that run a child as the unprivileged user (when we are root)."""
+        if self._run_as is None:
+            return {}
+        return {"user": self._run_as, "group": self._run_as_group(), "extra_groups": []}
+
+    def _run_as_group(self) -> int:
+        import pwd
+
+        return pwd.getpwnam(self._run_as or "").pw_gid
+
+    def _initdb(self) -> None:
+        if self._run_as is not None:
+            import pwd
+
+            entry = pwd.getpwnam(self._run_as)
+            os.chown(self._root, entry.pw_uid, entry.pw_gid)
+        argv = [self._bin("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust"]
+        argv += ["-E", "UTF8", "--no-locale", "--no-sync", "--no-instructions"]
+        done = subprocess.run(
+            argv, capture_output=True, text=True, cwd=self._root, check=False, **self._own()
+        )
+        if done.returncode != 0:
+            raise ServiceError(f"initdb failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+        self._initialised = True
+
+    def start(self, timeout: float = 30.0) -> None:
+        if self.running:
+            return
+        if not self._initialised:
+            self._initdb()
+        argv = [self._bin("postgres"), "-D", str(self.data), "-p", str(self.port)]
+        argv += ["-h", self.host, "-k", "", "-c", "fsync=off", "-c", "full_page_writes=off"]
+        argv += ["-c", "synchronous_commit=off", "-c", "max_connections=200"]
+        argv += ["-c", "log_destination=stderr", "-c", "logging_collector=off"]
+        with self.log.open("ab") as out:
+            self._proc.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self._root,
+                start_new_session=True,
+                **self._own(),
+            )
+        self._proc.output = self.log
+        self._proc.wait_ready(self._ready, timeout, [])
+
+    def _ready(self) -> bool:
+        if not _port_open(self.host, self.port):
+            return False
+        done = subprocess.run(
+            [self._bin("pg_isready"), "-h", self.host, "-p", str(self.port), "-U", "postgres"],
+            capture_output=True,
+            check=False,
+        )
+        return done.returncode == 0
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        """Run SQL with psql (autocommit); its output, or ServiceError."""
+        where = ["-h", self.host, "-p", str(self.port), "-U", "postgres", "-d", database]
+        done = subprocess.run(
+            [self._bin("psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", *where, "-c", sql],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise ServiceError(f"psql failed: {done.stderr.strip()}")
+        return done.stdout
+
+    def create_database(self, name: str) -> str:
+        """A new, empty database; returns its URL."""
+        self.psql(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def stop(self) -> None:
+        """A fast shutdown (SIGINT: clients disconnected, no waiting for them)."""
+        proc, self._proc.proc = self._proc.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def cleanup(self) -> None:
+        """Stop and remove the cluster directory."""
+        self.stop()
+        shutil.rmtree(self._root, ignore_errors=True)
+
+    def log_tail(self, lines: int = 40) -> str:
+        return _tail(self.log, lines)
 
 
 _PRECISION_V2_TO_V1 = {"ns": "n", "us": "u", "ms": "ms", "s": "s"}

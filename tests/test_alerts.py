@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from fastapi.testclient import TestClient
 from monitor.alerts.book import AlertBook, Change, Condition, TransitionError, severity_of
 from monitor.api.app import create_app
 from monitor.api.context import ApiContext
+from monitor.core.ports import AlertStore
 from monitor.core.rulebook import load_rules
 from monitor.core.schema import ELEC_READING, Record
 from monitor.evaluation.runner import Evaluator
@@ -20,7 +23,10 @@ from monitor.ingest.telemetry import format_ts
 from monitor.ingest.worker import summarise_seen
 from monitor.platform.config import load_settings
 from monitor.platform.metrics import Metrics
+from monitor.store.alertrows import SqliteAlerts
 from monitor.store.embedded import EmbeddedStore
+from monitor.store.postgres.alerts import PostgresAlerts
+from monitor.store.postgres.db import Database
 from monitor.store.state import SqliteState
 from tests.helpers import BASE_MS, Collector, Publisher, received_live, wait_for
 from tests.services import Mosquitto
@@ -45,12 +51,34 @@ def condition(subject: str = "E1", rule: str = "elec.error_limit", day: float = 
     )
 
 
-def book(tmp: Path) -> AlertBook:
-    return AlertBook(tmp / "state.sqlite", clear_after_ms=2 * DAY)
+def book(at: Path | Callable[[], AlertStore]) -> AlertBook:
+    """A book in the folder `at` (SQLite), or on a new handle from `at()` (another worker)."""
+    store = at / "state.sqlite" if isinstance(at, Path) else at()
+    return AlertBook(store, clear_after_ms=2 * DAY)
 
 
-def test_a_condition_repeated_a_thousand_times_is_one_alert(tmp_path: Path) -> None:
-    b = book(tmp_path)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def alerts_at(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], AlertStore]]:
+    """New handles on one alert store: the embedded one, or PostgreSQL (one per worker)."""
+    databases: list[Database] = []
+    if request.param == "sqlite":
+        yield lambda: SqliteAlerts(tmp_path / "state.sqlite")
+        return
+    url: str = request.getfixturevalue("postgres_url")
+
+    def handle() -> AlertStore:
+        databases.append(Database(url))
+        return PostgresAlerts(databases[-1])
+
+    yield handle
+    for db in databases:
+        db.close()
+
+
+def test_a_condition_repeated_a_thousand_times_is_one_alert(
+    alerts_at: Callable[[], AlertStore],
+) -> None:
+    b = book(alerts_at)
     actions = [
         c.action for i in range(1000) for c in b.observe([condition(day=i / DAY)], BASE_MS + i)
     ]
@@ -60,8 +88,8 @@ def test_a_condition_repeated_a_thousand_times_is_one_alert(tmp_path: Path) -> N
     assert alerts[0]["first_seen"] < alerts[0]["last_seen"]
 
 
-def test_ack_and_resolve_keep_actor_and_comment(tmp_path: Path) -> None:
-    b = book(tmp_path)
+def test_ack_and_resolve_keep_actor_and_comment(alerts_at: Callable[[], AlertStore]) -> None:
+    b = book(alerts_at)
     [opened] = b.observe([condition()], BASE_MS)
     aid = opened.alert["id"]
     b.act(aid, "ack", "inspector.li", "on-site check booked", BASE_MS + DAY)
@@ -146,8 +174,10 @@ def test_history_written_before_the_labels_is_labelled(tmp_path: Path) -> None:
     assert (person["event_time"], person["recorded_at"]) == (None, "2026-12-03T08:00:00+00:00")
 
 
-def test_auto_resolve_needs_the_condition_gone_long_enough_then_reopens(tmp_path: Path) -> None:
-    b = book(tmp_path)
+def test_auto_resolve_needs_the_condition_gone_long_enough_then_reopens(
+    alerts_at: Callable[[], AlertStore],
+) -> None:
+    b = book(alerts_at)
     b.observe([condition()], BASE_MS)
     assert b.observe([], BASE_MS + DAY) == []  # one clean pass: no flapping
     [resolved] = b.observe([], BASE_MS + 3 * DAY)
@@ -158,14 +188,50 @@ def test_auto_resolve_needs_the_condition_gone_long_enough_then_reopens(tmp_path
     assert back.alert["count"] == 2 and len(b.list(None, None, None, 0, 10)) == 1
 
 
-def test_a_restart_neither_loses_nor_refires(tmp_path: Path) -> None:
-    first = book(tmp_path)
+def test_a_restart_neither_loses_nor_refires(alerts_at: Callable[[], AlertStore]) -> None:
+    first = book(alerts_at)
     first.observe([condition("E1"), condition("E2")], BASE_MS)
     first.close()
-    again = book(tmp_path)
+    again = book(alerts_at)
     changes = again.observe([condition("E1"), condition("E2")], BASE_MS + 1000)
     assert [c.action for c in changes] == ["repeated", "repeated"]
     assert [a["count"] for a in again.list("open", None, None, 0, 10)] == [2, 2]
+
+
+def test_a_condition_twice_in_one_pass_opens_then_repeats(
+    alerts_at: Callable[[], AlertStore],
+) -> None:
+    b = book(alerts_at)
+    changes = b.observe([condition("E1"), condition("E2"), condition("E1")], BASE_MS)
+    assert [(c.action, c.alert["count"]) for c in changes] == [
+        ("opened", 1),
+        ("opened", 1),
+        ("repeated", 2),
+    ]
+    assert changes[0].alert["id"] == changes[2].alert["id"] != changes[1].alert["id"]
+
+
+def test_workers_folding_the_same_conditions_at_once_open_each_alert_once(
+    alerts_at: Callable[[], AlertStore],
+) -> None:
+    books = [book(alerts_at) for _ in range(3)]
+    found: list[list[Change]] = []
+    conditions = [condition(f"E{i}") for i in range(50)]
+    threads = [
+        threading.Thread(target=lambda b=b: found.append(b.observe(conditions, BASE_MS)))
+        for b in books
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    actions = sorted(c.action for changes in found for c in changes)
+    assert actions.count("opened") == 50 and actions.count("repeated") == 100
+    alerts = books[0].list(None, None, None, 0, 100)
+    assert len(alerts) == 50 and {a["count"] for a in alerts} == {3}
+    # an acknowledgement through one worker is seen through the others
+    books[1].act(alerts[0]["id"], "ack", "ops", "", None)
+    assert books[2].open_by_severity()["major"] == 49
 
 
 def test_severity_comes_from_the_rules_file() -> None:

@@ -15,7 +15,7 @@ import pytest
 from pydantic import ValidationError
 
 from monitor.alerts.book import AlertBook, Condition
-from monitor.alerts.notifier import Notifier
+from monitor.alerts.notifier import CLAIM_LEASE_S, Notifier
 from monitor.alerts.routing import (
     Receiver,
     Route,
@@ -23,6 +23,10 @@ from monitor.alerts.routing import (
     idempotency_key,
     member_key,
 )
+from monitor.core.ports import OutboxStore
+from monitor.store.outbox import SqliteOutbox
+from monitor.store.postgres.db import Database
+from monitor.store.postgres.outbox import PostgresOutbox
 
 BASE_MS = 1772294400000  # 2026-03-01T00:00:00+08:00, as in tests.helpers
 DAY_MS = 86_400_000
@@ -117,6 +121,27 @@ def hooks() -> Iterator[Callable[..., Hook]]:
     yield make
     for hook in made:
         hook.stop()
+
+
+Outboxes = Callable[[], OutboxStore | Path]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def outbox(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Outboxes]:
+    """New handles on one outbox: the embedded file, or PostgreSQL (one per worker)."""
+    if request.param == "sqlite":
+        yield lambda: tmp_path / "notify.sqlite"
+        return
+    url: str = request.getfixturevalue("postgres_url")
+    databases: list[Database] = []
+
+    def handle() -> OutboxStore:
+        databases.append(Database(url))
+        return PostgresOutbox(databases[-1])
+
+    yield handle
+    for db in databases:
+        db.close()
 
 
 @pytest.fixture
@@ -336,13 +361,12 @@ def test_max_attempts_bounds_retries(
 
 
 def test_outbox_survives_a_restart_without_loss_or_storm(
-    tmp_path: Path, book: AlertBook, hooks: Callable[..., Hook]
+    outbox: Outboxes, book: AlertBook, hooks: Callable[..., Hook]
 ) -> None:
     hook = hooks()  # bound, not listening: down
     clock = Clock()
     routing = webhook_routing(hook.url, backoff_s=5)
-    path = tmp_path / "notify.sqlite"
-    first = Notifier(routing, path, None, clock)
+    first = Notifier(routing, outbox(), None, clock)
     changes = book.observe([cond("E1"), cond("E2")], BASE_MS)
     first.submit(changes)
     assert first.tick() == 0 and first.pending() == 2 and first.stats()["retried"] == 1
@@ -350,14 +374,14 @@ def test_outbox_survives_a_restart_without_loss_or_storm(
 
     hook.start()
     clock.advance(5)
-    second = Notifier(routing, path, None, clock)
+    second = Notifier(routing, outbox(), None, clock)
     assert second.pending() == 2
     assert second.tick() == 2
     clock.advance(3600)
     assert second.tick() == 0
     second.close()
 
-    third = Notifier(routing, path, None, clock)  # another restart: nothing re-sent
+    third = Notifier(routing, outbox(), None, clock)  # another restart: nothing re-sent
     clock.advance(3600)
     assert third.tick() == 0 and third.pending() == 0
     third.close()
@@ -366,7 +390,7 @@ def test_outbox_survives_a_restart_without_loss_or_storm(
 
 
 def test_a_down_receiver_costs_one_attempt_per_tick_and_does_not_hold_up_others(
-    tmp_path: Path,
+    outbox: Outboxes,
     book: AlertBook,
     hooks: Callable[..., Hook],
     closing: Callable[[Notifier], Notifier],
@@ -379,7 +403,7 @@ def test_a_down_receiver_costs_one_attempt_per_tick_and_does_not_hold_up_others(
         ),
         routes=(Route(name="all", receivers=("down", "up")),),
     )
-    n = closing(Notifier(routing, tmp_path / "notify.sqlite", None, Clock()))
+    n = closing(Notifier(routing, outbox(), None, Clock()))
     n.submit(book.observe([cond(f"E{i}") for i in range(5)], BASE_MS))
     assert n.tick() == 5 and len(up.accepted) == 5
     stats = n.stats()
@@ -390,7 +414,7 @@ def test_a_down_receiver_costs_one_attempt_per_tick_and_does_not_hold_up_others(
 
 
 def test_a_lot_wide_problem_is_one_notification(
-    tmp_path: Path,
+    outbox: Outboxes,
     book: AlertBook,
     hooks: Callable[..., Hook],
     closing: Callable[[Notifier], Notifier],
@@ -401,7 +425,7 @@ def test_a_lot_wide_problem_is_one_notification(
         receivers=(Receiver(name="hook", type="webhook", url=hook.url),),
         routes=(Route(name="lots", lot_prefix="L7", receivers=("hook",), group_window_s=60),),
     )
-    n = closing(Notifier(routing, tmp_path / "notify.sqlite", None, clock))
+    n = closing(Notifier(routing, outbox(), None, clock))
     changes = book.observe([cond(f"M{i:03d}", lot="L7") for i in range(300)], BASE_MS)
     for part in range(3):  # they arrive in three batches inside the window
         n.submit(changes[part * 100 : (part + 1) * 100])
@@ -427,7 +451,7 @@ def test_a_lot_wide_problem_is_one_notification(
 
 
 def test_group_buffers_and_escalation_timers_survive_a_restart(
-    tmp_path: Path, book: AlertBook
+    outbox: Outboxes, book: AlertBook
 ) -> None:
     clock = Clock()
     out = Published()
@@ -438,17 +462,16 @@ def test_group_buffers_and_escalation_timers_survive_a_restart(
                   escalate_to=("m",)),
         ),
     )  # fmt: skip
-    path = tmp_path / "notify.sqlite"
-    first = Notifier(routing, path, out, clock)
+    first = Notifier(routing, outbox(), out, clock)
     [opened] = book.observe([cond()], BASE_MS)
     first.submit([opened])
     first.close()
 
-    second = Notifier(routing, path, out, clock)
+    second = Notifier(routing, outbox(), out, clock)
     clock.advance(60)
     assert second.tick() == 1 and out.topics() == [f"a/opened/{opened.alert['id']}"]
     second.close()
-    third = Notifier(routing, path, out, clock)
+    third = Notifier(routing, outbox(), out, clock)
     clock.advance(600)
     third.tick()  # escalation due: into the group window
     clock.advance(60)
@@ -548,7 +571,7 @@ def test_log_receiver_writes_one_line_per_notification(
 # -- escalation -----------------------------------------------------------------
 
 
-def escalation_notifier(path: Path, clock: Clock, out: Published) -> Notifier:
+def escalation_notifier(path: OutboxStore | Path, clock: Clock, out: Published) -> Notifier:
     routing = RoutingSettings(
         receivers=(
             Receiver(name="ops", type="mqtt", topic="ops/{action}/{meter}"),
@@ -563,10 +586,10 @@ def escalation_notifier(path: Path, clock: Clock, out: Published) -> Notifier:
 
 
 def test_escalation_after_the_limit_then_reminders_until_acknowledged(
-    tmp_path: Path, book: AlertBook, closing: Callable[[Notifier], Notifier]
+    outbox: Outboxes, book: AlertBook, closing: Callable[[Notifier], Notifier]
 ) -> None:
     clock, out = Clock(), Published()
-    n = closing(escalation_notifier(tmp_path / "notify.sqlite", clock, out))
+    n = closing(escalation_notifier(outbox(), clock, out))
     [opened] = book.observe([cond("E1", severity="critical")], BASE_MS)
     n.submit([opened])
     n.tick()
@@ -598,10 +621,10 @@ def test_escalation_after_the_limit_then_reminders_until_acknowledged(
 
 
 def test_no_escalation_when_handled_in_time_and_a_reopen_rearms(
-    tmp_path: Path, book: AlertBook, closing: Callable[[Notifier], Notifier]
+    outbox: Outboxes, book: AlertBook, closing: Callable[[Notifier], Notifier]
 ) -> None:
     clock, out = Clock(), Published()
-    n = closing(escalation_notifier(tmp_path / "notify.sqlite", clock, out))
+    n = closing(escalation_notifier(outbox(), clock, out))
     [opened] = book.observe([cond("E1", severity="critical")], BASE_MS)
     n.submit([opened])
     clock.advance(300)
@@ -625,13 +648,13 @@ def test_no_escalation_when_handled_in_time_and_a_reopen_rearms(
 
 
 def test_submit_and_tick_from_two_threads_deliver_each_change_once(
-    tmp_path: Path,
+    outbox: Outboxes,
     book: AlertBook,
     hooks: Callable[..., Hook],
     closing: Callable[[Notifier], Notifier],
 ) -> None:
     hook = hooks().start()
-    n = closing(Notifier(webhook_routing(hook.url), tmp_path / "notify.sqlite", None, Clock()))
+    n = closing(Notifier(webhook_routing(hook.url), outbox(), None, Clock()))
     changes = book.observe([cond(f"E{i}") for i in range(200)], BASE_MS)
     done = threading.Event()
 
@@ -647,6 +670,50 @@ def test_submit_and_tick_from_two_threads_deliver_each_change_once(
         delivered += n.tick()
     thread.join()
     assert delivered == 200 and len(hook.accepted) == len(set(hook.accepted)) == 200
+
+
+def test_workers_submitting_and_ticking_at_once_deliver_each_change_once(
+    outbox: Outboxes, book: AlertBook, hooks: Callable[..., Hook]
+) -> None:
+    hook = hooks().start()
+    workers = [Notifier(webhook_routing(hook.url), outbox(), None, Clock()) for _ in range(3)]
+    changes = book.observe([cond(f"E{i}") for i in range(60)], BASE_MS)
+
+    def work(n: Notifier) -> None:
+        n.submit(changes)  # every worker hands over the same changes
+        for _ in range(20):
+            n.tick()
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    while workers[0].pending():
+        workers[0].tick()
+    for n in workers:
+        n.close()
+    assert len(hook.accepted) == len(set(hook.accepted)) == 60
+
+
+def test_rows_claimed_by_a_worker_that_died_are_delivered_by_another(
+    outbox: Outboxes, book: AlertBook, hooks: Callable[..., Hook]
+) -> None:
+    hook = hooks().start()
+    clock = Clock()
+    dead, alive = outbox(), outbox()
+    survivor = Notifier(webhook_routing(hook.url), alive, None, clock, owner="alive")
+    survivor.submit(book.observe([cond("E1"), cond("E2")], BASE_MS))
+    box = SqliteOutbox(dead) if isinstance(dead, Path) else dead
+    assert len(box.claim(clock(), 10, "dead", CLAIM_LEASE_S)) == 2  # then it is killed
+    assert survivor.tick() == 0 and hook.requests == []  # the claim holds
+    clock.advance(CLAIM_LEASE_S)
+    assert survivor.tick() == 2 and len(hook.accepted) == 2
+    # the dead worker's late settle changes nothing
+    assert not box.finish(1, "failed", clock(), "dead", "too late")
+    assert survivor.pending() == 0 and survivor.stats()["failed"] == 0
+    survivor.close()
+    box.close()
 
 
 def test_close_is_idempotent_and_later_ticks_are_harmless(tmp_path: Path) -> None:

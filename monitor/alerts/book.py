@@ -19,18 +19,18 @@ either clock.
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from monitor.core.decision import SEVERITY_OF_STATE, Decision
+from monitor.core.ports import AlertFilter, AlertRecord, AlertStore, AlertWrites
 from monitor.core.rulebook import Rules
 from monitor.ingest.telemetry import format_ts
+from monitor.store.alertrows import SqliteAlerts
 
 Status = Literal["open", "acknowledged", "resolved"]
 SEVERITIES = ("critical", "major", "minor", "info")
@@ -143,31 +143,6 @@ def _core(evidence: dict[str, Any]) -> dict[str, Any]:
     return {k: evidence[k] for k in keys if k in evidence}
 
 
-_SCHEMA = """CREATE TABLE IF NOT EXISTS alerts (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, rule TEXT NOT NULL,
-    severity TEXT NOT NULL, kind TEXT NOT NULL, meter TEXT, lot TEXT, district TEXT,
-    message TEXT NOT NULL, first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL,
-    count INTEGER NOT NULL, status TEXT NOT NULL, evidence TEXT NOT NULL,
-    history TEXT NOT NULL)"""
-_COLS = (
-    "id",
-    "key",
-    "rule",
-    "severity",
-    "kind",
-    "meter",
-    "lot",
-    "district",
-    "message",
-    "first_seen",
-    "last_seen",
-    "count",
-    "status",
-    "evidence",
-    "history",
-)
-
-
 def step(action: str, actor: str, comment: str, event_ms: int, recorded_s: float) -> dict[str, Any]:
     """One history entry, with both clocks labelled (`at` is `event_time`, kept for clients)."""
     event = format_ts(event_ms)
@@ -196,42 +171,34 @@ def _labelled(entry: dict[str, Any]) -> dict[str, Any]:
     return {**entry, "at": None, "event_time": None, "recorded_at": entry.get("at")}
 
 
-def _json(row: tuple[Any, ...]) -> dict[str, Any]:
-    a = dict(zip(_COLS, row, strict=True))
-    a["first_seen"], a["last_seen"] = format_ts(a["first_seen"]), format_ts(a["last_seen"])
-    a["evidence"] = json.loads(a["evidence"])
-    a["history"] = [_labelled(h) for h in json.loads(a["history"])]
+def _json(r: AlertRecord) -> dict[str, Any]:
+    a = asdict(r)
+    a["first_seen"], a["last_seen"] = format_ts(r.first_seen), format_ts(r.last_seen)
+    a["evidence"] = json.loads(r.evidence)
+    a["history"] = [_labelled(h) for h in json.loads(r.history)]
     a.pop("key")
     return a
 
 
 class AlertBook:
-    """Alerts in SQLite beside the service's state (its own connection).
+    """The alert lifecycle over an `AlertStore` (SQLite beside the state, or PostgreSQL).
 
     book = AlertBook(Path("data/state.sqlite"), clear_after_ms=2 * 86_400_000)
     changes = book.observe(conditions, at_ms)
 
-    `clock` (epoch s, injectable) stamps `recorded_at` only.
+    A path opens the embedded store there. `clock` (epoch s, injectable) stamps
+    `recorded_at` only.
     """
 
     def __init__(
-        self, path: Path, clear_after_ms: int, clock: Callable[[], float] = time.time
+        self,
+        store: AlertStore | Path,
+        clear_after_ms: int,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._clock = clock
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(_SCHEMA)
-        self._db.execute("CREATE INDEX IF NOT EXISTS alerts_status ON alerts (status, severity)")
-        self._db.execute("CREATE INDEX IF NOT EXISTS alerts_meter ON alerts (meter)")
-        self._lock = threading.Lock()
+        self._rows: AlertStore = SqliteAlerts(store) if isinstance(store, Path) else store
         self.clear_after_ms = clear_after_ms
-
-    def _one(self, where: str, args: Iterable[Any]) -> tuple[Any, ...] | None:
-        row = self._db.execute(
-            f"SELECT {', '.join(_COLS)} FROM alerts WHERE {where}", tuple(args)
-        ).fetchone()
-        return tuple(row) if row is not None else None
 
     def observe(
         self, conditions: list[Condition], at_ms: int, scope: tuple[str, ...] = ("",)
@@ -241,73 +208,82 @@ class AlertBook:
         Only alerts whose rule starts with a `scope` prefix can be cleared by their
         absence: the evaluation pass does not speak for offline detection and vice versa.
         """
-        changes: list[Change] = []
-        seen = set()
-        with self._lock:
-            self._db.execute("BEGIN")
+        with self._rows.writing() as w:
+            known = w.by_keys([c.key for c in conditions])
+            fresh: list[AlertRecord] = []  # new alerts, ids given when inserted
+            dirty: dict[int, AlertRecord] = {}
+            steps: list[tuple[str, AlertRecord, dict[str, Any]]] = []
             for c in conditions:
-                seen.add(c.key)
-                changes.append(self._upsert(c))
-            changes += self._clear(seen, at_ms, scope)
-            self._db.execute("COMMIT")
-        return changes
+                rec = known.get(c.key)
+                if rec is None:
+                    rec = self._opened(c)
+                    known[c.key] = rec
+                    fresh.append(rec)
+                    action = "opened"
+                else:
+                    action = self._seen_again(rec, c)
+                    if rec.id:
+                        dirty[rec.id] = rec
+                steps.append((action, rec, _json(rec)))
+            ids = w.insert(fresh)
+            for rec, new_id in zip(fresh, ids, strict=True):
+                rec.id = new_id
+            for _, rec, snapshot in steps:
+                snapshot["id"] = rec.id  # a new alert's id is known once inserted
+            w.update(list(dirty.values()))
+            changes = [Change(action, snap) for action, _, snap in steps]  # type: ignore[arg-type]
+            cleared = self._clear(w, set(known), at_ms, scope)
+        return changes + cleared
 
-    def _upsert(self, c: Condition) -> Change:
-        row = self._one("key = ?", [c.key])
-        evidence = json.dumps(c.evidence, default=str)
-        if row is None:
-            history = json.dumps([step("opened", "system", c.message, c.at_ms, self._clock())])
-            cur = self._db.execute(
-                "INSERT INTO alerts (key, rule, severity, kind, meter, lot, district, message, "
-                "first_seen, last_seen, count, status, evidence, history) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 'open', ?, ?)",
-                (
-                    c.key,
-                    c.rule,
-                    c.severity,
-                    c.kind,
-                    c.meter,
-                    c.lot,
-                    c.district,
-                    c.message,
-                    c.at_ms,
-                    c.at_ms,
-                    evidence,
-                    history,
-                ),
-            )
-            return Change("opened", _json(self._one("id = ?", [cur.lastrowid]) or ()))
-        a = dict(zip(_COLS, row, strict=True))
-        history = json.loads(a["history"])
-        action: Literal["repeated", "reopened"] = "repeated"
-        status = a["status"]
-        if status == "resolved":
-            action, status = "reopened", "open"
-            history.append(step("reopened", "system", c.message, c.at_ms, self._clock()))
-        self._db.execute(
-            "UPDATE alerts SET count = count + 1, last_seen = max(last_seen, ?), status = ?, "
-            "message = ?, evidence = ?, severity = ?, history = ? WHERE id = ?",
-            (c.at_ms, status, c.message, evidence, c.severity, json.dumps(history), a["id"]),
+    def _opened(self, c: Condition) -> AlertRecord:
+        history = json.dumps([step("opened", "system", c.message, c.at_ms, self._clock())])
+        return AlertRecord(
+            0,
+            c.key,
+            c.rule,
+            c.severity,
+            c.kind,
+            c.meter,
+            c.lot,
+            c.district,
+            c.message,
+            c.at_ms,
+            c.at_ms,
+            1,
+            "open",
+            json.dumps(c.evidence, default=str),
+            history,
         )
-        return Change(action, _json(self._one("id = ?", [a["id"]]) or ()))
 
-    def _clear(self, seen: set[str], at_ms: int, scope: tuple[str, ...]) -> list[Change]:
+    def _seen_again(self, rec: AlertRecord, c: Condition) -> str:
+        """The condition again: count it, reopen a resolved alert; returns the action."""
+        action = "repeated"
+        if rec.status == "resolved":
+            action, rec.status = "reopened", "open"
+            history = json.loads(rec.history)
+            history.append(step("reopened", "system", c.message, c.at_ms, self._clock()))
+            rec.history = json.dumps(history)
+        rec.count += 1
+        rec.last_seen = max(rec.last_seen, c.at_ms)
+        rec.message = c.message
+        rec.evidence = json.dumps(c.evidence, default=str)
+        rec.severity = c.severity
+        return action
+
+    def _clear(
+        self, w: AlertWrites, seen: set[str], at_ms: int, scope: tuple[str, ...]
+    ) -> list[Change]:
         out = []
-        rows = self._db.execute(
-            f"SELECT {', '.join(_COLS)} FROM alerts WHERE status != 'resolved' AND last_seen < ?",
-            (at_ms - self.clear_after_ms,),
-        ).fetchall()
-        for row in rows:
-            a = dict(zip(_COLS, row, strict=True))
-            if a["key"] in seen or not str(a["rule"]).startswith(scope):
+        cleared = []
+        for rec in w.unresolved_before(at_ms - self.clear_after_ms):
+            if rec.key in seen or not rec.rule.startswith(scope):
                 continue
-            history = json.loads(a["history"])
+            history = json.loads(rec.history)
             history.append(step("resolved", "system", "condition cleared", at_ms, self._clock()))
-            self._db.execute(
-                "UPDATE alerts SET status = 'resolved', history = ? WHERE id = ?",
-                (json.dumps(history), a["id"]),
-            )
-            out.append(Change("resolved", _json(self._one("id = ?", [a["id"]]) or ())))
+            rec.status, rec.history = "resolved", json.dumps(history)
+            cleared.append(rec)
+            out.append(Change("resolved", _json(rec)))
+        w.update(cleared)
         return out
 
     def act(
@@ -324,30 +300,25 @@ class AlertBook:
         None before any): the step's event time is never before the alert's last
         sighting. The wall clock is recorded beside it.
         """
-        with self._lock:
-            row = self._one("id = ?", [alert_id])
-            if row is None:
+        with self._rows.writing() as w:
+            rec = w.by_id(alert_id)
+            if rec is None:
                 raise KeyError(alert_id)
-            a = dict(zip(_COLS, row, strict=True))
             allowed = {"ack": ("open",), "resolve": ("open", "acknowledged")}[action]
-            if a["status"] not in allowed:
-                raise TransitionError(f"alert {alert_id} is {a['status']}: cannot {action}")
+            if rec.status not in allowed:
+                raise TransitionError(f"alert {alert_id} is {rec.status}: cannot {action}")
             status = "acknowledged" if action == "ack" else "resolved"
-            history = json.loads(a["history"])
-            event = max(event_ms or 0, int(a["last_seen"]))
+            history = json.loads(rec.history)
+            event = max(event_ms or 0, rec.last_seen)
             history.append(step(status, actor, comment, event, self._clock()))
-            self._db.execute(
-                "UPDATE alerts SET status = ?, history = ? WHERE id = ?",
-                (status, json.dumps(history), alert_id),
-            )
-            done = _json(self._one("id = ?", [alert_id]) or ())
-        return Change("acknowledged" if action == "ack" else "resolved", done)
+            rec.status, rec.history = status, json.dumps(history)
+            w.update([rec])
+        return Change("acknowledged" if action == "ack" else "resolved", _json(rec))
 
     def get(self, alert_id: int) -> dict[str, Any] | None:
         """One alert with its history."""
-        with self._lock:
-            row = self._one("id = ?", [alert_id])
-        return _json(row) if row else None
+        rec = self._rows.get(alert_id)
+        return _json(rec) if rec is not None else None
 
     def list(
         self,
@@ -362,40 +333,13 @@ class AlertBook:
         lot: str | None = None,
     ) -> list[dict[str, Any]]:
         """Alerts by id, filtered; `since` is on last_seen (event time)."""
-        where: list[str] = ["id > ?"]
-        args: list[Any] = [after_id]
-        filters = (
-            ("status", status),
-            ("severity", severity),
-            ("kind", kind),
-            ("district", district),
-            ("meter", meter),
-            ("lot", lot),
-        )
-        for col, value in filters:
-            if value is not None:
-                where.append(f"{col} = ?")
-                args.append(value)
-        if since_ms is not None:
-            where.append("last_seen >= ?")
-            args.append(since_ms)
-        sql = (
-            f"SELECT {', '.join(_COLS)} FROM alerts WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"
-        )
-        with self._lock:
-            rows = self._db.execute(sql, (*args, limit)).fetchall()
-        return [_json(tuple(r)) for r in rows]
+        flt = AlertFilter(status, severity, kind, district, meter, lot, since_ms)
+        return [_json(r) for r in self._rows.query(flt, after_id, limit)]
 
     def open_by_severity(self) -> dict[str, int]:
         """Open (not yet acknowledged) alerts per severity, most severe first."""
-        with self._lock:
-            rows = dict(
-                self._db.execute(
-                    "SELECT severity, count(*) FROM alerts WHERE status = 'open' GROUP BY severity"
-                ).fetchall()
-            )
-        return {s: int(rows.get(s, 0)) for s in SEVERITIES}
+        found = self._rows.count_open()
+        return {s: int(found.get(s, 0)) for s in SEVERITIES}
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._rows.close()

@@ -25,6 +25,8 @@ them survive a restart. All time comes from the injected clock.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -33,7 +35,6 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from monitor.alerts.outbox import Notification, Outbox
 from monitor.alerts.receivers import Outcome, make_receiver, retry_delay_s
 from monitor.alerts.routing import (
     ROUTED_ACTIONS,
@@ -42,6 +43,8 @@ from monitor.alerts.routing import (
     idempotency_key,
     member_key,
 )
+from monitor.core.ports import Notification, OutboxStore
+from monitor.store.outbox import SqliteOutbox
 
 if TYPE_CHECKING:
     from monitor.alerts.book import Change
@@ -49,9 +52,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-# Rows delivered per tick: bounds how long one tick holds a scheduler thread when a
+# Rows claimed per tick: bounds how long one tick holds a scheduler thread when a
 # receiver is slow; the rest are due at the next tick.
 _BATCH = 200
+# How long a claim holds rows: another worker delivers them once it runs out (this one
+# died). Longer than a batch of slow deliveries takes, or a slow worker would see its
+# rows taken over; the tick stops attempting rows once half of it has passed.
+CLAIM_LEASE_S = 300.0
 # Finished rows are pruned at most this often (a DELETE scan is cheap but not free).
 _PRUNE_EVERY_S = 3600.0
 
@@ -70,11 +77,14 @@ class Notifier:
     def __init__(
         self,
         routing: RoutingSettings,
-        outbox_path: Path,
+        outbox: OutboxStore | Path,
         publish: Callable[[str, bytes], None] | None,
         clock: Callable[[], float] = time.time,
         http: httpx.Client | None = None,
+        owner: str | None = None,
     ) -> None:
+        """`outbox`: a path opens the embedded (SQLite) outbox there. `owner` names this
+        process in its claims (default host:pid)."""
         self._receivers = {r.name: r for r in routing.receivers}
         self._routes = {r.name: r for r in routing.routes}
         self._keep_s = routing.keep_finished_s
@@ -85,7 +95,8 @@ class Notifier:
         self._deliveries = {
             r.name: make_receiver(r, publish, self._http) for r in routing.receivers
         }
-        self._box = Outbox(outbox_path)
+        self._box: OutboxStore = SqliteOutbox(outbox) if isinstance(outbox, Path) else outbox
+        self._owner = owner or f"{socket.gethostname()}:{os.getpid()}"
         self._lock = threading.Lock()  # one SQLite connection: one user at a time
         # One tick at a time, so a row is never in two deliveries at once.
         self._ticking = threading.Lock()
@@ -190,19 +201,24 @@ class Notifier:
             if start + window > now:
                 continue
             members = self._box.take_group(route_name, receiver, action)
+            if not members:  # another worker flushed it first
+                continue
             key = idempotency_key(receiver, [m for m, _ in members])
             alerts = [a for _, a in members]
             self._box.add(Notification(key, receiver, route_name, action, alerts), now)
 
     def _deliver_due(self, now: float) -> int:
         with self._lock:
-            rows = self._box.due(now, _BATCH)
+            rows = self._box.claim(now, _BATCH, self._owner, CLAIM_LEASE_S)
         down: set[str] = set()
         delivered = 0
+        stop_at = time.monotonic() + CLAIM_LEASE_S / 2
+        left: list[int] = []
         for row in rows:
             # After one failure, leave a receiver's other rows for later: a dead endpoint
             # costs one timeout per tick, not one per queued row.
-            if row.receiver in down:
+            if row.receiver in down or time.monotonic() > stop_at:
+                left.append(row.id)
                 continue
             outcome = self._attempt(row)
             with self._lock:
@@ -210,6 +226,9 @@ class Notifier:
             if outcome.kind == "retry":
                 down.add(row.receiver)
             delivered += outcome.kind == "done"
+        if left:
+            with self._lock:
+                self._box.release(left, self._owner)
         return delivered
 
     def _attempt(self, row: Notification) -> Outcome:
@@ -225,7 +244,9 @@ class Notifier:
         if outcome.kind == "retry" and receiver is not None:
             if receiver.max_attempts is None or failures < receiver.max_attempts:
                 delay = retry_delay_s(receiver, failures, outcome.retry_after_s)
-                self._box.postpone(row.id, now + delay, outcome.detail)
+                if not self._box.postpone(row.id, now + delay, self._owner, outcome.detail):
+                    self._lost(row)
+                    return
                 self._counts["retried"] += 1
                 log.warning(
                     "notification %s to %s failed (%s), attempt %d; retry in %.0fs",
@@ -238,13 +259,25 @@ class Notifier:
                 return
             outcome = Outcome("failed", f"{outcome.detail}; gave up after {failures} attempts")
         if outcome.kind == "done":
-            self._box.finish(row.id, "done", now)
-            self._counts["delivered"] += 1
+            if self._box.finish(row.id, "done", now, self._owner):
+                self._counts["delivered"] += 1
+            else:
+                self._lost(row)
             return
-        self._box.finish(row.id, "failed", now, outcome.detail)
+        if not self._box.finish(row.id, "failed", now, self._owner, outcome.detail):
+            self._lost(row)
+            return
         self._counts["failed"] += 1
         log.error(
             "notification %s to %s failed for good: %s", row.key[:12], row.receiver, outcome.detail
+        )
+
+    def _lost(self, row: Notification) -> None:
+        # The claim ran out before this attempt ended, and another worker took the row.
+        log.warning(
+            "notification %s to %s: claim lost to another worker (it delivers the row)",
+            row.key[:12],
+            row.receiver,
         )
 
     def _prune(self, now: float) -> None:

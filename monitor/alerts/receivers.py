@@ -16,8 +16,8 @@ from typing import Literal, Protocol
 
 import httpx
 
-from monitor.alerts.outbox import Notification, compact_json
 from monitor.alerts.routing import Receiver, topic_for
+from monitor.core.ports import Notification, compact_json
 
 # The log receiver writes on `monitor.notify.<receiver name>`: the name operators
 # configure their log handlers with, kept when the module moved.

@@ -105,7 +105,9 @@ def _start_rollout(ctx: ApiContext, version: str, body: dict[str, Any]) -> dict[
     eff = parse_ts(tariff.effective_from.isoformat())
     deadline = eff + int(ctx.rules().rules.taxi.tariff.deadline_h * 3_600_000)
     stored = tariff.model_dump(mode="json")
-    ctx.state.save_tariff(version, stored, eff, deadline, targets)
+    if not ctx.state.save_tariff(version, stored, eff, deadline, targets):
+        # Another worker rolled the same version out between the check and now.
+        raise HTTPException(409, f"tariff {version!r} was already rolled out; use a new version")
     if ctx.publish is not None:
         root = ctx.settings.mqtt.topic_root
         command = {"version": version, "effective_from": stored["effective_from"], "tariff": stored}

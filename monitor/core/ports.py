@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, NamedTuple, Protocol
@@ -330,7 +332,8 @@ class TaxiLedger(Protocol):
     """Work orders and tariff rollouts: what was authorised for taxi meters."""
 
     def add_workorder(self, meter: str, start_ms: int, end_ms: int, reason: str) -> int:
-        """Record an authorised intervention; returns its id."""
+        """Record an authorised intervention; returns its id (the same intervention
+        again, e.g. a retried request, returns the first one's id)."""
         ...
 
     def workorders(
@@ -346,8 +349,9 @@ class TaxiLedger(Protocol):
         effective_from_ms: int,
         deadline_ms: int,
         meters: list[str],
-    ) -> None:
-        """Record a rolled-out tariff and the meters it was pushed to."""
+    ) -> bool:
+        """Record a rolled-out tariff and the meters it was pushed to; False (nothing
+        changed) when that version was already rolled out."""
         ...
 
     def tariff(self, version: str) -> TariffRollout | None:
@@ -422,6 +426,23 @@ class IngestState(Presence, DistrictGuard, Protocol):
     """What the ingest worker needs of the state."""
 
 
+class StateUnavailable(RuntimeError):
+    """The state store cannot be reached (a shared database is down or refuses us).
+
+    What the API answers 503 with and the evaluation waits out; telemetry is not
+    affected (it lives in the telemetry store).
+    """
+
+
+@dataclass(frozen=True)
+class StateHealth:
+    """What `/healthz` reports about the state store."""
+
+    backend: str
+    available: bool
+    detail: str = ""
+
+
 class StateStore(
     Registry,
     Presence,
@@ -434,9 +455,209 @@ class StateStore(
 ):
     """Everything the service owns, one implementation per backend."""
 
+    backend: str
+
+    def health(self) -> StateHealth:
+        """Reachable or not, and why."""
+        ...
+
     def close(self) -> None:
         """Write what is still in memory, then close."""
         ...
+
+
+# --- alerts and notifications: their storage, one implementation per backend ----------
+
+
+@dataclass
+class AlertRecord:
+    """One stored alert; `evidence` and `history` are JSON text, as stored."""
+
+    id: int
+    key: str
+    rule: str
+    severity: str
+    kind: str
+    meter: str | None
+    lot: str | None
+    district: str | None
+    message: str
+    first_seen: int
+    last_seen: int
+    count: int
+    status: str
+    evidence: str
+    history: str
+
+
+@dataclass(frozen=True)
+class AlertFilter:
+    """Filters of the alert list; None means any. `since_ms` is on last_seen."""
+
+    status: str | None = None
+    severity: str | None = None
+    kind: str | None = None
+    district: str | None = None
+    meter: str | None = None
+    lot: str | None = None
+    since_ms: int | None = None
+
+
+class AlertWrites(Protocol):
+    """The alert rows inside one write transaction (writers are serialised)."""
+
+    def by_keys(self, keys: Sequence[str]) -> dict[str, AlertRecord]:
+        """The stored alerts of these keys (absent keys left out)."""
+        ...
+
+    def by_id(self, alert_id: int) -> AlertRecord | None:
+        """One stored alert."""
+        ...
+
+    def insert(self, records: Sequence[AlertRecord]) -> list[int]:
+        """Store new alerts in order (their `id` is ignored); returns the ids given."""
+        ...
+
+    def update(self, records: Sequence[AlertRecord]) -> None:
+        """Write back changed alerts (by id)."""
+        ...
+
+    def unresolved_before(self, before_ms: int) -> list[AlertRecord]:
+        """Alerts not resolved whose last sighting is before `before_ms`, by id."""
+        ...
+
+
+class AlertStore(Protocol):
+    """Where the alert book keeps its alerts (SQLite beside the state, or PostgreSQL)."""
+
+    def writing(self) -> AbstractContextManager[AlertWrites]:
+        """One all-or-nothing write; concurrent writers (threads, workers) wait their turn."""
+        ...
+
+    def get(self, alert_id: int) -> AlertRecord | None:
+        """One alert."""
+        ...
+
+    def query(self, flt: AlertFilter, after_id: int, limit: int) -> list[AlertRecord]:
+        """Alerts by id after `after_id`, filtered."""
+        ...
+
+    def count_open(self) -> dict[str, int]:
+        """Open (unacknowledged) alerts per severity (severities without one left out)."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection."""
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One message to one receiver: one alert, or a group of alerts with one action."""
+
+    key: str
+    receiver: str
+    route: str
+    action: str
+    alerts: list[dict[str, Any]]
+    id: int = 0
+    attempts: int = 0
+
+
+@dataclass(frozen=True)
+class Escalation:
+    """An armed escalation timer: `step` 0 escalates, later steps remind."""
+
+    route: str
+    alert: dict[str, Any]
+    armed: str
+    step: int
+
+
+def compact_json(value: Any) -> str:
+    """JSON as the outbox stores and receivers send it: no spaces, anything else as str."""
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+class OutboxStore(Protocol):
+    """The notifier's durable tables: outbox rows, group buffers, escalation timers.
+
+    Every method but `transaction` and `claim` runs inside the caller's transaction (or
+    on its own). Delivery is claimed: `claim` hands rows to one claimant for a lease,
+    and `finish`/`postpone` settle only rows the claimant still holds, so several
+    workers deliver each row once, and a row whose claimant died is claimed again when
+    its lease runs out.
+    """
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """All or nothing; writers wait their turn."""
+        ...
+
+    def add(self, n: Notification, now: float) -> None:
+        """Queue a notification; a key already queued or delivered is ignored (dedup)."""
+
+    def claim(self, now: float, limit: int, owner: str, lease_s: float) -> list[Notification]:
+        """Take up to `limit` due pending rows, oldest first, for `lease_s` seconds."""
+        ...
+
+    def finish(self, row_id: int, state: str, now: float, owner: str, error: str = "") -> bool:
+        """Mark a claimed row `done` or `failed`; False when the claim was lost."""
+        ...
+
+    def postpone(self, row_id: int, next_at: float, owner: str, error: str) -> bool:
+        """Count a failed attempt and schedule the next; False when the claim was lost."""
+        ...
+
+    def release(self, row_ids: Sequence[int], owner: str) -> None:
+        """Give back claimed rows that were not attempted (due again at once)."""
+
+    def pending(self) -> int:
+        """Rows not yet delivered or given up."""
+        ...
+
+    def prune(self, before: float) -> None:
+        """Drop finished rows older than `before`."""
+
+    def buffer(
+        self, route: str, receiver: str, action: str, alert: dict[str, Any], member: str, now: float
+    ) -> None:
+        """Hold an alert for a grouped notification (a later change replaces its entry)."""
+
+    def groups(self) -> list[tuple[str, str, str, float]]:
+        """(route, receiver, action, window start) of every open group."""
+        ...
+
+    def take_group(
+        self, route: str, receiver: str, action: str
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Remove and return a group's (member key, alert), by alert id."""
+        ...
+
+    def buffered(self) -> int:
+        """Alerts held in group buffers."""
+        ...
+
+    def arm(self, route: str, alert: dict[str, Any], due_at: float) -> None:
+        """Start a timer; re-submitting the same opening keeps the running one."""
+
+    def refresh(self, alert: dict[str, Any]) -> None:
+        """Let escalations carry the alert as it is now."""
+
+    def disarm(self, alert_id: int) -> list[tuple[str, int]]:
+        """Stop an alert's timers; returns (route, steps already sent) of each."""
+        ...
+
+    def due_escalations(self, now: float) -> list[Escalation]:
+        """Armed timers that are due (held by this transaction until it ends)."""
+        ...
+
+    def advance(self, route: str, alert_id: int, due_at: float | None) -> None:
+        """One step sent; the next is due at `due_at` (None: none, stay armed)."""
+
+    def drop_escalation(self, route: str, alert_id: int) -> None:
+        """Forget a timer."""
+
+    def close(self) -> None:
+        """Release the connection."""
 
 
 def meter_series(rows: Sequence[Sequence[Any]], fields: Sequence[str]) -> Series:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from monitor.core.ports import TelemetryStore
-from monitor.platform.config import StorageSettings
-from monitor.platform.metrics import Metrics
+
+if TYPE_CHECKING:  # the settings tree imports the alert book, which imports this package
+    from monitor.platform.config import StorageSettings
+    from monitor.platform.metrics import Metrics
 
 
 def open_store(settings: StorageSettings, metrics: Metrics) -> TelemetryStore:

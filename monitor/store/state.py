@@ -26,11 +26,13 @@ from monitor.core.ports import (
     SampleRow,
     SeenMeter,
     SeenUpdate,
+    StateHealth,
     TariffRollout,
     WorkOrderRow,
 )
 from monitor.core.registry import COLUMNS, MeterRow, add_years
 from monitor.core.schema import Record
+from monitor.store.seen import SeenBuffer
 
 _SCHEMA = [
     f"""CREATE TABLE IF NOT EXISTS registry (
@@ -97,6 +99,8 @@ class SqliteState:
     state.upsert_meters(rows); state.list_meters(MeterFilter(kind="elec"), after=None, limit=100)
     """
 
+    backend = "sqlite"
+
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -106,10 +110,11 @@ class SqliteState:
         for stmt in _SCHEMA:
             self._db.execute(stmt)
         self._add_due_column()
-        # Meters seen, not yet in `seen`: meter → [kind, district, first_ts, last_ts,
-        # messages, last_received] (see note_records).
-        self._seen_lock = threading.Lock()
-        self._pending: dict[str, list[Any]] = {}
+        self._seen = SeenBuffer()  # meters seen, not yet in `seen` (see note_records)
+
+    def health(self) -> StateHealth:
+        """A local file: available while open."""
+        return StateHealth(self.backend, True)
 
     def _add_due_column(self) -> None:
         """The derived due date as an indexed column (files from before it get it filled)."""
@@ -131,7 +136,7 @@ class SqliteState:
 
     def _rows(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
-            if self._pending:  # reads see every meter noted so far
+            if self._seen:  # reads see every meter noted so far
                 self._flush_seen_locked()
             return self._db.execute(sql, tuple(args)).fetchall()
 
@@ -196,25 +201,7 @@ class SqliteState:
 
     def note_seen(self, updates: Mapping[str, SeenUpdate]) -> None:
         """Record which meters sent telemetry (per meter: kind, district, span, count)."""
-        with self._seen_lock:
-            pending = self._pending
-            for meter, u in updates.items():
-                p = pending.get(meter)
-                if p is None:
-                    pending[meter] = [
-                        u.kind,
-                        u.district,
-                        u.first_ts,
-                        u.last_ts,
-                        u.messages,
-                        u.received_at,
-                    ]
-                    continue
-                p[1] = u.district or p[1]
-                p[2] = min(p[2], u.first_ts)
-                p[3] = max(p[3], u.last_ts)
-                p[4] += u.messages
-                p[5] = max(p[5], u.received_at)
+        self._seen.note_seen(updates)
 
     def note_records(self, records: Iterable[Record], received_at: float) -> None:
         """Record the meters of a batch of telemetry (the ingest worker's one pass per batch).
@@ -223,22 +210,7 @@ class SqliteState:
         on stop; `close` and every read of this state flush first), so a meter sending
         every second costs one upsert per flush instead of one per message.
         """
-        with self._seen_lock:
-            pending = self._pending
-            for r in records:
-                ts = r.ts_ms
-                p = pending.get(r.meter)
-                if p is None:
-                    pending[r.meter] = [r.measurement.kind, r.district, ts, ts, 1, received_at]
-                    continue
-                if ts < p[2]:
-                    p[2] = ts
-                elif ts > p[3]:
-                    p[3] = ts
-                p[4] += 1
-                p[5] = received_at
-                if r.district:  # the newest district named wins, as in note_seen
-                    p[1] = r.district
+        self._seen.note_records(records, received_at)
 
     def flush_seen(self) -> int:
         """Write what `note_*` gathered to the `seen` table; returns meters written."""
@@ -247,11 +219,13 @@ class SqliteState:
 
     def _flush_seen_locked(self) -> int:
         # Under self._lock: no two flushes interleave, so the upserts apply in order.
-        with self._seen_lock:
-            pending, self._pending = self._pending, {}
-        if not pending:
+        taken = self._seen.take()
+        if not taken:
             return 0
-        values = [(m, p[0], p[1] or None, p[2], p[3], p[4], p[5]) for m, p in pending.items()]
+        values = [
+            (m, u.kind, u.district or None, u.first_ts, u.last_ts, u.messages, u.received_at)
+            for m, u in taken.items()
+        ]
         try:
             self._db.execute("BEGIN")
             self._db.executemany(_SEEN_UPSERT, values)
@@ -259,9 +233,7 @@ class SqliteState:
         except sqlite3.Error:
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("ROLLBACK")
-            self.note_seen(
-                {m: SeenUpdate(p[0], p[1], p[2], p[3], p[4], p[5]) for m, p in pending.items()}
-            )  # kept for the next flush
+            self._seen.put_back(taken)  # kept for the next flush
             raise
         return len(values)
 
@@ -438,8 +410,15 @@ class SqliteState:
     # -- work orders and tariff rollouts ------------------------------------
 
     def add_workorder(self, meter: str, start_ms: int, end_ms: int, reason: str) -> int:
-        """Record an authorised intervention; returns its id."""
+        """Record an authorised intervention; the same one again returns its first id."""
         with self._lock:
+            found = self._db.execute(
+                "SELECT id FROM workorders WHERE meter = ? AND start_ms = ? AND end_ms = ? "
+                "AND reason = ? ORDER BY id LIMIT 1",
+                (meter, start_ms, end_ms, reason),
+            ).fetchone()
+            if found is not None:
+                return int(found[0])
             cur = self._db.execute(
                 "INSERT INTO workorders (meter, start_ms, end_ms, reason) VALUES (?, ?, ?, ?)",
                 (meter, start_ms, end_ms, reason),
@@ -465,14 +444,16 @@ class SqliteState:
         effective_from_ms: int,
         deadline_ms: int,
         meters: list[str],
-    ) -> None:
-        """Record a rolled-out tariff and the meters it was pushed to."""
+    ) -> bool:
+        """Record a rolled-out tariff and the meters it was pushed to; False (nothing
+        changed) when that version was already rolled out."""
         with self._lock:
-            self._db.execute(
-                "INSERT INTO tariffs (version, body, effective_from_ms, deadline_ms, meters) "
-                "VALUES (?, ?, ?, ?, ?)",
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO tariffs (version, body, effective_from_ms, deadline_ms, "
+                "meters) VALUES (?, ?, ?, ?, ?)",
                 (version, json.dumps(body), effective_from_ms, deadline_ms, json.dumps(meters)),
             )
+            return cur.rowcount == 1
 
     def tariff(self, version: str) -> TariffRollout | None:
         """A rollout: (body, effective_from_ms, deadline_ms, meters)."""

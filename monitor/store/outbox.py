@@ -1,14 +1,16 @@
-"""The SQLite outbox: notifications, group buffers and escalation timers that survive a restart."""
+"""The SQLite outbox: notifications, group buffers and escalation timers that survive a
+restart (the embedded `core.ports.OutboxStore`)."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from monitor.core.ports import Escalation, Notification, compact_json
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS notify_outbox (
@@ -16,7 +18,8 @@ _SCHEMA = (
         receiver TEXT NOT NULL, route TEXT NOT NULL, action TEXT NOT NULL,
         alerts TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'pending',
         attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL,
-        created_at REAL NOT NULL, finished_at REAL, last_error TEXT)""",
+        created_at REAL NOT NULL, finished_at REAL, last_error TEXT,
+        claimed_by TEXT, claim_until REAL)""",
     "CREATE INDEX IF NOT EXISTS notify_outbox_due ON notify_outbox (state, next_at)",
     """CREATE TABLE IF NOT EXISTS notify_grouped (
         route TEXT NOT NULL, receiver TEXT NOT NULL, action TEXT NOT NULL,
@@ -31,37 +34,11 @@ _SCHEMA = (
 )
 
 
-@dataclass(frozen=True)
-class Notification:
-    """One message to one receiver: one alert, or a group of alerts with one action."""
-
-    key: str
-    receiver: str
-    route: str
-    action: str
-    alerts: list[dict[str, Any]]
-    id: int = 0
-    attempts: int = 0
-
-
-@dataclass(frozen=True)
-class Escalation:
-    """An armed escalation timer: `step` 0 escalates, later steps remind."""
-
-    route: str
-    alert: dict[str, Any]
-    armed: str
-    step: int
-
-
-def compact_json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), default=str)
-
-
-class Outbox:
+class SqliteOutbox:
     """The notifier's tables in a SQLite file (WAL); callers serialise access.
 
-    Every method but `transaction` runs inside the caller's transaction or autocommits.
+    Every method but `transaction` and `claim` runs inside the caller's transaction or
+    autocommits.
     """
 
     def __init__(self, path: Path) -> None:
@@ -73,6 +50,10 @@ class Outbox:
         self._db.execute("PRAGMA synchronous=NORMAL")
         for sql in _SCHEMA:
             self._db.execute(sql)
+        cols = {r[1] for r in self._db.execute("PRAGMA table_info(notify_outbox)")}
+        for col, kind in (("claimed_by", "TEXT"), ("claim_until", "REAL")):
+            if col not in cols:  # a file from before claims
+                self._db.execute(f"ALTER TABLE notify_outbox ADD COLUMN {col} {kind}")
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -93,32 +74,51 @@ class Outbox:
             (n.key, n.receiver, n.route, n.action, compact_json(n.alerts), now, now),
         )
 
-    def due(self, now: float, limit: int) -> list[Notification]:
-        """Pending notifications whose next attempt is due, oldest first."""
-        rows = self._db.execute(
-            "SELECT id, key, receiver, route, action, alerts, attempts FROM notify_outbox "
-            "WHERE state = 'pending' AND next_at <= ? ORDER BY next_at, id LIMIT ?",
-            (now, limit),
-        ).fetchall()
+    def claim(self, now: float, limit: int, owner: str, lease_s: float) -> list[Notification]:
+        """Due pending rows, oldest first, claimed by `owner` until `now + lease_s`."""
+        with self.transaction():
+            rows = self._db.execute(
+                "SELECT id, key, receiver, route, action, alerts, attempts FROM notify_outbox "
+                "WHERE state = 'pending' AND next_at <= ? "
+                "AND (claim_until IS NULL OR claim_until <= ?) ORDER BY next_at, id LIMIT ?",
+                (now, now, limit),
+            ).fetchall()
+            self._db.executemany(
+                "UPDATE notify_outbox SET claimed_by = ?, claim_until = ? WHERE id = ?",
+                [(owner, now + lease_s, r[0]) for r in rows],
+            )
         return [
             Notification(key, rcv, route, action, json.loads(alerts), rid, attempts)
             for rid, key, rcv, route, action, alerts, attempts in rows
         ]
 
-    def finish(self, row_id: int, state: str, now: float, error: str = "") -> None:
-        """Mark a row `done` or `failed` (kept until pruned, so its key stays deduplicated)."""
-        self._db.execute(
+    def finish(self, row_id: int, state: str, now: float, owner: str, error: str = "") -> bool:
+        """Mark a claimed row `done` or `failed` (kept until pruned, so its key stays
+        deduplicated); False when `owner` no longer holds it."""
+        cur = self._db.execute(
             "UPDATE notify_outbox SET state = ?, finished_at = ?, attempts = attempts + 1, "
-            "last_error = ? WHERE id = ?",
-            (state, now, error or None, row_id),
+            "last_error = ?, claimed_by = NULL, claim_until = NULL "
+            "WHERE id = ? AND claimed_by = ? AND state = 'pending'",
+            (state, now, error or None, row_id, owner),
         )
+        return cur.rowcount == 1
 
-    def postpone(self, row_id: int, next_at: float, error: str) -> None:
-        """Count a failed attempt and schedule the next one."""
-        self._db.execute(
-            "UPDATE notify_outbox SET attempts = attempts + 1, next_at = ?, last_error = ? "
-            "WHERE id = ?",
-            (next_at, error, row_id),
+    def postpone(self, row_id: int, next_at: float, owner: str, error: str) -> bool:
+        """Count a failed attempt and schedule the next one; False when the claim was lost."""
+        cur = self._db.execute(
+            "UPDATE notify_outbox SET attempts = attempts + 1, next_at = ?, last_error = ?, "
+            "claimed_by = NULL, claim_until = NULL "
+            "WHERE id = ? AND claimed_by = ? AND state = 'pending'",
+            (next_at, error, row_id, owner),
+        )
+        return cur.rowcount == 1
+
+    def release(self, row_ids: Sequence[int], owner: str) -> None:
+        """Give back claimed rows that were not attempted (due again at once)."""
+        self._db.executemany(
+            "UPDATE notify_outbox SET claimed_by = NULL, claim_until = NULL "
+            "WHERE id = ? AND claimed_by = ?",
+            [(i, owner) for i in row_ids],
         )
 
     def pending(self) -> int:

@@ -1,0 +1,167 @@
+"""The PostgreSQL schema as numbered migrations, applied once each, in order.
+
+A migration is never edited once released: a change is a new one at the end. Workers
+starting together migrate one at a time (the `schema_migrations` table is locked for
+the duration), so the second finds the work done. JSON bodies are kept as `text`,
+byte for byte what the service wrote (the same bytes the embedded store keeps). Every
+text column is `COLLATE "C"`: ids order and compare byte by byte, as in SQLite and
+keyset cursors expect, whatever locale the database was created with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import errors
+
+# Wall-clock text stamps as the embedded store writes them (to the second, UTC, 'Z').
+_NOW_TEXT = """to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')"""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of the schema."""
+
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "state: registry, meters seen, decisions, districts, lot samples, taxi ledger",
+        (
+            f"""CREATE TABLE registry (
+                meter_id text COLLATE "C" PRIMARY KEY, kind text COLLATE "C" NOT NULL, role text COLLATE "C", district text COLLATE "C",
+                lot text COLLATE "C", manufacturer text COLLATE "C", model text COLLATE "C", accuracy_class text COLLATE "C",
+                installed_on text COLLATE "C", verified_on text COLLATE "C", period_years integer, plate text COLLATE "C",
+                due_on text COLLATE "C", updated_at text COLLATE "C" NOT NULL DEFAULT {_NOW_TEXT})""",
+            "CREATE INDEX registry_district ON registry (district)",
+            "CREATE INDEX registry_lot ON registry (lot)",
+            "CREATE INDEX registry_due ON registry (due_on)",
+            "CREATE INDEX registry_kind ON registry (kind, meter_id)",
+            # Moves with every registry write: ingest reloads its meter → district map.
+            "CREATE SEQUENCE registry_version",
+            """CREATE TABLE seen (
+                meter_id text COLLATE "C" PRIMARY KEY, kind text COLLATE "C" NOT NULL, district text COLLATE "C",
+                first_ts bigint NOT NULL, last_ts bigint NOT NULL, messages bigint NOT NULL,
+                last_received double precision NOT NULL)""",
+            # One row per flush of a worker's meters seen: a flush retried after its
+            # commit was lost in transit is recognised and not counted twice.
+            """CREATE TABLE seen_flushes (
+                writer text COLLATE "C" NOT NULL, seq bigint NOT NULL,
+                at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (writer, seq))""",
+            """CREATE TABLE district_mismatches (
+                meter_id text COLLATE "C" NOT NULL, topic_district text COLLATE "C" NOT NULL,
+                registered_district text COLLATE "C" NOT NULL, messages bigint NOT NULL,
+                first_ts bigint NOT NULL, last_ts bigint NOT NULL,
+                last_received double precision NOT NULL,
+                PRIMARY KEY (meter_id, topic_district))""",
+            """CREATE TABLE decisions (
+                scope text COLLATE "C" NOT NULL, subject text COLLATE "C" NOT NULL, kind text COLLATE "C" NOT NULL,
+                decision text COLLATE "C" NOT NULL, state text COLLATE "C" NOT NULL, as_of text COLLATE "C" NOT NULL,
+                rules_version text COLLATE "C" NOT NULL, body text COLLATE "C" NOT NULL,
+                PRIMARY KEY (scope, subject))""",
+            "CREATE INDEX decisions_by_decision ON decisions (scope, decision, subject)",
+            """CREATE TABLE districts (
+                district text COLLATE "C" PRIMARY KEY, as_of text COLLATE "C" NOT NULL, body text COLLATE "C" NOT NULL,
+                gates_passed boolean NOT NULL)""",
+            """CREATE TABLE sample_results (
+                lot text COLLATE "C" NOT NULL, meter text COLLATE "C" NOT NULL, error_pct double precision,
+                passed boolean NOT NULL, PRIMARY KEY (lot, meter))""",
+            f"""CREATE TABLE workorders (
+                id bigserial PRIMARY KEY, meter text COLLATE "C" NOT NULL, start_ms bigint NOT NULL,
+                end_ms bigint NOT NULL, reason text COLLATE "C" NOT NULL,
+                created_at text COLLATE "C" NOT NULL DEFAULT {_NOW_TEXT},
+                UNIQUE (meter, start_ms, end_ms, reason))""",
+            f"""CREATE TABLE tariffs (
+                version text COLLATE "C" PRIMARY KEY, body text COLLATE "C" NOT NULL,
+                effective_from_ms bigint NOT NULL, deadline_ms bigint NOT NULL,
+                meters text COLLATE "C" NOT NULL, created_at text COLLATE "C" NOT NULL DEFAULT {_NOW_TEXT},
+                seq bigserial)""",
+        ),
+    ),
+    Migration(
+        2,
+        "alerts",
+        (
+            """CREATE TABLE alerts (
+                id bigserial PRIMARY KEY, key text COLLATE "C" NOT NULL UNIQUE, rule text COLLATE "C" NOT NULL,
+                severity text COLLATE "C" NOT NULL, kind text COLLATE "C" NOT NULL, meter text COLLATE "C", lot text COLLATE "C",
+                district text COLLATE "C", message text COLLATE "C" NOT NULL, first_seen bigint NOT NULL,
+                last_seen bigint NOT NULL, count bigint NOT NULL, status text COLLATE "C" NOT NULL,
+                evidence text COLLATE "C" NOT NULL, history text COLLATE "C" NOT NULL)""",
+            "CREATE INDEX alerts_status ON alerts (status, severity)",
+            "CREATE INDEX alerts_meter ON alerts (meter)",
+            "CREATE INDEX alerts_unresolved ON alerts (last_seen) WHERE status <> 'resolved'",
+        ),
+    ),
+    Migration(
+        3,
+        "notification outbox, group buffers, escalation timers",
+        (
+            """CREATE TABLE notify_outbox (
+                id bigserial PRIMARY KEY, key text COLLATE "C" NOT NULL UNIQUE, receiver text COLLATE "C" NOT NULL,
+                route text COLLATE "C" NOT NULL, action text COLLATE "C" NOT NULL, alerts text COLLATE "C" NOT NULL,
+                state text COLLATE "C" NOT NULL DEFAULT 'pending', attempts integer NOT NULL DEFAULT 0,
+                next_at double precision NOT NULL, created_at double precision NOT NULL,
+                finished_at double precision, last_error text COLLATE "C", claimed_by text COLLATE "C",
+                claim_until double precision)""",
+            "CREATE INDEX notify_outbox_due ON notify_outbox (next_at, id) WHERE state = 'pending'",
+            """CREATE TABLE notify_grouped (
+                route text COLLATE "C" NOT NULL, receiver text COLLATE "C" NOT NULL, action text COLLATE "C" NOT NULL,
+                alert_id bigint NOT NULL, member text COLLATE "C" NOT NULL, alert text COLLATE "C" NOT NULL,
+                at double precision NOT NULL, PRIMARY KEY (route, receiver, action, alert_id))""",
+            """CREATE TABLE notify_escalations (
+                route text COLLATE "C" NOT NULL, alert_id bigint NOT NULL, armed text COLLATE "C" NOT NULL,
+                alert text COLLATE "C" NOT NULL, due_at double precision, step integer NOT NULL DEFAULT 0,
+                PRIMARY KEY (route, alert_id))""",
+            "CREATE INDEX notify_escalations_alert ON notify_escalations (alert_id)",
+        ),
+    ),
+)
+
+
+def latest_version() -> int:
+    return MIGRATIONS[-1].version
+
+
+def migrate(conn: psycopg.Connection[Any], upto: int | None = None) -> list[int]:
+    """Apply the migrations not applied yet (up to `upto`); returns the versions applied."""
+    _create_ledger(conn)
+    applied: list[int] = []
+    with conn.transaction():
+        # Held to the end of the transaction: a second worker waits here, then finds the
+        # versions recorded and applies nothing.
+        conn.execute("LOCK TABLE schema_migrations IN EXCLUSIVE MODE")
+        done = {int(r[0]) for r in conn.execute("SELECT version FROM schema_migrations")}
+        for m in MIGRATIONS:
+            if m.version in done or (upto is not None and m.version > upto):
+                continue
+            for sql in m.statements:
+                conn.execute(sql)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (m.version, m.name)
+            )
+            applied.append(m.version)
+    return applied
+
+
+def applied_versions(conn: psycopg.Connection[Any]) -> list[int]:
+    """The versions recorded in the database, in order."""
+    rows = conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def _create_ledger(conn: psycopg.Connection[Any]) -> None:
+    sql = """CREATE TABLE IF NOT EXISTS schema_migrations (
+        version integer PRIMARY KEY, name text COLLATE "C" NOT NULL,
+        applied_at timestamptz NOT NULL DEFAULT now())"""
+    # Two workers may create it at the same instant (IF NOT EXISTS is not atomic against
+    # a concurrent creation): the loser's error says it exists now, all we need.
+    with contextlib.suppress(errors.UniqueViolation, errors.DuplicateTable):
+        conn.execute(sql)
