@@ -53,7 +53,7 @@ def cmd_simulate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 def cmd_registry_import(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """Load registry rows from CSV into the state store (all or nothing)."""
     from monitor.core.registry import parse_csv
-    from monitor.store.state import SqliteState
+    from monitor.store.backends import open_state
 
     settings = _settings(args, env)
     parsed = parse_csv(Path(args.file).read_text(encoding="utf-8"))
@@ -62,11 +62,11 @@ def cmd_registry_import(args: argparse.Namespace, env: Mapping[str, str]) -> int
             print(f"{args.file}: {error}", file=sys.stderr)
         print(f"{len(parsed.errors)} row(s) refused; nothing imported", file=sys.stderr)
         return 1
-    state = SqliteState(settings.storage.data_dir / "state.sqlite")
+    backend = open_state(settings.state, settings.storage.data_dir, "monitor-registry-import")
     try:
-        added, updated = state.upsert_meters(parsed.rows)
+        added, updated = backend.state.upsert_meters(parsed.rows)
     finally:
-        state.close()
+        backend.close()
     print(f"imported {len(parsed.rows)} meter(s): {added} added, {updated} updated")
     return 0
 
@@ -97,14 +97,15 @@ def cmd_rules_backtest(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from monitor.evaluation.runner import Evaluator
     from monitor.platform.metrics import Metrics
     from monitor.store import open_store
-    from monitor.store.state import SqliteState
+    from monitor.store.backends import open_state
     from monitor.taxi.tariff import load_tariffs
 
     settings = _settings(args, env)
     current = load_rules(settings.rules_file)
     candidate = load_rules(Path(args.file)) if args.file else current
     store = open_store(settings.storage, Metrics())
-    state = SqliteState(settings.storage.data_dir / "state.sqlite")
+    backend = open_state(settings.state, settings.storage.data_dir, "monitor-backtest")
+    state = backend.state
     try:
         book_of_tariffs = load_tariffs(settings.tariffs_file, settings.scheduling.timezone)
         evaluator = Evaluator(
@@ -117,7 +118,7 @@ def cmd_rules_backtest(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         diffs = backtest(evaluator, current, candidate, latest, args.since)
     finally:
         store.close()
-        state.close()
+        backend.close()
     print(
         f"{current.version} → {candidate.version}, {args.since + 1} daily passes: "
         f"{len(diffs)} decision(s) differ"

@@ -30,7 +30,7 @@ from monitor.platform.config import Settings, split_host_port
 from monitor.platform.metrics import Metrics
 from monitor.platform.mqtt import BrokerAddress, PublishLink, parse_broker_url
 from monitor.store import open_store
-from monitor.store.state import SqliteState
+from monitor.store.backends import open_state
 from monitor.taxi.tariff import load_tariffs
 
 # How long the command waits for a TCP connection to the API before it concludes
@@ -114,12 +114,13 @@ def run_here(
     tariffs = load_tariffs(settings.tariffs_file, settings.scheduling.timezone)
     data = settings.storage.data_dir
     store = open_store(settings.storage, Metrics())
-    state = SqliteState(data / "state.sqlite")
-    alerts = AlertBook(data / "state.sqlite", int(settings.alerts.clear_after_h * 3_600_000))
+    backend = open_state(settings.state, data, f"monitor-evaluate-{os.getpid()}")
+    state = backend.state
+    alerts = AlertBook(backend.alerts, int(settings.alerts.clear_after_h * 3_600_000))
     address = broker_address(settings)
     link = PublishLink(address, f"monitor-evaluate-{os.getpid()}")
     reachable = link.connect(CONNECT_TIMEOUT_S)
-    notifier = Notifier(settings.alerts.routing, data / "notify.sqlite", link.publish)
+    notifier = Notifier(settings.alerts.routing, backend.outbox, link.publish)
     changes: Counter[str] = Counter()
 
     def notify(batch: Sequence[Change]) -> None:
@@ -146,9 +147,8 @@ def run_here(
     finally:
         notifier.close()
         unacked = link.close()
-        alerts.close()
         store.close()
-        state.close()
+        backend.close()
     _footer(out, address, reachable, unacked, changes, delivered, pending)
     return 0
 

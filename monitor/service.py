@@ -25,7 +25,7 @@ from monitor.alerts.offline import OFFLINE_RULES, offline_conditions
 from monitor.api.app import create_app
 from monitor.api.context import ApiContext
 from monitor.api.web import mount_web
-from monitor.core.ports import StateStore, TelemetryStore
+from monitor.core.ports import StateStore, StateUnavailable, TelemetryStore
 from monitor.core.rulebook import RuleBook, load_rules
 from monitor.evaluation.runner import Evaluator, decision_publisher
 from monitor.ingest.worker import IngestWorker
@@ -36,7 +36,7 @@ from monitor.platform.metrics import Metrics, RateSampler
 from monitor.platform.mqtt import BrokerAddress, parse_broker_url
 from monitor.platform.reload import HotFile
 from monitor.store import open_store
-from monitor.store.state import SqliteState
+from monitor.store.backends import StateBackend, open_state
 from monitor.taxi.tariff import TariffBook, load_tariffs
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ class Components:
     evaluator: Evaluator
     alerts: AlertBook
     notifier: Notifier
+    backend: StateBackend
     broker: EmbeddedBroker | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -106,14 +107,17 @@ class Service:
         else:
             address = parse_broker_url(s.mqtt.url)
         store = open_store(s.storage, self.metrics)
-        state = SqliteState(self.data_dir / "state.sqlite")
-        worker = IngestWorker(mqtt, address, store, state, self.metrics, self.clock, s.ingest)
+        backend = open_state(s.state, self.data_dir, mqtt.session_id)
+        state = backend.state
+        worker = IngestWorker(
+            mqtt, address, store, backend.ingest, self.metrics, self.clock, s.ingest
+        )
         worker.start()
         publish_decision = decision_publisher(worker.publish, s.mqtt.decisions_topic_root)
 
-        alerts = AlertBook(self.data_dir / "state.sqlite", int(s.alerts.clear_after_h * 3_600_000))
+        alerts = AlertBook(backend.alerts, int(s.alerts.clear_after_h * 3_600_000))
 
-        notifier = Notifier(s.alerts.routing, self.data_dir / "notify.sqlite", worker.publish)
+        notifier = Notifier(s.alerts.routing, backend.outbox, worker.publish, owner=mqtt.session_id)
 
         def notify(changes: Sequence[Change]) -> None:
             notifier.submit(changes)
@@ -129,34 +133,53 @@ class Service:
             zone=s.scheduling.zone,
         )
         self.parts = Components(
-            address, store, state, worker, rules, tariffs, evaluator, alerts, notifier, broker
+            address,
+            store,
+            state,
+            worker,
+            rules,
+            tariffs,
+            evaluator,
+            alerts,
+            notifier,
+            backend,
+            broker,
         )
         self._scheduler.add_job(
-            self._deliver, "interval", seconds=2, id="notify", max_instances=1, coalesce=True
+            _waiting(self._deliver),
+            "interval",
+            seconds=2,
+            id="notify",
+            max_instances=1,
+            coalesce=True,
         )
         self._scheduler.add_job(
-            self._housekeeping,
+            _waiting(self._housekeeping),
             "interval",
             seconds=30,
             id="housekeeping",
             next_run_time=datetime.now(UTC),  # the ingest rate's first sample
         )
         self._notify = notify
-        self._scheduler.add_job(self.check_offline, "interval", seconds=60, id="offline")
-        self._scheduler.add_job(self.check_mismatches, "interval", seconds=30, id="mismatch")
+        self._scheduler.add_job(_waiting(self.check_offline), "interval", seconds=60, id="offline")
+        self._scheduler.add_job(
+            _waiting(self.check_mismatches), "interval", seconds=30, id="mismatch"
+        )
         if s.scheduling.evaluate_cron:
             trigger = CronTrigger.from_crontab(s.scheduling.evaluate_cron, s.scheduling.timezone)
-            self._scheduler.add_job(self.evaluate_latest, trigger, id="evaluate")
+            self._scheduler.add_job(_waiting(self.evaluate_latest), trigger, id="evaluate")
         self._scheduler.add_job(
             self._reload, "interval", seconds=s.scheduling.rules_reload_s, id="reload"
         )
         self._scheduler.start()
         log.info(
-            "rules %s, %d tariff(s); telemetry store %s; broker %s",
+            "rules %s, %d tariff(s); telemetry store %s; state %s; broker %s as %s",
             rules.current.version,
             len(tariffs.current),
             s.storage.backend,
+            backend.database.where if backend.database else "embedded",
             address.url,
+            mqtt.session_id,
         )
         return self.parts
 
@@ -186,7 +209,7 @@ class Service:
     def schedule_evaluation(self, every_s: float) -> None:
         """Also evaluate every `every_s` seconds (the demo's short schedule), beside the cron."""
         self._scheduler.add_job(
-            self.evaluate_latest,
+            _waiting(self.evaluate_latest),
             "interval",
             seconds=every_s,
             id="evaluate-every",
@@ -318,8 +341,21 @@ class Service:
         self.parts.notifier.close()
         self.parts.worker.stop()
         self.parts.store.close()
-        self.parts.alerts.close()
-        self.parts.state.close()
+        self.parts.backend.close()
         if self.parts.broker is not None:
             self.parts.broker.stop()
         self.parts = None
+
+
+def _waiting(job: Callable[[], Any]) -> Callable[[], None]:
+    """A scheduled job that, while the state store is unavailable, says so in one line
+    and waits for its next run (instead of a traceback every run)."""
+
+    def run() -> None:
+        try:
+            job()
+        except StateUnavailable as exc:
+            log.warning("%s waits for the state store: %s", job.__name__, exc)
+
+    run.__name__ = job.__name__
+    return run

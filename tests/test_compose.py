@@ -452,7 +452,7 @@ def test_scale_workers_get_shared_subscriptions(services: dict[str, Any]) -> Non
     }
     settings = {name: settings_for(env) for name, env in envs.items()}
     assert all(s.mqtt.subscription.startswith("$share/workers/") for s in settings.values())
-    assert len({s.mqtt.client_id for s in settings.values()}) == len(settings)
+    assert len({s.mqtt.session_id for s in settings.values()}) == len(settings)
 
 
 @pytest.mark.skipif(not SCALE.is_file(), reason="no deploy/compose.scale.yml")
@@ -463,8 +463,26 @@ def test_scale_worker_matches_the_first_worker(services: dict[str, Any]) -> None
             continue
         assert service["image"] == services["monitor"]["image"]
         env = environment(service)
-        drift = {k for k, v in base.items() if env.get(k) != v}
+        # The client id is the one thing that must differ (it names the session).
+        drift = {k for k, v in base.items() if env.get(k) != v} - {"MONITOR_MQTT__CLIENT_ID"}
         assert not drift, f"{name} differs from monitor in {drift}"
+
+
+def test_every_worker_shares_the_state_database(services: dict[str, Any]) -> None:
+    urls = {resolved_environment(services["monitor"])["MONITOR_STATE_URL"]}
+    if SCALE.is_file():
+        urls |= {
+            resolved_environment(s)["MONITOR_STATE_URL"]
+            for s in load_yaml(SCALE)["services"].values()
+        }
+    [url] = urls
+    postgres = resolved_environment(services["postgres"])
+    parts = urlsplit(url)
+    assert parts.hostname == "postgres" and parts.path == f"/{postgres['POSTGRES_DB']}"
+    assert (parts.username, parts.password) == (
+        postgres["POSTGRES_USER"],
+        postgres["POSTGRES_PASSWORD"],
+    )
 
 
 # --- Dockerfile --------------------------------------------------------------------

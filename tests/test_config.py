@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -30,8 +31,14 @@ def test_contract_variables_override_the_file() -> None:
         "MONITOR_HTTP": "0.0.0.0:9000",
         "MONITOR_DATA_DIR": "/tmp/x",
         "MONITOR_EMBEDDED_MQTT": "0.0.0.0:1999",
+        "MONITOR_STATE_URL": "postgresql://mon:pw@db:5432/monitor",
+        "MONITOR_MQTT__SHARED_GROUP": "workers",
+        "MONITOR_MQTT__CLIENT_ID": "worker-7",
     }
     s = load_settings(REPO / "config", env)
+    assert s.state.url == "postgresql://mon:pw@db:5432/monitor"
+    assert s.mqtt.subscription == "$share/workers/meters/#"
+    assert s.mqtt.session_id == "worker-7"
     assert s.mqtt.url == "mqtt://user:pw@broker:1884"
     assert s.storage.backend == "influxdb"
     assert s.storage.influx.url == "http://influx:8086"
@@ -44,6 +51,18 @@ def test_contract_variables_override_the_file() -> None:
     assert s.storage.data_dir == Path("/tmp/x")
     assert s.mqtt.embedded == "0.0.0.0:1999"
     assert set(env) == set(ENV_ALIASES)
+
+
+def test_a_worker_without_a_client_id_gets_one_that_survives_its_restarts() -> None:
+    alone = load_settings(REPO / "config", {})
+    assert alone.mqtt.session_id == "monitor-worker-1"
+    shared = load_settings(REPO / "config", {"MONITOR_MQTT__SHARED_GROUP": "workers"})
+    assert shared.mqtt.session_id == f"monitor-{socket.gethostname()}"[:64]
+
+
+def test_a_state_url_that_is_not_postgresql_is_refused() -> None:
+    with pytest.raises(ConfigError, match="MONITOR_STATE_URL"):
+        load_settings(REPO / "config", {"MONITOR_STATE_URL": "mysql://db/monitor"})
 
 
 def test_generic_variables_reach_any_key() -> None:

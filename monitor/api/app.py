@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from monitor import __version__
 from monitor.api import alerts, evaluation, meters, ops, registry, taxi
 from monitor.api.context import ApiContext, jsonable
+from monitor.core.ports import StateUnavailable
 
 
 def _readable(exc: RequestValidationError) -> str:
@@ -29,6 +30,13 @@ def create_app(ctx: ApiContext) -> FastAPI:
         version=__version__,
         description="State evaluation of in-service electricity and taxi fare meters.",
     )
+
+    @app.exception_handler(StateUnavailable)
+    async def _state_down(_: Request, exc: StateUnavailable) -> JSONResponse:
+        # Telemetry is still taken in (it lives in the telemetry store); the state is not.
+        return JSONResponse(
+            {"detail": f"state store unavailable: {exc}"}, 503, headers={"Retry-After": "5"}
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:

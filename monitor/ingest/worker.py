@@ -28,7 +28,13 @@ from typing import Any, NamedTuple
 
 import paho.mqtt.client as paho
 
-from monitor.core.ports import IngestState, Mismatch, SeenUpdate, TelemetryStore
+from monitor.core.ports import (
+    IngestState,
+    Mismatch,
+    SeenUpdate,
+    StateUnavailable,
+    TelemetryStore,
+)
 from monitor.core.schema import Record
 from monitor.ingest.limits import IngestSettings, Limits
 from monitor.ingest.telemetry import Rejection, Route, parse_message, route_topic
@@ -129,7 +135,7 @@ class IngestWorker:
         self._connected = threading.Event()
         self._disconnected = threading.Event()
         self._client = make_client(
-            address, settings.client_id, settings.protocol, persistent=True, manual_ack=True
+            address, settings.session_id, settings.protocol, persistent=True, manual_ack=True
         )
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -278,6 +284,8 @@ class IngestWorker:
             if version != self._registry_version:
                 self._districts = self._state.registry_districts()
                 self._registry_version = version
+        except StateUnavailable:  # keep the last map; the next batch tries again
+            pass
         except Exception:  # keep the last map; the next batch tries again
             log.exception("could not refresh the registry's districts")
 
@@ -360,6 +368,8 @@ class IngestWorker:
         self._seen_due = time.monotonic() + self._s.seen_flush_s
         try:
             self._state.flush_seen()
+        except StateUnavailable as exc:  # kept in memory, written by the next flush
+            log.warning("meters seen kept in memory until the state is back: %s", exc)
         except Exception:  # kept in memory, written by the next flush
             log.exception("could not write meters seen")
 

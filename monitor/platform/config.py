@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import re
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +43,9 @@ ENV_ALIASES: dict[str, KeyPath] = {
     "MONITOR_INFLUX_ORG": ("storage", "influx", "org"),
     "MONITOR_INFLUX_BUCKET": ("storage", "influx", "bucket"),
     "MONITOR_HTTP": ("api", "http"),
+    "MONITOR_STATE_URL": ("state", "url"),
+    "MONITOR_MQTT__SHARED_GROUP": ("mqtt", "shared_group"),
+    "MONITOR_MQTT__CLIENT_ID": ("mqtt", "client_id"),
 }
 CONFIG_DIR_VAR = "MONITOR_CONFIG"
 _GENERIC = re.compile(r"^MONITOR_([A-Z0-9_]+?)__([A-Z0-9_]+(?:__[A-Z0-9_]+)*)$")
@@ -74,7 +78,14 @@ class MqttSettings(_Section):
         None, description="mqtt://[user:pass@]host:port or mqtts://; unset: embedded"
     )
     embedded: str = Field("127.0.0.1:1883", description="host:port of the embedded broker")
-    client_id: str = Field("monitor-worker-1", min_length=1, max_length=64)
+    client_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="this worker's MQTT client id, under which the broker keeps its "
+        "persistent session; unset: monitor-worker-1, or monitor-<hostname> in a "
+        "shared group",
+    )
     topic_root: str = Field("meters", pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
     shared_group: str | None = Field(
         None, pattern=r"^[A-Za-z0-9_-]+$", description="MQTT 5 shared subscription group"
@@ -113,6 +124,16 @@ class MqttSettings(_Section):
             raise ValueError("missing host")
         _ = parts.port  # raises ValueError on a bad port
         return value
+
+    @property
+    def session_id(self) -> str:
+        """The client id in force: the configured one, else one that stays the same
+        across restarts of this host (a persistent session's backlog waits for it)."""
+        if self.client_id:
+            return self.client_id
+        if self.shared_group:
+            return f"monitor-{socket.gethostname()}"[:64]
+        return "monitor-worker-1"
 
     @property
     def subscription(self) -> str:
@@ -156,6 +177,44 @@ class StorageSettings(_Section):
         if self.backend == "influxdb" and not self.influx.url:
             raise ValueError("backend influxdb needs influx.url (MONITOR_INFLUX_URL)")
         return self
+
+
+class StateSettings(_Section):
+    """Where the service's own state lives: registry, decisions, alerts, outbox, ledger."""
+
+    url: str | None = Field(
+        None,
+        description="postgresql://user:pass@host:port/db, shared by every worker; "
+        "unset: embedded SQLite in the data dir",
+    )
+    pool_size: int = Field(10, ge=1, le=500, description="connections per worker")
+    timeout_s: float = Field(
+        5.0, gt=0, le=300, description="wait for a connection before the state is unavailable"
+    )
+    lease_s: float = Field(
+        60.0,
+        ge=1,
+        le=3600,
+        description="how long a worker holds an evaluation partition without a heartbeat; "
+        "a dead worker's partitions are taken over after it",
+    )
+    partition_size: int = Field(
+        50, ge=1, le=100_000, description="districts (or lots) per evaluation partition"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        assert value is not None
+        parts = urlsplit(value)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError("the state URL must be postgresql://user:pass@host:port/db")
+        if not parts.hostname and "host=" not in parts.query:
+            raise ValueError("missing host")
+        _ = parts.port  # raises ValueError on a bad port
+        return value
 
 
 class ApiSettings(_Section):
@@ -223,6 +282,7 @@ class Settings(_Section):
     config_dir: Path = Path("config")
     mqtt: MqttSettings = MqttSettings()
     storage: StorageSettings = StorageSettings()
+    state: StateSettings = StateSettings()
     api: ApiSettings = ApiSettings()
     scheduling: SchedulingSettings = SchedulingSettings()
     alerts: AlertSettings = AlertSettings()

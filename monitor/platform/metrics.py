@@ -95,6 +95,17 @@ class Metrics:
             "Meters sending telemetry but not in the registry",
             registry=r,
         )
+        self.state_available = Gauge(
+            "monitor_state_available",
+            "1 while the state store (the shared database of a cluster) answers",
+            registry=r,
+        )
+        self.passes = Counter(
+            "monitor_evaluation_partitions",
+            "Evaluation partitions this worker finished, by stage",
+            ["stage"],
+            registry=r,
+        )
 
     def received_total(self) -> float:
         """Messages received, all kinds."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -59,7 +60,11 @@ class Database:
 
     backend = "postgresql"
 
-    def __init__(self, url: str, *, max_size: int = 10, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, url: str, *, max_size: int = 10, timeout_s: float = 5.0, retry_s: float = 2.0
+    ) -> None:
+        """`retry_s`: after an outage, calls fail at once for this long (no caller waits
+        `timeout_s` for a database known to be away), then one tries again."""
         self.url = url
         self.where = redact(url)
         self._pool = ConnectionPool(
@@ -82,6 +87,9 @@ class Database:
         self._local = threading.local()
         self._migrate_lock = threading.Lock()
         self._migrated = False
+        self._retry_s = retry_s
+        self._retry_at = 0.0  # monotonic: before it, the database is taken to be away
+        self._why = ""
 
     # -- units of work ------------------------------------------------------
 
@@ -104,7 +112,7 @@ class Database:
         except _DOWN as exc:
             if not is_outage(exc):
                 raise
-            raise StateUnavailable(f"state database {self.where}: {_reason(exc)}") from exc
+            raise self._away(exc) from exc
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
@@ -120,7 +128,7 @@ class Database:
         except _DOWN as exc:
             if not is_outage(exc):
                 raise
-            raise StateUnavailable(f"state database {self.where}: {_reason(exc)}") from exc
+            raise self._away(exc) from exc
 
     def rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """A query's rows."""
@@ -134,7 +142,14 @@ class Database:
 
     # -- schema and health ---------------------------------------------------
 
+    def _away(self, exc: BaseException) -> StateUnavailable:
+        self._why = f"state database {self.where}: {_reason(exc)}"
+        self._retry_at = time.monotonic() + self._retry_s
+        return StateUnavailable(self._why)
+
     def _ensure_schema(self) -> None:
+        if time.monotonic() < self._retry_at:
+            raise StateUnavailable(self._why)
         if self._migrated:
             return
         with self._migrate_lock:
@@ -144,7 +159,7 @@ class Database:
                 with self._pool.connection() as conn:
                     applied = migrate(conn)
             except _DOWN as exc:
-                raise StateUnavailable(f"state database {self.where}: {_reason(exc)}") from exc
+                raise self._away(exc) from exc
             if applied:
                 log.info("state database %s: migrations %s applied", self.where, applied)
             self._migrated = True

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import threading
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import date
@@ -72,7 +73,7 @@ class PostgresState:
 
     state = PostgresState(Database("postgresql://…/monitor"))
 
-    `writer` names this process in the flushes of meters seen (default: random).
+    `writer` names this process in the flushes of meters seen (a random suffix is added).
     """
 
     backend = "postgresql"
@@ -80,8 +81,11 @@ class PostgresState:
     def __init__(self, db: Database, writer: str | None = None) -> None:
         self._db = db
         self._seen = SeenBuffer()
-        self._writer = writer or uuid.uuid4().hex
+        # Unique per process: a restarted worker numbers its flushes from 1 again.
+        self._writer = f"{writer or 'state'}:{uuid.uuid4().hex[:12]}"
         self._flushes = itertools.count(1)
+        self._flush_lock = threading.Lock()
+        self._unsent: tuple[int, dict[str, SeenUpdate]] | None = None
 
     @property
     def database(self) -> Database:
@@ -91,7 +95,7 @@ class PostgresState:
         return self._db.health()
 
     def _rows(self, query: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
-        if self._seen:  # reads see every meter noted so far (as the embedded store's do)
+        if self._seen or self._unsent:  # reads see every meter noted so far
             self.flush_seen()
         return self._db.rows(query, list(args))
 
@@ -171,32 +175,47 @@ class PostgresState:
     def flush_seen(self) -> int:
         """Write what `note_*` gathered (added to what other workers wrote); meters written.
 
-        One transaction per flush, recorded under (writer, sequence): when the commit's
-        outcome is unknown (the connection dropped), the retry of the same flush finds
-        its record and adds nothing twice.
+        Each flush is numbered and recorded under (writer, number) in its transaction.
+        A flush that failed is retried as it was, under its number, before anything
+        newer: when its commit had in fact gone through (the connection dropped on the
+        way back), the retry finds its record and adds nothing twice.
         """
-        taken = self._seen.take()
-        if not taken:
-            return 0
-        seq = next(self._flushes)
+        written = 0
+        with self._flush_lock:
+            while True:
+                if self._unsent is None:
+                    taken = self._seen.take()
+                    if not taken:
+                        return written
+                    self._unsent = (next(self._flushes), taken)
+                seq, taken = self._unsent
+                self.write_seen(seq, taken)
+                self._unsent = None
+                written += len(taken)
+
+    def write_seen(self, seq: int, taken: Mapping[str, SeenUpdate]) -> bool:
+        """One numbered flush; False when this writer's flush `seq` was already written."""
         values = [
             (m, u.kind, u.district or None, u.first_ts, u.last_ts, u.messages, u.received_at)
             for m, u in sorted(taken.items())  # key order: concurrent flushes never deadlock
         ]
-        try:
-            with self._db.transaction() as conn:
-                fresh = conn.execute(
-                    "INSERT INTO seen_flushes (writer, seq) VALUES (%s, %s) "
-                    "ON CONFLICT DO NOTHING RETURNING seq",
-                    (self._writer, seq),
-                ).fetchone()
-                if fresh is not None:
-                    with conn.cursor() as cur:
-                        cur.executemany(_SEEN_UPSERT, values)
-        except Exception:
-            self._seen.put_back(taken)  # kept for the next flush
-            raise
-        return len(values)
+        with self._db.transaction() as conn:
+            fresh = conn.execute(
+                "INSERT INTO seen_flushes (writer, seq) VALUES (%s, %s) "
+                "ON CONFLICT DO NOTHING RETURNING seq",
+                (self._writer, seq),
+            ).fetchone()
+            if fresh is None:
+                return False
+            with conn.cursor() as cur:
+                cur.executemany(_SEEN_UPSERT, values)
+            # Only the newest number of a writer matters (a retry is of the newest).
+            conn.execute(
+                "DELETE FROM seen_flushes WHERE writer = %s AND seq < %s", (self._writer, seq)
+            )
+            if seq % 1000 == 1:  # writers of processes long gone
+                conn.execute("DELETE FROM seen_flushes WHERE at < now() - interval '7 days'")
+        return True
 
     def seen(self, meter_id: str) -> dict[str, Any] | None:
         found = self._rows(
@@ -463,7 +482,7 @@ class PostgresState:
             WHERE {where} ORDER BY ids.meter_id LIMIT %s"""
         ).format(where=sql.SQL(" AND ").join(where))
         args.append(limit)
-        if self._seen:
+        if self._seen or self._unsent:
             self.flush_seen()
         with self._db.connection() as conn:
             rows = conn.execute(query, args).fetchall()
