@@ -27,6 +27,7 @@ from monitor.api.context import ApiContext
 from monitor.api.web import mount_web
 from monitor.core.ports import StateStore, StateUnavailable, TelemetryStore
 from monitor.core.rulebook import RuleBook, load_rules
+from monitor.evaluation.cluster import STAGES, ClusterPasses, ClusterSettings
 from monitor.evaluation.runner import Evaluator, decision_publisher
 from monitor.ingest.worker import IngestWorker
 from monitor.platform.broker import EmbeddedBroker
@@ -37,6 +38,7 @@ from monitor.platform.mqtt import BrokerAddress, parse_broker_url
 from monitor.platform.reload import HotFile
 from monitor.store import open_store
 from monitor.store.backends import StateBackend, open_state
+from monitor.store.postgres.passes import PostgresPasses
 from monitor.taxi.tariff import TariffBook, load_tariffs
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,11 @@ class Components:
     backend: StateBackend
     broker: EmbeddedBroker | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def worker_id(self) -> str:
+        """This worker in the cluster's records (its MQTT client id)."""
+        return str(self.extra.get("worker_id", "monitor"))
 
 
 class Service:
@@ -86,6 +93,7 @@ class Service:
         self._started = time.monotonic()
         self._ingest_rate = RateSampler()
         self._notify: Callable[[Sequence[Change]], None] = lambda changes: None
+        self._board: PostgresPasses | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -145,6 +153,28 @@ class Service:
             backend,
             broker,
         )
+        self.parts.extra["worker_id"] = mqtt.session_id
+        if backend.database is not None:
+            self._board = PostgresPasses(backend.database)
+            cluster = ClusterSettings(mqtt.session_id, s.state.lease_s, s.state.partition_size)
+            evaluator.use_cluster(
+                ClusterPasses(
+                    evaluator,
+                    self._board,
+                    cluster,
+                    backend.atomic,
+                    lambda stage: self.metrics.passes.labels(stage=STAGES[stage]).inc(),
+                )
+            )
+            # A pass whose workers died or restarted is taken up again by whoever is here.
+            self._scheduler.add_job(
+                _waiting(self.help_passes),
+                "interval",
+                seconds=max(5.0, s.state.lease_s / 2),
+                id="passes",
+                max_instances=1,
+                coalesce=True,
+            )
         self._scheduler.add_job(
             _waiting(self._deliver),
             "interval",
@@ -195,16 +225,32 @@ class Service:
                 self.metrics.config_reloads.labels(file=hot.path.name, result="refused").inc()
 
     def evaluate_latest(self) -> dict[str, Any] | None:
-        """A scheduled pass, as of the latest telemetry time (never the wall clock)."""
+        """A scheduled pass, as of the latest telemetry time (never the wall clock).
+
+        In a cluster every worker's schedule fires; the pass of this minute (the
+        schedule's slot, a crontab line has no finer step) runs once, shared.
+        """
         if self.parts is None:
             return None
-        as_of = self.parts.evaluator.default_as_of()
-        if as_of is None:
+        slot = datetime.now(UTC).replace(second=0, microsecond=0).isoformat()
+        summary = self.parts.evaluator.run_scheduled(slot, self.parts.rules.current)
+        if summary is None:
             log.info("scheduled evaluation skipped: no telemetry yet")
             return None
-        summary = self.parts.evaluator.run(as_of, self.parts.rules.current).summary()
         log.info("evaluation as of %s: %s", summary["as_of"], summary["meter_decisions"])
         return summary
+
+    def help_passes(self) -> None:
+        """Take part in a running pass of the cluster (no-op on the embedded state)."""
+        if self.parts is not None:
+            self.parts.evaluator.help_running(self.parts.rules.current)
+
+    def _once(self, job: str, period_s: int) -> bool:
+        """In a cluster, whether this worker runs this period's `job` (the first to ask)."""
+        if self._board is None or self.parts is None:
+            return True
+        slot = str(int(time.time() // period_s))
+        return self._board.once(job, slot, self.parts.worker_id)
 
     def schedule_evaluation(self, every_s: float) -> None:
         """Also evaluate every `every_s` seconds (the demo's short schedule), beside the cron."""
@@ -239,6 +285,8 @@ class Service:
             return 0  # our own silence says nothing about the meters
         if time.monotonic() - self._started < cfg.grace_s:
             return 0  # after a restart the backlog has not caught up yet
+        if not self._once("offline", 60):
+            return 0  # another worker checks this minute
         as_of = parts.state.latest_event_ts()
         if as_of is None:
             return 0
@@ -256,7 +304,7 @@ class Service:
         and it resolves once they stop (after `alerts.clear_after_h` of event time).
         """
         parts = self.parts
-        if parts is None:
+        if parts is None or not self._once("mismatch", 30):
             return 0
         cfg = self.settings.ingest.district_mismatch
         rows = parts.state.mismatches()

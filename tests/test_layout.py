@@ -39,6 +39,8 @@ SETTINGS_TREE = "monitor.platform.config"
 ALLOWED = {
     # The pass hands its conditions to the alert book itself (see evaluation/runner.py).
     ("monitor.evaluation.runner", "monitor.alerts.book"),
+    # The same, for the finish of a pass split between the workers of a cluster.
+    ("monitor.evaluation.cluster", "monitor.alerts.book"),
 }
 
 

@@ -15,6 +15,7 @@ from monitor.api.context import (
     time_param,
 )
 from monitor.core.ports import SampleRow
+from monitor.evaluation.cluster import PassFailed
 from monitor.evaluation.report import worth_showing
 
 
@@ -66,7 +67,9 @@ def router(ctx: ApiContext) -> APIRouter:
         """Evaluate everything as of `as_of` (default: the latest telemetry time).
 
         An `as_of` after the present is refused (400) unless `force=true`: a pass
-        there finds every meter silent and clears every alert.
+        there finds every meter silent and clears every alert. In a cluster the pass
+        is shared by the workers: a request to any of them starts it, or joins the
+        one running as of the same time, and is answered when it is complete.
         """
         as_of_ms = time_param("as_of", as_of)
         if as_of_ms is not None and not force:
@@ -75,7 +78,10 @@ def router(ctx: ApiContext) -> APIRouter:
             as_of_ms = ctx.evaluator.default_as_of()
         if as_of_ms is None:
             raise HTTPException(409, "no telemetry yet and no as_of given: nothing to evaluate")
-        result = ctx.evaluator.run(as_of_ms, ctx.rules())
+        try:
+            result = ctx.evaluator.run(as_of_ms, ctx.rules(), decisions=decisions != "none")
+        except PassFailed as exc:
+            raise HTTPException(500, f"the evaluation pass failed: {exc}") from None
         summary = result.summary()
         if decisions != "none":
             meters = result.meters.values()

@@ -9,7 +9,7 @@ kept. Too little data is `unknown`, never `normal`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any, Literal
 
@@ -124,6 +124,20 @@ def decide_meter(
         or [f.reason for f in ordered],
         evidence=evidence,
     )
+
+
+def extend_decision(d: Decision, lot_new_due_on: date | None) -> Decision:
+    """A meter decision as `decide_meter` makes it when its lot extends to
+    `lot_new_due_on`: the findings, state and evidence do not depend on the lot, and
+    a kept meter that is not suspect or worse (nor due for an inspection, which is a
+    `resample`) is extended."""
+    if (
+        lot_new_due_on is None
+        or d.decision != "keep"
+        or d.state not in ("normal", "watch", "unknown")
+    ):
+        return d
+    return replace(d, decision="extend", new_due_on=lot_new_due_on)
 
 
 def decision_from_dict(body: dict[str, Any]) -> Decision:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import date
@@ -726,3 +726,137 @@ def text_or_float_columns(
         else:
             values[name] = _floats(col)
     return Columns(np.array(columns[0], dtype=np.int64), values)
+
+
+# --- evaluation passes shared by the workers of a cluster ------------------------------
+
+
+@dataclass(frozen=True)
+class PassTicket:
+    """A pass as the board has it: what it evaluates and how far it is."""
+
+    id: int
+    key: str | None  # a cron slot's pass has one; a requested pass none
+    as_of_ms: int
+    rules_version: str
+    status: str  # running, done, failed
+    summary: dict[str, Any] | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Partition:
+    """A share of a pass one worker holds for a lease: a stage and its items."""
+
+    pass_id: int
+    stage: int
+    name: str
+    items: list[str]
+
+
+@dataclass(frozen=True)
+class PlannedPartition:
+    """A partition to create with its pass."""
+
+    stage: int
+    name: str
+    items: list[str]
+
+
+@dataclass(frozen=True)
+class StagedDecision:
+    """A decision a partition produced, before the pass ends (`order` orders them as a
+    single worker's pass would; `source` is the district that decided a meter)."""
+
+    scope: str
+    subject: str
+    order: str
+    source: str
+    body: dict[str, Any]
+
+
+class LeaseLost(RuntimeError):
+    """A partition's lease ran out and another worker took it: this one's work is void."""
+
+
+class PassBoard(Protocol):
+    """Passes split into partitions that workers claim with leases (a cluster's state)."""
+
+    def open_pass(
+        self,
+        key: str | None,
+        as_of: Callable[[], int | None],
+        rules_version: str,
+        plan: Callable[[int], list[PlannedPartition]],
+        owner: str,
+    ) -> PassTicket | None:
+        """The pass to work on: the one of `key` (a cron slot) if it exists, a running one
+        with the same as_of and rules (joined), else a new one as of `as_of()` planned
+        with `plan` (None: nothing to evaluate). While another pass runs, that one is
+        returned: the caller helps it finish, then asks again."""
+        ...
+
+    def get_pass(self, pass_id: int) -> PassTicket:
+        """A pass as it is now."""
+        ...
+
+    def running_pass(self) -> PassTicket | None:
+        """The pass running now, if any."""
+        ...
+
+    def claim(self, pass_id: int, owner: str, lease_s: float) -> Partition | None:
+        """A partition of the earliest unfinished stage that no live lease holds."""
+        ...
+
+    def renew(self, part: Partition, owner: str, lease_s: float) -> bool:
+        """Extend the lease (the heartbeat); False when it was lost."""
+        ...
+
+    def completing(self, part: Partition, owner: str) -> AbstractContextManager[None]:
+        """A transaction in which the partition's results are staged; it commits marked
+        done, or raises `LeaseLost` (and stages nothing) when the lease was lost."""
+        ...
+
+    def release(self, part: Partition, owner: str, error: str, max_attempts: int) -> None:
+        """Give a partition back after an error; the pass fails after `max_attempts`."""
+
+    def stage_decisions(self, pass_id: int, rows: Sequence[StagedDecision]) -> None:
+        """Stage decisions (a meter staged twice keeps the later district's)."""
+
+    def stage_districts(self, pass_id: int, bodies: Sequence[dict[str, Any]]) -> None:
+        """Stage district results."""
+
+    def staged(
+        self, pass_id: int, scope: str, subjects: Sequence[str] | None = None
+    ) -> list[StagedDecision]:
+        """Staged decisions of a scope (of some subjects), in pass order."""
+        ...
+
+    def staged_findings(self, pass_id: int) -> list[StagedDecision]:
+        """Staged meter and lot decisions that can raise an alert, in pass order."""
+        ...
+
+    def staged_districts(
+        self, pass_id: int, names: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Staged district results (all, or some), by name."""
+        ...
+
+    def failed_districts(self, pass_id: int) -> list[dict[str, Any]]:
+        """Staged district results with a failed data gate, by name."""
+        ...
+
+    def replace_staged(self, pass_id: int, rows: Sequence[StagedDecision]) -> None:
+        """Write staged decisions over (lot extensions at the finish)."""
+
+    def counts(self, pass_id: int) -> dict[str, Any]:
+        """What the pass decided, counted as `EvaluationResult.summary` counts."""
+        ...
+
+    def publish_pass(self, pass_id: int, summary: dict[str, Any]) -> None:
+        """Inside the finishing transaction: staged results become the state's, the pass
+        is done with its summary (older passes' staging is dropped)."""
+
+    def once(self, job: str, slot: str, owner: str) -> bool:
+        """True for the first caller of a job's slot in the cluster, False for the rest."""
+        ...

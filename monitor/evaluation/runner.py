@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, tzinfo
-from typing import Any
+from typing import Any, Protocol
 
 from monitor.alerts.book import AlertBook, Change, conditions_of, district_conditions
 from monitor.core.decision import Decision, Finding, decide_meter, decision_from_dict
@@ -46,6 +46,18 @@ from monitor.taxi.fares import FareCache
 from monitor.taxi.tariff import TariffBook
 
 log = logging.getLogger(__name__)
+
+
+class ClusterRun(Protocol):
+    """The cluster's passes (evaluation.cluster.ClusterPasses), as the evaluator uses them."""
+
+    def run(
+        self, key: str | None, as_of_ms: int | None, book: RuleBook, decisions: bool = True
+    ) -> EvaluationResult | None: ...
+
+    def help(self, book: RuleBook) -> None: ...
+
+
 READING_FIELDS = ("energy_kwh", "current_a", "voltage_v", "clock_offset_s")
 Publish = Callable[[str, dict[str, Any]], None]
 # Rule families an evaluation pass speaks for (it may clear their alerts).
@@ -196,9 +208,13 @@ class EvaluationResult:
     meters: dict[str, Decision]
     lots: dict[str, Decision]
     districts: dict[str, DistrictResult]
+    # A cluster pass's summary as the board counted it (its districts are not held here).
+    counts: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         """Counts by decision and state, for the API and the CLI."""
+        if self.counts is not None:
+            return dict(self.counts)
 
         def count(items: dict[str, Decision], attr: str) -> dict[str, int]:
             out: dict[str, int] = defaultdict(int)
@@ -247,6 +263,66 @@ class Evaluator:
         self._publish = publish
         self._tariffs = tariffs or TariffBook
         self._lock = threading.Lock()  # one pass at a time (scheduler and API)
+        self._cluster: ClusterRun | None = None
+
+    def use_cluster(self, cluster: ClusterRun) -> None:
+        """Run recorded passes through a cluster's shared board (see evaluation.cluster)."""
+        self._cluster = cluster
+
+    # What a cluster's passes read of this evaluator (evaluation.cluster).
+
+    @property
+    def state(self) -> StateStore:
+        return self._state
+
+    @property
+    def store(self) -> TelemetryStore:
+        return self._store
+
+    @property
+    def zone(self) -> tzinfo:
+        return self._zone
+
+    @property
+    def alert_book(self) -> AlertBook | None:
+        return self._alerts
+
+    @property
+    def notifier(self) -> Callable[[Sequence[Change]], None] | None:
+        return self._notify
+
+    def evaluate_taxis(
+        self, as_of_ms: int, book: RuleBook, stamp: tuple[str, str]
+    ) -> dict[str, Decision]:
+        """The taxi half of a pass."""
+        return self._taxis(as_of_ms, book, stamp)
+
+    def sampling(self, lot: str) -> Sampling | None:
+        """A lot's sampling in progress (from its stored decision and lab results)."""
+        return self._sampling(lot)
+
+    def publish_decision(self, body: dict[str, Any]) -> None:
+        """Publish one stored decision (retained), when this evaluator publishes."""
+        if self._publish is not None:
+            self._publish(f"{body['kind']}/{body['id']}", body)
+
+    def run_scheduled(self, slot: str, book: RuleBook) -> dict[str, Any] | None:
+        """The pass of a schedule slot as of the latest telemetry; in a cluster, once per
+        slot however many workers' schedules fire. Its summary, or None (no telemetry)."""
+        if self._cluster is not None:
+            with self._lock:
+                done = self._cluster.run(f"cron:{slot}", None, book, decisions=False)
+            return None if done is None else done.summary()
+        as_of = self.default_as_of()
+        return None if as_of is None else self.run(as_of, book).summary()
+
+    def help_running(self, book: RuleBook) -> None:
+        """In a cluster: take part in a pass another worker started (or left)."""
+        if self._cluster is not None and self._lock.acquire(blocking=False):
+            try:
+                self._cluster.help(book)
+            finally:
+                self._lock.release()
 
     def tariffs(self) -> TariffBook:
         """The tariffs trips are priced under: config plus every rollout."""
@@ -256,12 +332,21 @@ class Evaluator:
         """The latest telemetry time seen, or None before any telemetry."""
         return self._state.latest_event_ts()
 
-    def run(self, as_of_ms: int, book: RuleBook, record: bool = True) -> EvaluationResult:
+    def run(
+        self, as_of_ms: int, book: RuleBook, record: bool = True, decisions: bool = True
+    ) -> EvaluationResult:
         """Evaluate every electricity meter and lot as of `as_of_ms`.
 
-        `record=False` is a dry run (backtests): nothing is stored or published.
+        `record=False` is a dry run (backtests): nothing is stored or published. In a
+        cluster a recorded pass is the cluster's: started or joined, split between the
+        workers; `decisions=False` leaves its decisions out of the result (the counts
+        are there).
         """
         with self._lock:
+            if record and self._cluster is not None:
+                done = self._cluster.run(None, as_of_ms, book, decisions)
+                assert done is not None  # an as_of was given
+                return done
             return self._run(as_of_ms, book, record)
 
     def _run(self, as_of_ms: int, book: RuleBook, record: bool) -> EvaluationResult:

@@ -123,6 +123,44 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX notify_escalations_alert ON notify_escalations (alert_id)",
         ),
     ),
+    Migration(
+        4,
+        "evaluation passes: partitions with leases, staged results",
+        (
+            """CREATE TABLE passes (
+                id bigserial PRIMARY KEY, key text COLLATE "C" UNIQUE, as_of_ms bigint NOT NULL,
+                rules_version text COLLATE "C" NOT NULL,
+                status text COLLATE "C" NOT NULL DEFAULT 'running',
+                created_by text COLLATE "C" NOT NULL, created_at timestamptz NOT NULL DEFAULT now(),
+                finished_at timestamptz, summary text COLLATE "C", error text COLLATE "C")""",
+            "CREATE INDEX passes_running ON passes (id) WHERE status = 'running'",
+            """CREATE TABLE pass_partitions (
+                pass_id bigint NOT NULL REFERENCES passes ON DELETE CASCADE,
+                stage integer NOT NULL, name text COLLATE "C" NOT NULL,
+                items text COLLATE "C" NOT NULL, status text COLLATE "C" NOT NULL DEFAULT 'todo',
+                owner text COLLATE "C", lease_until timestamptz,
+                attempts integer NOT NULL DEFAULT 0, done_by text COLLATE "C",
+                error text COLLATE "C", PRIMARY KEY (pass_id, stage, name))""",
+            """CREATE TABLE pass_decisions (
+                pass_id bigint NOT NULL REFERENCES passes ON DELETE CASCADE,
+                scope text COLLATE "C" NOT NULL, subject text COLLATE "C" NOT NULL,
+                ord text COLLATE "C" NOT NULL, src text COLLATE "C" NOT NULL,
+                kind text COLLATE "C" NOT NULL, decision text COLLATE "C" NOT NULL,
+                state text COLLATE "C" NOT NULL, as_of text COLLATE "C" NOT NULL,
+                rules_version text COLLATE "C" NOT NULL, body text COLLATE "C" NOT NULL,
+                PRIMARY KEY (pass_id, scope, subject))""",
+            """CREATE TABLE pass_districts (
+                pass_id bigint NOT NULL REFERENCES passes ON DELETE CASCADE,
+                district text COLLATE "C" NOT NULL, body text COLLATE "C" NOT NULL,
+                gates_passed boolean NOT NULL, failed boolean NOT NULL,
+                PRIMARY KEY (pass_id, district))""",
+            # Singleton jobs of the cluster (offline check, mismatch check): one run per slot.
+            """CREATE TABLE job_runs (
+                job text COLLATE "C" NOT NULL, slot text COLLATE "C" NOT NULL,
+                owner text COLLATE "C" NOT NULL, at timestamptz NOT NULL DEFAULT now(),
+                PRIMARY KEY (job, slot))""",
+        ),
+    ),
 )
 
 
