@@ -170,7 +170,7 @@ class Service:
             self._scheduler.add_job(
                 _waiting(self.help_passes),
                 "interval",
-                seconds=max(5.0, s.state.lease_s / 2),
+                seconds=max(1.0, min(5.0, s.state.lease_s / 4)),  # one small query
                 id="passes",
                 max_instances=1,
                 coalesce=True,

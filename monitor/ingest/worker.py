@@ -207,7 +207,14 @@ class IngestWorker:
         return self._connected.wait(timeout_s)
 
     def stop(self, drain_s: float = 5.0) -> None:
-        """Process what is queued (up to `drain_s`), then disconnect."""
+        """Process what is queued (up to `drain_s`), then disconnect.
+
+        In a shared group the worker first leaves the group's subscription: the broker
+        stops routing this worker's share to its session (where it would wait for this
+        client id to come back) and hands it to the workers that stay.
+        """
+        if self._s.shared_group and self.connected:
+            self._client.unsubscribe(self._s.subscription)
         deadline = time.monotonic() + drain_s
         while not self._inbox.empty() and time.monotonic() < deadline:
             time.sleep(0.02)
