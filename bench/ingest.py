@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.ingest                       # bare vs worker (embedded SQLite)
     .venv/bin/python -m bench.ingest --messages 20000      # quick check
     .venv/bin/python -m bench.ingest --influx --workers-pair
+    .venv/bin/python -m bench.ingest --workers-pair --state-postgres   # a cluster's workers
 
 The subscriber is measured apart from the publisher. For each contender:
 
@@ -57,15 +58,16 @@ from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
 from bench.common import mosquitto_version
-from monitor.core.ports import TelemetryStore
+from monitor.core.ports import StateStore, TelemetryStore
 from monitor.core.registry import parse_rows
 from monitor.ingest.worker import IngestWorker
-from monitor.platform.config import InfluxSettings, MqttSettings
+from monitor.platform.config import InfluxSettings, MqttSettings, StateSettings
 from monitor.platform.metrics import Metrics
 from monitor.platform.mqtt import BrokerAddress, connect_properties, make_client, parse_broker_url
+from monitor.store.backends import open_state
 from monitor.store.embedded import EmbeddedStore
 from monitor.store.state import SqliteState
-from tests.services import InfluxDB1, InfluxV2Adapter, Mosquitto
+from tests.services import InfluxDB1, InfluxV2Adapter, Mosquitto, PostgreSQL
 
 if TYPE_CHECKING:
     from multiprocessing.queues import Queue
@@ -133,7 +135,7 @@ def meters_of(messages: list[Message]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted({(t.split("/")[2], t.split("/")[3]) for t, _ in messages}))
 
 
-def register_fleet(state: SqliteState, meters: tuple[tuple[str, str], ...]) -> None:
+def register_fleet(state: StateStore, meters: tuple[tuple[str, str], ...]) -> None:
     """Put every meter in the registry, in its topic's district.
 
     So the worker's district check (`district_mismatch`) runs against a full map,
@@ -541,6 +543,7 @@ class Bench:
     protocol: str = "5"
     profile: bool = False
     overrides: Overrides = ()
+    state_url: str | None = None  # --state-postgres: the worker processes' shared state
     _runs: int = 0
     _influx_runs: int = 0
 
@@ -592,7 +595,7 @@ class Bench:
 
     def embedded_worker(self) -> Row:
         settings = self._settings("bench-worker-embedded", None)
-        self.queue_for([(settings.client_id, settings.subscription)])
+        self.queue_for([(settings.session_id, settings.subscription)])
         data = self._fresh("worker-embedded")
         store = EmbeddedStore(data / "telemetry.sqlite", Metrics())
         worker, state = self._worker(settings, store, data)
@@ -613,7 +616,7 @@ class Bench:
         from monitor.store.influx import InfluxStore
 
         settings = self._settings("bench-worker-influx", None)
-        self.queue_for([(settings.client_id, settings.subscription)])
+        self.queue_for([(settings.session_id, settings.subscription)])
         data = self._fresh("worker-influx")
         self._influx_runs += 1
         db = influx.database(self._influx_runs)
@@ -657,7 +660,7 @@ class Bench:
         worker.stop()
         store.close()
         state.close()
-        end_session(self.address, worker._s.client_id, self.protocol)
+        end_session(self.address, worker._s.session_id, self.protocol)
         return worker.processed
 
     def processes(self, workers: int, group: str) -> Row:
@@ -672,6 +675,7 @@ class Bench:
                 str(self._fresh(f"{group}-{i}")),
                 self.overrides,
                 meters_of(self.messages),
+                self.state_url,
             )
             for i in range(workers)
         ]
@@ -683,6 +687,8 @@ class Bench:
         processed = [d.processed for d in done]
         stored = sum(d.stored for d in done)
         label = "1 worker process" if workers == 1 else f"{workers} worker processes ($share)"
+        if self.state_url:
+            label += ", PostgreSQL state"
         note = "processed per process " + " + ".join(f"{p:,}" for p in processed)
         note += f" = {sum(processed):,}" + (
             "" if sum(processed) == self.n else f" (N = {self.n:,})"
@@ -747,6 +753,7 @@ class ChildSpec:
     data_dir: str
     overrides: Overrides = ()
     meters: tuple[tuple[str, str], ...] = ()  # (district, meter) put in the registry
+    state_url: str | None = None  # the shared PostgreSQL state, else SQLite per process
 
 
 @dataclass(frozen=True)
@@ -763,12 +770,13 @@ def child_main(
     logging.basicConfig(level=logging.WARNING)
     data = Path(spec.data_dir)
     store = EmbeddedStore(data / "telemetry.sqlite", Metrics())
-    state = SqliteState(data / "state.sqlite")
-    register_fleet(state, spec.meters)
+    backend = open_state(StateSettings(url=spec.state_url), data, spec.client_id)
+    register_fleet(backend.state, spec.meters)
     settings = mqtt_settings(
         spec.broker_url, spec.client_id, spec.group, spec.protocol, spec.overrides
     )
-    worker = IngestWorker(settings, parse_broker_url(spec.broker_url), store, state, Metrics())
+    address = parse_broker_url(spec.broker_url)
+    worker = IngestWorker(settings, address, store, backend.ingest, Metrics())
     results.put(spec.index)
     go.wait()
     worker.start()
@@ -777,7 +785,7 @@ def child_main(
     worker.stop()
     progress[spec.index] = worker.processed
     store.close()
-    state.close()
+    backend.close()
     results.put(ChildDone(spec.index, worker.processed, count_rows(data / "telemetry.sqlite")))
 
 
@@ -887,6 +895,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="N",
         help="Mosquitto max_inflight_messages (its own default is 20)",
     )
+    p.add_argument(
+        "--state-postgres",
+        action="store_true",
+        help="the worker processes share a PostgreSQL state (started here), as a cluster",
+    )
     p.add_argument("--meters", type=int, default=2000)
     p.add_argument("--districts", type=int, default=20)
     return p.parse_args(argv)
@@ -917,6 +930,20 @@ def _nothing() -> Iterator[None]:
     yield None
 
 
+@contextmanager
+def postgres_state(wanted: bool) -> Iterator[str | None]:
+    """A PostgreSQL for the worker processes' shared state (tests.services), or None."""
+    if not wanted:
+        yield None
+        return
+    server = PostgreSQL()
+    try:
+        server.start()
+        yield server.create_database("bench")
+    finally:
+        server.cleanup()
+
+
 def run(args: argparse.Namespace) -> None:
     overrides = parse_overrides(args.set)
     args.protocol = args.protocol or ["5"]
@@ -936,7 +963,8 @@ def run(args: argparse.Namespace) -> None:
         broker.start()
         try:
             bench = Bench(broker, messages, workdir, args.protocol[0], args.profile, overrides)
-            rounds = contenders(bench, args, workdir)
+            with postgres_state(args.state_postgres) as bench.state_url:
+                rounds = contenders(bench, args, workdir)
         finally:
             broker.stop()
     rows = [median_row(list(same)) for same in zip(*rounds, strict=True)]

@@ -137,6 +137,18 @@ def run_here(
         notify,
         zone=settings.scheduling.zone,
     )
+    if backend.database is not None:
+        # The cluster's state: take part in its pass as a worker would (a running pass
+        # for the same as_of is joined, not run a second time).
+        from monitor.evaluation.cluster import ClusterPasses, ClusterSettings
+        from monitor.store.postgres.passes import PostgresPasses
+
+        cluster = ClusterSettings(
+            f"monitor-evaluate-{os.getpid()}", settings.state.lease_s, settings.state.partition_size
+        )
+        evaluator.use_cluster(
+            ClusterPasses(evaluator, PostgresPasses(backend.database), cluster, backend.atomic)
+        )
     try:
         as_of = _as_of(req, evaluator, clock, err)
         if as_of is None:

@@ -566,3 +566,26 @@ def test_mosquitto_data_is_a_volume(services: dict[str, Any]) -> None:
 )
 def test_resolve(raw: str, env: dict[str, str], expected: str) -> None:
     assert resolve(raw, env) == expected
+
+
+KUBERNETES = ROOT / "deploy" / "kubernetes" / "monitor.yaml"
+
+
+def test_the_kubernetes_workers_use_variables_the_code_reads(known_variables: set[str]) -> None:
+    docs = list(yaml.safe_load_all(KUBERNETES.read_text(encoding="utf-8")))
+    [sts] = [d for d in docs if d["kind"] == "StatefulSet"]
+    [container] = sts["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert set(env) <= known_variables, set(env) - known_variables
+    # each worker's client id is its pod name: stable across restarts, distinct per worker
+    client_id = env["MONITOR_MQTT__CLIENT_ID"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert client_id == "metadata.name"
+    assert "MONITOR_STATE_URL" in env and "MONITOR_MQTT__SHARED_GROUP" in env
+    # a database outage must not restart a worker that still stores telemetry
+    assert "tcpSocket" in container["livenessProbe"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    values = {n: e.get("value", "x") for n, e in env.items()}
+    values["MONITOR_STATE_URL"] = "postgresql://m:p@db:5432/monitor"
+    values["MONITOR_INFLUX_TOKEN"] = "t"
+    settings = settings_for(values)
+    assert settings.mqtt.shared_group == "workers" and settings.state.url
