@@ -76,10 +76,10 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from bench.common import mosquitto_version
 from monitor.alerts.book import AlertBook, Change, Condition, conditions_of
 from monitor.alerts.notifier import Notifier
+from monitor.core.clock import format_ts
 from monitor.core.decision import Decision, Reason
 from monitor.core.rulebook import RuleBook, load_rules
 from monitor.evaluation.runner import EVALUATION_RULES
-from monitor.ingest.telemetry import format_ts
 from monitor.ingest.worker import IngestWorker
 from monitor.platform.config import Settings, load_settings
 from monitor.platform.metrics import Metrics

@@ -57,12 +57,13 @@ import numpy as np
 import numpy.typing as npt
 
 from bench.common import map_spawned
+from monitor.core.clock import format_ts
 from monitor.core.ports import Series, meter_series
 from monitor.core.registry import MeterRow, parse_rows
 from monitor.core.rulebook import load_rules
 from monitor.core.schema import ELEC_READING, Record
 from monitor.evaluation.runner import READING_FIELDS, Evaluator, fit_district, meter_decision
-from monitor.ingest.telemetry import format_ts, parse_message
+from monitor.ingest.telemetry import parse_message
 from monitor.ingest.worker import summarise_seen
 from monitor.platform.metrics import Metrics
 from monitor.simulate import Fleet, FleetSpec

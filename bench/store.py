@@ -59,11 +59,11 @@ from typing import Any
 import numpy as np
 
 from bench.estimate import DAY_MS, RULES_PATH, SynthDistrict, scratch_dir, synth_district
+from monitor.core.clock import format_ts
 from monitor.core.ports import Series
 from monitor.core.rulebook import ElecRules, load_rules
 from monitor.core.schema import ELEC_READING
 from monitor.evaluation.runner import READING_FIELDS, fit_district, meter_decision
-from monitor.ingest.telemetry import format_ts
 from monitor.platform.metrics import Metrics
 from monitor.store.embedded import EmbeddedStore
 from monitor.store.embedded.layout import table_columns as _columns

@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import paho.mqtt.client as paho
 
-from monitor.core.clock import DAY_MS, HOUR_MS
+from monitor.core.clock import DAY_MS, HOUR_MS, parse_ts
 from monitor.core.registry import parse_rows
-from monitor.ingest.telemetry import parse_ts
 from monitor.ingest.worker import IngestWorker
 from monitor.platform.config import Settings
 from monitor.platform.mqtt import BrokerAddress, make_client, parse_broker_url

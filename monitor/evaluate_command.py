@@ -156,7 +156,7 @@ def run_here(
 def _as_of(
     req: Request, evaluator: Evaluator, clock: Callable[[], float], err: TextIO
 ) -> int | None:
-    from monitor.ingest.telemetry import parse_ts
+    from monitor.core.clock import parse_ts
 
     if req.as_of is None:
         found = evaluator.default_as_of()

@@ -13,10 +13,10 @@ from fastapi.testclient import TestClient
 from monitor.alerts.book import AlertBook, Change, Condition, TransitionError, severity_of
 from monitor.api.app import create_app
 from monitor.api.context import ApiContext
+from monitor.core.clock import format_ts
 from monitor.core.rulebook import load_rules
 from monitor.core.schema import ELEC_READING, Record
 from monitor.evaluation.runner import Evaluator
-from monitor.ingest.telemetry import format_ts
 from monitor.ingest.worker import summarise_seen
 from monitor.platform.config import load_settings
 from monitor.platform.metrics import Metrics

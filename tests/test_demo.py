@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from monitor.cli import build_parser
+from monitor.core.clock import parse_ts
 from monitor.demo import QosPublisher, demo_spec
-from monitor.ingest.telemetry import parse_ts
 from monitor.platform.mqtt import parse_broker_url
 from monitor.simulate import Fleet
 from tests.helpers import Counter, stored_rows, wait_for

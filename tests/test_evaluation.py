@@ -12,11 +12,12 @@ from fastapi.testclient import TestClient
 from monitor.alerts.book import AlertBook, Change
 from monitor.api.app import create_app
 from monitor.api.context import ApiContext
+from monitor.core.clock import format_ts
 from monitor.core.registry import parse_rows
 from monitor.core.rulebook import load_rules
 from monitor.core.schema import Record
 from monitor.evaluation.runner import Evaluator
-from monitor.ingest.telemetry import format_ts, parse_message
+from monitor.ingest.telemetry import parse_message
 from monitor.ingest.worker import summarise_seen
 from monitor.platform.config import load_settings
 from monitor.platform.metrics import Metrics

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from monitor.core.clock import ms_to_datetime
 from monitor.core.decision import Finding, decide_meter
 from monitor.core.ports import Columns, MeterPoint, Series
 from monitor.core.rulebook import FareRule, TaxiRules, load_rules
-from monitor.ingest.telemetry import ms_to_datetime
 from monitor.taxi.cusum import CUSUM_Z_CLIP, Cusum, cusum, cusum_reference
 from monitor.taxi.distance import (
     GNSS_SIGMA_FLOOR,

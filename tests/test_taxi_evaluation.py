@@ -12,12 +12,13 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
+from monitor.core.clock import format_ts, ms_to_datetime
 from monitor.core.ports import MeterPoint
 from monitor.core.registry import MeterRow, parse_rows
 from monitor.core.rulebook import RuleBook, load_rules
 from monitor.core.schema import TAXI_STATUS, Record
 from monitor.evaluation.runner import EvaluationResult, Evaluator
-from monitor.ingest.telemetry import format_ts, ms_to_datetime, parse_message
+from monitor.ingest.telemetry import parse_message
 from monitor.ingest.worker import summarise_seen
 from monitor.platform.config import InfluxSettings
 from monitor.platform.metrics import Metrics

@@ -28,9 +28,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from monitor.core.clock import format_ts
 from monitor.core.decision import SEVERITY_OF_STATE, Decision
 from monitor.core.rulebook import Rules
-from monitor.ingest.telemetry import format_ts
 
 Status = Literal["open", "acknowledged", "resolved"]
 SEVERITIES = ("critical", "major", "minor", "info")

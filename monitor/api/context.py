@@ -13,10 +13,10 @@ from typing import Any
 from fastapi import HTTPException
 
 from monitor.alerts.book import AlertBook, Change
+from monitor.core.clock import parse_ts
 from monitor.core.ports import StateStore, TelemetryStore
 from monitor.core.rulebook import RuleBook
 from monitor.evaluation.runner import Evaluator, future_as_of
-from monitor.ingest.telemetry import parse_ts
 from monitor.platform.config import Settings
 from monitor.platform.metrics import Metrics
 

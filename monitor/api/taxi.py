@@ -9,12 +9,12 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from monitor.api.context import ApiContext, decode_cursor, encode_cursor, time_param
+from monitor.core.clock import format_ts, parse_ts
 from monitor.core.schema import (
     ID_PATTERN,
     TAXI_EVENT,
     TAXI_STATUS,
 )
-from monitor.ingest.telemetry import format_ts, parse_ts
 from monitor.taxi.rollout import Rollout, applied_at, progress
 from monitor.taxi.rollout import summary as rollout_summary
 from monitor.taxi.tariff import Tariff

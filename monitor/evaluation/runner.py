@@ -17,6 +17,7 @@ from datetime import UTC, date, tzinfo
 from typing import Any
 
 from monitor.alerts.book import AlertBook, Change, conditions_of, district_conditions
+from monitor.core.clock import format_ts, ms_to_datetime, parse_ts
 from monitor.core.decision import Decision, Finding, decide_meter, decision_from_dict
 from monitor.core.ports import MeterPoint, Series, StateStore, TelemetryStore
 from monitor.core.registry import MeterRow
@@ -40,7 +41,6 @@ from monitor.electricity.intervals import (
     without_stopped,
 )
 from monitor.electricity.lots import SampleResult, Sampling, decide_lot
-from monitor.ingest.telemetry import format_ts, ms_to_datetime, parse_ts
 from monitor.taxi import evaluate as evaluate_taxi
 from monitor.taxi.fares import FareCache
 from monitor.taxi.tariff import TariffBook

@@ -10,13 +10,12 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Protocol
 
-from monitor.core.clock import DAY_MS
+from monitor.core.clock import DAY_MS, format_ts, ms_to_datetime
 from monitor.core.decision import Decision, Finding, Reason, decide_meter
 from monitor.core.ports import MeterPoint, Presence, Registry, TaxiLedger, TelemetryStore
 from monitor.core.registry import MeterRow, add_years
 from monitor.core.rulebook import TaxiRules
 from monitor.core.schema import TAXI_EVENT, TAXI_STATUS, TAXI_TRIP
-from monitor.ingest.telemetry import format_ts, ms_to_datetime
 from monitor.taxi.distance import extendable, fleet_median, fleet_sigma, log_ratios
 from monitor.taxi.fares import FareCache
 from monitor.taxi.findings import taxi_findings

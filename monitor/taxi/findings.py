@@ -22,11 +22,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from monitor.core.clock import DAY_MS
+from monitor.core.clock import DAY_MS, format_ts
 from monitor.core.decision import Finding, Reason
 from monitor.core.ports import MeterPoint, Series
 from monitor.core.rulebook import DistanceRule, TaxiRules
-from monitor.ingest.telemetry import format_ts
 from monitor.taxi.cusum import Cusum, cusum, cusum_reference
 from monitor.taxi.distance import (
     GNSS_SIGMA_FLOOR,

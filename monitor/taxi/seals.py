@@ -11,10 +11,10 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from monitor.core.clock import format_ts
 from monitor.core.decision import Finding, Reason
 from monitor.core.ports import Columns, MeterPoint, Point, Series
 from monitor.core.rulebook import SealRule
-from monitor.ingest.telemetry import format_ts
 from monitor.taxi.trips import WorkOrder, optional_float
 
 # pulses_per_km is a float field; a change smaller than this relative amount is float

@@ -27,10 +27,9 @@ from monitor.api.evaluation import district_summary
 from monitor.api.meters import identify_meter
 from monitor.api.taxi import rollout_progress_of
 from monitor.api.web import charts
-from monitor.core.clock import DAY_MS
+from monitor.core.clock import DAY_MS, format_ts, ms_to_datetime
 from monitor.core.ports import MeterFilter, MeterPoint
 from monitor.core.schema import ELEC_EVENT, ELEC_READING, TAXI_EVENT, TAXI_TRIP
-from monitor.ingest.telemetry import format_ts, ms_to_datetime
 from monitor.taxi.fares import fare_check
 from monitor.taxi.trips import Trip, trips_from_points
 
