@@ -1,0 +1,63 @@
+"""The estimator's test bed: loss physics it was not written against, metered honestly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from monitor.simulate import FleetSpec
+from monitor.simulate.elec import master_input
+from monitor.simulate.feeder import FeederEnergy, MeterSpec, from_model, meter_district
+
+pp = pytest.importorskip("pandapower")
+
+from monitor.simulate import acflow  # noqa: E402  (needs pandapower)
+
+
+def test_trunk_loss_includes_the_losses_own_current() -> None:
+    x = np.array([5.0, 10.0, 20.0])
+    y = master_input(x, 2.0, 0.002, 0.25, "trunk")
+    # y0 = X + L_fix·Δt + r·y0²/Δt holds, and it exceeds the customer-current form.
+    assert y == pytest.approx(x + 0.5 + 0.002 * y**2 / 0.25, rel=1e-12)
+    assert np.all(y > master_input(x, 2.0, 0.002, 0.25, "customer"))
+
+
+def test_the_vectorised_power_flow_is_pandapowers() -> None:
+    net = acflow.radial_feeder(branches=2, per_branch=4, span_m=40.0)
+    nw = acflow.network(net)
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0.0, 0.008, (6, len(net.load)))
+    q = 0.3 * p
+    assert acflow.check_against_pandapower(net, nw, p, q, [0, 2, 5]) < 1e-7  # MW
+    # Loads far down a cable sit behind more resistance than those near the transformer.
+    assert nw.distance_ohm[3] > nw.distance_ohm[0] > 0
+    assert nw.branch[:4] == [nw.branch[0]] * 4 and nw.branch[4] != nw.branch[0]
+
+
+def test_a_feeder_loses_energy_and_the_master_reads_it() -> None:
+    net = acflow.radial_feeder(branches=2, per_branch=5)
+    rng = np.random.default_rng(5)
+    steps = 96
+    p = rng.uniform(0.2, 3.0, (steps, len(net.load)))
+    pv = np.zeros_like(p)
+    pv[:, 0] = 6.0  # one prosumer exporting all day
+    energy = acflow.feeder_energy(net, "AC1", 0, p, 0.2 * p, pv, np.zeros_like(p))
+    assert energy.exports_kwh[:, 0].sum() > 0 and energy.imports_kwh[:, 0].sum() == 0
+    assert 0.0 < energy.line_loss_pct() < 5.0
+
+
+def test_meters_read_their_households_through_their_own_error() -> None:
+    spec = FleetSpec(start_ms=0, seed=4, districts=1, meters_per_district=(12, 12), taxis=0)
+    energy = from_model(spec, 0, 96 * 10, 2 * 96)
+    assert isinstance(energy, FeederEnergy) and energy.imports_kwh.shape == (192, 12)
+    district = meter_district(energy, MeterSpec(missing_rate=0.0, resolution_kwh=0.001), seed=1)
+    for i, h in enumerate(energy.households):
+        s = district.series[f"{district.name}-{h}"]
+        read = s.values["energy_kwh"][-1] - s.values["energy_kwh"][0]
+        true = energy.imports_kwh[:, i].sum() * (
+            1 + district.true_pct[f"{district.name}-{h}"] / 100
+        )
+        assert abs(read - true) <= 0.001 + 1e-9
+    master = district.series[district.master].values["energy_kwh"]
+    expected = energy.master_kwh.sum() * (1 + district.master_true_pct / 100)
+    assert abs(master[-1] - master[0] - expected) <= 0.001 + 1e-9
