@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,7 @@ from monitor.simulate import FleetSpec
 from monitor.simulate.elec import master_input
 from monitor.simulate.feeder import FeederEnergy, MeterSpec, from_model, meter_district
 
+ROOT = Path(__file__).resolve().parent.parent
 pp = pytest.importorskip("pandapower")
 
 from monitor.simulate import acflow  # noqa: E402  (needs pandapower)
@@ -61,3 +64,38 @@ def test_meters_read_their_households_through_their_own_error() -> None:
     master = district.series[district.master].values["energy_kwh"]
     expected = energy.master_kwh.sum() * (1 + district.master_true_pct / 100)
     assert abs(master[-1] - master[0] - expected) <= 0.001 + 1e-9
+
+
+def test_estimates_on_an_ac_feeder_are_near_the_truth_and_covered() -> None:
+    """The whole chain on physics the estimator was not written for: households of the
+    project's simulator on a pandapower feeder, metered, estimated by `fit_district`."""
+    from monitor.core.rulebook import load_rules
+    from monitor.evaluation.runner import fit_district
+
+    rules = load_rules(ROOT / "config" / "rules.yaml").rules.elec
+    spec = FleetSpec(
+        start_ms=1772294400000,
+        seed=2,
+        districts=1,
+        meters_per_district=(30, 30),
+        taxis=0,
+        vacant_share=0.0,
+    )
+    own = from_model(spec, 0, spec.start_ms // spec.interval_ms, 20 * 96)
+    net = acflow.radial_feeder(branches=3, per_branch=10, span_m=80.0)
+    p = own.imports_kwh / 0.25
+    feeder = acflow.feeder_energy(net, "AC", spec.start_ms, p, 0.3 * p, 0 * p, 0 * p)
+    d = meter_district(feeder, MeterSpec(beyond_share=0.1), seed=2)
+    topology = ([f"AC-{h}" for h in feeder.households], feeder.shared_ohm)
+    assert feeder.shared_ohm is not None
+    for topo in (None, topology):
+        dist = fit_district(d.name, d.series, d.master, rules, d.start_ms, d.end_ms, topology=topo)
+        assert dist.fit is not None and dist.gates is not None and dist.gates.passed
+        fit = dist.fit
+        devs = [fit.meters[m].error_pct - e for m, e in d.true_pct.items()]
+        covered = [
+            fit.meters[m].error_ci_pct[0] <= e <= fit.meters[m].error_ci_pct[1]
+            for m, e in d.true_pct.items()
+        ]
+        assert float(np.median(np.abs(devs))) < 0.3, (fit.loss_model, devs)
+        assert np.mean(covered) >= 0.9, (fit.loss_model, devs)

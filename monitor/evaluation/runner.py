@@ -8,12 +8,16 @@ replay of last year's data gives last year's answers.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, tzinfo
 from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
 
 from monitor.alerts.book import AlertBook, Change, conditions_of, district_conditions
 from monitor.core.decision import Decision, Finding, decide_meter, decision_from_dict
@@ -29,6 +33,7 @@ from monitor.electricity.balance import (
     MeterEstimate,
     daily_line_loss,
     fit_balance,
+    quarter_hours,
 )
 from monitor.electricity.intervals import (
     Grid,
@@ -45,7 +50,7 @@ from monitor.taxi import evaluate as evaluate_taxi
 from monitor.taxi.tariff import TariffBook
 
 log = logging.getLogger(__name__)
-READING_FIELDS = ("energy_kwh", "current_a", "voltage_v", "clock_offset_s")
+READING_FIELDS = ("energy_kwh", "reverse_kwh", "current_a", "voltage_v", "clock_offset_s")
 Publish = Callable[[str, dict[str, Any]], None]
 # Rule families an evaluation pass speaks for (it may clear their alerts).
 EVALUATION_RULES = ("elec.", "taxi.", "lot.")
@@ -111,6 +116,11 @@ class DistrictResult:
                 "n_blocks": fit.n_blocks,
                 "n_intervals": fit.n_intervals,
                 "effective_intervals": _r(fit.effective_intervals, 1),
+                "loss_model": fit.loss_model,
+                "loss_kappa": fit.kappa,
+                "plausible_loss_models": list(fit.plausible_models),
+                "misfit": fit.misfit or None,
+                "master_uncertainty_pct": _r(fit.master_uncertainty_pct),
             },
             "stopped_intervals_left_out": self.stopped_intervals,
             "line_loss_daily": [
@@ -140,10 +150,17 @@ def fit_district(
     start_ms: int,
     end_ms: int,
     zone: tzinfo = UTC,
+    master_class: str | None = None,
+    topology: tuple[Sequence[str], NDArray[np.float64]] | None = None,
 ) -> DistrictResult:
     """Place readings on the grid, form blocks, fit the balance, check the gates.
 
-    `zone` sets where the days of the daily line loss begin (the utility's local day).
+    `zone` sets where the days of the daily line loss begin (the utility's local day)
+    and the quarters of the day a night load is looked for in; `master_class` (the
+    registry's) sets the master's Type B uncertainty unless the rules fix it.
+    `topology` (meters, the resistance any two of their paths share) adds the loss model
+    that follows the feeder's branches; the registry does not hold it yet, the test
+    bed does (bench.families).
     """
     if master is None or master not in series:
         note = (
@@ -157,7 +174,10 @@ def fit_district(
     # not held incomplete for the weeks before it existed.
     first = min((int(s.ts_ms[0]) for s in series.values() if len(s.ts_ms)), default=start_ms)
     grid = Grid.covering(max(start_ms, first - step // 6), end_ms, step, step // 6)
-    meter_series = {m: MeterSeries(s.ts_ms, s.values["energy_kwh"]) for m, s in series.items()}
+    meter_series = {
+        m: MeterSeries(s.ts_ms, s.values["energy_kwh"], reverse_kwh=s.column("reverse_kwh"))
+        for m, s in series.items()
+    }
     placed = place_on_grid(meter_series, grid)
     blk = blocks(placed, master, grid)
     ff = rules.function_failure
@@ -169,8 +189,21 @@ def fit_district(
         and rules_elec.is_stopped(s, ff)
     }
     blk = without_stopped(blk, grid, currents, ff.stopped_min_current_a)
-    cfg = FitConfig(est.forgetting_meter, est.ridge, est.confidence, est.interval_s / 3600)
-    fit = fit_balance(blk, cfg)
+    cfg = FitConfig(
+        est.forgetting_meter,
+        est.ridge,
+        est.confidence,
+        est.interval_s / 3600,
+        master_uncertainty_pct(rules, master_class),
+    )
+    shared = None
+    if topology is not None:
+        where = {m: i for i, m in enumerate(topology[0])}
+        idx = np.array([where.get(m, -1) for m in blk.meters])
+        known = idx >= 0
+        shared = np.zeros((len(idx), len(idx)))
+        shared[np.ix_(known, known)] = topology[1][np.ix_(idx[known], idx[known])]
+    fit = fit_balance(blk, cfg, quarter_hours(blk, grid, zone), shared_ohm=shared)
     gates = rules_elec.district_gates(placed, grid, blk, fit, est)
     estimates = fit.meters if fit is not None else {}
     daily = daily_line_loss(blk, grid, zone)
@@ -184,6 +217,21 @@ def fit_district(
         daily_loss=daily,
         stopped_intervals=blk.stopped_intervals,
     )
+
+
+def master_uncertainty_pct(rules: ElecRules, master_class: str | None) -> float:
+    """Type B standard uncertainty of the master's error: the rules' figure, else MPE/√3.
+
+    Every customer estimate is relative to the master, so its error is common to the
+    whole district; the class says only that it lies within ±MPE (a rectangular
+    distribution, GUM 4.3.7).
+    """
+    est = rules.estimation
+    if est.master_uncertainty_pct is not None:
+        return est.master_uncertainty_pct
+    mpe = rules.error_limit.verification_mpe_pct
+    value = mpe.get(master_class or est.master_class, mpe.get(est.master_class, 0.5))
+    return value / math.sqrt(3.0)
 
 
 @dataclass
@@ -290,13 +338,21 @@ class Evaluator:
     ) -> dict[str, DistrictResult]:
         names = {r.district for r in registry.values() if r.district}
         names |= {s.district for s in self._state.all_seen("elec").values() if s.district}
-        masters = {
-            r.district: r.meter_id for r in registry.values() if r.effective_role == "master"
-        }
+        masters = {r.district: r for r in registry.values() if r.effective_role == "master"}
         out = {}
         for name in sorted(names):
             series = self._store.series(ELEC_READING, READING_FIELDS, start, end, district=name)
-            out[name] = fit_district(name, series, masters.get(name), rules, start, end, self._zone)
+            row = masters.get(name)
+            out[name] = fit_district(
+                name,
+                series,
+                row.meter_id if row else None,
+                rules,
+                start,
+                end,
+                self._zone,
+                row.accuracy_class if row else None,
+            )
         return out
 
     def _meters(
@@ -469,7 +525,12 @@ def meter_decision(
         findings.append(rules_elec.no_balance_finding(dist.note))
     else:
         findings += rules_elec.estimate_findings(
-            est, row.accuracy_class if row else None, current, dist.gates, rules
+            est,
+            row.accuracy_class if row else None,
+            current,
+            dist.gates,
+            rules,
+            dist.fit.misfit if dist.fit is not None else "",
         )
     evaluable = any(f.reason.rule.startswith("elec.error_limit") for f in findings)
     evidence = _evidence(dist, est, current, evaluable, row)
@@ -502,6 +563,10 @@ def _evidence(
         "n_intervals": est.n_intervals if est else (gates.n_intervals if gates else 0),
         "evaluable": evaluable,
         "information_ratio": _r(est.information_ratio) if est else None,
+        # The estimate under every loss model the data cannot reject (lowest, highest).
+        "loss_model_range_pct": [_r(v) for v in est.model_range_pct] if est else None,
+        "confounded_with": list(est.confounded_with) if est and est.confounded_with else None,
+        "loss_model_misfit": (dist.fit.misfit or None) if dist.fit is not None else None,
         "mean_current_a": _r(current),
         "district": dist.district,
         "district_gates_passed": gates.passed if gates else False,

@@ -96,7 +96,6 @@ class Metrics:
             registry=r,
         )
 
-
     def received_total(self) -> float:
         """Messages received, all kinds."""
         return sum(

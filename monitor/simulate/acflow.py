@@ -52,7 +52,7 @@ GRIDS = (
 )
 STEPS_PER_DAY = 96
 METER_OWN_W = 1.5  # a static meter's own consumption, drawn upstream of its register
-VERSION = 1  # bump when the generated physics changes: cached feeders are then redrawn
+VERSION = 2  # bump when the generated physics changes: cached feeders are then redrawn
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,7 @@ class Network:
     trafo_lv: int
     distance_ohm: FloatArray  # series resistance from the transformer to each load
     branch: list[str]  # the cable leaving the transformer each load hangs on
+    shared_ohm: FloatArray  # (loads, loads) resistance of the path two loads share
 
 
 def load_grid(code: str) -> Any:
@@ -118,7 +119,7 @@ def network(net: Any) -> Network:
     start, _ = net._pd2ppc_lookups["branch"]["trafo"]
     trafo_yt = np.asarray(internal["Yt"][start].todense(), dtype=np.complex128).ravel()
     trafo_lv = int(lookup[int(net.trafo.lv_bus.iloc[0])])
-    distance, branch = _topology(net)
+    distance, branch, shared = _topology(net)
     others = np.array([b for b in range(len(ybus)) if b != ref], dtype=np.int64)
     return Network(
         base_mva=float(net._ppc["baseMVA"]),
@@ -131,11 +132,13 @@ def network(net: Any) -> Network:
         trafo_lv=trafo_lv,
         distance_ohm=distance,
         branch=branch,
+        shared_ohm=shared,
     )
 
 
-def _topology(net: Any) -> tuple[FloatArray, list[str]]:
-    """Each load's cable resistance from the transformer and the first cable on its way."""
+def _topology(net: Any) -> tuple[FloatArray, list[str], FloatArray]:
+    """Each load's cable resistance from the transformer, the first cable on its way, and
+    the resistance any two loads' paths share: (d_i + d_j − d_ij)/2 on a radial feeder."""
     import networkx as nx
 
     graph = nx.Graph()
@@ -150,7 +153,12 @@ def _topology(net: Any) -> tuple[FloatArray, list[str]]:
         out_r.append(dist.get(int(bus), math.nan))
         path = paths.get(int(bus), [root])
         out_b.append(graph.edges[path[0], path[1]]["name"] if len(path) > 1 else "busbar")
-    return np.asarray(out_r), out_b
+    buses = [int(b) for b in net.load.bus.to_numpy().tolist()]
+    between = {b: nx.single_source_dijkstra_path_length(graph, b, weight="r") for b in set(buses)}
+    d = np.asarray(out_r)
+    pair = np.array([[between[a].get(b, math.nan) for b in buses] for a in buses])
+    shared = (d[:, None] + d[None, :] - pair) / 2
+    return d, out_b, shared
 
 
 def solve(nw: Network, s_mva: ComplexArray, tol: float = 1e-10) -> tuple[FloatArray, int]:
@@ -325,6 +333,7 @@ def feeder_energy(
         master_kwh=master_mw * 1000.0 * hours,
         distance_ohm=nw.distance_ohm,
         branch=nw.branch,
+        shared_ohm=nw.shared_ohm,
         facts={
             "iterations": float(iterations),
             "meter_own_kw": METER_OWN_W / 1000 * len(net.load),
@@ -354,7 +363,14 @@ def radial_feeder(branches: int, per_branch: int, span_m: float = 30.0) -> Any:
     return net
 
 
-def cached(opts: FeederOptions, cache: Path, start_ms: int = 0) -> FeederEnergy:
+def is_cached(opts: FeederOptions, cache: Path) -> bool:
+    """Whether `cached` would read this feeder from `cache`."""
+    return (cache / f"{opts.key()}.npz").exists()
+
+
+def cached(
+    opts: FeederOptions, cache: Path, start_ms: int = 0, net: Any | None = None
+) -> FeederEnergy:
     """`generate`, kept as .npz under `cache` (grids load slowly: simbench reads CSVs)."""
     path = cache / f"{opts.key()}.npz"
     if path.exists():
@@ -369,9 +385,10 @@ def cached(opts: FeederOptions, cache: Path, start_ms: int = 0) -> FeederEnergy:
                 master_kwh=z["master_kwh"],
                 distance_ohm=z["distance_ohm"],
                 branch=[str(b) for b in z["branch"]],
+                shared_ohm=z["shared_ohm"],
                 facts=dict(zip(z["fact_names"].tolist(), z["fact_values"].tolist(), strict=True)),
             )
-    energy = generate(opts, start_ms=start_ms)
+    energy = generate(opts, net, start_ms=start_ms)
     cache.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     np.savez_compressed(
@@ -384,6 +401,7 @@ def cached(opts: FeederOptions, cache: Path, start_ms: int = 0) -> FeederEnergy:
         master_kwh=energy.master_kwh,
         distance_ohm=energy.distance_ohm,
         branch=np.array(energy.branch),
+        shared_ohm=energy.shared_ohm if energy.shared_ohm is not None else np.zeros((0, 0)),
         fact_names=np.array(list(energy.facts)),
         fact_values=np.array(list(energy.facts.values()), dtype=np.float64),
     )

@@ -36,7 +36,8 @@ class FeederEnergy:
     back (PV), `master_kwh` the net energy into the area at the transformer (negative
     when the area exports). `distance_ohm` is each household's series resistance from the
     transformer (NaN when the physics has no topology), `branch` the cable leaving the
-    transformer it hangs on: what a registry that knows the topology could say.
+    transformer it hangs on, `shared_ohm` how much of their paths two households share:
+    what a registry that knows the topology could say.
     """
 
     name: str
@@ -49,6 +50,7 @@ class FeederEnergy:
     distance_ohm: FloatArray
     branch: list[str]
     facts: dict[str, float] = field(default_factory=dict)
+    shared_ohm: FloatArray | None = None  # (n, n) resistance of the path two households share
 
     @property
     def steps(self) -> int:

@@ -379,9 +379,7 @@ def extendable(findings: Iterable[Finding]) -> bool:
     extended.
     """
     found = list(findings)
-    return worst_state(found) == "normal" and not any(
-        f.reason.rule == UNPROVEN_RULE for f in found
-    )
+    return worst_state(found) == "normal" and not any(f.reason.rule == UNPROVEN_RULE for f in found)
 
 
 # --------------------------------------------------------------------------- CUSUM
