@@ -3,7 +3,7 @@
 #   docker build -t meter-state-monitor .
 #   docker run -p 8080:8080 -p 1883:1883 meter-state-monitor   # embedded broker and store
 #
-# Configuration follows CONTRACT §8: every MONITOR_* variable below can be
+# Configuration follows docs/configuration.md: every MONITOR_* variable below can be
 # overridden with `docker run -e` or in the compose file.
 FROM python:3.11-slim
 

@@ -75,7 +75,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from bench.common import mosquitto_version
 from monitor.alerts.book import AlertBook, Change, Condition, conditions_of
-from monitor.alerts.notify import Notifier
+from monitor.alerts.notifier import Notifier
 from monitor.core.decision import Decision, Reason
 from monitor.core.rulebook import RuleBook, load_rules
 from monitor.evaluation.runner import EVALUATION_RULES
@@ -730,7 +730,7 @@ def run(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     # The log receiver's lines are produced (their cost is part of a tick) but not shown.
-    receiver_log = logging.getLogger("monitor.alerts.notify.log")
+    receiver_log = logging.getLogger("monitor.notify.log")
     receiver_log.addHandler(logging.NullHandler())
     receiver_log.propagate = False
     run(parse_args(argv))

@@ -99,7 +99,7 @@ def fleet(meters: int, districts: int) -> list[tuple[str, str]]:
 
 
 def readings(n: int, meters: int = 2000, districts: int = 20, seed: int = 7) -> list[Message]:
-    """N CONTRACT §1 readings, interval by interval, every (meter, ts) distinct.
+    """N readings as docs/mqtt.md has them, interval by interval, every (meter, ts) distinct.
 
     `ts` alternates between RFC 3339 with +08:00 and epoch ms; energy is a
     cumulative register advanced by the interval's power.

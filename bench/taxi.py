@@ -16,7 +16,7 @@ through the real path: simulator messages → `parse_message` → `EmbeddedStore
 - "tight": (0.5, 0.2), a fleet in which clean really means inside the guard band.
 
 Each fleet has the simulator's GNSS error (a shared +1.5 % bias and ±1.2 % per trip,
-clipped to DOMAIN's −0.4 … +5.5 %), 15-25 trips a taxi a day and the planted faults of
+clipped to the urban GNSS band −0.4 … +5.5 % of docs/metrology.md), 15-25 trips a taxi a day and the planted faults of
 `FleetSpec`: meters inflated by +2, +5 and +10 %, a pulse injector (×1.5 on 20 % of
 trips), a 10 % fare overcharge, an unauthorised seal break (after one day) and one
 meter that never applies a new tariff. The new tariff is rolled out half way (day
@@ -28,7 +28,7 @@ messages the API publishes are handed to `Fleet.push_tariff`.
 Evaluation as of the end of each simulated day. A full `Evaluator.run` re-reads the
 whole 60-day window (288 heartbeats a taxi a day) and re-judges it. Heartbeats come back
 as columns (`TelemetryStore.columns`; the embedded store keeps full days as column
-blocks) and are cut vectorised (`rules_taxi.telling_points`): as of day 60 for 200 taxis
+blocks) and are cut vectorised (`telling_points`): as of day 60 for 200 taxis
 the heartbeat read takes ~0.7 s (9-12 s point by point before), a pass reusing the
 previous pass's fare checks ~5-6 s (13-29 s before on the same shared 2-vCPU machine,
 ~14 s when idle), the first pass, which packs the days, ~22 s (~23-26 s before); 92 s
@@ -39,13 +39,13 @@ handed the window's stored points read back from the store incrementally (the la
 of event time are re-read each day, so late and duplicate deliveries land as they do in
 the store) instead of re-reading the window, with two exact shortcuts:
 
-- each trip's `fare_check` is computed once (`rules_taxi.FareCache`: reused while the
+- each trip's `fare_check` is computed once (`FareCache`: reused while the
   tariff book and rules stay the same; all are recomputed when a rollout changes the book);
 - heartbeats are kept only when seal, pulses_per_km or tariff_version change from the
   previous one of that meter: seal / parameter findings, their count and the rollout
   answers are the same, only a reason's wording ("N heartbeats", the heartbeat before a
   pulse-constant change) is not (`evaluate_taxi.load` also keeps the last heartbeat of
-  every run and every broken-seal one, `rules_taxi.telling_heartbeats`: exact).
+  every run and every broken-seal one, `telling_heartbeats`: exact).
 
 On the `--check-days` (by default day 3 and the last day, which is always
 checked) the real `Evaluator.run(as_of, book, record=False)` runs as well and every
@@ -95,8 +95,9 @@ from monitor.simulate import Fleet, FleetSpec
 from monitor.store.embedded import EmbeddedStore
 from monitor.store.state import SqliteState
 from monitor.taxi import evaluate as evaluate_taxi
-from monitor.taxi import rules as rules_taxi
+from monitor.taxi.fares import FareCache
 from monitor.taxi.tariff import Tariff, TariffBook, load_tariffs
+from monitor.taxi.trips import Trip, trips_from_points
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES_PATH = ROOT / "config" / "rules.yaml"
@@ -250,12 +251,12 @@ class DailyMirror:
         self._config = config_tariffs
         self._book = book
         self._read_until = start_ms - 1
-        self._fares = rules_taxi.FareCache()
+        self._fares = FareCache()
         self._seen_trips: dict[tuple[str, str], int] = {}
         self._seen_status: dict[tuple[str, int], int] = {}
         self._seen_events: dict[tuple[str, int, str], int] = {}
         self._last_signature: dict[str, tuple[object, object, object]] = {}
-        self.trips: dict[str, list[rules_taxi.Trip]] = {}
+        self.trips: dict[str, list[Trip]] = {}
         self._status: dict[str, list[MeterPoint]] = {}
         self._events: dict[str, list[MeterPoint]] = {}
         self.heartbeats_read = 0
@@ -272,7 +273,7 @@ class DailyMirror:
                 fresh.setdefault(p.meter, []).append(p)
         for meter, points in fresh.items():
             trips = self.trips.setdefault(meter, [])
-            trips.extend(rules_taxi.trips_from_points(points))
+            trips.extend(trips_from_points(points))
             trips.sort(key=lambda t: (t.end_ms, t.trip_id))  # the order the store returns
         for p in self._store.points(TAXI_STATUS, low, until_ms):
             status_key = (p.meter, p.ts_ms)
@@ -302,7 +303,7 @@ class DailyMirror:
 
         The window's points as `evaluate_taxi.load` would read them, handed to
         `evaluate_taxi.evaluate`: the Evaluator's own taxi half, with the fare checks
-        carried over from the previous day (`rules_taxi.FareCache`).
+        carried over from the previous day (`FareCache`).
         """
         rules = self._book.rules.taxi
         start = evaluate_taxi.window_start(as_of_ms, rules)
@@ -883,7 +884,7 @@ def explain(runs: Sequence[FleetRun], bands: Bands) -> None:
         )
     print(
         "  Meters above the guard band are *meant* to be sent to verification (resample) and\n"
-        "  those beyond the limit with confidence replaced (DOMAIN §2): in the default spread\n"
+        "  those beyond the limit with confidence replaced (docs/metrology.md): in the default spread\n"
         "  most flags of 'clean' meters are such genuine meters, not false alarms. The false\n"
         f"  alarms are the flags of meters whose true relative error is inside +{guard:g} % (the\n"
         "  'inside guard' rows): in the tight fleet nearly every clean meter is one, so there any\n"

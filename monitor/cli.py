@@ -1,4 +1,4 @@
-"""The `monitor` command line (CONTRACT §6)."""
+"""The `monitor` command line (docs/cli.md)."""
 
 from __future__ import annotations
 

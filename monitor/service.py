@@ -18,11 +18,11 @@ from apscheduler.triggers.cron import CronTrigger
 from fastapi import FastAPI
 
 from monitor.alerts.book import AlertBook, Change
-from monitor.alerts.notify import Notifier
+from monitor.alerts.notifier import Notifier
 from monitor.alerts.offline import OFFLINE_RULES, offline_conditions
 from monitor.api.app import ApiContext, create_app
 from monitor.api.web import mount_web
-from monitor.core.ports import TelemetryStore
+from monitor.core.ports import StateStore, TelemetryStore
 from monitor.core.rulebook import RuleBook, load_rules
 from monitor.evaluation.runner import Evaluator
 from monitor.ingest.worker import IngestWorker
@@ -44,7 +44,7 @@ class Components:
 
     address: BrokerAddress
     store: TelemetryStore
-    state: SqliteState
+    state: StateStore
     worker: IngestWorker
     rules: HotFile[RuleBook]
     tariffs: HotFile[TariffBook]

@@ -15,8 +15,8 @@ import pytest
 from pydantic import ValidationError
 
 from monitor.alerts.book import AlertBook, Condition
-from monitor.alerts.notify import (
-    Notifier,
+from monitor.alerts.notifier import Notifier
+from monitor.alerts.routing import (
     Receiver,
     Route,
     RoutingSettings,
@@ -538,9 +538,9 @@ def test_log_receiver_writes_one_line_per_notification(
     n = closing(Notifier(routing, tmp_path / "notify.sqlite", None, clock))
     n.submit(book.observe([cond(f"E{i}") for i in range(7)], BASE_MS))
     clock.advance(1)
-    with caplog.at_level(logging.INFO, logger="monitor.alerts.notify"):
+    with caplog.at_level(logging.INFO, logger="monitor.notify"):
         assert n.tick() == 1
-    [record] = [r for r in caplog.records if r.name == "monitor.alerts.notify.audit"]
+    [record] = [r for r in caplog.records if r.name == "monitor.notify.audit"]
     assert "alert opened via route all: 7 alert(s)" in record.getMessage()
     assert "(+2 more)" in record.getMessage()
 

@@ -1,4 +1,4 @@
-"""Registry CSV (CONTRACT §3): rows, refusals with line numbers, due dates."""
+"""Registry CSV (docs/registry.md): rows, refusals with line numbers, due dates."""
 
 from __future__ import annotations
 

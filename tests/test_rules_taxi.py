@@ -1,4 +1,4 @@
-"""Taxi fare meter rules: each one on data made to trip it or not (DOMAIN §2)."""
+"""Taxi fare meter rules: each one on data made to trip it or not (docs/metrology.md)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,28 @@ from monitor.core.decision import Finding, decide_meter
 from monitor.core.ports import Columns, MeterPoint, Series
 from monitor.core.rulebook import FareRule, TaxiRules, load_rules
 from monitor.ingest.telemetry import ms_to_datetime
-from monitor.taxi import rules as taxi
+from monitor.taxi.cusum import CUSUM_Z_CLIP, Cusum, cusum, cusum_reference
+from monitor.taxi.distance import (
+    GNSS_SIGMA_FLOOR,
+    Bias,
+    bias_zone,
+    distance_bias,
+    extendable,
+    fleet_median,
+    fleet_sigma,
+    log_ratios,
+    robust_sigma,
+)
+from monitor.taxi.fares import FareCache, fare_check, fare_summary
+from monitor.taxi.findings import taxi_findings
 from monitor.taxi.rollout import applied_at
+from monitor.taxi.seals import (
+    HEARTBEAT_FIELDS,
+    seal_findings,
+    telling_heartbeats,
+    telling_mask,
+    telling_points,
+)
 from monitor.taxi.tariff import (
     SHANGHAI_2022,
     Tariff,
@@ -29,6 +49,7 @@ from monitor.taxi.tariff import (
     fare_decimal,
     round_half_up,
 )
+from monitor.taxi.trips import Trip, WorkOrder, trips_from_points
 
 RULES = load_rules(Path(__file__).resolve().parent.parent / "config" / "rules.yaml").rules.taxi
 DIST = RULES.distance
@@ -55,15 +76,15 @@ def trip(
     fare: float | None = None,
     wait_s: float | None = None,
     version: str = "SH-2022",
-) -> taxi.Trip:
+) -> Trip:
     """A trip ending at `end_ms` (default: one every 30 minutes from T0), fare per SH-2022."""
     end = T0 + i * 30 * MIN if end_ms is None else end_ms
     if fare is None:
         fare = charged_fare_cny(SH, meter_km, wait_s or 0.0, ms_to_datetime(end))
-    return taxi.Trip(f"t{i}", end - 20 * MIN, end, meter_km, fare, version, gps_km, wait_s)
+    return Trip(f"t{i}", end - 20 * MIN, end, meter_km, fare, version, gps_km, wait_s)
 
 
-def trips_from_logs(logs: np.ndarray, gps_km: float = 10.0, start: int = 0) -> list[taxi.Trip]:
+def trips_from_logs(logs: np.ndarray, gps_km: float = 10.0, start: int = 0) -> list[Trip]:
     """Trips whose ln(meter_km / gps_km) are `logs`, with fares consistent with SH-2022."""
     return [trip(start + i, gps_km * math.exp(r), gps_km) for i, r in enumerate(logs.tolist())]
 
@@ -75,7 +96,7 @@ def noisy(bias_pct: float, n: int, sd_pct: float = 1.0, seed: int = 0) -> np.nda
 
 
 def simulated_meter(rng: np.random.Generator, n: int, noise: str, bias: float = 0.0) -> np.ndarray:
-    """Log-ratios of n usable trips of one meter with the urban GNSS error of DOMAIN §2.
+    """Log-ratios of n usable trips of one meter with the urban GNSS error of docs/metrology.md.
 
     `clipnorm` is the project simulator's model (fleet bias +1.5 %, per-trip scatter
     1.2 %, clipped to −0.4 … +5.5 %); `uniform` spreads every trip over the whole band.
@@ -94,15 +115,15 @@ def rules_of(findings: list[Finding]) -> list[tuple[str, str]]:
 
 
 def judge(
-    trips: list[taxi.Trip],
+    trips: list[Trip],
     fleet_median: float | None = 0.0,
     status: list[MeterPoint] | None = None,
     events: list[MeterPoint] | None = None,
-    work_orders: list[taxi.WorkOrder] | None = None,
+    work_orders: list[WorkOrder] | None = None,
     as_of: int | None = None,
     rules: TaxiRules = RULES,
 ) -> tuple[list[Finding], dict[str, Any]]:
-    return taxi.taxi_findings(
+    return taxi_findings(
         "T1",
         trips,
         fleet_median,
@@ -135,10 +156,10 @@ def test_trips_from_points_sorts_dedupes_and_reads_absent_fields() -> None:
         point("b", T0 + 2 * HOUR, gps_km=5.1, start_ts=T0 + HOUR, wait_s=60.0),  # re-sent
         MeterPoint("T1", T0, {"trip_id": "broken"}),  # no distance, no fare: not a trip
     ]
-    trips = taxi.trips_from_points(points)
+    trips = trips_from_points(points)
     assert [t.trip_id for t in trips] == ["a", "b"]
     assert trips[0].gps_km is None and trips[0].wait_s is None and trips[0].start_ms == T0 + HOUR
-    assert trips[1] == taxi.Trip("b", T0 + HOUR, T0 + 2 * HOUR, 5.0, 20.0, "SH-2022", 5.1, 60.0)
+    assert trips[1] == Trip("b", T0 + HOUR, T0 + 2 * HOUR, 5.0, 20.0, "SH-2022", 5.1, 60.0)
 
 
 def test_log_ratios_count_what_they_leave_out() -> None:
@@ -151,7 +172,7 @@ def test_log_ratios_count_what_they_leave_out() -> None:
         trip(5, 13.0, 10.0),  # ρ = 1.30: gross (and suspect)
         trip(6, 15.0, 10.0),  # ρ = 1.5
     ]
-    r = taxi.log_ratios(trips, DIST)
+    r = log_ratios(trips, DIST)
     assert r.n_trips == 7 and r.n_usable == 4
     assert (r.n_without_gps, r.n_short, r.n_zero_meter) == (1, 1, 1)
     np.testing.assert_allclose(r.log_ratio, np.log([1.0, 1.1, 1.3, 1.5]))
@@ -162,21 +183,21 @@ def test_log_ratios_count_what_they_leave_out() -> None:
 
 def test_fleet_median_uses_each_meters_last_window() -> None:
     ratios = {"a": np.array([9.0, 9.0, 0.1, 0.2]), "b": np.array([0.3]), "c": np.array([])}
-    assert taxi.fleet_median(ratios, 2) == pytest.approx(0.2)
-    assert taxi.fleet_median({}, 2) is None
-    assert taxi.fleet_median({"c": np.array([])}, 2) is None
+    assert fleet_median(ratios, 2) == pytest.approx(0.2)
+    assert fleet_median({}, 2) is None
+    assert fleet_median({"c": np.array([])}, 2) is None
 
 
 def test_fleet_sigma_is_robust_and_floored() -> None:
     rng = np.random.default_rng(1)
     wide = {str(i): rng.normal(0.0, 0.05, 100) for i in range(20)}
     wide["tampered"] = np.full(100, math.log(1.5))  # one meter of outliers moves it little
-    assert taxi.fleet_sigma(wide, 100) == pytest.approx(0.05, rel=0.1)
+    assert fleet_sigma(wide, 100) == pytest.approx(0.05, rel=0.1)
     narrow = {str(i): rng.normal(0.0, 0.01, 100) for i in range(20)}
-    assert taxi.fleet_sigma(narrow, 100) == taxi.GNSS_SIGMA_FLOOR
-    assert taxi.fleet_sigma({}, 100) == taxi.GNSS_SIGMA_FLOOR
-    # half the width of DOMAIN's −0.4 … +5.5 % band, in log terms
-    assert pytest.approx((math.log(1.055) - math.log(0.996)) / 2) == taxi.GNSS_SIGMA_FLOOR
+    assert fleet_sigma(narrow, 100) == GNSS_SIGMA_FLOOR
+    assert fleet_sigma({}, 100) == GNSS_SIGMA_FLOOR
+    # half the width of the −0.4 … +5.5 % urban GNSS band, in log terms
+    assert pytest.approx((math.log(1.055) - math.log(0.996)) / 2) == GNSS_SIGMA_FLOOR
 
 
 # --------------------------------------------------------------------------- bias
@@ -184,7 +205,7 @@ def test_fleet_sigma_is_robust_and_floored() -> None:
 
 def test_bias_is_median_minus_fleet_with_a_median_standard_error() -> None:
     logs = noisy(0.3, 400, sd_pct=1.0, seed=3) + 0.02  # fleet GNSS offset 2 %, cancelled
-    bias = taxi.distance_bias(logs, 0.02, DIST)
+    bias = distance_bias(logs, 0.02, DIST)
     assert bias is not None and bias.n_trips == DIST.window_trips  # only the last 100
     recent = logs[-100:]
     assert bias.delta_log == pytest.approx(float(np.median(recent)) - 0.02)
@@ -194,7 +215,7 @@ def test_bias_is_median_minus_fleet_with_a_median_standard_error() -> None:
     low, high = bias.error_ci_pct
     assert low < bias.error_pct < high
     assert high - low == pytest.approx(2 * 1.96 * 100 * bias.se_log, rel=0.01)
-    assert taxi.distance_bias(logs[: DIST.min_trips - 1], 0.02, DIST) is None
+    assert distance_bias(logs[: DIST.min_trips - 1], 0.02, DIST) is None
 
 
 @pytest.mark.parametrize(
@@ -232,8 +253,8 @@ def spread_logs(bias_pct: float, sd_pct: float, n: int = 100, seed: int = 1) -> 
     return np.random.default_rng(seed).permutation(logs)  # in no particular order
 
 
-def a_bias(error_pct: float, low: float, high: float) -> taxi.Bias:
-    return taxi.Bias(error_pct, (low, high), 100, math.log1p(error_pct / 100), 0.0, 0.0)
+def a_bias(error_pct: float, low: float, high: float) -> Bias:
+    return Bias(error_pct, (low, high), 100, math.log1p(error_pct / 100), 0.0, 0.0)
 
 
 @pytest.mark.parametrize(
@@ -255,10 +276,10 @@ def a_bias(error_pct: float, low: float, high: float) -> taxi.Bias:
 def test_the_guard_band_is_judged_on_the_interval(
     error: float, interval: tuple[float, float], zone: str
 ) -> None:
-    assert taxi.bias_zone(a_bias(error, *interval), DIST) == zone
+    assert bias_zone(a_bias(error, *interval), DIST) == zone
     # the rules before 2026.2 judged δ alone
     old = {"inside": "inside", "beyond_limit": "beyond_limit"}.get(zone, "outside")
-    assert taxi.bias_zone(a_bias(error, *interval), ESTIMATE.distance) == old
+    assert bias_zone(a_bias(error, *interval), ESTIMATE.distance) == old
 
 
 ESTIMATE = RULES.model_copy(
@@ -280,7 +301,7 @@ def test_a_meter_just_outside_the_band_with_a_wide_interval_is_kept_not_extended
     assert f"95 % interval [{low:+.2f}, {high:+.2f}] %, 100 trips" in reason.detail
     assert "not extended" in reason.detail
     assert decision(findings, evidence) == ("keep", "normal")
-    assert not taxi.extendable(findings)
+    assert not extendable(findings)
     # the same meter under the old reading of the band (δ alone) was sent to verification
     old = judge(trips, rules=ESTIMATE)
     assert rules_of(old[0]) == [("suspect", "taxi.distance.guard_band")]
@@ -299,7 +320,7 @@ def test_a_meter_whose_interval_clears_the_band_is_sent_to_verification() -> Non
     assert "with its whole interval" in reason.detail
     assert f"[{low:+.2f}, {high:+.2f}] %" in reason.detail
     assert decision(findings, evidence) == ("resample", "suspect")
-    assert not taxi.extendable(findings)  # suspect: only a normal meter is extended
+    assert not extendable(findings)  # suspect: only a normal meter is extended
 
 
 def test_an_estimate_beyond_the_limit_is_verified_however_noisy() -> None:
@@ -322,8 +343,8 @@ def test_a_low_meter_just_outside_the_band_is_kept_too() -> None:
 
 def test_the_interval_follows_the_rules_confidence() -> None:
     logs = spread_logs(0.0, 1.0)
-    wide = taxi.distance_bias(logs, 0.0, DIST.model_copy(update={"confidence": 0.99}))
-    usual = taxi.distance_bias(logs, 0.0, DIST)
+    wide = distance_bias(logs, 0.0, DIST.model_copy(update={"confidence": 0.99}))
+    usual = distance_bias(logs, 0.0, DIST)
     assert wide is not None and usual is not None
     assert usual.error_ci_pct[1] == pytest.approx(100 * math.expm1(1.959964 * usual.se_log))
     assert wide.error_ci_pct[1] == pytest.approx(100 * math.expm1(2.575829 * usual.se_log))
@@ -379,13 +400,13 @@ def test_data_after_as_of_is_ignored() -> None:
 def test_cusum_catches_a_five_percent_step_after_200_clean_trips() -> None:
     rng = np.random.default_rng(20)
     fleet = {str(i): simulated_meter(rng, 300, "clipnorm") for i in range(50)}
-    median = taxi.fleet_median(fleet, DIST.window_trips)
-    sigma = taxi.fleet_sigma(fleet, DIST.window_trips)
+    median = fleet_median(fleet, DIST.window_trips)
+    sigma = fleet_sigma(fleet, DIST.window_trips)
     assert median is not None
     before = simulated_meter(rng, 200, "clipnorm")
     after = simulated_meter(rng, 200, "clipnorm", bias=0.05)
     logs = np.concatenate([before, after])
-    result = taxi.cusum(logs, taxi.cusum_reference(logs, median, DIST), sigma, DIST)
+    result = cusum(logs, cusum_reference(logs, median, DIST), sigma, DIST)
     assert result.alarm and result.direction == "up"
     assert result.alarm_index is not None and 200 <= result.alarm_index < 215
     assert result.peak > DIST.cusum_h
@@ -398,39 +419,39 @@ def test_cusum_catches_a_five_percent_step_after_200_clean_trips() -> None:
 
 def test_cusum_catches_a_downward_step() -> None:
     logs = np.concatenate([np.zeros(200), np.full(50, math.log(0.95))])
-    result = taxi.cusum(logs, 0.0, taxi.GNSS_SIGMA_FLOOR, DIST)
+    result = cusum(logs, 0.0, GNSS_SIGMA_FLOOR, DIST)
     assert result.alarm and result.direction == "down" and result.alarm_index == 203
 
 
 def test_one_gross_trip_does_not_alarm_the_cusum_alone() -> None:
     logs = np.zeros(300)
     logs[150] = math.log(1.8)  # a GNSS track with a gap
-    result = taxi.cusum(logs, 0.0, taxi.GNSS_SIGMA_FLOOR, DIST)
-    assert not result.alarm and result.peak == pytest.approx(taxi.CUSUM_Z_CLIP - DIST.cusum_k)
+    result = cusum(logs, 0.0, GNSS_SIGMA_FLOOR, DIST)
+    assert not result.alarm and result.peak == pytest.approx(CUSUM_Z_CLIP - DIST.cusum_k)
     logs[151] = math.log(1.8)  # two in a row reach h exactly, which is not beyond it
-    assert not taxi.cusum(logs, 0.0, taxi.GNSS_SIGMA_FLOOR, DIST).alarm
+    assert not cusum(logs, 0.0, GNSS_SIGMA_FLOOR, DIST).alarm
     logs[152] = math.log(1.8)  # three in a row alarm
-    result = taxi.cusum(logs, 0.0, taxi.GNSS_SIGMA_FLOOR, DIST)
+    result = cusum(logs, 0.0, GNSS_SIGMA_FLOOR, DIST)
     assert result.alarm and result.alarm_index == 152
 
 
 def test_cusum_reference_follows_the_meter_inside_the_guard_band() -> None:
     # a meter that has sat at −2 % all along (inside the −3 % guard band) has not changed
     logs = noisy(-2.0, 1200, sd_pct=1.2, seed=8)
-    assert taxi.cusum(logs, 0.0, taxi.GNSS_SIGMA_FLOOR, DIST).alarm  # against the bare fleet
-    reference = taxi.cusum_reference(logs, 0.0, DIST)
+    assert cusum(logs, 0.0, GNSS_SIGMA_FLOOR, DIST).alarm  # against the bare fleet
+    reference = cusum_reference(logs, 0.0, DIST)
     assert reference == pytest.approx(math.log(0.98), abs=0.003)
-    assert not taxi.cusum(logs, reference, taxi.GNSS_SIGMA_FLOOR, DIST).alarm
+    assert not cusum(logs, reference, GNSS_SIGMA_FLOOR, DIST).alarm
     findings, evidence = judge(trips_from_logs(logs))
     assert decision(findings, evidence) == ("keep", "normal")
     # one that starts outside the band is measured from the band's edge
-    assert taxi.cusum_reference(noisy(5.0, 100), 0.0, DIST) == pytest.approx(math.log(1.005))
-    assert taxi.cusum_reference(noisy(0.0, DIST.min_trips - 1), 0.01, DIST) == 0.01
+    assert cusum_reference(noisy(5.0, 100), 0.0, DIST) == pytest.approx(math.log(1.005))
+    assert cusum_reference(noisy(0.0, DIST.min_trips - 1), 0.01, DIST) == 0.01
 
 
 @pytest.mark.parametrize("noise", ["clipnorm", "uniform"])
 def test_cusum_false_alarms_on_clean_meters_over_60_days(noise: str) -> None:
-    """200 clean meters × 1200 usable trips (~60 days) with DOMAIN's GNSS noise.
+    """200 clean meters × 1200 usable trips (~60 days) with the urban GNSS noise of docs/metrology.md.
 
     Measured: seed 60 gives 0 (clipnorm) and 1 (uniform) alarms of 200; over ten seeds
     0 / 2000 and 4 / 2000 (0.2 %). Against the bare fleet median with σ = 1.4826·MAD
@@ -438,11 +459,11 @@ def test_cusum_false_alarms_on_clean_meters_over_60_days(noise: str) -> None:
     """
     rng = np.random.default_rng(60)
     fleet = {str(i): simulated_meter(rng, 1200, noise) for i in range(200)}
-    median = taxi.fleet_median(fleet, DIST.window_trips)
-    sigma = taxi.fleet_sigma(fleet, DIST.window_trips)
+    median = fleet_median(fleet, DIST.window_trips)
+    sigma = fleet_sigma(fleet, DIST.window_trips)
     assert median is not None
     alarms = sum(
-        taxi.cusum(logs, taxi.cusum_reference(logs, median, DIST), sigma, DIST).alarm
+        cusum(logs, cusum_reference(logs, median, DIST), sigma, DIST).alarm
         for logs in fleet.values()
     )
     assert alarms <= 2, f"{alarms} of 200 clean meters alarmed"
@@ -453,16 +474,16 @@ def test_per_trip_mad_alone_would_alarm_on_most_clean_meters() -> None:
     # ~470 trips on average, well inside 60 days.
     rng = np.random.default_rng(61)
     fleet = {str(i): simulated_meter(rng, 1200, "clipnorm") for i in range(50)}
-    median = taxi.fleet_median(fleet, DIST.window_trips)
+    median = fleet_median(fleet, DIST.window_trips)
     assert median is not None
-    raw = taxi.robust_sigma(np.concatenate(list(fleet.values())))
-    alarms = sum(taxi.cusum(logs, median, raw, DIST).alarm for logs in fleet.values())
+    raw = robust_sigma(np.concatenate(list(fleet.values())))
+    alarms = sum(cusum(logs, median, raw, DIST).alarm for logs in fleet.values())
     assert alarms > 25
 
 
 def test_cusum_refuses_a_bad_sigma() -> None:
     with pytest.raises(ValueError):
-        taxi.cusum(np.zeros(3), 0.0, 0.0, DIST)
+        cusum(np.zeros(3), 0.0, 0.0, DIST)
 
 
 # -------------------------------------------------------------------------- fares
@@ -473,8 +494,8 @@ NIGHT = ms(datetime(2026, 3, 2, 23, 30, tzinfo=CST))
 
 def fare_trip(
     km: float, fare: float, end: int = NOON, wait_s: float | None = None, version: str = "SH-2022"
-) -> taxi.Trip:
-    return taxi.Trip("f", end - 30 * MIN, end, km, fare, version, km, wait_s)
+) -> Trip:
+    return Trip("f", end - 30 * MIN, end, km, fare, version, km, wait_s)
 
 
 @pytest.mark.parametrize(
@@ -504,7 +525,7 @@ def test_fare_check_hand_computed_sh2022(
     refused: list[float],
 ) -> None:
     for fare in accepted + refused:
-        check = taxi.fare_check(fare_trip(km, fare, end, wait_s), BOOK, RULES.fare)
+        check = fare_check(fare_trip(km, fare, end, wait_s), BOOK, RULES.fare)
         assert check.checked and check.version_in_force == "SH-2022"
         assert check.expected_raw_cny == pytest.approx(raw, abs=1e-9)
         assert check.expected_cny == charged
@@ -517,17 +538,17 @@ def test_rounding_allowance_is_exactly_what_the_tolerance_reaches() -> None:
     strict = FareRule(
         description="fares without a relative tolerance", source="test", tolerance_rel=0
     )
-    check = taxi.fare_check(fare_trip(60.0, 228.0), BOOK, strict)
+    check = fare_check(fare_trip(60.0, 228.0), BOOK, strict)
     assert check.mismatch and check.allowed_cny == (229.0, 229.0)
     # F = 27.5 exactly (5 km, 2 waiting blocks): charged 28, 27 within the display step
-    check = taxi.fare_check(fare_trip(5.0, 27.0, wait_s=500.0), BOOK, RULES.fare)
+    check = fare_check(fare_trip(5.0, 27.0, wait_s=500.0), BOOK, RULES.fare)
     assert check.expected_raw_cny == 27.5 and check.expected_cny == 28.0
     assert not check.mismatch and check.allowed_cny == (27.0, 28.0)
 
 
 def test_ten_percent_overcharge_is_flagged_even_on_the_flag_fall() -> None:
     # 3 km: 14 CNY; +10 % = 15.4 → 15, a single yuan, but no rounding explains it
-    check = taxi.fare_check(fare_trip(3.0, 15.0), BOOK, RULES.fare)
+    check = fare_check(fare_trip(3.0, 15.0), BOOK, RULES.fare)
     assert check.mismatch and check.diff_cny == 1.0
     trips = [fare_trip(km, 0.0) for km in np.linspace(3.0, 30.0, 40).round(2).tolist()]
     checks = []
@@ -536,19 +557,19 @@ def test_ten_percent_overcharge_is_flagged_even_on_the_flag_fall() -> None:
         raw = float(fare_decimal(SH, t.meter_km, 0.0, ms_to_datetime(t.end_ms)))
         over = round_half_up(raw * 1.1, 1.0)
         fare = over if i % 2 == 0 else honest  # every other trip overcharged by 10 %
-        checks.append(taxi.fare_check(replace(t, trip_id=f"f{i}", fare_cny=fare), BOOK, RULES.fare))
-    summary = taxi.fare_summary(checks, RULES.fare)
+        checks.append(fare_check(replace(t, trip_id=f"f{i}", fare_cny=fare), BOOK, RULES.fare))
+    summary = fare_summary(checks, RULES.fare)
     assert summary.n_checked == 40 and summary.n_mismatch == 20
     assert summary.share == 0.5 and summary.systematic and summary.mean_diff_cny > 0
 
 
 def test_scattered_mismatches_are_not_systematic() -> None:
-    checks = [taxi.fare_check(fare_trip(10.0, 33.0), BOOK, RULES.fare) for _ in range(6)]
-    checks += [taxi.fare_check(fare_trip(10.0, f), BOOK, RULES.fare) for f in (30.0, 36.0)]
-    summary = taxi.fare_summary(checks, RULES.fare)
+    checks = [fare_check(fare_trip(10.0, 33.0), BOOK, RULES.fare) for _ in range(6)]
+    checks += [fare_check(fare_trip(10.0, f), BOOK, RULES.fare) for f in (30.0, 36.0)]
+    summary = fare_summary(checks, RULES.fare)
     assert (summary.n_mismatch, summary.share) == (2, 0.25)
     assert not summary.systematic and summary.mean_diff_cny == 0.0
-    assert taxi.fare_summary([], RULES.fare).share == 0.0
+    assert fare_summary([], RULES.fare).share == 0.0
 
 
 def test_tariff_version_mismatch_is_reported_and_repriced() -> None:
@@ -559,20 +580,20 @@ def test_tariff_version_mismatch_is_reported_and_repriced() -> None:
     grace = int(RULES.tariff.deadline_h * HOUR)
     # priced under the old tariff five days after the new one took effect
     late = fare_trip(10.0, 33.0, end=ms(new_from) + 5 * DAY + 12 * HOUR)  # noon
-    check = taxi.fare_check(late, book, RULES.fare, grace_ms=grace)
+    check = fare_check(late, book, RULES.fare, grace_ms=grace)
     assert check.version_in_force == "SH-2026" and check.version_mismatch
     assert check.expected_cny == 35.0 and check.mismatch  # 14 + 3.0·7 = 35
     # the same within the 24 h rollout deadline: checked against the version it names
     early = fare_trip(10.0, 33.0, end=ms(new_from) + 10 * HOUR)
-    check = taxi.fare_check(early, book, RULES.fare, grace_ms=grace)
+    check = fare_check(early, book, RULES.fare, grace_ms=grace)
     assert check.in_grace and not check.version_mismatch and not check.mismatch
     assert check.version_applied == "SH-2022"
     # a version nobody knows is not applied, whatever the fare
-    check = taxi.fare_check(fare_trip(10.0, 33.0, version="SH-2019"), BOOK, RULES.fare)
+    check = fare_check(fare_trip(10.0, 33.0, version="SH-2019"), BOOK, RULES.fare)
     assert check.version_mismatch and not check.mismatch
     # before any tariff: nothing to check against
     old = fare_trip(10.0, 33.0, end=ms(datetime(2021, 1, 1, tzinfo=CST)))
-    assert not taxi.fare_check(old, BOOK, RULES.fare).checked
+    assert not fare_check(old, BOOK, RULES.fare).checked
 
 
 def test_fare_cache_answers_what_fare_check_answers_and_follows_the_tariff_book() -> None:
@@ -582,9 +603,9 @@ def test_fare_cache_answers_what_fare_check_answers_and_follows_the_tariff_book(
     grace = int(RULES.tariff.deadline_h * HOUR)
     late = ms(new_from) + 5 * DAY + 12 * HOUR
     trips = [replace(fare_trip(10.0, 33.0, end=late + i * HOUR), trip_id=f"f{i}") for i in range(4)]
-    cache = taxi.FareCache()
+    cache = FareCache()
     first = [cache.check(t, BOOK, RULES.fare, grace) for t in trips]
-    assert first == [taxi.fare_check(t, BOOK, RULES.fare, grace_ms=grace) for t in trips]
+    assert first == [fare_check(t, BOOK, RULES.fare, grace_ms=grace) for t in trips]
     assert not any(c.mismatch for c in first)
     # asked again, with an equal book built anew: the checks already made, not re-priced
     again = TariffBook(dict(BOOK.items()))
@@ -594,7 +615,7 @@ def test_fare_cache_answers_what_fare_check_answers_and_follows_the_tariff_book(
     # a rollout changes the book: every trip is priced again, under the tariff now in force
     book = BOOK.with_tariff("SH-2026", Tariff.model_validate(body))
     rolled = [cache.check(t, book, RULES.fare, grace) for t in trips]
-    assert rolled == [taxi.fare_check(t, book, RULES.fare, grace_ms=grace) for t in trips]
+    assert rolled == [fare_check(t, book, RULES.fare, grace_ms=grace) for t in trips]
     assert all(c.version_mismatch and c.expected_cny == 35.0 for c in rolled)
     # so does another fare rule
     strict = RULES.fare.model_copy(update={"tolerance_display_steps": 0.0})
@@ -639,7 +660,7 @@ def beat(ts: int, seal: str = "intact", ppk: float | None = 1000.0) -> MeterPoin
 
 def test_seal_event_without_work_order_is_critical() -> None:
     events = [event("seal_broken", T0), event("seal_broken", T0), event("power_loss", T0)]
-    findings = taxi.seal_findings("T1", [], events, [], RULES.seal)
+    findings = seal_findings("T1", [], events, [], RULES.seal)
     assert len(findings) == 1  # the re-sent event is one event; power_loss is no seal event
     f = findings[0]
     assert (f.state, f.inspect, f.severity) == ("suspect", True, "critical")
@@ -650,13 +671,13 @@ def test_seal_event_without_work_order_is_critical() -> None:
 
 def test_seal_event_inside_a_work_order_is_excused_and_says_by_which() -> None:
     orders = [
-        taxi.WorkOrder("T2", T0 - HOUR, T0 + HOUR, "other meter"),
-        taxi.WorkOrder("T1", T0 - HOUR, T0 + HOUR, "annual verification"),
+        WorkOrder("T2", T0 - HOUR, T0 + HOUR, "other meter"),
+        WorkOrder("T1", T0 - HOUR, T0 + HOUR, "annual verification"),
     ]
     assert orders[1].covers("T1", T0) and not orders[0].covers("T1", T0)
     assert not orders[1].covers("T1", T0 + 2 * HOUR)
     events = [event("param_changed", T0), event("seal_broken", T0 + 2 * HOUR)]
-    findings = taxi.seal_findings("T1", [], events, orders, RULES.seal)
+    findings = seal_findings("T1", [], events, orders, RULES.seal)
     assert [(f.state, f.severity) for f in findings] == [
         ("normal", "info"),
         ("suspect", "critical"),
@@ -667,32 +688,30 @@ def test_seal_event_inside_a_work_order_is_excused_and_says_by_which() -> None:
 
 def test_broken_seal_heartbeats_are_one_finding_per_run() -> None:
     status = [beat(T0 + i * 5 * MIN, "broken" if 3 <= i < 9 else "intact") for i in range(12)]
-    findings = taxi.seal_findings("T1", status, [], [], RULES.seal)
+    findings = seal_findings("T1", status, [], [], RULES.seal)
     assert rules_of(findings) == [("suspect", "taxi.seal.heartbeat")]
     assert findings[0].reason.value == "broken" and "6 heartbeats" in findings[0].reason.detail
     # a work order over the first part; the seal is still broken after it closed
-    order = taxi.WorkOrder("T1", T0, T0 + 30 * MIN, "seal replacement")
-    findings = taxi.seal_findings("T1", status, [], [order], RULES.seal)
+    order = WorkOrder("T1", T0, T0 + 30 * MIN, "seal replacement")
+    findings = seal_findings("T1", status, [], [order], RULES.seal)
     assert [f.state for f in findings] == ["normal", "suspect"]
     assert "seal replacement" in findings[0].reason.detail
 
 
 def test_pulse_constant_change_is_a_parameter_finding() -> None:
     status = [beat(T0), beat(T0 + 5 * MIN, ppk=None), beat(T0 + 10 * MIN, ppk=1100.0)]
-    findings = taxi.seal_findings("T1", status, [], [], RULES.seal)
+    findings = seal_findings("T1", status, [], [], RULES.seal)
     assert rules_of(findings) == [("suspect", "taxi.param.pulses_per_km")]
     assert findings[0].reason.value == [1000.0, 1100.0] and findings[0].severity == "critical"
     # a work order between the two heartbeats explains it
-    order = taxi.WorkOrder("T1", T0 + 6 * MIN, T0 + 8 * MIN, "tyre change recalibration")
-    assert [f.state for f in taxi.seal_findings("T1", status, [], [order], RULES.seal)] == [
-        "normal"
-    ]
+    order = WorkOrder("T1", T0 + 6 * MIN, T0 + 8 * MIN, "tyre change recalibration")
+    assert [f.state for f in seal_findings("T1", status, [], [order], RULES.seal)] == ["normal"]
     # the same from a numeric Series (no seal column there)
     series = Series(
         np.array([T0, T0 + 5 * MIN, T0 + 10 * MIN], dtype=np.int64),
         {"pulses_per_km": np.array([1000.0, np.nan, 1100.0])},
     )
-    assert rules_of(taxi.seal_findings("T1", series, [], [], RULES.seal)) == rules_of(findings)
+    assert rules_of(seal_findings("T1", series, [], [], RULES.seal)) == rules_of(findings)
 
 
 heartbeat_values = st.fixed_dictionaries(
@@ -723,14 +742,12 @@ def test_telling_heartbeats_decide_what_every_heartbeat_decides(
             beats.append(MeterPoint("T1", ts, dict(values)))
             if resent:
                 beats.append(MeterPoint("T1", ts, dict(values)))
-    work_orders = [
-        taxi.WorkOrder("T1", T0 + a * MIN, T0 + (a + d) * MIN, "work") for a, d in orders
-    ]
-    kept = taxi.telling_heartbeats(beats)
+    work_orders = [WorkOrder("T1", T0 + a * MIN, T0 + (a + d) * MIN, "work") for a, d in orders]
+    kept = telling_heartbeats(beats)
     assert set(map(id, kept)) <= set(map(id, beats))
     assert [b.ts_ms for b in kept] == sorted(b.ts_ms for b in kept)
-    full = taxi.seal_findings("T1", beats, [], work_orders, RULES.seal)
-    assert taxi.seal_findings("T1", kept, [], work_orders, RULES.seal) == full
+    full = seal_findings("T1", beats, [], work_orders, RULES.seal)
+    assert seal_findings("T1", kept, [], work_orders, RULES.seal) == full
     for version in ("SH-2022", "SH-2026"):
         assert applied_at(version, [], kept) == applied_at(version, [], beats)
 
@@ -739,9 +756,9 @@ def test_telling_heartbeats_keep_run_ends_and_every_broken_seal() -> None:
     intact = [beat(T0 + i * 5 * MIN) for i in range(10)]
     broken = [beat(T0 + (10 + i) * 5 * MIN, seal="broken") for i in range(4)]
     changed = [beat(T0 + (14 + i) * 5 * MIN, ppk=1100.0) for i in range(10)]
-    kept = taxi.telling_heartbeats(list(reversed(intact + broken + changed)))
+    kept = telling_heartbeats(list(reversed(intact + broken + changed)))
     assert kept == [intact[0], intact[-1], *broken, changed[0], changed[-1]]
-    assert taxi.telling_heartbeats([]) == []
+    assert telling_heartbeats([]) == []
 
 
 def as_columns(beats: list[MeterPoint], fields: tuple[str, ...]) -> Columns:
@@ -770,7 +787,7 @@ sparse_heartbeat = st.tuples(
     steps=st.lists(st.integers(0, 2), min_size=120, max_size=120),
     fields=st.sampled_from(
         [
-            taxi.HEARTBEAT_FIELDS,
+            HEARTBEAT_FIELDS,
             ("seal", "pulses_per_km"),
             ("tariff_version",),
             ("pulses_per_km", "seal", "tariff_version"),
@@ -797,22 +814,22 @@ def test_the_vectorised_cut_keeps_what_telling_heartbeats_keeps(
             beats.append(MeterPoint("T1", ts, {k: values[k] for k in fields}))
     expected = [
         MeterPoint("T1", b.ts_ms, {k: v for k, v in b.values.items() if v is not None})
-        for b in taxi.telling_heartbeats(beats)
+        for b in telling_heartbeats(beats)
     ]
-    got = taxi.telling_points("T1", as_columns(beats, fields))
+    got = telling_points("T1", as_columns(beats, fields))
     assert got == expected
     assert all(type(v) is float for b in got for k, v in b.values.items() if k == "pulses_per_km")
     if not clash:  # then also what every heartbeat says (see the test above)
-        assert taxi.seal_findings("T1", got, [], [], RULES.seal) == taxi.seal_findings(
+        assert seal_findings("T1", got, [], [], RULES.seal) == seal_findings(
             "T1", beats, [], [], RULES.seal
         )
         for version in ("SH-2022", "SH-2026"):
             assert applied_at(version, [], got) == applied_at(version, [], beats)
     # out of time order, it is put in order first (as `telling_heartbeats` does)
     backwards = list(reversed(beats))
-    assert taxi.telling_points("T1", as_columns(backwards, fields)) == [
+    assert telling_points("T1", as_columns(backwards, fields)) == [
         MeterPoint("T1", b.ts_ms, {k: v for k, v in b.values.items() if v is not None})
-        for b in taxi.telling_heartbeats(backwards)
+        for b in telling_heartbeats(backwards)
     ]
 
 
@@ -822,13 +839,13 @@ def test_the_vectorised_cut_keeps_run_ends_and_every_broken_seal() -> None:
     changed = [beat(T0 + (14 + i) * 5 * MIN, ppk=1100.0) for i in range(10)]
     gone = [beat(T0 + (24 + i) * 5 * MIN, ppk=None) for i in range(3)]
     every = intact + broken + changed + gone
-    mask = taxi.telling_mask(as_columns(every, taxi.HEARTBEAT_FIELDS))
+    mask = telling_mask(as_columns(every, HEARTBEAT_FIELDS))
     kept = [b for b, k in zip(every, mask.tolist(), strict=True) if k]
     assert kept == [intact[0], intact[-1], *broken, changed[0], changed[-1], gone[0], gone[-1]]
-    assert taxi.telling_points("T1", as_columns([], taxi.HEARTBEAT_FIELDS)) == []
-    assert taxi.telling_points("T1", as_columns(every[:1], ())) == [MeterPoint("T1", T0, {})]
+    assert telling_points("T1", as_columns([], HEARTBEAT_FIELDS)) == []
+    assert telling_points("T1", as_columns(every[:1], ())) == [MeterPoint("T1", T0, {})]
     with pytest.raises(ValueError, match="time order"):
-        taxi.telling_mask(as_columns(list(reversed(every)), taxi.HEARTBEAT_FIELDS))
+        telling_mask(as_columns(list(reversed(every)), HEARTBEAT_FIELDS))
 
 
 def test_seal_findings_drive_the_decision() -> None:
@@ -837,13 +854,13 @@ def test_seal_findings_drive_the_decision() -> None:
     findings, evidence = judge(trips, events=[event("seal_broken", as_of - HOUR)], as_of=as_of)
     assert decision(findings, evidence) == ("resample", "suspect")
     assert evidence["seal_findings"] == 1 and evidence["seal_covered"] == 0
-    order = taxi.WorkOrder("T1", as_of - 2 * HOUR, as_of, "verification")
+    order = WorkOrder("T1", as_of - 2 * HOUR, as_of, "verification")
     findings, evidence = judge(
         trips, events=[event("seal_broken", as_of - HOUR)], work_orders=[order], as_of=as_of
     )
     assert decision(findings, evidence) == ("keep", "normal")
     assert evidence["seal_findings"] == 0 and evidence["seal_covered"] == 1
-    # a clean meter: evidence of CONTRACT §4
+    # a clean meter: evidence of docs/decisions.md
     findings, evidence = judge(trips, status=[beat(as_of - HOUR)], as_of=as_of)
     assert decision(findings, evidence) == ("keep", "normal")
     for key in ("error_pct", "error_ci_pct", "n_trips", "n_trips_without_gps", "gross_trips_30d"):
@@ -868,11 +885,9 @@ def test_scaled_fleet_trips_give_the_scale_as_error(b: float, n: int, seed: int)
         trip(i, float(m), float(g)) for i, (m, g) in enumerate(zip(meter, gps, strict=True))
     ]
     ours = [replace(t, meter_km=t.meter_km * (1 + b)) for t in fleet_trips]
-    median = taxi.fleet_median(
-        {"fleet": taxi.log_ratios(fleet_trips, DIST).log_ratio}, DIST.window_trips
-    )
+    median = fleet_median({"fleet": log_ratios(fleet_trips, DIST).log_ratio}, DIST.window_trips)
     assert median is not None
-    bias = taxi.distance_bias(taxi.log_ratios(ours, DIST).log_ratio, median, DIST)
+    bias = distance_bias(log_ratios(ours, DIST).log_ratio, median, DIST)
     assert bias is not None
     assert bias.error_pct == pytest.approx(100 * b, abs=1e-7)
     assert bias.error_ci_pct[0] <= bias.error_pct <= bias.error_ci_pct[1]
@@ -888,8 +903,8 @@ def test_scaled_fleet_trips_give_the_scale_as_error(b: float, n: int, seed: int)
 def test_cusum_never_alarms_within_k_of_the_reference(
     level: float, sigma: float, n: int, wobble: list[float]
 ) -> None:
-    constant = taxi.cusum(np.full(n, level), level, sigma, DIST)
-    assert constant == taxi.Cusum(False, None, None, 0.0)
+    constant = cusum(np.full(n, level), level, sigma, DIST)
+    assert constant == Cusum(False, None, None, 0.0)
     # anything within ±k·σ of the reference only drains the statistic
     near = level + np.array(wobble) * DIST.cusum_k * sigma
-    assert not taxi.cusum(near, level, sigma, DIST).alarm
+    assert not cusum(near, level, sigma, DIST).alarm

@@ -1,4 +1,4 @@
-"""ISO 2859-1 sampling: code letters, every cell of the DOMAIN.md §1 table, draws, verdicts."""
+"""ISO 2859-1 sampling: code letters, every cell of the docs/metrology.md table, draws, verdicts."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from monitor.electricity.sampling import Plan, code_letter, draw_sample, iso2859
 
 REPO = Path(__file__).resolve().parent.parent
 
-# Code-letter ranges from DOMAIN.md §1: letter -> (smallest lot, largest lot). Q is
+# Code-letter ranges from docs/metrology.md: letter -> (smallest lot, largest lot). Q is
 # open-ended; 10 000 000 stands in for "any large lot".
 RANGES: dict[str, tuple[int, int]] = {
     "A": (2, 8),
@@ -39,7 +39,7 @@ RANGES: dict[str, tuple[int, int]] = {
 
 AQL_COLUMNS = (0.65, 1.0, 1.5, 2.5)
 
-# DOMAIN.md §1 table, every cell written out as (n, Ac), own-letter cells included
+# The docs/metrology.md table, every cell written out as (n, Ac), own-letter cells included
 # (A 2, B 3, C 5, D 8, E 13, F 20, G 32, H 50, J 80, K 125, L 200, M 315, N 500,
 # P 800, Q 1250). Columns: AQL 0.65, 1.0, 1.5, 2.5.
 TABLE: dict[str, tuple[tuple[int, int], ...]] = {
@@ -233,7 +233,7 @@ def test_empty_sample_and_negative_size() -> None:
 def test_draw_is_the_same_in_another_process() -> None:
     # A fresh interpreter with a different str-hash salt must draw the same ids.
     code = (
-        "import json; from monitor.sampling import draw_sample; "
+        "import json; from monitor.electricity.sampling import draw_sample; "
         "print(json.dumps(draw_sample([f'm{i:03d}' for i in range(50)], 8, 'lot-9')))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}

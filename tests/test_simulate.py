@@ -20,7 +20,7 @@ START = 1_772_294_400_000  # 2026-03-01T00:00:00+08:00
 HOUR = 3_600_000
 DAY = 24 * HOUR
 SPAN = 3 * DAY
-COLUMNS = (  # CONTRACT §3, in order
+COLUMNS = (  # docs/registry.md, in order
     "meter_id",
     "kind",
     "role",
@@ -34,7 +34,7 @@ COLUMNS = (  # CONTRACT §3, in order
     "period_years",
     "plate",
 )
-REQUIRED = {  # CONTRACT §1, the bold fields
+REQUIRED = {  # docs/mqtt.md, the bold fields
     ("elec", "reading"): {"ts", "energy_kwh"},
     ("elec", "event"): {"ts", "code"},
     ("taxi", "trip"): {"trip_id", "start_ts", "end_ts", "meter_km", "fare_cny", "tariff_version"},
@@ -84,7 +84,7 @@ def quiet(**changes: Any) -> FleetSpec:
 
 
 def ts_ms(value: object) -> int:
-    """Epoch ms from either ts format of CONTRACT §1 (and nothing else)."""
+    """Epoch ms from either ts format of docs/mqtt.md (and nothing else)."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     assert isinstance(value, str), value

@@ -1,4 +1,4 @@
-"""The taxi tariff body and fare formula of CONTRACT §9, on hand-computed cases."""
+"""The taxi tariff body and fare formula of docs/mqtt.md, on hand-computed cases."""
 
 from __future__ import annotations
 

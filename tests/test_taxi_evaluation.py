@@ -26,8 +26,10 @@ from monitor.store.embedded import EmbeddedStore
 from monitor.store.influx import InfluxStore
 from monitor.store.state import SqliteState
 from monitor.taxi import evaluate as evaluate_taxi
-from monitor.taxi import rules as rules_taxi
+from monitor.taxi.fares import FareCache
+from monitor.taxi.seals import HEARTBEAT_FIELDS, telling_heartbeats
 from monitor.taxi.tariff import TariffBook, charged_fare_cny, default_tariff_book, load_tariffs
+from monitor.taxi.trips import Trip
 from tests.services import InfluxStack
 
 REPO = Path(__file__).resolve().parent.parent
@@ -137,7 +139,7 @@ def test_the_evaluator_decides_as_every_heartbeat_and_fresh_fare_checks_do(world
     with a pass over every stored heartbeat with every fare priced afresh."""
     rules = world.book.rules.taxi
     evaluator = Evaluator(world.store, world.state, tariffs=lambda: world.tariffs)
-    fares = rules_taxi.FareCache()
+    fares = FareCache()
     for days_back in (2, 0):  # a first pass fills the caches, the second reuses them
         as_of = world.end_ms - 1 - days_back * 86_400_000
         start = evaluate_taxi.window_start(as_of, rules)
@@ -175,7 +177,7 @@ CST = timezone(timedelta(hours=8))
 T0 = int(datetime(2026, 3, 1, 8, 0, tzinfo=CST).timestamp() * 1000)
 
 
-def meter_trips(meter: str, bias_pct: float, sd_pct: float, n: int = 100) -> list[rules_taxi.Trip]:
+def meter_trips(meter: str, bias_pct: float, sd_pct: float, n: int = 100) -> list[Trip]:
     """n trips of 10 km by GNSS whose log-ratios have median ln(1 + bias) and spread sd_pct."""
     tariff = default_tariff_book()["SH-2022"]
     unit = NormalDist()
@@ -188,7 +190,7 @@ def meter_trips(meter: str, bias_pct: float, sd_pct: float, n: int = 100) -> lis
         end = T0 + i * 30 * 60_000
         km = 10.0 * math.exp(r)
         fare = charged_fare_cny(tariff, km, 0.0, ms_to_datetime(end))
-        out.append(rules_taxi.Trip(f"{meter}-{i}", end - 1_200_000, end, km, fare, "SH-2022", 10.0))
+        out.append(Trip(f"{meter}-{i}", end - 1_200_000, end, km, fare, "SH-2022", 10.0))
     return out
 
 
@@ -267,12 +269,10 @@ def test_the_taxi_window_reads_alike_from_influxdb(influxdb: InfluxStack, tmp_pa
         # point by point, as `load` read before columns
         by_points = {}
         for meter in sorted(read[0].status):
-            points = embedded.history(
-                TAXI_STATUS, meter, rules_taxi.HEARTBEAT_FIELDS, start, end, 10**9
-            )
+            points = embedded.history(TAXI_STATUS, meter, HEARTBEAT_FIELDS, start, end, 10**9)
             by_points[meter] = [
                 MeterPoint(meter, p.ts_ms, {k: v for k, v in p.values.items() if v is not None})
-                for p in rules_taxi.telling_heartbeats(points)
+                for p in telling_heartbeats(points)
             ]
     finally:
         state.close()

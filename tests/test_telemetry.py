@@ -1,4 +1,4 @@
-"""Telemetry parsing: every topic and payload of CONTRACT §1, every reject reason."""
+"""Telemetry parsing: every topic and payload of docs/mqtt.md, every reject reason."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The HTTP API of CONTRACT §5 (FastAPI; OpenAPI at /docs)."""
+"""The HTTP API of docs/api.md (FastAPI; OpenAPI at /docs)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from monitor import __version__
 from monitor.alerts.book import AlertBook, Change, TransitionError
-from monitor.core.ports import TelemetryStore
+from monitor.core.ports import MeterFilter, SampleRow, StateStore, TelemetryStore
 from monitor.core.registry import ParsedRows, parse_csv, parse_rows
 from monitor.core.rulebook import RuleBook
 from monitor.core.schema import MEASUREMENTS, TAXI_EVENT, TAXI_STATUS, Measurement, field_owner
@@ -26,7 +26,6 @@ from monitor.evaluation.runner import Evaluator
 from monitor.ingest.telemetry import ID_PATTERN, format_ts, parse_ts
 from monitor.platform.config import Settings
 from monitor.platform.metrics import Metrics
-from monitor.store.state import MeterFilter, SqliteState
 from monitor.taxi.rollout import Rollout, applied_at, progress
 from monitor.taxi.rollout import summary as rollout_summary
 from monitor.taxi.tariff import Tariff
@@ -37,7 +36,7 @@ class ApiContext:
     """What the API reads and writes; built by the service, or by a test."""
 
     settings: Settings
-    state: SqliteState
+    state: StateStore
     store: TelemetryStore
     metrics: Metrics
     broker_connected: Callable[[], bool]
@@ -266,7 +265,7 @@ def _add_registry(app: FastAPI, ctx: ApiContext) -> None:
         },
     )
     async def post_registry(request: Request) -> JSONResponse:
-        """Add or update meters from CSV (CONTRACT §3 columns) or a JSON list of rows."""
+        """Add or update meters from CSV (the columns of docs/registry.md) or a JSON list of rows."""
         body = await request.body()
         parsed = _parse_registry_body(request.headers.get("content-type", ""), body)
         if parsed.errors:
@@ -379,7 +378,9 @@ def _add_evaluation(app: FastAPI, ctx: ApiContext) -> None:
                 f"{body['decision']!r}): nothing to record results for",
             )
         _check_results(results, drawn)
-        ctx.state.save_sample_results(lot, [(r.meter, r.error_pct, r.passed) for r in results])
+        ctx.state.save_sample_results(
+            lot, [SampleRow(r.meter, r.error_pct, r.passed) for r in results]
+        )
         decided = ctx.evaluator.rejudge_lot(lot, ctx.rules())
         assert decided is not None
         return decided.as_dict()
@@ -398,7 +399,7 @@ def _check_results(results: list[SampleResultIn], drawn: set[str]) -> None:
 
 
 class WorkOrderIn(BaseModel):
-    """An authorised intervention on a meter (CONTRACT §5)."""
+    """An authorised intervention on a meter, open from `from` to `to` (both included)."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -467,7 +468,7 @@ async def _json_object(request: Request) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise HTTPException(400, f"body is not JSON: {exc}") from None
     if not isinstance(body, dict):
-        raise HTTPException(400, "body must be a JSON object: the tariff (CONTRACT §9)")
+        raise HTTPException(400, "body must be a JSON object: the tariff body of docs/mqtt.md")
     return body
 
 

@@ -48,7 +48,7 @@ class Finding:
 
 @dataclass
 class Decision:
-    """The decision JSON of CONTRACT §4 for a meter or a lot."""
+    """The decision JSON of docs/decisions.md for a meter or a lot."""
 
     id: str
     kind: str

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from datetime import date
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
+from monitor.core.registry import MeterRow
 from monitor.core.schema import Measurement, Record
 
 
@@ -126,6 +128,255 @@ class TelemetryStore(Protocol):
 
     def close(self) -> None:
         """Flush what can be flushed and release resources."""
+
+
+# --- the service's own state: one protocol per role -----------------------------------
+#
+# A domain types against the role it needs; `StateStore` is all of them, what an
+# implementation (`store.state.SqliteState`, embedded) provides.
+
+
+@dataclass(frozen=True)
+class SeenUpdate:
+    """What one ingest batch saw of one meter."""
+
+    kind: str
+    district: str
+    first_ts: int
+    last_ts: int
+    messages: int
+    received_at: float
+
+
+class SeenMeter(NamedTuple):
+    """A meter that sent telemetry, as the `seen` table has it."""
+
+    kind: str
+    district: str | None
+    last_ts: int
+
+
+@dataclass(frozen=True)
+class MeterSummary:
+    """One line of the meter list: registry, telemetry presence, current decision."""
+
+    meter_id: str
+    kind: str
+    registered: bool
+    district: str | None
+    lot: str | None
+    last_ts: int | None
+    messages: int
+    state: str | None
+    decision: str | None
+
+
+@dataclass(frozen=True)
+class MeterFilter:
+    """Filters of `GET /api/meters`; None means any."""
+
+    kind: str | None = None
+    district: str | None = None
+    lot: str | None = None
+    state: str | None = None
+    decision: str | None = None
+    registered: bool | None = None
+
+
+class DueMeter(NamedTuple):
+    """A registered meter whose verification falls due."""
+
+    meter_id: str
+    kind: str
+    lot: str | None
+    due_on: date
+
+
+class SampleRow(NamedTuple):
+    """A laboratory result for a meter drawn from a lot."""
+
+    meter: str
+    error_pct: float | None
+    passed: bool
+
+
+class WorkOrderRow(NamedTuple):
+    """An authorised intervention as stored."""
+
+    id: int
+    meter: str
+    start_ms: int
+    end_ms: int
+    reason: str
+    created_at: str
+
+
+class TariffRollout(NamedTuple):
+    """A rolled-out tariff: its body, when it takes effect, its deadline, its meters."""
+
+    body: dict[str, Any]
+    effective_from_ms: int
+    deadline_ms: int
+    meters: list[str]
+
+
+class Registry(Protocol):
+    """The fleet as registered (registry rows and their due dates)."""
+
+    def upsert_meters(self, rows: Iterable[MeterRow]) -> tuple[int, int]:
+        """Insert or replace registry rows in one transaction; returns (added, updated)."""
+        ...
+
+    def get_meter(self, meter_id: str) -> MeterRow | None:
+        """The registry row of a meter, or None when unregistered."""
+        ...
+
+    def registry_rows(self, kind: str | None = None) -> list[MeterRow]:
+        """Every registry row (of one kind)."""
+        ...
+
+    def due_by(self, horizon: date, limit: int) -> tuple[list[DueMeter], int]:
+        """The first `limit` meters due by `horizon`, and how many are."""
+        ...
+
+
+class Presence(Protocol):
+    """Which meters sent telemetry, when, and how much (written by ingest)."""
+
+    def note_seen(self, updates: Mapping[str, SeenUpdate]) -> None:
+        """Record which meters sent telemetry (per meter: kind, district, span, count)."""
+        ...
+
+    def note_records(self, records: Iterable[Record], received_at: float) -> None:
+        """Record the meters of a batch of telemetry (the ingest worker's one pass per batch)."""
+        ...
+
+    def flush_seen(self) -> int:
+        """Write what `note_*` gathered; returns meters written."""
+        ...
+
+    def seen(self, meter_id: str) -> dict[str, Any] | None:
+        """Telemetry presence of one meter."""
+        ...
+
+    def count_unregistered(self) -> int:
+        """Meters that sent telemetry but are not in the registry."""
+        ...
+
+    def all_seen(self, kind: str | None = None) -> dict[str, SeenMeter]:
+        """Every meter that sent telemetry (of one kind): id → (kind, district, last event)."""
+        ...
+
+    def last_received(self) -> float | None:
+        """Wall-clock time (epoch s) the newest telemetry message was received."""
+        ...
+
+    def latest_event_ts(self) -> int | None:
+        """Newest telemetry event time seen (the default `as_of`)."""
+        ...
+
+
+class DecisionLog(Protocol):
+    """The latest decision of every meter and lot, and every district's balance result."""
+
+    def decision(self, scope: str, subject: str) -> dict[str, Any] | None:
+        """The stored decision JSON of a meter or lot, or None before the first evaluation."""
+        ...
+
+    def save_decisions(self, scope: str, bodies: Iterable[dict[str, Any]]) -> None:
+        """Upsert decision JSONs (scope `meter` or `lot`) in one transaction."""
+        ...
+
+    def decisions_where(self, scope: str, decision: str, limit: int = 100) -> list[dict[str, Any]]:
+        """Stored decision JSONs of one scope with one decision."""
+        ...
+
+    def decision_counts(self) -> list[dict[str, Any]]:
+        """Meters per (kind, state, decision) of their current decisions."""
+        ...
+
+    def save_district(self, district: str, as_of: str, body: dict[str, Any]) -> None:
+        """Store a district's latest energy-balance result."""
+        ...
+
+    def district(self, district: str) -> dict[str, Any] | None:
+        """A district's latest energy-balance result."""
+        ...
+
+    def list_districts(
+        self, after: str | None, limit: int, gates_passed: bool | None = None
+    ) -> list[dict[str, Any]]:
+        """Evaluated districts by name after `after`: each one's latest result body."""
+        ...
+
+
+class LotSamples(Protocol):
+    """Laboratory results of the meters drawn from lots."""
+
+    def save_sample_results(self, lot: str, results: Iterable[SampleRow]) -> None:
+        """Record results for drawn meters (a later result replaces an earlier one)."""
+        ...
+
+    def sample_results(self, lot: str) -> list[SampleRow]:
+        """Laboratory results recorded for a lot."""
+        ...
+
+
+class TaxiLedger(Protocol):
+    """Work orders and tariff rollouts: what was authorised for taxi meters."""
+
+    def add_workorder(self, meter: str, start_ms: int, end_ms: int, reason: str) -> int:
+        """Record an authorised intervention; returns its id."""
+        ...
+
+    def workorders(
+        self, meter: str | None = None, after_id: int = 0, limit: int = 1000
+    ) -> list[WorkOrderRow]:
+        """Work orders (of one meter), by id."""
+        ...
+
+    def save_tariff(
+        self,
+        version: str,
+        body: dict[str, Any],
+        effective_from_ms: int,
+        deadline_ms: int,
+        meters: list[str],
+    ) -> None:
+        """Record a rolled-out tariff and the meters it was pushed to."""
+        ...
+
+    def tariff(self, version: str) -> TariffRollout | None:
+        """A rollout, or None when that version was never rolled out."""
+        ...
+
+    def tariff_bodies(self) -> dict[str, dict[str, Any]]:
+        """Every rolled-out tariff body by version."""
+        ...
+
+    def tariff_versions(self) -> list[str]:
+        """Rolled-out tariff versions, newest first."""
+        ...
+
+
+class FleetQueries(Protocol):
+    """Reads across the roles, for lists and the overview."""
+
+    def kind_counts(self) -> dict[str, int]:
+        """Meters per kind: registry ∪ meters seen."""
+        ...
+
+    def list_meters(self, flt: MeterFilter, after: str | None, limit: int) -> list[MeterSummary]:
+        """Registry ∪ meters seen, filtered, ordered by meter id, keyset-paginated."""
+        ...
+
+
+class StateStore(Registry, Presence, DecisionLog, LotSamples, TaxiLedger, FleetQueries, Protocol):
+    """Everything the service owns, one implementation per backend."""
+
+    def close(self) -> None:
+        """Write what is still in memory, then close."""
+        ...
 
 
 def meter_series(rows: Sequence[Sequence[Any]], fields: Sequence[str]) -> Series:

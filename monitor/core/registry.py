@@ -1,4 +1,4 @@
-"""The meter registry (CONTRACT §3): rows, CSV parsing, due dates."""
+"""The meter registry (docs/registry.md): rows, CSV parsing, due dates."""
 
 from __future__ import annotations
 
@@ -146,7 +146,7 @@ def parse_rows(items: Iterable[Mapping[str, Any]], first_line: int = 1) -> Parse
 
 
 def parse_csv(text: str) -> ParsedRows:
-    """Parse registry CSV (CONTRACT §3 columns; a subset is fine if it has meter_id and kind)."""
+    """Parse registry CSV (the columns of docs/registry.md; a subset is fine if it has meter_id and kind)."""
     reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff")))
     header = [h.strip() for h in (reader.fieldnames or [])]
     unknown = [h for h in header if h not in COLUMNS]

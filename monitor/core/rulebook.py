@@ -1,7 +1,7 @@
 """The schema of `config/rules.yaml`: every threshold of every rule, with its source.
 
 A rule block carries `description`, `source` (the standard it comes from) and
-`severity`; the numbers next to them are the defaults of DOMAIN.md. A rules
+`severity`; the numbers next to them are the defaults docs/metrology.md explains. A rules
 file is identified by `name@version+hash`, where the hash is of its content,
 and every decision records that identity.
 """

@@ -1,4 +1,4 @@
-"""The energy-balance estimator of DOMAIN §1, solved by exponentially weighted ridge LS.
+"""The energy-balance estimator of docs/metrology.md, solved by exponentially weighted ridge LS.
 
 Per block j of a district (see `intervals.blocks`):
 

@@ -236,7 +236,7 @@ def without_stopped(
     Its energy could be put back from its own V × I, but an instantaneous current does
     not give a quarter hour's energy without error, and that error follows the daily
     load shape, so it biases the neighbours (up to 2 pp on synthetic districts, 1 pp
-    with the timing learnt from the meter's own history; see the README). The balance is therefore solved over the blocks in which
+    with the timing learnt from the meter's own history; see docs/metrology.md). The balance is therefore solved over the blocks in which
     every meter registered what it carried; a block where the meter stood still with its
     current unread is left out too (the meter is known to be broken). `currents` holds
     each stopped meter's current on the grid; `stopped_intervals` counts what was left out.

@@ -30,7 +30,7 @@ DAY_MS = 86_400_000
 
 @dataclass(frozen=True)
 class Gates:
-    """Whether a district's data can carry an error estimate (DOMAIN §1)."""
+    """Whether a district's data can carry an error estimate (docs/metrology.md, data gates)."""
 
     passed: bool
     completeness: float  # meter-days collected (the gate)

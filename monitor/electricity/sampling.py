@@ -1,6 +1,6 @@
 """Sampling plans for lots in doubt: which meters to test, and what the result means.
 
-A lot whose evidence is insufficient or borderline is resampled (DOMAIN.md §1
+A lot whose evidence is insufficient or borderline is resampled (docs/metrology.md,
 "Lots: extend, sample, replace"): a random sample is drawn, every sampled meter is
 verified against its MPE, and the count of nonconforming meters accepts the lot
 (extend) or rejects it (replace).
@@ -82,7 +82,7 @@ _SAMPLE_SIZES: dict[str, int] = {
 #   (n, Ac)       -- an arrow in the standard, already followed to the plan it
 #                    points at: sample size n, acceptance number Ac.
 # Re is always Ac + 1. Several public AQL tables are off by a row; this one is
-# copied from DOMAIN.md §1 and checked cell by cell in tests/test_sampling.py, so
+# written out in docs/metrology.md and checked cell by cell in tests/test_sampling.py, so
 # read it against that table (or the standard) line by line, not against a web page.
 _ISO2859_1_TABLE: dict[str, dict[float, int | tuple[int, int]]] = {
     #      AQL 0.65      AQL 1.0       AQL 1.5       AQL 2.5
@@ -195,7 +195,7 @@ def iso2859_1_plan(lot_size: int, aql: float) -> Plan:
     )
 
 
-# Plan kinds a rules file may name. None marks a kind that is known (DOMAIN.md §1
+# Plan kinds a rules file may name. None marks a kind that is known (docs/metrology.md
 # lists it as a scheme in use) but not built yet; adding one is a builder here.
 PLAN_KINDS: Mapping[str, Callable[[int, float], Plan] | None] = {
     ISO2859_1: iso2859_1_plan,

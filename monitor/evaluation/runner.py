@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 
 from monitor.alerts.book import AlertBook, Change, conditions_of, district_conditions
 from monitor.core.decision import Decision, Finding, decide_meter, decision_from_dict
-from monitor.core.ports import MeterPoint, Series, TelemetryStore
+from monitor.core.ports import MeterPoint, Series, StateStore, TelemetryStore
 from monitor.core.registry import MeterRow
 from monitor.core.rulebook import ElecRules, RuleBook
 from monitor.core.schema import ELEC_EVENT, ELEC_READING
@@ -45,8 +45,8 @@ from monitor.electricity.intervals import (
 )
 from monitor.electricity.lots import SampleResult, Sampling, decide_lot
 from monitor.ingest.telemetry import format_ts, ms_to_datetime, parse_ts
-from monitor.store.state import SqliteState
 from monitor.taxi import evaluate as evaluate_taxi
+from monitor.taxi.fares import FareCache
 from monitor.taxi.tariff import TariffBook
 
 log = logging.getLogger(__name__)
@@ -277,7 +277,7 @@ class Evaluator:
     def __init__(
         self,
         store: TelemetryStore,
-        state: SqliteState,
+        state: StateStore,
         publish: Publish | None = None,
         tariffs: Callable[[], TariffBook] | None = None,
         alerts: AlertBook | None = None,
@@ -286,7 +286,7 @@ class Evaluator:
     ) -> None:
         self._zone = zone
         # Fare checks carried from one pass to the next (exact: see FareCache).
-        self._taxi_fares = evaluate_taxi.FareCache()
+        self._taxi_fares = FareCache()
         self._alerts = alerts
         self._notify = notify
         self._store = store

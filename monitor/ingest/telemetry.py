@@ -1,4 +1,4 @@
-"""Telemetry in: topics and payloads of CONTRACT §1, validated from raw bytes.
+"""Telemetry in: topics and payloads of docs/mqtt.md, validated from raw bytes.
 
 `parse_message` is the one entry point: bytes and a topic in, a `Record`, a
 `Rejection` (with a reason code and a human detail) or `None` (a topic we
@@ -207,7 +207,7 @@ REASONS = ("oversized", "unknown_topic", "invalid_json", "invalid_payload", "ide
 
 @functools.lru_cache(maxsize=65536)
 def route_topic(topic: str, root: str) -> Route | Rejection | None:
-    """Map a topic to its measurement and identity, per CONTRACT §1.
+    """Map a topic to its measurement and identity, per docs/mqtt.md.
 
     Cached: a fleet sends on a bounded set of topics and the answer is immutable.
     """
@@ -224,7 +224,7 @@ def route_topic(topic: str, root: str) -> Route | Rejection | None:
     elif parts[0] == "taxi" and len(parts) >= 3 and parts[2] == "cmd":
         return IGNORED
     else:
-        return Rejection("unknown_topic", "not a telemetry topic of CONTRACT §1")
+        return Rejection("unknown_topic", "not a telemetry topic (see docs/mqtt.md)")
     for label, value in (("meter", meter), ("district", district)):
         if value and not ID_PATTERN.match(value):
             return Rejection(

@@ -24,13 +24,12 @@ from typing import Any, NamedTuple
 
 import paho.mqtt.client as paho
 
-from monitor.core.ports import TelemetryStore
+from monitor.core.ports import Presence, SeenUpdate, TelemetryStore
 from monitor.core.schema import Record
 from monitor.ingest.telemetry import Rejection, parse_message
 from monitor.platform.config import MqttSettings
 from monitor.platform.metrics import Metrics
 from monitor.platform.mqtt import BrokerAddress, ack_all, connect_properties, make_client
-from monitor.store.state import SeenUpdate, SqliteState
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +47,7 @@ class Inbound(NamedTuple):
 def deadletter_body(
     topic: str, payload: bytes, rejection: Rejection, received: float, cap: int
 ) -> bytes:
-    """The dead-letter JSON of CONTRACT §2 (payload base64 when it is not UTF-8)."""
+    """The dead-letter JSON of docs/mqtt.md (payload base64 when it is not UTF-8)."""
     body: dict[str, Any] = {"topic": topic, "reason": rejection.reason, "detail": rejection.detail}
     kept = payload[:cap]
     try:
@@ -103,7 +102,7 @@ class IngestWorker:
         settings: MqttSettings,
         address: BrokerAddress,
         store: TelemetryStore,
-        state: SqliteState,
+        state: Presence,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
     ) -> None:

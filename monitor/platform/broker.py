@@ -2,7 +2,7 @@
 
 It runs in a process of its own: amqtt shares the GIL with whatever runs
 beside it, and sharing a process with the worker's paho thread halves both.
-`python -m monitor.broker HOST:PORT` is that process.
+`python -m monitor.platform.broker HOST:PORT` is that process.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Service settings: `config/monitor.yaml`, overridden by environment variables.
 
 Precedence, lowest first: built-in defaults, `monitor.yaml`, the generic
-`MONITOR_<SECTION>__<KEY>` variables, then the named variables of CONTRACT §8
+`MONITOR_<SECTION>__<KEY>` variables, then the named variables of docs/configuration.md
 (`ENV_ALIASES`). The environment is passed in, never read here, so a test or a
 second worker can build settings side by side.
 """
@@ -18,8 +18,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from monitor.alerts.notify import RoutingSettings
 from monitor.alerts.offline import OfflineSettings
+from monitor.alerts.routing import RoutingSettings
 from monitor.core.yamlfile import (
     ConfigError,
     ConfigProblem,
@@ -29,7 +29,7 @@ from monitor.core.yamlfile import (
     problems_from_validation,
 )
 
-# The variables of CONTRACT §8 and the setting each one overrides.
+# The named variables of docs/configuration.md and the setting each one overrides.
 ENV_ALIASES: dict[str, KeyPath] = {
     "MONITOR_DATA_DIR": ("storage", "data_dir"),
     "MONITOR_MQTT_URL": ("mqtt", "url"),

@@ -1,4 +1,4 @@
-"""Electricity: household loads, transformer areas and their meters (DOMAIN §1).
+"""Electricity: household loads, transformer areas and their meters (docs/metrology.md).
 
 The physics is a pure function of (seed, interval): `ElecModel.energy(k)` gives every
 household's true energy and every master meter's true input for interval k, so ground

@@ -49,7 +49,7 @@ class Fleet:
         return self._cursor_ms
 
     def registry_rows(self) -> list[dict[str, str]]:
-        """The fleet's registry: one row per meter with exactly the CONTRACT §3 columns."""
+        """The fleet's registry: one row per meter with exactly the columns of docs/registry.md."""
         return self.elec.registry_rows() + self.taxi.registry_rows()
 
     def truth(self) -> dict[str, dict[str, object]]:

@@ -1,4 +1,4 @@
-"""Registry rows of the simulated fleet (CONTRACT §3): lots, dates, and the CSV writer."""
+"""Registry rows of the simulated fleet (docs/registry.md): lots, dates, and the CSV writer."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from datetime import date, datetime, timedelta
 
 import numpy as np
 
-from monitor.core.registry import COLUMNS  # one definition of CONTRACT §3's columns
+from monitor.core.registry import COLUMNS  # one definition of the registry columns
 from monitor.simulate.spec import FleetSpec
 
 # (manufacturer, model, lot code, age in years at the start of the simulation). The two
@@ -94,7 +94,7 @@ def registry_row(
     verified_on: date | None = None,
     plate: str = "",
 ) -> dict[str, str]:
-    """One CSV row with exactly the columns of CONTRACT §3 (empty string = not applicable)."""
+    """One CSV row with exactly the columns of docs/registry.md (empty string = not applicable)."""
     return {
         "meter_id": meter_id,
         "kind": kind,
@@ -112,7 +112,7 @@ def registry_row(
 
 
 def write_registry_csv(rows: Iterable[Mapping[str, str]], path: str | os.PathLike[str]) -> None:
-    """Write registry rows as UTF-8 CSV with the CONTRACT §3 header."""
+    """Write registry rows as UTF-8 CSV with the header of docs/registry.md."""
     with open(path, "w", encoding="utf-8", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="raise")
         writer.writeheader()

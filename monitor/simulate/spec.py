@@ -35,7 +35,7 @@ class FleetSpec:
     missing_rate: float = 0.01
     duplicate_rate: float = 0.005
     disorder_rate: float = 0.01
-    # Electricity meters (DOMAIN §1).
+    # Electricity meters (docs/metrology.md).
     clean_error_sd_pct: float = 0.5
     beyond_limit_share: float = 0.05
     beyond_limit_error_pct: tuple[float, float] = (4.0, 6.0)
@@ -52,7 +52,7 @@ class FleetSpec:
     stopped_after_s: int = 2 * DAY_S
     clock_fault_meters: int = 1
     clock_fault_after_s: int = DAY_S // 2
-    # Taxi fare meters (DOMAIN §2).
+    # Taxi fare meters (docs/metrology.md).
     taxi_bias_pct: tuple[float, float] = (0.5, 0.5)
     gnss_bias_pct: float = 1.5
     taxi_inflation_pct: tuple[float, ...] = (2.0, 5.0, 10.0)

@@ -1,4 +1,4 @@
-"""Taxi fare meters (DOMAIN §2): shifts of trips, heartbeats, events and planted faults.
+"""Taxi fare meters (docs/metrology.md): shifts of trips, heartbeats, events and planted faults.
 
 Trips are planned one local day at a time from (seed, taxi, day), so they do not depend
 on how the simulated time is chunked. Fares are priced when a trip is published, with

@@ -1,8 +1,9 @@
-"""The service's own state (registry, meters seen, decisions) in SQLite.
+"""The service's own state (registry, meters seen, decisions, lot samples, the taxi
+ledger) in SQLite: the embedded implementation of `core.ports.StateStore`.
 
-Telemetry lives in the telemetry store; what the service *owns* lives here,
-behind plain methods so a PostgreSQL implementation can replace it when
-several workers share one state.
+Telemetry lives in the telemetry store; what the service *owns* lives here, behind
+the state roles of `core.ports`, so that another implementation (PostgreSQL, when
+several workers share one state) can replace it without touching the domains.
 """
 
 from __future__ import annotations
@@ -12,11 +13,20 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
+from monitor.core.ports import (
+    DueMeter,
+    MeterFilter,
+    MeterSummary,
+    SampleRow,
+    SeenMeter,
+    SeenUpdate,
+    TariffRollout,
+    WorkOrderRow,
+)
 from monitor.core.registry import COLUMNS, MeterRow, add_years
 from monitor.core.schema import Record
 
@@ -51,26 +61,6 @@ _SCHEMA = [
 ]
 
 
-@dataclass(frozen=True)
-class SeenUpdate:
-    """What one ingest batch saw of one meter."""
-
-    kind: str
-    district: str
-    first_ts: int
-    last_ts: int
-    messages: int
-    received_at: float
-
-
-class SeenMeter(NamedTuple):
-    """A meter that sent telemetry, as the `seen` table has it."""
-
-    kind: str
-    district: str | None
-    last_ts: int
-
-
 _SEEN_UPSERT = """INSERT INTO seen
     (meter_id, kind, district, first_ts, last_ts, messages, last_received)
     VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -80,33 +70,6 @@ _SEEN_UPSERT = """INSERT INTO seen
       last_ts = max(seen.last_ts, excluded.last_ts),
       messages = seen.messages + excluded.messages,
       last_received = max(seen.last_received, excluded.last_received)"""
-
-
-@dataclass(frozen=True)
-class MeterSummary:
-    """One line of the meter list: registry, telemetry presence, current decision."""
-
-    meter_id: str
-    kind: str
-    registered: bool
-    district: str | None
-    lot: str | None
-    last_ts: int | None
-    messages: int
-    state: str | None
-    decision: str | None
-
-
-@dataclass(frozen=True)
-class MeterFilter:
-    """Filters of `GET /api/meters`; None means any."""
-
-    kind: str | None = None
-    district: str | None = None
-    lot: str | None = None
-    state: str | None = None
-    decision: str | None = None
-    registered: bool | None = None
 
 
 class SqliteState:
@@ -331,9 +294,7 @@ class SqliteState:
         found = self._rows("SELECT body FROM districts WHERE district = ?", [district])
         return json.loads(found[0][0]) if found else None
 
-    def due_by(
-        self, horizon: date, limit: int
-    ) -> tuple[list[tuple[str, str, str | None, date]], int]:
+    def due_by(self, horizon: date, limit: int) -> tuple[list[DueMeter], int]:
         """(meter, kind, lot, due date) of the first `limit` meters due by `horizon`, and how many are."""
         found = self._rows(
             "SELECT meter_id, kind, lot, due_on FROM registry WHERE due_on <= ? "
@@ -341,7 +302,7 @@ class SqliteState:
             [horizon.isoformat(), limit],
         )
         total = self._rows("SELECT count(*) FROM registry WHERE due_on <= ?", [horizon.isoformat()])
-        rows = [(m, kind, lot, date.fromisoformat(due)) for m, kind, lot, due in found]
+        rows = [DueMeter(m, kind, lot, date.fromisoformat(due)) for m, kind, lot, due in found]
         return rows, int(total[0][0])
 
     def list_districts(
@@ -387,9 +348,7 @@ class SqliteState:
         found = self._rows("SELECT max(last_ts) FROM seen")
         return int(found[0][0]) if found and found[0][0] is not None else None
 
-    def save_sample_results(
-        self, lot: str, results: Iterable[tuple[str, float | None, bool]]
-    ) -> None:
+    def save_sample_results(self, lot: str, results: Iterable[SampleRow]) -> None:
         """Record laboratory results for drawn meters (a later result replaces an earlier one)."""
         with self._lock:
             self._db.execute("BEGIN")
@@ -399,13 +358,13 @@ class SqliteState:
             )
             self._db.execute("COMMIT")
 
-    def sample_results(self, lot: str) -> list[tuple[str, float | None, bool]]:
+    def sample_results(self, lot: str) -> list[SampleRow]:
         """Laboratory results recorded for a lot."""
         rows = self._rows(
             "SELECT meter, error_pct, passed FROM sample_results WHERE lot = ? ORDER BY meter",
             [lot],
         )
-        return [(r[0], r[1], bool(r[2])) for r in rows]
+        return [SampleRow(r[0], r[1], bool(r[2])) for r in rows]
 
     # -- work orders and tariff rollouts ------------------------------------
 
@@ -420,7 +379,7 @@ class SqliteState:
 
     def workorders(
         self, meter: str | None = None, after_id: int = 0, limit: int = 1000
-    ) -> list[tuple[int, str, int, int, str, str]]:
+    ) -> list[WorkOrderRow]:
         """Work orders (of one meter), by id: (id, meter, start_ms, end_ms, reason, created_at)."""
         sql = "SELECT id, meter, start_ms, end_ms, reason, created_at FROM workorders WHERE id > ?"
         args: list[object] = [after_id]
@@ -428,7 +387,7 @@ class SqliteState:
             sql += " AND meter = ?"
             args.append(meter)
         rows = self._rows(sql + " ORDER BY id LIMIT ?", [*args, limit])
-        return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+        return [WorkOrderRow(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
     def save_tariff(
         self,
@@ -446,7 +405,7 @@ class SqliteState:
                 (version, json.dumps(body), effective_from_ms, deadline_ms, json.dumps(meters)),
             )
 
-    def tariff(self, version: str) -> tuple[dict[str, Any], int, int, list[str]] | None:
+    def tariff(self, version: str) -> TariffRollout | None:
         """A rollout: (body, effective_from_ms, deadline_ms, meters)."""
         found = self._rows(
             "SELECT body, effective_from_ms, deadline_ms, meters FROM tariffs WHERE version = ?",
@@ -455,7 +414,7 @@ class SqliteState:
         if not found:
             return None
         body, eff, deadline, meters = found[0]
-        return json.loads(body), int(eff), int(deadline), json.loads(meters)
+        return TariffRollout(json.loads(body), int(eff), int(deadline), json.loads(meters))
 
     def tariff_bodies(self) -> dict[str, dict[str, Any]]:
         """Every rolled-out tariff body by version (they join config/tariffs.yaml)."""

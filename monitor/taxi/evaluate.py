@@ -8,30 +8,37 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, timedelta
+from typing import Protocol
 
 from monitor.core.decision import Decision, Finding, Reason, decide_meter
-from monitor.core.ports import MeterPoint, TelemetryStore
+from monitor.core.ports import MeterPoint, Presence, Registry, TaxiLedger, TelemetryStore
 from monitor.core.registry import MeterRow, add_years
 from monitor.core.rulebook import TaxiRules
 from monitor.core.schema import TAXI_EVENT, TAXI_STATUS, TAXI_TRIP
 from monitor.ingest.telemetry import format_ts, ms_to_datetime
-from monitor.store.state import SqliteState
-from monitor.taxi import rules as rules_taxi
+from monitor.taxi.distance import extendable, fleet_median, fleet_sigma, log_ratios
+from monitor.taxi.fares import FareCache
+from monitor.taxi.findings import taxi_findings
 from monitor.taxi.rollout import Rollout, applied_at, progress
-from monitor.taxi.rules import FareCache as FareCache  # re-exported for the Evaluator
+from monitor.taxi.seals import HEARTBEAT_FIELDS, telling_points
 from monitor.taxi.tariff import TariffBook
+from monitor.taxi.trips import Trip, WorkOrder, trips_from_points
 
 DAY_MS = 86_400_000
+
+
+class TaxiState(Registry, Presence, TaxiLedger, Protocol):
+    """The state roles the taxi half of a pass reads: the fleet, who reported, the ledger."""
 
 
 @dataclass(frozen=True)
 class TaxiData:
     """Everything the taxi rules read, as of one time, grouped by meter."""
 
-    trips: dict[str, list[rules_taxi.Trip]]
+    trips: dict[str, list[Trip]]
     status: dict[str, list[MeterPoint]]
     events: dict[str, list[MeterPoint]]
-    work_orders: dict[str, list[rules_taxi.WorkOrder]]
+    work_orders: dict[str, list[WorkOrder]]
 
 
 def _group(points: list[MeterPoint]) -> dict[str, list[MeterPoint]]:
@@ -41,7 +48,7 @@ def _group(points: list[MeterPoint]) -> dict[str, list[MeterPoint]]:
     return out
 
 
-def taxi_meters(state: SqliteState) -> tuple[dict[str, MeterRow], list[str]]:
+def taxi_meters(state: TaxiState) -> tuple[dict[str, MeterRow], list[str]]:
     """The taxi registry by meter, and every meter a pass decides: registered or seen."""
     registry = {r.meter_id: r for r in state.registry_rows("taxi")}
     return registry, sorted(set(registry) | set(state.all_seen("taxi")))
@@ -51,7 +58,7 @@ def _heartbeats(
     store: TelemetryStore, meters: Sequence[str], start_ms: int, as_of_ms: int
 ) -> dict[str, list[MeterPoint]]:
     """The heartbeats in [start, as_of] of `meters` that the rules can tell apart, with
-    only the fields they read (`rules_taxi.telling_points`, what `telling_heartbeats`
+    only the fields they read (`telling_points`, what `telling_heartbeats`
     keeps), meters without one left out.
 
     Read as columns (`TelemetryStore.columns`: numpy arrays, no object per heartbeat) and
@@ -59,9 +66,9 @@ def _heartbeats(
     """
     out = {}
     for meter in meters:
-        read = store.columns(TAXI_STATUS, rules_taxi.HEARTBEAT_FIELDS, start_ms, as_of_ms, meter)
+        read = store.columns(TAXI_STATUS, HEARTBEAT_FIELDS, start_ms, as_of_ms, meter)
         status = read.get(meter)
-        if status is not None and (beats := rules_taxi.telling_points(meter, status)):
+        if status is not None and (beats := telling_points(meter, status)):
             out[meter] = beats
     return out
 
@@ -86,7 +93,7 @@ def _collector_paused() -> Iterator[None]:
 
 def load(
     store: TelemetryStore,
-    state: SqliteState,
+    state: TaxiState,
     start_ms: int,
     as_of_ms: int,
     meters: Sequence[str] | None = None,
@@ -94,7 +101,7 @@ def load(
     """Read the window's taxi telemetry of `meters` (default: `taxi_meters`) and the work orders.
 
     Heartbeats — 288 a day per meter — are read as columns, only the fields the rules
-    read, and cut to those that tell (`rules_taxi.telling_points`): the decisions are
+    read, and cut to those that tell (`telling_points`): the decisions are
     those of every heartbeat, at a fraction of the memory and time.
     """
     if meters is None:
@@ -102,18 +109,18 @@ def load(
     with _collector_paused():
         status = _heartbeats(store, meters, start_ms, as_of_ms)
         trips = {
-            m: rules_taxi.trips_from_points(ps)
+            m: trips_from_points(ps)
             for m, ps in _group(store.points(TAXI_TRIP, start_ms, as_of_ms)).items()
         }
-    orders: dict[str, list[rules_taxi.WorkOrder]] = defaultdict(list)
+    orders: dict[str, list[WorkOrder]] = defaultdict(list)
     for _, meter, start, end, reason, _created in state.workorders(limit=1_000_000):
-        orders[meter].append(rules_taxi.WorkOrder(meter, start, end, reason))
+        orders[meter].append(WorkOrder(meter, start, end, reason))
     return TaxiData(
         trips, status, _group(store.points(TAXI_EVENT, start_ms, as_of_ms)), dict(orders)
     )
 
 
-def tariff_book(config: TariffBook, state: SqliteState) -> TariffBook:
+def tariff_book(config: TariffBook, state: TaxiLedger) -> TariffBook:
     """Config tariffs plus every tariff rolled out through the API."""
     book = config
     rolled = TariffBook.from_bodies(state.tariff_bodies(), "rolled-out tariffs")
@@ -122,7 +129,7 @@ def tariff_book(config: TariffBook, state: SqliteState) -> TariffBook:
     return book
 
 
-def overdue_findings(state: SqliteState, data: TaxiData, as_of_ms: int) -> dict[str, list[Finding]]:
+def overdue_findings(state: TaxiLedger, data: TaxiData, as_of_ms: int) -> dict[str, list[Finding]]:
     """Meters that had not applied a rolled-out tariff by its deadline (at as_of)."""
     out: dict[str, list[Finding]] = defaultdict(list)
     for version in state.tariff_bodies():
@@ -171,7 +178,7 @@ def decide_taxis(
     data: TaxiData,
     tariffs: TariffBook,
     rules: TaxiRules,
-    state: SqliteState,
+    state: TaxiState,
     as_of_ms: int,
     stamp: tuple[str, str],
     fares: FareCache | None = None,
@@ -184,13 +191,13 @@ def decide_taxis(
     if fares is not None:
         fares.new_pass()
     window = rules.distance.window_trips
-    ratios = {m: rules_taxi.log_ratios(t, rules.distance).log_ratio for m, t in data.trips.items()}
-    median = rules_taxi.fleet_median(ratios, window)
-    sigma = rules_taxi.fleet_sigma(ratios, window) if ratios else None
+    ratios = {m: log_ratios(t, rules.distance).log_ratio for m, t in data.trips.items()}
+    median = fleet_median(ratios, window)
+    sigma = fleet_sigma(ratios, window) if ratios else None
     overdue = overdue_findings(state, data, as_of_ms)
     out = {}
     for meter in meters:
-        findings, evidence = rules_taxi.taxi_findings(
+        findings, evidence = taxi_findings(
             meter,
             data.trips.get(meter, []),
             median,
@@ -215,7 +222,7 @@ def decide_taxis(
             "taxi",
             findings,
             row.due_on if row else None,
-            extension(row, as_of_ms, rules) if rules_taxi.extendable(findings) else None,
+            extension(row, as_of_ms, rules) if extendable(findings) else None,
             evidence,
             *stamp,
         )
@@ -229,7 +236,7 @@ def window_start(as_of_ms: int, rules: TaxiRules) -> int:
 
 def evaluate(
     store: TelemetryStore,
-    state: SqliteState,
+    state: TaxiState,
     config_tariffs: TariffBook,
     rules: TaxiRules,
     as_of_ms: int,

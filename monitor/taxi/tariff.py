@@ -1,4 +1,4 @@
-"""Taxi tariffs (CONTRACT §9): the tariff body, a book of versions, and the fare formula.
+"""Taxi tariffs (docs/mqtt.md, "Tariff body"): the tariff body, a book of versions, and the fare formula.
 
 Money is computed in `Decimal` from the shortest decimal form of every float, so that
 a fare the tariff makes exactly 22.5 CNY is 22.5 and not 22.499999…, and rounding half
@@ -65,7 +65,7 @@ class Waiting(_Body):
 
 
 class Tariff(_Body):
-    """A tariff body of CONTRACT §9, as in config/tariffs.yaml and the rollout API."""
+    """A tariff body of docs/mqtt.md, as in config/tariffs.yaml and the rollout API."""
 
     effective_from: AwareDatetime
     currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
@@ -115,7 +115,7 @@ def rate_set_at(tariff: Tariff, end: datetime) -> RateSet:
 
 
 def fare_decimal(tariff: Tariff, distance_km: float, wait_s: float, end: datetime) -> Decimal:
-    """The unrounded fare F of CONTRACT §9, exact in decimal arithmetic."""
+    """The unrounded fare F of docs/mqtt.md, exact in decimal arithmetic."""
     _require_amount(distance_km, "distance_km")
     _require_amount(wait_s, "wait_s")
     rates = rate_set_at(tariff, end)
@@ -227,7 +227,7 @@ def _describe(exc: ValidationError) -> str:
 
 
 def load_tariffs(path: str | os.PathLike[str]) -> TariffBook:
-    """Read and validate a tariffs YAML file (a map version → body, CONTRACT §9)."""
+    """Read and validate a tariffs YAML file (a map version → body, docs/mqtt.md)."""
     with open(path, encoding="utf-8") as handle:
         try:
             raw = yaml.safe_load(handle)
@@ -241,7 +241,7 @@ def load_tariffs(path: str | os.PathLike[str]) -> TariffBook:
 
 
 SHANGHAI_2022: Final[dict[str, Any]] = {
-    # The Shanghai tariff of DOMAIN §2 / CONTRACT §9, the same as config/tariffs.yaml; a
+    # The Shanghai tariff of docs/metrology.md, the same as config/tariffs.yaml; a
     # built-in default so a simulator or test needs no config folder.
     "effective_from": "2022-01-15T00:00:00+08:00",
     "currency": "CNY",

@@ -31,11 +31,11 @@ from monitor.api.app import (
     rollout_progress_of,
 )
 from monitor.api.web import charts
-from monitor.core.ports import MeterPoint
+from monitor.core.ports import MeterFilter, MeterPoint
 from monitor.core.schema import ELEC_EVENT, ELEC_READING, TAXI_EVENT, TAXI_TRIP
 from monitor.ingest.telemetry import format_ts, ms_to_datetime
-from monitor.store.state import MeterFilter
-from monitor.taxi import rules as rules_taxi
+from monitor.taxi.fares import fare_check
+from monitor.taxi.trips import Trip, trips_from_points
 
 HERE = Path(__file__).parent
 DAY_MS = 86_400_000
@@ -298,20 +298,20 @@ def _meter(ctx: ApiContext, meter: str) -> dict[str, Any]:
     }
 
 
-def _trips(ctx: ApiContext, meter: str, start: int, end: int) -> list[rules_taxi.Trip]:
+def _trips(ctx: ApiContext, meter: str, start: int, end: int) -> list[Trip]:
     """A taxi meter's trips that ended in [start, end], one per trip id."""
     points = ctx.store.history(TAXI_TRIP, meter, list(TAXI_TRIP.fields), start, end + 1, 100_000)
-    return rules_taxi.trips_from_points([MeterPoint(meter, p.ts_ms, p.values) for p in points])
+    return trips_from_points([MeterPoint(meter, p.ts_ms, p.values) for p in points])
 
 
-def _fare_rows(ctx: ApiContext, trips: list[rules_taxi.Trip]) -> list[dict[str, Any]]:
+def _fare_rows(ctx: ApiContext, trips: list[Trip]) -> list[dict[str, Any]]:
     """Every trip re-priced as the fare rule does: wrong fares first, then wrong versions."""
     rules = ctx.rules().rules.taxi
     tariffs = ctx.evaluator.tariffs()
     grace_ms = int(rules.tariff.deadline_h * 3_600_000)
     rows: list[dict[str, Any]] = []
     for t in trips:
-        c = rules_taxi.fare_check(t, tariffs, rules.fare, grace_ms=grace_ms)
+        c = fare_check(t, tariffs, rules.fare, grace_ms=grace_ms)
         finding = (
             "not checked"
             if not c.checked
@@ -344,7 +344,7 @@ def _fare_rows(ctx: ApiContext, trips: list[rules_taxi.Trip]) -> list[dict[str, 
     return rows
 
 
-def _fare_checks(ctx: ApiContext, trips: list[rules_taxi.Trip], shown: int = 25) -> dict[str, Any]:
+def _fare_checks(ctx: ApiContext, trips: list[Trip], shown: int = 25) -> dict[str, Any]:
     """Counts of the fare checks and the first findings for the meter page."""
     rows = _fare_rows(ctx, trips)
     bad = [r for r in rows if r["what"] in ("fare", "tariff version")]
