@@ -250,7 +250,7 @@ def summary(run: FamilyRun) -> dict[str, object]:
 def report(runs: Sequence[FamilyRun], verbose: bool = False) -> None:
     """Per family: one line of figures; with `verbose`, a line per district too."""
     print(
-        f"{'family':<9} {'meters':>6} {'evaluable':>10} {'median':>7} {'p95':>6} {'signed':>7} "
+        f"{'family':<11} {'meters':>6} {'evaluable':>10} {'median':>7} {'p95':>6} {'signed':>7} "
         f"{'coverage':>8}  beyond: {'suspect':>7} {'watch':>5} {'unknwn':>6} {'normal':>6}  "
         f"healthy flagged"
     )
@@ -262,13 +262,31 @@ def report(runs: Sequence[FamilyRun], verbose: bool = False) -> None:
         share = f"{100 * evaluable / meters:.1f} %" if meters else "-"
         cov = s["coverage"]
         print(
-            f"{run.family:<9} {meters:>6} {share:>10} {_fmt(s['median']):>7} "  # type: ignore[arg-type]
+            f"{run.family:<11} {meters:>6} {share:>10} {_fmt(s['median']):>7} "  # type: ignore[arg-type]
             f"{_fmt(s['p95']):>6} {s['signed']:>+7.3f} "  # type: ignore[str-format]
             f"{(_fmt(100 * cov, 1) + ' %') if cov == cov else '-':>8}  "  # type: ignore[operator]
             f"{states.get('suspect', 0) + states.get('faulty', 0):>7} "
             f"{states.get('watch', 0):>5} {states.get('unknown', 0):>6} {states.get('normal', 0):>6}"
             f"  {s['healthy_flagged']}"
         )
+    print()
+    print(
+        "targets per family: median |Δe| ≤ 0.2 pp, coverage ≥ 90 %, no meter beyond the "
+        "limit normal, no healthy meter (|e| < 1 %) suspect or replaced"
+    )
+    for run in runs:
+        s = summary(run)
+        states = s["beyond_states"]
+        assert isinstance(states, Counter)
+        median, coverage = float(str(s["median"])), float(str(s["coverage"]))
+        checks = (
+            median <= 0.2,
+            coverage >= 0.9,
+            states.get("normal", 0) == 0,
+            s["healthy_flagged"] == 0,
+        )
+        marks = " ".join("PASS" if ok else "MISS" for ok in checks)
+        print(f"  {run.family:<11} {marks}")
     if not verbose:
         return
     for run in runs:
