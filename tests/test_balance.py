@@ -14,9 +14,9 @@ from monitor.electricity.balance import (
     KAPPAS,
     FitConfig,
     daily_line_loss,
+    day_hours,
     fit_balance,
     line_loss_pct,
-    quarter_hours,
 )
 from monitor.electricity.intervals import Blocks, Grid, without_stopped
 from monitor.simulate.elec import master_input
@@ -323,30 +323,33 @@ def test_an_unmetered_night_load_is_a_finding_not_a_bias() -> None:
     cfg = FitConfig(forgetting=1.0, ridge=1e-3)
     dark = district(errors, n=n, seed=6, noise=0.001, night_kw=0.3)
     lit = district(errors, n=n, seed=6, noise=0.001)
-    fit = fit_balance(dark, cfg, quarter_hours(dark, grid))
-    plain = fit_balance(lit, cfg, quarter_hours(lit, grid))
+    fit = fit_balance(dark, cfg, day_hours(dark, grid))
+    plain = fit_balance(lit, cfg, day_hours(lit, grid))
     assert fit is not None and plain is not None
     assert "time of day" in fit.misfit and plain.misfit == ""
     for m, est in fit.meters.items():
-        assert abs(est.error_pct - plain.meters[m].error_pct) < 0.1, (m, est)
+        assert abs(est.error_pct - plain.meters[m].error_pct) < 0.2, (m, est)
     blind = fit_balance(dark, cfg)  # no clock, no time-of-day model: the lamps bias it
     assert blind is not None and blind.misfit == ""
     assert max(abs(blind.meters[m].error_pct - plain.meters[m].error_pct) for m in fit.meters) > 0.3
 
 
-def test_quarter_hours_split_a_block_by_local_time() -> None:
+def test_day_hours_split_a_block_by_local_hour() -> None:
     blk = Blocks(
         ["a"],
         np.ones((2, 1)),
         np.ones(2),
         np.ones(2),
-        np.array([24, 4], dtype=np.int64),  # 05:00–11:00, then 11:00–12:00 (UTC)
-        np.array([44, 48], dtype=np.int64),
+        np.array([6, 4], dtype=np.int64),  # 05:30–07:00, then 07:00–08:00 (UTC)
+        np.array([28, 32], dtype=np.int64),
     )
-    grid = Grid(MIDNIGHT_UTC, QUARTER_MS, 49, 0)
-    assert quarter_hours(blk, grid).tolist() == [[1.0, 5.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]]
-    shanghai = quarter_hours(blk, grid, timezone(timedelta(hours=8)))
-    assert shanghai.tolist() == [[0.0, 0.0, 5.0, 1.0], [0.0, 0.0, 0.0, 1.0]]
+    grid = Grid(MIDNIGHT_UTC, QUARTER_MS, 33, 0)
+    hours = day_hours(blk, grid)
+    assert hours.shape == (2, 24)
+    assert hours[0, [5, 6]].tolist() == [0.5, 1.0] and hours[0].sum() == 1.5
+    assert hours[1, 7] == 1.0 and hours[1].sum() == 1.0
+    shanghai = day_hours(blk, grid, timezone(timedelta(hours=8)))
+    assert shanghai[0, [13, 14]].tolist() == [0.5, 1.0] and shanghai[1, 15] == 1.0
 
 
 def test_a_scaled_copy_of_a_household_names_its_twin() -> None:

@@ -32,8 +32,8 @@ from monitor.electricity.balance import (
     FitConfig,
     MeterEstimate,
     daily_line_loss,
+    day_hours,
     fit_balance,
-    quarter_hours,
 )
 from monitor.electricity.intervals import (
     Grid,
@@ -203,7 +203,7 @@ def fit_district(
         known = idx >= 0
         shared = np.zeros((len(idx), len(idx)))
         shared[np.ix_(known, known)] = topology[1][np.ix_(idx[known], idx[known])]
-    fit = fit_balance(blk, cfg, quarter_hours(blk, grid, zone), shared_ohm=shared)
+    fit = fit_balance(blk, cfg, day_hours(blk, grid, zone), shared_ohm=shared)
     gates = rules_elec.district_gates(placed, grid, blk, fit, est)
     estimates = fit.meters if fit is not None else {}
     daily = daily_line_loss(blk, grid, zone)
