@@ -99,3 +99,34 @@ def test_estimates_on_an_ac_feeder_are_near_the_truth_and_covered() -> None:
         ]
         assert float(np.median(np.abs(devs))) < 0.3, (fit.loss_model, devs)
         assert np.mean(covered) >= 0.9, (fit.loss_model, devs)
+
+
+def test_an_unmetered_night_load_on_an_ac_feeder_is_a_district_finding() -> None:
+    from monitor.core.rulebook import load_rules
+    from monitor.evaluation.runner import fit_district, misfit_reason
+
+    rules = load_rules(ROOT / "config" / "rules.yaml").rules.elec
+    spec = FleetSpec(
+        start_ms=1772294400000,
+        seed=3,
+        districts=1,
+        meters_per_district=(30, 30),
+        taxis=0,
+        vacant_share=0.0,
+    )
+    steps = 20 * 96
+    own = from_model(spec, 0, spec.start_ms // spec.interval_ms, steps)
+    p = own.imports_kwh / 0.25
+    hour = (np.arange(steps) % 96) / 4  # UTC hours: the grid starts at a UTC midnight
+    lamps = np.zeros_like(p)
+    lamps[:, :5] = np.where((hour < 6) | (hour >= 18), 0.4, 0.0)[:, None]  # 2 kW of lamps
+    found = {}
+    for name, night in (("dark", lamps), ("lit", 0 * lamps)):
+        net = acflow.radial_feeder(branches=3, per_branch=10, span_m=60.0)
+        feeder = acflow.feeder_energy(net, name.upper(), spec.start_ms, p, 0.3 * p, 0 * p, night)
+        d = meter_district(feeder, MeterSpec(), seed=3)
+        found[name] = fit_district(d.name, d.series, d.master, rules, d.start_ms, d.end_ms)
+    reason = misfit_reason(found["dark"])
+    assert reason is not None and reason.rule == "elec.estimation.misfit"
+    assert "time of day" in reason.detail
+    assert misfit_reason(found["lit"]) is None

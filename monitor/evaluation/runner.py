@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from monitor.alerts.book import AlertBook, Change, conditions_of, district_conditions
-from monitor.core.decision import Decision, Finding, decide_meter, decision_from_dict
+from monitor.core.decision import Decision, Finding, Reason, decide_meter, decision_from_dict
 from monitor.core.ports import MeterPoint, Series, StateStore, TelemetryStore
 from monitor.core.registry import MeterRow
 from monitor.core.rulebook import ElecRules, RuleBook
@@ -234,6 +234,19 @@ def master_uncertainty_pct(rules: ElecRules, master_class: str | None) -> float:
     return value / math.sqrt(3.0)
 
 
+def misfit_reason(dist: DistrictResult) -> Reason | None:
+    """The district's misfit as a district reason (and alert), when its gates passed.
+
+    Structure in the residuals that the plain loss model cannot explain is a finding
+    about the area (an unmetered night load, losses that drift, a feeder whose branches
+    carry different losses), not only wider intervals on its meters.
+    """
+    fit, gates = dist.fit, dist.gates
+    if fit is None or not fit.misfit or gates is None or not gates.passed:
+        return None
+    return Reason("elec.estimation.misfit", fit.loss_model, list(fit.plausible_models), fit.misfit)
+
+
 @dataclass
 class EvaluationResult:
     """What a pass decided."""
@@ -420,11 +433,15 @@ class Evaluator:
     ) -> None:
         if self._alerts is None:
             return
-        gates = {
+        gates: dict[str, list[Reason]] = {
             n: d.gates.failures
             for n, d in districts.items()
             if d.gates is not None and d.gates.failures
         }
+        for name, dist in districts.items():
+            finding = misfit_reason(dist)
+            if finding is not None:
+                gates.setdefault(name, []).append(finding)
         conditions = conditions_of([*meters.values(), *lots.values()], book.rules, as_of_ms)
         conditions += district_conditions(gates, book.rules, as_of_ms)
         changes = self._alerts.observe(conditions, as_of_ms, EVALUATION_RULES)
