@@ -130,3 +130,37 @@ def test_an_unmetered_night_load_on_an_ac_feeder_is_a_district_finding() -> None
     assert reason is not None and reason.rule == "elec.estimation.misfit"
     assert "time of day" in reason.detail
     assert misfit_reason(found["lit"]) is None
+
+
+def test_the_meters_voltages_tell_the_feeders_topology() -> None:
+    """Sags below the transformer's voltage, regressed on every meter's power, give the
+    resistance two households' paths share: what a registry that knew the feeder would."""
+    from monitor.electricity.balance import shared_resistance
+    from monitor.electricity.intervals import Grid, MeterSeries, blocks, place_on_grid
+
+    spec = FleetSpec(
+        start_ms=1772294400000, seed=4, districts=1, meters_per_district=(20, 20), taxis=0
+    )
+    own = from_model(spec, 0, spec.start_ms // spec.interval_ms, 10 * 96)
+    net = acflow.radial_feeder(branches=2, per_branch=10, span_m=50.0)
+    p = own.imports_kwh / 0.25
+    feeder = acflow.feeder_energy(net, "V", spec.start_ms, p, 0.3 * p, 0 * p, 0 * p)
+    d = meter_district(feeder, MeterSpec(), seed=4)
+    grid = Grid.covering(d.start_ms, d.end_ms, 900_000, 150_000)
+    placed = place_on_grid(
+        {
+            m: MeterSeries(s.ts_ms, s.values["energy_kwh"], voltage_v=s.values["voltage_v"])
+            for m, s in d.series.items()
+        },
+        grid,
+    )
+    blk = blocks(placed, d.master, grid)
+    assert placed.voltages is not None
+    where = {m: i for i, m in enumerate(placed.meters)}
+    volts = placed.voltages[:, [where[m] for m in blk.meters]]
+    learnt = shared_resistance(blk, volts, placed.voltages[:, where[d.master]], 0.25)
+    assert learnt is not None and feeder.shared_ohm is not None
+    order = [feeder.households.index(m.split("-")[-1]) for m in blk.meters]
+    truth = feeder.shared_ohm[np.ix_(order, order)]
+    upper = np.triu_indices(len(truth))
+    assert np.corrcoef(learnt[upper], truth[upper])[0, 1] > 0.9

@@ -97,6 +97,7 @@ class Placed:
     received: int
     expected: int
     reverse: FloatArray | None = None  # (grid.n, meters) reverse registers; 0 for a meter without
+    voltages: FloatArray | None = None  # (grid.n, meters) voltage at each reading, NaN unread
 
     @property
     def completeness(self) -> float:
@@ -141,7 +142,8 @@ def place_on_grid(series: Mapping[str, MeterSeries], grid: Grid) -> Placed:
     meters = sorted(series)
     regs = np.full((grid.n, len(meters)), np.nan)
     reverse = np.zeros((grid.n, len(meters)))
-    any_reverse = False
+    volts = np.full((grid.n, len(meters)), np.nan)
+    any_reverse = any_volts = False
     received = 0
     for i, meter in enumerate(meters):
         s = series[meter]
@@ -150,13 +152,23 @@ def place_on_grid(series: Mapping[str, MeterSeries], grid: Grid) -> Placed:
         ks, idx = _snap(s.ts_ms, grid)
         regs[ks, i] = s.energy_kwh[idx]
         received += len(ks)
+        if s.voltage_v is not None:  # snapped with the registers: one _snap per meter
+            any_volts = True
+            volts[ks, i] = s.voltage_v[idx]
         rev = s.reverse_kwh
         if rev is not None and not bool(np.isnan(rev).all()) and bool(np.nanmax(rev) > 0):
             # A boundary counts only where both registers were read.
             any_reverse = True
             reverse[:, i] = np.nan
             reverse[ks, i] = rev[idx]
-    return Placed(meters, regs, received, grid.n * len(meters), reverse if any_reverse else None)
+    return Placed(
+        meters,
+        regs,
+        received,
+        grid.n * len(meters),
+        reverse if any_reverse else None,
+        volts if any_volts else None,
+    )
 
 
 def place_values(ts_ms: NDArray[np.int64], values: FloatArray, grid: Grid) -> FloatArray:

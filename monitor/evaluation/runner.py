@@ -34,10 +34,13 @@ from monitor.electricity.balance import (
     daily_line_loss,
     day_hours,
     fit_balance,
+    shared_resistance,
 )
 from monitor.electricity.intervals import (
+    Blocks,
     Grid,
     MeterSeries,
+    Placed,
     blocks,
     place_on_grid,
     place_values,
@@ -175,7 +178,12 @@ def fit_district(
     first = min((int(s.ts_ms[0]) for s in series.values() if len(s.ts_ms)), default=start_ms)
     grid = Grid.covering(max(start_ms, first - step // 6), end_ms, step, step // 6)
     meter_series = {
-        m: MeterSeries(s.ts_ms, s.values["energy_kwh"], reverse_kwh=s.column("reverse_kwh"))
+        m: MeterSeries(
+            s.ts_ms,
+            s.values["energy_kwh"],
+            voltage_v=s.column("voltage_v"),
+            reverse_kwh=s.column("reverse_kwh"),
+        )
         for m, s in series.items()
     }
     placed = place_on_grid(meter_series, grid)
@@ -196,14 +204,19 @@ def fit_district(
         est.interval_s / 3600,
         master_uncertainty_pct(rules, master_class),
     )
-    shared = None
+    shared, source = None, "registry"
     if topology is not None:
         where = {m: i for i, m in enumerate(topology[0])}
         idx = np.array([where.get(m, -1) for m in blk.meters])
         known = idx >= 0
         shared = np.zeros((len(idx), len(idx)))
         shared[np.ix_(known, known)] = topology[1][np.ix_(idx[known], idx[known])]
-    fit = fit_balance(blk, cfg, day_hours(blk, grid, zone), shared_ohm=shared)
+    else:
+        shared = _voltage_topology(placed, master, blk, est.interval_s / 3600)
+        source = "voltages"
+    fit = fit_balance(
+        blk, cfg, day_hours(blk, grid, zone), shared_ohm=shared, topology_source=source
+    )
     gates = rules_elec.district_gates(placed, grid, blk, fit, est)
     estimates = fit.meters if fit is not None else {}
     daily = daily_line_loss(blk, grid, zone)
@@ -217,6 +230,18 @@ def fit_district(
         daily_loss=daily,
         stopped_intervals=blk.stopped_intervals,
     )
+
+
+def _voltage_topology(
+    placed: Placed, master: str, blk: Blocks, step_hours: float
+) -> NDArray[np.float64] | None:
+    """The feeder's shared resistances as the meters' voltages tell them (`shared_resistance`)."""
+    volts = placed.voltages
+    if volts is None or not blk.meters:
+        return None
+    where = {m: i for i, m in enumerate(placed.meters)}
+    columns = volts[:, [where[m] for m in blk.meters]]
+    return shared_resistance(blk, columns, volts[:, where[master]], step_hours)
 
 
 def master_uncertainty_pct(rules: ElecRules, master_class: str | None) -> float:

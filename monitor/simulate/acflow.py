@@ -28,6 +28,7 @@ records the largest difference in its facts).
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +53,7 @@ GRIDS = (
 )
 STEPS_PER_DAY = 96
 METER_OWN_W = 1.5  # a static meter's own consumption, drawn upstream of its register
-VERSION = 2  # bump when the generated physics changes: cached feeders are then redrawn
+VERSION = 3  # bump when the generated physics changes: cached feeders are then redrawn
 
 
 @dataclass(frozen=True)
@@ -161,8 +162,11 @@ def _topology(net: Any) -> tuple[FloatArray, list[str], FloatArray]:
     return d, out_b, shared
 
 
-def solve(nw: Network, s_mva: ComplexArray, tol: float = 1e-10) -> tuple[FloatArray, int]:
-    """Active power (MW) out of the transformer into the area for each row of bus loads.
+def solve_voltages(
+    nw: Network, s_mva: ComplexArray, tol: float = 1e-10
+) -> tuple[FloatArray, int, FloatArray]:
+    """Active power (MW) out of the transformer into the area for each row of bus loads,
+    and every bus's voltage magnitude (T, buses) in per unit.
 
     `s_mva` (T, buses): complex power each bus consumes (negative real part: it feeds in).
     Z-bus iteration on the non-slack buses, vectorised over T; raises if it does not
@@ -191,6 +195,13 @@ def solve(nw: Network, s_mva: ComplexArray, tol: float = 1e-10) -> tuple[FloatAr
         raise RuntimeError(f"power flow mismatch {worst:.2e} p.u.")
     s_into_trafo_lv = full[nw.trafo_lv] * np.conj(nw.trafo_yt @ full)
     out: FloatArray = -np.real(s_into_trafo_lv) * nw.base_mva
+    magnitude: FloatArray = np.abs(full).T
+    return out, iterations, magnitude
+
+
+def solve(nw: Network, s_mva: ComplexArray, tol: float = 1e-10) -> tuple[FloatArray, int]:
+    """`solve_voltages` without the voltages."""
+    out, iterations, _ = solve_voltages(nw, s_mva, tol)
     return out, iterations
 
 
@@ -321,8 +332,12 @@ def feeder_energy(
     for i, bus in enumerate(nw.load_bus.tolist()):
         unmetered = METER_OWN_W / 1000 + lamps_kw[:, i]
         s[:, bus] += (net_kw[:, i] + unmetered + 1j * q_kvar[:, i]) / 1000
-    master_mw, iterations = solve(nw, s)
+    master_mw, iterations, vm = solve_voltages(nw, s)
     hours = 0.25
+    # What the meters' voltage registers see (phase voltage of the 0.4 kV grid): the
+    # households at their buses, the master at the transformer's LV busbar.
+    phase_v = 400.0 / math.sqrt(3.0)
+    volts = np.column_stack([vm[:, nw.load_bus], vm[:, nw.trafo_lv]]) * phase_v
     return FeederEnergy(
         name=name,
         start_ms=start_ms,
@@ -334,6 +349,7 @@ def feeder_energy(
         distance_ohm=nw.distance_ohm,
         branch=nw.branch,
         shared_ohm=nw.shared_ohm,
+        volts=volts,
         facts={
             "iterations": float(iterations),
             "meter_own_kw": METER_OWN_W / 1000 * len(net.load),
@@ -386,11 +402,12 @@ def cached(
                 distance_ohm=z["distance_ohm"],
                 branch=[str(b) for b in z["branch"]],
                 shared_ohm=z["shared_ohm"],
+                volts=z["volts"] if z["volts"].size else None,
                 facts=dict(zip(z["fact_names"].tolist(), z["fact_values"].tolist(), strict=True)),
             )
     energy = generate(opts, net, start_ms=start_ms)
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # runs may race: own file
     np.savez_compressed(
         tmp,
         name=energy.name,
@@ -402,6 +419,7 @@ def cached(
         distance_ohm=energy.distance_ohm,
         branch=np.array(energy.branch),
         shared_ohm=energy.shared_ohm if energy.shared_ohm is not None else np.zeros((0, 0)),
+        volts=energy.volts if energy.volts is not None else np.zeros((0, 0)),
         fact_names=np.array(list(energy.facts)),
         fact_values=np.array(list(energy.facts.values()), dtype=np.float64),
     )

@@ -51,6 +51,7 @@ class FeederEnergy:
     branch: list[str]
     facts: dict[str, float] = field(default_factory=dict)
     shared_ohm: FloatArray | None = None  # (n, n) resistance of the path two households share
+    volts: FloatArray | None = None  # (T, n + 1) voltage at each household, then the master
 
     @property
     def steps(self) -> int:
@@ -115,7 +116,11 @@ def meter_district(energy: FeederEnergy, spec: MeterSpec, seed: int) -> District
     # A reading at boundary j carries the power of the interval that ended there.
     power = (forward - reverse) / hours
     at_reading = np.concatenate([power[:, :1], power], axis=1)
-    volts = 230.0 - 0.3 * at_reading + rng.normal(0.0, 0.5, at_reading.shape)
+    if energy.volts is not None:  # the physics' own voltages, read to 0.1 V
+        own = np.concatenate([energy.volts[:1], energy.volts], axis=0).T
+        volts = np.round(own + rng.normal(0.0, 0.05, own.shape), 1)
+    else:
+        volts = 230.0 - 0.3 * at_reading + rng.normal(0.0, 0.5, at_reading.shape)
     amps = np.abs(at_reading) * 1000.0 / volts
     amps[n] /= 3.0  # the master is three-phase
     keep = rng.random((n + 1, steps + 1)) >= spec.missing_rate
