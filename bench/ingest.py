@@ -58,6 +58,7 @@ from pydantic import ValidationError
 
 from bench.common import mosquitto_version
 from monitor.core.ports import TelemetryStore
+from monitor.core.registry import parse_rows
 from monitor.ingest.worker import IngestWorker
 from monitor.platform.config import InfluxSettings, MqttSettings
 from monitor.platform.metrics import Metrics
@@ -125,6 +126,21 @@ def readings(n: int, meters: int = 2000, districts: int = 20, seed: int = 7) -> 
             }
             out.append((f"meters/elec/{district}/{meter}/reading", json.dumps(body).encode()))
     return out
+
+
+def meters_of(messages: list[Message]) -> tuple[tuple[str, str], ...]:
+    """The (district, meter) pairs the readings' topics name."""
+    return tuple(sorted({(t.split("/")[2], t.split("/")[3]) for t, _ in messages}))
+
+
+def register_fleet(state: SqliteState, meters: tuple[tuple[str, str], ...]) -> None:
+    """Put every meter in the registry, in its topic's district.
+
+    So the worker's district check (`district_mismatch`) runs against a full map,
+    as in production, instead of finding every meter unregistered.
+    """
+    rows = [{"meter_id": m, "kind": "elec", "district": d} for d, m in meters]
+    state.upsert_meters(parse_rows(rows).rows)
 
 
 # -- CPU accounting ------------------------------------------------------------------
@@ -633,6 +649,7 @@ class Bench:
         self, settings: MqttSettings, store: TelemetryStore, data: Path
     ) -> tuple[IngestWorker, SqliteState]:
         state = SqliteState(data / "state.sqlite")
+        register_fleet(state, meters_of(self.messages))
         cls = ProfiledWorker if self.profile else IngestWorker
         return cls(settings, self.address, store, state, Metrics()), state
 
@@ -654,6 +671,7 @@ class Bench:
                 self.protocol,
                 str(self._fresh(f"{group}-{i}")),
                 self.overrides,
+                meters_of(self.messages),
             )
             for i in range(workers)
         ]
@@ -728,6 +746,7 @@ class ChildSpec:
     protocol: str
     data_dir: str
     overrides: Overrides = ()
+    meters: tuple[tuple[str, str], ...] = ()  # (district, meter) put in the registry
 
 
 @dataclass(frozen=True)
@@ -745,6 +764,7 @@ def child_main(
     data = Path(spec.data_dir)
     store = EmbeddedStore(data / "telemetry.sqlite", Metrics())
     state = SqliteState(data / "state.sqlite")
+    register_fleet(state, spec.meters)
     settings = mqtt_settings(
         spec.broker_url, spec.client_id, spec.group, spec.protocol, spec.overrides
     )

@@ -65,7 +65,9 @@ from monitor.core.schema import ELEC_READING
 from monitor.evaluation.runner import READING_FIELDS, fit_district, meter_decision
 from monitor.ingest.telemetry import format_ts
 from monitor.platform.metrics import Metrics
-from monitor.store.embedded import EmbeddedStore, _columns, _ddl
+from monitor.store.embedded import EmbeddedStore
+from monitor.store.embedded.layout import table_columns as _columns
+from monitor.store.embedded.layout import table_ddl as _ddl
 
 BATCH = 20_000
 FIELDS = list(READING_FIELDS)

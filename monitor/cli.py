@@ -70,34 +70,21 @@ def cmd_registry_import(args: argparse.Namespace, env: Mapping[str, str]) -> int
 
 
 def cmd_evaluate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    """One evaluation pass over the stored telemetry, printed as a table."""
-    from monitor.core.rulebook import load_rules
-    from monitor.evaluation.report import print_evaluation
-    from monitor.evaluation.runner import Evaluator
-    from monitor.ingest.telemetry import parse_ts
-    from monitor.platform.metrics import Metrics
-    from monitor.store import open_store
-    from monitor.store.state import SqliteState
-    from monitor.taxi.tariff import load_tariffs
+    """One evaluation pass (the running service's, else all of it here), as a table."""
+    # Asks the running service (POST /api/evaluate on the configured API) when one
+    # answers; otherwise runs the whole pass here: store, publish, alert, notify.
+    from monitor.evaluate_command import Request, api_url, ask_service, run_here
 
     settings = _settings(args, env)
-    book = load_rules(settings.rules_file)
-    store = open_store(settings.storage, Metrics())
-    state = SqliteState(settings.storage.data_dir / "state.sqlite")
-    try:
-        book_of_tariffs = load_tariffs(settings.tariffs_file)
-        evaluator = Evaluator(
-            store, state, tariffs=lambda: book_of_tariffs, zone=settings.scheduling.zone
-        )
-        as_of = parse_ts(args.as_of) if args.as_of else evaluator.default_as_of()
-        if as_of is None:
-            print("no telemetry stored yet and no --as-of: nothing to evaluate", file=sys.stderr)
-            return 1
-        print_evaluation(evaluator.run(as_of, book), sys.stdout, verbose=args.all)
-    finally:
-        store.close()
-        state.close()
-    return 0
+    req = Request(args.as_of, args.force, args.all)
+    url = args.api or api_url(settings)
+    code = ask_service(url.rstrip("/"), req, sys.stdout, sys.stderr)
+    if code is not None:
+        return code
+    if args.api:
+        print(f"no monitor API answers at {args.api}", file=sys.stderr)
+        return 1
+    return run_here(settings, req, sys.stdout, sys.stderr)
 
 
 def cmd_rules_backtest(args: argparse.Namespace, env: Mapping[str, str]) -> int:
@@ -117,7 +104,7 @@ def cmd_rules_backtest(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     store = open_store(settings.storage, Metrics())
     state = SqliteState(settings.storage.data_dir / "state.sqlite")
     try:
-        book_of_tariffs = load_tariffs(settings.tariffs_file)
+        book_of_tariffs = load_tariffs(settings.tariffs_file, settings.scheduling.timezone)
         evaluator = Evaluator(
             store, state, tariffs=lambda: book_of_tariffs, zone=settings.scheduling.zone
         )
@@ -192,6 +179,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev = with_config(sub.add_parser("evaluate", help=cmd_evaluate.__doc__))
     ev.add_argument("--as-of", default=None, help="RFC 3339 or epoch ms; default: latest telemetry")
     ev.add_argument("--all", action="store_true", help="list every meter, not only findings")
+    ev.add_argument(
+        "--force", action="store_true", help="evaluate an --as-of after the present anyway"
+    )
+    ev.add_argument(
+        "--api",
+        default=None,
+        metavar="URL",
+        help="the running service to ask (default: http:// + api.http of the config); "
+        "when none answers at the default, the pass runs in this process",
+    )
     ev.set_defaults(func=cmd_evaluate)
 
     rules = sub.add_parser("rules", help="the rules file").add_subparsers(

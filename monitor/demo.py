@@ -7,6 +7,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import paho.mqtt.client as paho
@@ -43,6 +44,19 @@ def start_ms_of(args: argparse.Namespace) -> int:
     if args.start:
         return parse_ts(args.start)
     return int(time.time() * 1000) - int(args.backfill_days * DAY_MS)
+
+
+def simulated_clock(
+    live_from_ms: int, speed: float, wall: Callable[[], float] = time.time
+) -> Callable[[], float]:
+    """The demo world's clock (epoch s): `live_from_ms` now, running `speed` times as fast.
+
+    The demo's service receives on this clock, so the simulated fleet running 60x
+    ahead of the wall clock is not refused as future-dated (`ingest.max_future_s`).
+    Started before the simulator, it is never behind the simulator's own clock.
+    """
+    origin = wall()
+    return lambda: live_from_ms / 1000 + (wall() - origin) * speed
 
 
 class QosPublisher:
@@ -148,9 +162,11 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
     """`monitor demo`: the service on embedded defaults plus a simulated fleet."""
     from monitor.service import Service
 
-    service = Service(settings)
+    start_ms = start_ms_of(args)
+    clock = simulated_clock(start_ms + int(args.backfill_days * DAY_MS), args.speed)
+    service = Service(settings, clock=clock)
     parts = service.start()
-    fleet = Fleet(fleet_spec(args, start_ms_of(args)))
+    fleet = Fleet(fleet_spec(args, start_ms))
     parts.state.upsert_meters(parse_rows(fleet.registry_rows()).rows)
     stop = threading.Event()
     sim = threading.Thread(

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +18,14 @@ from apscheduler.triggers.cron import CronTrigger
 from fastapi import FastAPI
 
 from monitor.alerts.book import AlertBook, Change
+from monitor.alerts.mismatch import MISMATCH_RULES, mismatch_conditions
 from monitor.alerts.notifier import Notifier
 from monitor.alerts.offline import OFFLINE_RULES, offline_conditions
 from monitor.api.app import ApiContext, create_app
 from monitor.api.web import mount_web
 from monitor.core.ports import StateStore, TelemetryStore
 from monitor.core.rulebook import RuleBook, load_rules
-from monitor.evaluation.runner import Evaluator
+from monitor.evaluation.runner import Evaluator, decision_publisher
 from monitor.ingest.worker import IngestWorker
 from monitor.platform.broker import EmbeddedBroker
 from monitor.platform.config import Settings, split_host_port
@@ -61,9 +62,18 @@ class Service:
     service = Service(settings); service.start(); service.serve_http()  # blocks
     """
 
-    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """`clock` is the receive clock (epoch s): what ingest validates timestamps and
+        the API validates a requested `as_of` against; no decision reads it."""
         self.settings = settings
         self.metrics = metrics or Metrics()
+        self.clock = clock
+        self._mismatch_counts: dict[str, int] = {}  # meter → mismatches already alerted
         self.parts: Components | None = None
         self._scheduler = BackgroundScheduler(timezone=settings.scheduling.timezone)
         self._http: uvicorn.Server | None = None
@@ -80,7 +90,7 @@ class Service:
         """Start everything but the HTTP server; config files are validated first."""
         s = self.settings
         rules = HotFile(s.rules_file, load_rules)
-        tariffs = HotFile(s.tariffs_file, load_tariffs)
+        tariffs = HotFile(s.tariffs_file, partial(load_tariffs, zone=s.scheduling.timezone))
         self.data_dir.mkdir(parents=True, exist_ok=True)
         broker, address, mqtt = None, None, s.mqtt
         if s.mqtt.url is None:
@@ -93,17 +103,9 @@ class Service:
             address = parse_broker_url(s.mqtt.url)
         store = open_store(s.storage, self.metrics)
         state = SqliteState(self.data_dir / "state.sqlite")
-        worker = IngestWorker(mqtt, address, store, state, self.metrics)
+        worker = IngestWorker(mqtt, address, store, state, self.metrics, self.clock, s.ingest)
         worker.start()
-        root = s.mqtt.decisions_topic_root
-
-        def publish_decision(suffix: str, body: dict[str, Any]) -> None:
-            payload = json.dumps(body, separators=(",", ":")).encode()
-            try:
-                worker.publish(f"{root}/{suffix}", payload, retain=True)
-            except ConnectionError as exc:
-                # Decisions are stored; the retained copy is refreshed by the next pass.
-                log.warning("decision not published: %s", exc)
+        publish_decision = decision_publisher(worker.publish, s.mqtt.decisions_topic_root)
 
         alerts = AlertBook(self.data_dir / "state.sqlite", int(s.alerts.clear_after_h * 3_600_000))
 
@@ -137,6 +139,7 @@ class Service:
         )
         self._notify = notify
         self._scheduler.add_job(self.check_offline, "interval", seconds=60, id="offline")
+        self._scheduler.add_job(self.check_mismatches, "interval", seconds=30, id="mismatch")
         if s.scheduling.evaluate_cron:
             trigger = CronTrigger.from_crontab(s.scheduling.evaluate_cron, s.scheduling.timezone)
             self._scheduler.add_job(self.evaluate_latest, trigger, id="evaluate")
@@ -206,6 +209,32 @@ class Service:
             self._notify(changes)
         return len(changes)
 
+    def check_mismatches(self) -> int:
+        """Alert on registered meters heard repeatedly under another district; changes made.
+
+        A meter's condition is observed again only when new mismatched messages
+        arrived since the last check, so its alert's `count` follows the evidence
+        and it resolves once they stop (after `alerts.clear_after_h` of event time).
+        """
+        parts = self.parts
+        if parts is None:
+            return 0
+        cfg = self.settings.ingest.district_mismatch
+        rows = parts.state.mismatches()
+        totals: dict[str, int] = {}
+        for row in rows:
+            totals[row.meter] = totals.get(row.meter, 0) + row.messages
+        fresh = [r for r in rows if totals[r.meter] != self._mismatch_counts.get(r.meter)]
+        conditions = mismatch_conditions(fresh, cfg)
+        self._mismatch_counts = totals
+        as_of = max([c.at_ms for c in conditions] + [parts.state.latest_event_ts() or 0], default=0)
+        if as_of == 0:
+            return 0
+        changes = parts.alerts.observe(conditions, as_of, MISMATCH_RULES)
+        if changes:
+            self._notify(changes)
+        return len(changes)
+
     def _housekeeping(self) -> None:
         rate = self._ingest_rate.sample(self.metrics.received_total(), time.monotonic())
         if rate is not None:
@@ -228,6 +257,7 @@ class Service:
             parts.worker.publish,
             parts.alerts,
             self._notify,
+            self.clock,
         )
         app = create_app(ctx)
         mount_web(app, ctx)

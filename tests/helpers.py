@@ -11,9 +11,19 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from monitor.core.schema import Record
 from monitor.platform.mqtt import parse_broker_url
 
 BASE_MS = 1772294400000  # 2026-03-01T00:00:00+08:00
+
+
+def received_live(records: list[Record]) -> float:
+    """Receive time (epoch s) of records that arrived as a live feed: at the newest one.
+
+    The state caps the default `as_of` at the receive clock, so fixtures that write
+    telemetry straight to the state must say when it was received.
+    """
+    return max(r.ts_ms for r in records) / 1000 if records else 0.0
 
 
 def wait_for(check: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:

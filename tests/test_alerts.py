@@ -4,6 +4,7 @@ restart, MQTT notification through a real Mosquitto, and the inbox API."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -12,12 +13,15 @@ from fastapi.testclient import TestClient
 from monitor.alerts.book import AlertBook, Change, Condition, TransitionError, severity_of
 from monitor.api.app import ApiContext, create_app
 from monitor.core.rulebook import load_rules
+from monitor.core.schema import ELEC_READING, Record
 from monitor.evaluation.runner import Evaluator
+from monitor.ingest.telemetry import format_ts
+from monitor.ingest.worker import summarise_seen
 from monitor.platform.config import load_settings
 from monitor.platform.metrics import Metrics
 from monitor.store.embedded import EmbeddedStore
 from monitor.store.state import SqliteState
-from tests.helpers import BASE_MS, Collector, Publisher, wait_for
+from tests.helpers import BASE_MS, Collector, Publisher, received_live, wait_for
 from tests.services import Mosquitto
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,10 +63,10 @@ def test_ack_and_resolve_keep_actor_and_comment(tmp_path: Path) -> None:
     b = book(tmp_path)
     [opened] = b.observe([condition()], BASE_MS)
     aid = opened.alert["id"]
-    b.act(aid, "ack", "inspector.li", "on-site check booked", "2026-03-02T09:00:00+00:00")
+    b.act(aid, "ack", "inspector.li", "on-site check booked", BASE_MS + DAY)
     with pytest.raises(TransitionError):
-        b.act(aid, "ack", "someone", "again", "x")
-    done = b.act(aid, "resolve", "inspector.li", "meter replaced", "2026-03-03T09:00:00+00:00")
+        b.act(aid, "ack", "someone", "again", None)
+    done = b.act(aid, "resolve", "inspector.li", "meter replaced", BASE_MS + 2 * DAY)
     history = done.alert["history"]
     assert [(h["action"], h["actor"]) for h in history] == [
         ("opened", "system"),
@@ -71,9 +75,74 @@ def test_ack_and_resolve_keep_actor_and_comment(tmp_path: Path) -> None:
     ]
     assert history[2]["comment"] == "meter replaced"
     with pytest.raises(TransitionError):
-        b.act(aid, "resolve", "x", "y", "z")
+        b.act(aid, "resolve", "x", "y", None)
     with pytest.raises(KeyError):
-        b.act(999, "ack", "x", "y", "z")
+        b.act(999, "ack", "x", "y", None)
+
+
+WALL_S = 1_796_284_800.0  # 2026-12-03T08:00:00Z: a person acts long after the data's time
+
+
+def test_history_shows_both_clocks_labelled_and_in_order(tmp_path: Path) -> None:
+    wall = [WALL_S]
+    b = AlertBook(tmp_path / "state.sqlite", 2 * DAY, clock=lambda: wall[0])
+    [opened] = b.observe([condition(day=0)], BASE_MS)
+    state = SqliteState(tmp_path / "state.sqlite")
+    newest = [Record(ELEC_READING, "E1", "D1", BASE_MS + DAY, {})]
+    state.note_seen(summarise_seen(newest, received_live(newest)))
+    client = TestClient(
+        create_app(
+            ApiContext(
+                load_settings(tmp_path / "none", {}),
+                state,
+                EmbeddedStore(tmp_path / "t.sqlite", Metrics()),
+                Metrics(),
+                lambda: True,
+                Evaluator(EmbeddedStore(tmp_path / "t2.sqlite", Metrics()), state),
+                lambda: load_rules(REPO / "config" / "rules.yaml"),
+                None,
+                b,
+            )
+        )
+    )
+    wall[0] = WALL_S + 600
+    acked = client.post(f"/api/alerts/{opened.alert['id']}/ack", json={"actor": "ops"}).json()
+    opened_step, acked_step = acked["history"]
+    # event time: the pass that opened it, then the newest telemetry when ops acted
+    assert opened_step["event_time"] == format_ts(BASE_MS) == acked["first_seen"]
+    assert acked_step["event_time"] == format_ts(BASE_MS + DAY)
+    # wall clock: when each step was written
+    assert opened_step["recorded_at"] == "2026-12-03T08:00:00Z"
+    assert acked_step["recorded_at"] == "2026-12-03T08:10:00Z"
+    assert all(h["at"] == h["event_time"] for h in acked["history"])  # `at` is event time
+    # an act with no telemetry clock yet is not placed before the alert's last sighting
+    other = b.observe([condition("E2", day=3)], BASE_MS + 3 * DAY)[0]
+    done = b.act(other.alert["id"], "resolve", "ops", "", None).alert["history"][-1]
+    assert done["event_time"] == format_ts(BASE_MS + 3 * DAY)
+    state.close()
+
+
+def test_history_written_before_the_labels_is_labelled(tmp_path: Path) -> None:
+    b = book(tmp_path)
+    [opened] = b.observe([condition()], BASE_MS)
+    legacy = [
+        {"at": format_ts(BASE_MS), "action": "opened", "actor": "system", "comment": "m"},
+        {
+            "at": "2026-12-03T08:00:00+00:00",
+            "action": "acknowledged",
+            "actor": "ops",
+            "comment": "",
+        },
+    ]
+    db = sqlite3.connect(tmp_path / "state.sqlite")
+    db.execute("UPDATE alerts SET history = ?", (json.dumps(legacy),))
+    db.commit()
+    db.close()
+    found = b.get(opened.alert["id"])
+    assert found is not None
+    system, person = found["history"]
+    assert (system["event_time"], system["recorded_at"]) == (format_ts(BASE_MS), None)
+    assert (person["event_time"], person["recorded_at"]) == (None, "2026-12-03T08:00:00+00:00")
 
 
 def test_auto_resolve_needs_the_condition_gone_long_enough_then_reopens(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from monitor.platform.config import load_settings
 from monitor.platform.metrics import Metrics
 from monitor.store.embedded import EmbeddedStore
 from monitor.store.state import SqliteState
-from tests.helpers import BASE_MS
+from tests.helpers import BASE_MS, received_live
 
 CSV = (
     ",".join(COLUMNS)
@@ -54,7 +54,7 @@ class Api:
 
     def ingest(self, records: list[Record]) -> None:
         self.store.write(records)
-        self.state.note_seen(summarise_seen(records, 0.0))
+        self.state.note_seen(summarise_seen(records, received_live(records)))
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from monitor.core.ports import Columns, Series, group_series, meter_series
 from monitor.core.schema import ELEC_READING, TAXI_STATUS, TAXI_TRIP, Record
 from monitor.platform.metrics import Metrics
-from monitor.store import embedded
 from monitor.store.embedded import LAYOUT, EmbeddedStore
 
 
@@ -368,11 +367,9 @@ def test_a_block_keeps_the_fields_read_and_grows_when_more_are_asked(tmp_path: P
     store.close()
 
 
-def test_packing_in_small_chunks_gives_the_same_series(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(embedded, "_PACK_ROWS", 3)  # a write transaction per meter or two
-    store = EmbeddedStore(tmp_path / "t.sqlite", Metrics())
+def test_packing_in_small_chunks_gives_the_same_series(tmp_path: Path) -> None:
+    # pack_rows=3: a write transaction per meter or two
+    store = EmbeddedStore(tmp_path / "t.sqlite", Metrics(), pack_rows=3)
     day = 86_400_000
     store.write(
         [

@@ -22,6 +22,7 @@ from monitor.platform.metrics import Metrics
 from monitor.simulate import Fleet, FleetSpec
 from monitor.store.embedded import EmbeddedStore
 from monitor.store.state import SqliteState
+from tests.helpers import received_live
 
 REPO = Path(__file__).resolve().parent.parent
 START = 1772294400000  # 2026-03-01T00:00:00+08:00
@@ -43,7 +44,7 @@ class World:
             if isinstance(r := parse_message(m.topic, m.payload), Record)
         ]
         self.store.write(records)
-        self.state.note_seen(summarise_seen(records, 0.0))
+        self.state.note_seen(summarise_seen(records, received_live(records)))
         self.last_ms = max(r.ts_ms for r in records)
         self.published: list[tuple[str, dict[str, Any]]] = []
         self.alerts = AlertBook(tmp / "state.sqlite", clear_after_ms=2 * 86_400_000)

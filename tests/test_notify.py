@@ -589,7 +589,7 @@ def test_escalation_after_the_limit_then_reminders_until_acknowledged(
     assert step(300) == ["oncall/reminded/E1"]
     assert out.messages[-1][1]["count"] == 2
 
-    acked = book.act(opened.alert["id"], "ack", "ops", "on it", "2026-03-01T01:00:00+08:00")
+    acked = book.act(opened.alert["id"], "ack", "ops", "on it", BASE_MS + 3_600_000)
     n.submit([acked])
     assert step(1) == ["ops/acknowledged/E1", "oncall/acknowledged/E1"]  # the all-clear
     assert step(300) == [] and step(3000) == []
@@ -605,7 +605,7 @@ def test_no_escalation_when_handled_in_time_and_a_reopen_rearms(
     [opened] = book.observe([cond("E1", severity="critical")], BASE_MS)
     n.submit([opened])
     clock.advance(300)
-    n.submit([book.act(opened.alert["id"], "resolve", "ops", "fixed", "t")])
+    n.submit([book.act(opened.alert["id"], "resolve", "ops", "fixed", None)])
     clock.advance(3600)
     n.tick()
     assert out.topics() == ["ops/opened/E1", "ops/resolved/E1"]  # oncall never paged
@@ -617,7 +617,7 @@ def test_no_escalation_when_handled_in_time_and_a_reopen_rearms(
     n.tick()
     assert out.topics()[-2:] == ["ops/reopened/E1", "oncall/escalated/E1"]
     # An acknowledgement that only shows in a `repeated` change also stops reminders.
-    book.act(opened.alert["id"], "ack", "ops", "seen", "t")
+    book.act(opened.alert["id"], "ack", "ops", "seen", None)
     n.submit(book.observe([cond("E1", severity="critical")], BASE_MS + DAY_MS + 1))
     clock.advance(3600)
     n.tick()

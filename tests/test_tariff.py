@@ -97,10 +97,44 @@ def test_night_window(end: datetime, night: bool) -> None:
     assert rate_set_at(SH, end) is (SH.night if night else SH.day)
 
 
-def test_night_window_is_read_in_the_tariff_offset() -> None:
+def test_night_window_is_read_in_the_tariff_zone() -> None:
     # 15:00 UTC is 23:00 in Shanghai: night, whatever zone the caller used.
+    assert SH.timezone == "Asia/Shanghai"
     assert rate_set_at(SH, datetime(2026, 3, 2, 15, 0, tzinfo=UTC)) is SH.night
     assert rate_set_at(SH, datetime(2026, 3, 2, 14, 59, tzinfo=UTC)) is SH.day
+
+
+def test_an_offset_in_effective_from_does_not_set_the_zone() -> None:
+    # A body written in UTC is still a Shanghai tariff: 03:32Z is 11:32 in Shanghai, day.
+    utc = Tariff.model_validate(body(effective_from="2026-06-01T00:00:00Z", timezone=None))
+    assert utc.timezone is None
+    assert rate_set_at(utc, datetime(2026, 6, 2, 3, 32, tzinfo=UTC)) is utc.day
+    assert rate_set_at(utc, datetime(2026, 6, 2, 15, 30, tzinfo=UTC)) is utc.night  # 23:30
+    fixed = TariffBook.from_bodies({"v": body(effective_from="2026-06-01T00:00:00Z")})
+    assert rate_set_at(fixed["v"], datetime(2026, 6, 2, 3, 32, tzinfo=UTC)) is fixed["v"].day
+
+
+def test_a_tariff_names_its_zone_or_takes_the_configured_one() -> None:
+    unnamed = body(timezone=None)
+    book = TariffBook.from_bodies({"a": unnamed, "b": body(timezone="Asia/Tokyo")}, zone="UTC")
+    assert (book["a"].timezone, book["b"].timezone) == ("UTC", "Asia/Tokyo")
+    assert rate_set_at(book["a"], datetime(2026, 3, 2, 23, 30, tzinfo=UTC)) is book["a"].night
+    assert rate_set_at(book["b"], datetime(2026, 3, 2, 14, 30, tzinfo=UTC)) is book["b"].night
+    # without a configured zone, the default scheduling zone
+    assert TariffBook.from_bodies({"a": unnamed})["a"].timezone is None
+    default = Tariff.model_validate(unnamed)
+    assert rate_set_at(default, at(23, 30)) is default.night  # Shanghai's 23:30
+
+
+def test_a_zone_with_summer_time_follows_it() -> None:
+    berlin = Tariff.model_validate(body(timezone="Europe/Berlin"))
+    assert rate_set_at(berlin, datetime(2026, 7, 1, 21, 30, tzinfo=UTC)) is berlin.night  # 23:30
+    assert rate_set_at(berlin, datetime(2026, 1, 15, 21, 30, tzinfo=UTC)) is berlin.day  # 22:30
+
+
+def test_an_unknown_zone_is_refused() -> None:
+    with pytest.raises(TariffError, match=r"timezone.*unknown time zone"):
+        TariffBook.from_bodies({"BAD-1": body(timezone="+08:00")})
 
 
 def test_night_window_that_does_not_wrap() -> None:

@@ -14,12 +14,14 @@ from monitor.api.app import ApiContext, create_app
 from monitor.core.rulebook import load_rules
 from monitor.core.schema import TAXI_EVENT, TAXI_STATUS, Record
 from monitor.evaluation.runner import Evaluator
-from monitor.ingest.telemetry import parse_ts
+from monitor.ingest.telemetry import ms_to_datetime, parse_ts
 from monitor.ingest.worker import summarise_seen
 from monitor.platform.config import load_settings
 from monitor.platform.metrics import Metrics
 from monitor.store.embedded import EmbeddedStore
 from monitor.store.state import SqliteState
+from monitor.taxi.tariff import rate_set_at
+from tests.helpers import received_live
 
 REPO = Path(__file__).resolve().parent.parent
 TARIFF = yaml.safe_load((REPO / "config" / "tariffs.yaml").read_text())["SH-2022"]
@@ -34,13 +36,14 @@ class Taxi:
         self.store = EmbeddedStore(tmp / "telemetry.sqlite", Metrics())
         self.sent: list[tuple[str, bytes, bool]] = []
         book = load_rules(REPO / "config" / "rules.yaml")
+        self.evaluator = Evaluator(self.store, self.state)
         ctx = ApiContext(
             load_settings(tmp / "none", {}),
             self.state,
             self.store,
             Metrics(),
             lambda: True,
-            Evaluator(self.store, self.state),
+            self.evaluator,
             lambda: book,
             lambda t, p, r: self.sent.append((t, p, r)),
         )
@@ -51,7 +54,7 @@ class Taxi:
 
     def report(self, records: list[Record]) -> None:
         self.store.write(records)
-        self.state.note_seen(summarise_seen(records, 0.0))
+        self.state.note_seen(summarise_seen(records, received_live(records)))
 
 
 @pytest.fixture
@@ -114,6 +117,28 @@ def test_rollout_pushes_and_tracks_pending_applied_overdue(taxi: Taxi) -> None:
     assert (late["applied"], late["pending"], late["overdue"]) == (2, 0, 1)
     early = taxi.client.get("/api/tariffs/SH-2026", params={"as_of": EFF_MS}).json()
     assert early["applied"] == 0  # event time: nothing had been applied yet then
+
+
+def test_a_rollout_written_in_utc_names_the_scheduling_zone(taxi: Taxi) -> None:
+    # A Shanghai tariff whose effective_from was written with Z: a trip ending at
+    # 11:32 Shanghai (03:32Z) is a day trip, not a night one.
+    payload = {k: v for k, v in body(effective_from="2026-07-01T00:00:00Z").items()}
+    payload.pop("timezone", None)
+    r = taxi.client.post("/api/tariffs/SH-UTC/rollout", json=payload)
+    assert r.status_code == 201, r.text
+    command = json.loads(taxi.sent[0][1])
+    assert command["tariff"]["timezone"] == "Asia/Shanghai"  # named before it is sent
+    stored = taxi.state.tariff("SH-UTC")
+    assert stored is not None and stored[0]["timezone"] == "Asia/Shanghai"
+    tariff = taxi.evaluator.tariffs()["SH-UTC"]
+    assert rate_set_at(tariff, ms_to_datetime(parse_ts("2026-07-02T03:32:00Z"))) is tariff.day
+    explicit = taxi.client.post(
+        "/api/tariffs/SH-TYO/rollout", json={**payload, "timezone": "Asia/Tokyo"}
+    )
+    assert explicit.status_code == 201 and taxi.state.tariff("SH-TYO") is not None
+    assert taxi.state.tariff("SH-TYO")[0]["timezone"] == "Asia/Tokyo"  # type: ignore[index]
+    bad = taxi.client.post("/api/tariffs/SH-BAD/rollout", json={**payload, "timezone": "+08"})
+    assert bad.status_code == 422 and "timezone" in bad.json()["detail"]
 
 
 def test_bad_tariff_bodies_are_refused_and_nothing_is_stored(taxi: Taxi) -> None:

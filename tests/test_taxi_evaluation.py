@@ -30,6 +30,7 @@ from monitor.taxi.fares import FareCache
 from monitor.taxi.seals import HEARTBEAT_FIELDS, telling_heartbeats
 from monitor.taxi.tariff import TariffBook, charged_fare_cny, default_tariff_book, load_tariffs
 from monitor.taxi.trips import Trip
+from tests.helpers import received_live
 from tests.services import InfluxStack
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,7 +68,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         if isinstance(r := parse_message(m.topic, m.payload), Record)
     ]
     store.write(records)
-    state.note_seen(summarise_seen(records, 0.0))
+    state.note_seen(summarise_seen(records, received_live(records)))
     tariffs = load_tariffs(REPO / "config" / "tariffs.yaml")
     book = load_rules(REPO / "config" / "rules.yaml")
     result = Evaluator(store, state, tariffs=lambda: tariffs).run(end - 1, book)

@@ -35,6 +35,7 @@ from monitor.simulate import Fleet, FleetSpec
 from monitor.store.embedded import EmbeddedStore
 from monitor.store.state import SqliteState
 from monitor.taxi.tariff import load_tariffs
+from tests.helpers import received_live
 from tests.services import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,7 +70,7 @@ class Site:
             if isinstance(r := parse_message(m.topic, m.payload), Record)
         ]
         self.store.write(records)
-        self.state.note_seen(summarise_seen(records, 0.0))
+        self.state.note_seen(summarise_seen(records, received_live(records)))
         tariffs = load_tariffs(REPO / "config" / "tariffs.yaml")
         book = load_rules(REPO / "config" / "rules.yaml")
         evaluator = Evaluator(self.store, self.state, tariffs=lambda: tariffs, alerts=self.alerts)
@@ -314,6 +315,14 @@ def test_inbox_acknowledge_changes_the_alert(site: Site, browser: Any) -> None:
     p.done()
     acked = Page(browser, site, "/alerts?status=acknowledged")
     assert acked.text(f"status-{first['id']}") == "acknowledged"
+    # both clocks, labelled, for every step (event time first, as the alert's own times)
+    step = after["history"][-1]
+    assert step["event_time"] >= after["last_seen"] and step["recorded_at"]
+    acked.page.locator(f"tr[data-alert='{first['id']}'] summary").click()
+    history = acked.text(f"history-{first['id']}")
+    assert f"event time {step['event_time']} · recorded {step['recorded_at']} (wall clock)" in (
+        history
+    )
     acked.done()
 
 

@@ -7,6 +7,13 @@ that has been absent for `clear_after_ms` of event time resolves its alert
 (hysteresis: one clean pass does not flap it), and a resolved alert whose
 condition returns is reopened with its history. People acknowledge and resolve
 with an actor and a comment; every step lands in the alert's history.
+
+Two clocks, never mixed: `first_seen`, `last_seen` and every history step's
+`event_time` (alias `at`) are event time, the telemetry clock decisions run on;
+each step's `recorded_at` is the wall clock when it was written (an audit
+time, never an input). A person's step happens at the newest telemetry time
+(never before the alert's own last sighting), so the history reads in order on
+either clock.
 """
 
 from __future__ import annotations
@@ -14,8 +21,10 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -159,10 +168,39 @@ _COLS = (
 )
 
 
+def step(action: str, actor: str, comment: str, event_ms: int, recorded_s: float) -> dict[str, Any]:
+    """One history entry, with both clocks labelled (`at` is `event_time`, kept for clients)."""
+    event = format_ts(event_ms)
+    return {
+        "at": event,
+        "event_time": event,
+        "recorded_at": wall_ts(recorded_s),
+        "action": action,
+        "actor": actor,
+        "comment": comment,
+    }
+
+
+def wall_ts(seconds: float) -> str:
+    """A wall-clock instant as RFC 3339 UTC, to the second."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _labelled(entry: dict[str, Any]) -> dict[str, Any]:
+    """A history entry of either clock labelled; entries written before the labels had
+    one `at`: event time for the system's steps, the wall clock for a person's."""
+    if "event_time" in entry:
+        return entry
+    if entry.get("actor") == "system":
+        return {**entry, "event_time": entry.get("at"), "recorded_at": None}
+    return {**entry, "at": None, "event_time": None, "recorded_at": entry.get("at")}
+
+
 def _json(row: tuple[Any, ...]) -> dict[str, Any]:
     a = dict(zip(_COLS, row, strict=True))
     a["first_seen"], a["last_seen"] = format_ts(a["first_seen"]), format_ts(a["last_seen"])
-    a["evidence"], a["history"] = json.loads(a["evidence"]), json.loads(a["history"])
+    a["evidence"] = json.loads(a["evidence"])
+    a["history"] = [_labelled(h) for h in json.loads(a["history"])]
     a.pop("key")
     return a
 
@@ -172,9 +210,14 @@ class AlertBook:
 
     book = AlertBook(Path("data/state.sqlite"), clear_after_ms=2 * 86_400_000)
     changes = book.observe(conditions, at_ms)
+
+    `clock` (epoch s, injectable) stamps `recorded_at` only.
     """
 
-    def __init__(self, path: Path, clear_after_ms: int) -> None:
+    def __init__(
+        self, path: Path, clear_after_ms: int, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._clock = clock
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -213,16 +256,7 @@ class AlertBook:
         row = self._one("key = ?", [c.key])
         evidence = json.dumps(c.evidence, default=str)
         if row is None:
-            history = json.dumps(
-                [
-                    {
-                        "at": format_ts(c.at_ms),
-                        "action": "opened",
-                        "actor": "system",
-                        "comment": c.message,
-                    }
-                ]
-            )
+            history = json.dumps([step("opened", "system", c.message, c.at_ms, self._clock())])
             cur = self._db.execute(
                 "INSERT INTO alerts (key, rule, severity, kind, meter, lot, district, message, "
                 "first_seen, last_seen, count, status, evidence, history) "
@@ -249,14 +283,7 @@ class AlertBook:
         status = a["status"]
         if status == "resolved":
             action, status = "reopened", "open"
-            history.append(
-                {
-                    "at": format_ts(c.at_ms),
-                    "action": "reopened",
-                    "actor": "system",
-                    "comment": c.message,
-                }
-            )
+            history.append(step("reopened", "system", c.message, c.at_ms, self._clock()))
         self._db.execute(
             "UPDATE alerts SET count = count + 1, last_seen = max(last_seen, ?), status = ?, "
             "message = ?, evidence = ?, severity = ?, history = ? WHERE id = ?",
@@ -275,14 +302,7 @@ class AlertBook:
             if a["key"] in seen or not str(a["rule"]).startswith(scope):
                 continue
             history = json.loads(a["history"])
-            history.append(
-                {
-                    "at": format_ts(at_ms),
-                    "action": "resolved",
-                    "actor": "system",
-                    "comment": "condition cleared",
-                }
-            )
+            history.append(step("resolved", "system", "condition cleared", at_ms, self._clock()))
             self._db.execute(
                 "UPDATE alerts SET status = 'resolved', history = ? WHERE id = ?",
                 (json.dumps(history), a["id"]),
@@ -291,9 +311,19 @@ class AlertBook:
         return out
 
     def act(
-        self, alert_id: int, action: Literal["ack", "resolve"], actor: str, comment: str, at: str
+        self,
+        alert_id: int,
+        action: Literal["ack", "resolve"],
+        actor: str,
+        comment: str,
+        event_ms: int | None,
     ) -> Change:
-        """A person acknowledges or resolves an alert; `at` is recorded as given."""
+        """A person acknowledges or resolves an alert.
+
+        `event_ms` is the telemetry clock when they act (the newest telemetry time;
+        None before any): the step's event time is never before the alert's last
+        sighting. The wall clock is recorded beside it.
+        """
         with self._lock:
             row = self._one("id = ?", [alert_id])
             if row is None:
@@ -304,7 +334,8 @@ class AlertBook:
                 raise TransitionError(f"alert {alert_id} is {a['status']}: cannot {action}")
             status = "acknowledged" if action == "ack" else "resolved"
             history = json.loads(a["history"])
-            history.append({"at": at, "action": status, "actor": actor, "comment": comment})
+            event = max(event_ms or 0, int(a["last_seen"]))
+            history.append(step(status, actor, comment, event, self._clock()))
             self._db.execute(
                 "UPDATE alerts SET status = ?, history = ? WHERE id = ?",
                 (status, json.dumps(history), alert_id),

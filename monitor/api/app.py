@@ -5,9 +5,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from fastapi import FastAPI, HTTPException, Query, Request
@@ -21,9 +21,17 @@ from monitor.alerts.book import AlertBook, Change, TransitionError
 from monitor.core.ports import MeterFilter, SampleRow, StateStore, TelemetryStore
 from monitor.core.registry import ParsedRows, parse_csv, parse_rows
 from monitor.core.rulebook import RuleBook
-from monitor.core.schema import MEASUREMENTS, TAXI_EVENT, TAXI_STATUS, Measurement, field_owner
-from monitor.evaluation.runner import Evaluator
-from monitor.ingest.telemetry import ID_PATTERN, format_ts, parse_ts
+from monitor.core.schema import (
+    ID_PATTERN,
+    MEASUREMENTS,
+    TAXI_EVENT,
+    TAXI_STATUS,
+    Measurement,
+    field_owner,
+)
+from monitor.evaluation.report import worth_showing
+from monitor.evaluation.runner import Evaluator, future_as_of
+from monitor.ingest.telemetry import format_ts, parse_ts
 from monitor.platform.config import Settings
 from monitor.platform.metrics import Metrics
 from monitor.taxi.rollout import Rollout, applied_at, progress
@@ -45,6 +53,8 @@ class ApiContext:
     publish: Callable[[str, bytes, bool], None] | None = None
     alerts: AlertBook | None = None
     notify: Callable[[Sequence[Change]], None] | None = None
+    # The receive clock (epoch s): requests are validated against it, never decided by it.
+    clock: Callable[[], float] = time.time
 
 
 def district_summary(body: dict[str, Any]) -> dict[str, Any]:
@@ -90,6 +100,13 @@ def _time_param(name: str, value: str | None) -> int | None:
         return parse_ts(int(value) if value.lstrip("-").isdigit() else value)
     except ValueError as exc:
         raise HTTPException(400, f"{name}: {exc}") from None
+
+
+def refuse_future_as_of(as_of_ms: int, now_ms: int) -> None:
+    """A 400 for an `as_of` after the receive clock."""
+    why = future_as_of(as_of_ms, now_ms)
+    if why is not None:
+        raise HTTPException(400, why)
 
 
 def _readable(exc: RequestValidationError) -> str:
@@ -317,14 +334,36 @@ def _add_evaluation(app: FastAPI, ctx: ApiContext) -> None:
     page_max = ctx.settings.api.page_max
 
     @app.post("/api/evaluate", tags=["evaluation"])
-    def evaluate(as_of: str | None = None) -> dict[str, Any]:
-        """Evaluate everything as of `as_of` (default: the latest telemetry time)."""
+    def evaluate(
+        as_of: str | None = None,
+        force: bool = Query(False, description="evaluate an as_of after the receive clock"),
+        decisions: Literal["none", "findings", "all"] = Query(
+            "none",
+            description="also return the pass's decisions: lots and the meters with a "
+            "finding, or every meter (what `monitor evaluate` prints)",
+        ),
+    ) -> dict[str, Any]:
+        """Evaluate everything as of `as_of` (default: the latest telemetry time).
+
+        An `as_of` after the present is refused (400) unless `force=true`: a pass
+        there finds every meter silent and clears every alert.
+        """
         as_of_ms = _time_param("as_of", as_of)
+        if as_of_ms is not None and not force:
+            refuse_future_as_of(as_of_ms, int(ctx.clock() * 1000))
         if as_of_ms is None:
             as_of_ms = ctx.evaluator.default_as_of()
         if as_of_ms is None:
             raise HTTPException(409, "no telemetry yet and no as_of given: nothing to evaluate")
-        return ctx.evaluator.run(as_of_ms, ctx.rules()).summary()
+        result = ctx.evaluator.run(as_of_ms, ctx.rules())
+        summary = result.summary()
+        if decisions != "none":
+            meters = result.meters.values()
+            summary["decisions"] = {
+                "meters": [d.as_dict() for d in meters if decisions == "all" or worth_showing(d)],
+                "lots": [d.as_dict() for d in result.lots.values()],
+            }
+        return summary
 
     @app.get("/api/districts", tags=["evaluation"])
     def districts(
@@ -477,7 +516,9 @@ def _start_rollout(ctx: ApiContext, version: str, body: dict[str, Any]) -> dict[
         raise HTTPException(400, f"version {version!r} is not [A-Za-z0-9_.:-]{{1,64}}")
     meters = body.pop("meters", None)
     try:
-        tariff = Tariff.model_validate(body)
+        # Named explicitly before it is stored and sent, so that a meter and every
+        # later pass read the night window in the same zone.
+        tariff = Tariff.model_validate(body).in_zone(ctx.settings.scheduling.timezone)
     except ValidationError as exc:
         raise HTTPException(422, "tariff refused, nothing stored: " + _explain(exc)) from None
     if ctx.state.tariff(version) is not None:
@@ -603,11 +644,12 @@ def _add_alerts(app: FastAPI, ctx: ApiContext) -> None:
     def act(
         alert_id: int, action: Literal["ack", "resolve"], body: AlertActionIn
     ) -> dict[str, Any]:
-        # People act now: their step is stamped with the wall clock (an audit time,
-        # not an input to any decision).
-        at = datetime.now(UTC).isoformat(timespec="seconds")
+        # A person acts at the newest telemetry time (event clock, like every other
+        # step); the book records the wall clock beside it, as an audit time.
         try:
-            change = book().act(alert_id, action, body.actor, body.comment, at)
+            change = book().act(
+                alert_id, action, body.actor, body.comment, ctx.state.latest_event_ts()
+            )
         except KeyError:
             raise HTTPException(404, f"no alert {alert_id}") from None
         except TransitionError as exc:

@@ -122,6 +122,10 @@ class TelemetryStore(Protocol):
         """All points of a (sparse) measurement, e.g. events, in [start, end], by time."""
         ...
 
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until what was written is readable (a buffered store drains); False on timeout."""
+        ...
+
     def health(self) -> StoreHealth:
         """Writable or not, and what is buffered or was dropped."""
         ...
@@ -371,7 +375,63 @@ class FleetQueries(Protocol):
         ...
 
 
-class StateStore(Registry, Presence, DecisionLog, LotSamples, TaxiLedger, FleetQueries, Protocol):
+@dataclass(frozen=True)
+class Mismatch:
+    """One message of a registered meter under another district's topic."""
+
+    meter: str
+    topic_district: str
+    registered_district: str
+    ts_ms: int
+    received_at: float
+
+
+class MismatchRow(NamedTuple):
+    """What the state holds of a meter's messages under one foreign district."""
+
+    meter: str
+    topic_district: str
+    registered_district: str
+    messages: int
+    first_ts: int
+    last_ts: int
+    last_received: float
+
+
+class DistrictGuard(Protocol):
+    """Holding registered meters to their district: the map ingest checks topics against."""
+
+    def registry_version(self) -> int:
+        """A number that changes whenever the registry does (in any process); cheap."""
+        ...
+
+    def registry_districts(self) -> dict[str, str]:
+        """Registered electricity meters → the district the registry puts them in."""
+        ...
+
+    def note_mismatches(self, found: Iterable[Mismatch]) -> None:
+        """Count messages of registered meters under another district's topic."""
+        ...
+
+    def mismatches(self, min_messages: int = 1) -> list[MismatchRow]:
+        """Meters seen under a district the registry does not put them in."""
+        ...
+
+
+class IngestState(Presence, DistrictGuard, Protocol):
+    """What the ingest worker needs of the state."""
+
+
+class StateStore(
+    Registry,
+    Presence,
+    DistrictGuard,
+    DecisionLog,
+    LotSamples,
+    TaxiLedger,
+    FleetQueries,
+    Protocol,
+):
     """Everything the service owns, one implementation per backend."""
 
     def close(self) -> None:

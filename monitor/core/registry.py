@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from monitor.ingest.telemetry import ID_PATTERN
+from monitor.core.schema import ID_PATTERN
 
 COLUMNS = (
     "meter_id",

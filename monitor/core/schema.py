@@ -12,10 +12,14 @@ meter's series and breaks duplicate idempotency; they are joined at query time.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
 FieldType = Literal["float", "int", "str"]
+
+# Meter, district and lot ids: one topic level, no wildcards, short enough for a tag.
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from numpy.typing import NDArray
 
+from monitor.core.clock import DAY_MS
+
 FloatArray = NDArray[np.float64]
 
 
@@ -113,7 +115,7 @@ class Placed:
         """
         if grid.n == 0 or not self.meters:
             return 0.0
-        day = (grid.start_ms + np.arange(grid.n) * grid.step_ms) // 86_400_000
+        day = (grid.start_ms + np.arange(grid.n) * grid.step_ms) // DAY_MS
         present = ~np.isnan(self.registers)
         hits = total = 0
         for d in np.unique(day):

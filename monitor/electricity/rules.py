@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from monitor.core.clock import DAY_MS
 from monitor.core.decision import Finding, Reason
 from monitor.core.ports import MeterPoint, Series
 from monitor.core.rulebook import (
@@ -24,8 +25,6 @@ from monitor.core.rulebook import (
 from monitor.electricity.balance import DistrictFit, MeterEstimate
 from monitor.electricity.intervals import Blocks, Grid, Placed
 from monitor.ingest.telemetry import format_ts
-
-DAY_MS = 86_400_000
 
 
 @dataclass(frozen=True)

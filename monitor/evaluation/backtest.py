@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from monitor.core.clock import DAY_MS
 from monitor.core.decision import Decision
 from monitor.core.rulebook import RuleBook
 from monitor.evaluation.runner import Evaluator
-
-DAY_MS = 86_400_000
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 from monitor.core.decision import Decision
 from monitor.evaluation.runner import EvaluationResult
@@ -32,9 +32,26 @@ def _ci(d: Decision) -> str:
     return f"[{ci[0]}, {ci[1]}]" if ci and None not in ci else ""
 
 
+def worth_showing(d: Decision) -> bool:
+    """A meter decision the table lists without `--all`: an action or a state beyond normal."""
+    return d.decision not in ("keep", "extend") or d.state in ("watch", "suspect", "faulty")
+
+
 def print_evaluation(result: EvaluationResult, out: TextIO, verbose: bool = False) -> None:
     """Summary counts, then meters with a finding (all with `verbose`), then lots."""
-    s = result.summary()
+    print_report(
+        result.summary(), list(result.meters.values()), list(result.lots.values()), out, verbose
+    )
+
+
+def print_report(
+    s: dict[str, Any],
+    meters: Sequence[Decision],
+    lots: Sequence[Decision],
+    out: TextIO,
+    verbose: bool = False,
+) -> None:
+    """The table of a pass from its summary and decisions (local, or from the API)."""
     out.write(f"as of {s['as_of']}  rules {s['rules_version']}\n")
     out.write(
         f"meters {s['meters']}: decisions {s['meter_decisions']}, states {s['meter_states']}\n"
@@ -43,13 +60,7 @@ def print_evaluation(result: EvaluationResult, out: TextIO, verbose: bool = Fals
         f"districts {s['districts']} ({s['districts_passing_gates']} pass the data gates); "
         f"lots {s['lots']}: {s['lot_decisions']}\n\n"
     )
-    shown = [
-        d
-        for d in result.meters.values()
-        if verbose
-        or d.decision not in ("keep", "extend")
-        or d.state in ("watch", "suspect", "faulty")
-    ]
+    shown = [d for d in meters if verbose or worth_showing(d)]
     rows = [
         (
             d.id,
@@ -66,7 +77,7 @@ def print_evaluation(result: EvaluationResult, out: TextIO, verbose: bool = Fals
         table(["meter", "district", "state", "decision", "error_pct", "95% CI", "reason"], rows)
     )
     out.write("\n\n")
-    lots = [
+    lot_rows = [
         (
             d.id,
             d.due_on,
@@ -75,7 +86,7 @@ def print_evaluation(result: EvaluationResult, out: TextIO, verbose: bool = Fals
             d.extra.get("plan", {}).get("sample_size"),
             _first_reason(d),
         )
-        for d in result.lots.values()
+        for d in lots
     ]
-    out.write(table(["lot", "due_on", "decision", "new_due_on", "sample", "reason"], lots))
+    out.write(table(["lot", "due_on", "decision", "new_due_on", "sample", "reason"], lot_rows))
     out.write("\n")

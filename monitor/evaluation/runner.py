@@ -7,6 +7,7 @@ replay of last year's data gives last year's answers.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
@@ -530,6 +531,35 @@ class Evaluator:
         if self._publish is not None:
             for body in meter_bodies:
                 self._publish(f"{body['kind']}/{body['id']}", body)
+
+
+def decision_publisher(publish: Callable[[str, bytes, bool], None], root: str) -> Publish:
+    """The `publish` of an Evaluator: each decision retained on `{root}/{kind}/{meter}`."""
+
+    def publish_decision(suffix: str, body: dict[str, Any]) -> None:
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        try:
+            publish(f"{root}/{suffix}", payload, True)
+        except ConnectionError as exc:
+            # Decisions are stored; the retained copy is refreshed by the next pass.
+            log.warning("decision not published: %s", exc)
+
+    return publish_decision
+
+
+def future_as_of(as_of_ms: int, now_ms: int) -> str | None:
+    """Why an `as_of` after the receive clock is refused, or None when it is not.
+
+    Validation against the present (a request), not a decision: every pass still
+    runs on the `as_of` it is given.
+    """
+    if as_of_ms <= now_ms:
+        return None
+    return (
+        f"as_of {format_ts(as_of_ms)} is after the receive clock ({format_ts(now_ms)}): "
+        "a pass in the future finds every meter silent and every district's data "
+        "incomplete, and clears every alert; pass force=true to evaluate it anyway"
+    )
 
 
 def _by_meter(points: list[MeterPoint]) -> dict[str, list[MeterPoint]]:

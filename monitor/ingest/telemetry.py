@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
-import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -20,6 +19,7 @@ from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
 from monitor.core.schema import (
     ELEC_EVENT,
     ELEC_READING,
+    ID_PATTERN,
     MEASUREMENTS,
     TAXI_EVENT,
     TAXI_STATUS,
@@ -27,12 +27,13 @@ from monitor.core.schema import (
     Measurement,
     Record,
 )
+from monitor.ingest.limits import DEFAULT_LIMITS, Limits
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# Epoch milliseconds outside 2000..2100 are almost always epoch *seconds* or garbage.
+# Epoch milliseconds outside 2000..2100 are a unit mistake (seconds below, micro- or
+# nanoseconds above) or garbage; `_unit_hint` says which when it can tell.
 MIN_TS_MS = 946_684_800_000
 MAX_TS_MS = 4_102_444_800_000
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 ELEC_EVENT_CODES = (
     "cover_open",
@@ -70,8 +71,17 @@ def parse_ts(value: object) -> int:
     else:
         raise ValueError("timestamp must be RFC 3339 text or integer epoch milliseconds")
     if not MIN_TS_MS <= ms < MAX_TS_MS:
-        raise ValueError(f"timestamp {value!r} is outside 2000..2100 (epoch seconds, not ms?)")
+        hint = _unit_hint(ms) if isinstance(value, int) else ""
+        raise ValueError(f"timestamp {value!r} is outside 2000..2100{hint}")
     return ms
+
+
+def _unit_hint(number: int) -> str:
+    """Which unit would put an out-of-range epoch number inside 2000..2100, if any."""
+    for factor, unit in ((1000, "seconds"), (1 / 1000, "microseconds"), (1 / 1e6, "nanoseconds")):
+        if MIN_TS_MS <= number * factor < MAX_TS_MS:
+            return f" (epoch {unit}, not milliseconds?)"
+    return ""
 
 
 def _parse_rfc3339(text: str) -> int:
@@ -194,15 +204,28 @@ class Route:
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    """Why a message was refused: a short reason code (a metric label) and detail."""
+    """Why a message was refused: a short reason code (a metric label) and detail.
+
+    `ts_ms` is the message's event time when it was parsed before being refused.
+    """
 
     reason: str
     detail: str
+    ts_ms: int | None = None
 
 
 IGNORED = None  # our own command topics under the root: not telemetry, not an error
 
-REASONS = ("oversized", "unknown_topic", "invalid_json", "invalid_payload", "identity_mismatch")
+REASONS = (
+    "oversized",
+    "unknown_topic",
+    "invalid_json",
+    "invalid_payload",
+    "identity_mismatch",
+    "out_of_range",
+    "future_timestamp",
+    "district_mismatch",
+)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -255,9 +278,20 @@ def _values(shape: _Shape, model: _Payload) -> dict[str, float | int | str]:
 
 
 def parse_message(
-    topic: str, payload: bytes, root: str = "meters", max_bytes: int = 65536
+    topic: str,
+    payload: bytes,
+    root: str = "meters",
+    max_bytes: int = 65536,
+    limits: Limits = DEFAULT_LIMITS,
+    received_ms: int | None = None,
+    districts: Mapping[str, str] | None = None,
 ) -> Record | Rejection | None:
-    """Validate one MQTT message; identity comes from the topic, never the payload."""
+    """Validate one MQTT message; identity comes from the topic, never the payload.
+
+    `limits` bounds values (and, given the receive time `received_ms`, how far ahead
+    of it a timestamp may be); `districts` maps registered meters to their district,
+    which a topic must then name (the registry is authoritative for its meters).
+    """
     if len(payload) > max_bytes:
         return Rejection("oversized", f"payload of {len(payload)} bytes exceeds {max_bytes}")
     route = route_topic(topic, root)
@@ -283,4 +317,19 @@ def parse_message(
         ts = model.end_ts
     else:
         ts = model.ts  # type: ignore[attr-defined]
-    return Record(route.measurement, route.meter, route.district, ts, _values(shape, model))
+    values = _values(shape, model)
+    why = limits.out_of_range(route.measurement.name, values)
+    if why is not None:
+        return Rejection("out_of_range", why, ts)
+    if received_ms is not None and (why := limits.future(ts, received_ms)) is not None:
+        return Rejection("future_timestamp", why, ts)
+    if districts is not None and route.district:
+        registered = districts.get(route.meter)
+        if registered is not None and registered != route.district:
+            return Rejection(
+                "district_mismatch",
+                f"meter {route.meter!r} is registered in district {registered!r}, "
+                f"the topic names {route.district!r} (re-wired meter or spoofed topic?)",
+                ts,
+            )
+    return Record(route.measurement, route.meter, route.district, ts, values)

@@ -7,6 +7,10 @@ every message of the batch, in order, in one write (manual acks). A worker
 killed mid-batch has acknowledged nothing it had not stored, so the broker
 redelivers it. Meters seen are gathered in memory and written to the state
 every `seen_flush_s` and on stop (reads of the state flush first).
+
+The registry is authoritative for its meters' districts: the worker keeps an
+in-memory map meter → district, reloaded only when the state's registry
+version moves (one small query per batch), so no message costs a query.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from typing import Any, NamedTuple
 
 import paho.mqtt.client as paho
 
-from monitor.core.ports import Presence, SeenUpdate, TelemetryStore
+from monitor.core.ports import IngestState, Mismatch, SeenUpdate, TelemetryStore
 from monitor.core.schema import Record
-from monitor.ingest.telemetry import Rejection, parse_message
+from monitor.ingest.limits import IngestSettings, Limits
+from monitor.ingest.telemetry import Rejection, Route, parse_message, route_topic
 from monitor.platform.config import MqttSettings
 from monitor.platform.metrics import Metrics
 from monitor.platform.mqtt import BrokerAddress, ack_all, connect_properties, make_client
@@ -102,11 +107,18 @@ class IngestWorker:
         settings: MqttSettings,
         address: BrokerAddress,
         store: TelemetryStore,
-        state: Presence,
+        state: IngestState,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
+        ingest: IngestSettings | None = None,
     ) -> None:
+        """`clock` is the receive clock (epoch s): timestamps are validated against it
+        and it stamps when meters were last heard from (injectable: tests, the demo's
+        simulated world). Ingest lag and dead letters keep the wall clock."""
         self._s = settings
+        self._limits = Limits.of(ingest or IngestSettings())
+        self._districts: dict[str, str] = {}  # registered meter → its district
+        self._registry_version: int | None = None
         self._address = address
         self._store = store
         self._state = state
@@ -251,13 +263,25 @@ class IngestWorker:
                     break
         return batch
 
+    def _refresh_registry(self) -> None:
+        """Reload the meter → district map when the registry changed (else nothing)."""
+        try:
+            version = self._state.registry_version()
+            if version != self._registry_version:
+                self._districts = self._state.registry_districts()
+                self._registry_version = version
+        except Exception:  # keep the last map; the next batch tries again
+            log.exception("could not refresh the registry's districts")
+
     def _process(self, batch: list[Inbound]) -> None:
+        self._refresh_registry()
         records: list[Record] = []
         rejected: list[tuple[Inbound, Rejection]] = []
         kinds: Counter[str] = Counter()
         ignored = 0
         root, cap = self._s.topic_root, self._s.max_payload_bytes
-        known = self._kinds
+        known, limits, districts = self._kinds, self._limits, self._districts
+        received_ms = int(self._clock() * 1000)  # one reading per batch
         for msg in batch:
             topic = msg.topic
             kind = known.get(topic)
@@ -266,7 +290,7 @@ class IngestWorker:
                 if len(known) < _KINDS_CACHED:
                     known[topic] = kind
             kinds[kind] += 1
-            result = parse_message(topic, msg.payload, root, cap)
+            result = parse_message(topic, msg.payload, root, cap, limits, received_ms, districts)
             if result is None:
                 ignored += 1
             elif isinstance(result, Rejection):
@@ -276,6 +300,7 @@ class IngestWorker:
         if records and not self._store_durably(records):
             return  # stopping before the store accepted: leave unacknowledged
         self._note_seen(records)
+        self._note_mismatches(rejected)
         self._deadletter(rejected)
         self._acknowledge(batch)
         self._count(batch, records, kinds, ignored, rejected)
@@ -305,6 +330,23 @@ class IngestWorker:
             self._state.note_records(records, self._clock())
         except Exception:  # presence bookkeeping must not block telemetry
             log.exception("could not record meters seen")
+
+    def _note_mismatches(self, rejected: list[tuple[Inbound, Rejection]]) -> None:
+        # Kept in the state so that repeats can raise an alert (the service's check).
+        found = []
+        for msg, rej in rejected:
+            route = route_topic(msg.topic, self._s.topic_root)
+            if rej.reason != "district_mismatch" or not isinstance(route, Route):
+                continue
+            registered = self._districts.get(route.meter, "")
+            ts = rej.ts_ms or 0
+            found.append(Mismatch(route.meter, route.district, registered, ts, msg.received))
+        if not found:
+            return
+        try:
+            self._state.note_mismatches(found)
+        except Exception:  # the dead letter and the metric still say it
+            log.exception("could not record district mismatches")
 
     def _flush_seen(self) -> None:
         self._seen_due = time.monotonic() + self._s.seen_flush_s

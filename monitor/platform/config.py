@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -28,6 +28,8 @@ from monitor.core.yamlfile import (
     load_yaml,
     problems_from_validation,
 )
+from monitor.ingest.limits import IngestSettings
+from monitor.taxi.tariff import DEFAULT_TIMEZONE, check_zone
 
 # The named variables of docs/configuration.md and the setting each one overrides.
 ENV_ALIASES: dict[str, KeyPath] = {
@@ -186,19 +188,15 @@ class SchedulingSettings(_Section):
         "15 2 * * *", description="crontab line of the evaluation pass; empty: only on request"
     )
     timezone: str = Field(
-        "Asia/Shanghai", description="IANA zone of the cron line and of local days (daily loss)"
+        DEFAULT_TIMEZONE,
+        description="IANA zone of the cron line, of local days (daily loss) and of "
+        "tariffs that name none",
     )
 
     @field_validator("timezone")
     @classmethod
     def _zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(
-                f"unknown time zone {value!r} (an IANA name, e.g. Asia/Shanghai)"
-            ) from None
-        return value
+        return check_zone(value)
 
     @property
     def zone(self) -> ZoneInfo:
@@ -228,6 +226,7 @@ class Settings(_Section):
     api: ApiSettings = ApiSettings()
     scheduling: SchedulingSettings = SchedulingSettings()
     alerts: AlertSettings = AlertSettings()
+    ingest: IngestSettings = IngestSettings()
 
     @property
     def rules_file(self) -> Path:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ssl
 import struct
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
@@ -104,3 +106,73 @@ def ack_all(client: paho.Client, mids: Sequence[int], batched: bool = True) -> N
             pass
     for mid in mids:
         client.ack(mid, 1)
+
+
+class PublishLink:
+    """A short-lived QoS 1 publisher for a command that runs without the service.
+
+        link = PublishLink(address, "monitor-evaluate")
+        if link.connect(timeout_s=5): link.publish(topic, payload, retain=True)
+        link.close()  # waits for the broker's acknowledgements
+
+    `publish` raises ConnectionError when the broker is not reachable, like the
+    ingest worker's, so a caller with a durable outbox keeps the message.
+    """
+
+    def __init__(self, address: BrokerAddress, client_id: str) -> None:
+        self._address = address
+        self._client = make_client(address, client_id, protocol="3.1.1")
+        self._client.max_queued_messages_set(0)
+        self._connected = threading.Event()
+        self._lock = threading.Lock()
+        self._pending: set[int] = set()
+        self._client.on_connect = self._on_connect
+        self._client.on_publish = self._on_publish
+
+    def _on_connect(
+        self, _c: paho.Client, _u: object, _f: object, reason: object, _p: object
+    ) -> None:
+        if not getattr(reason, "is_failure", False):
+            self._connected.set()
+
+    def _on_publish(self, _c: paho.Client, _u: object, mid: int, _r: object, _p: object) -> None:
+        with self._lock:
+            self._pending.discard(mid)
+
+    def connect(self, timeout_s: float) -> bool:
+        """Try the broker once; True when connected within the timeout."""
+        try:
+            self._client.connect(self._address.host, self._address.port, keepalive=30)
+        except OSError:
+            return False
+        self._client.loop_start()
+        return self._connected.wait(timeout_s)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        """Publish QoS 1; ConnectionError when the broker is not there."""
+        if not self._connected.is_set():
+            raise ConnectionError(f"not connected to {self._address.url}")
+        with self._lock:
+            info = self._client.publish(topic, payload, qos=1, retain=retain)
+            if info.rc != paho.MQTT_ERR_SUCCESS:
+                raise ConnectionError(f"publish to {topic}: {paho.error_string(info.rc)}")
+            self._pending.add(info.mid)
+
+    def close(self, timeout_s: float = 10.0) -> int:
+        """Wait for outstanding acknowledgements, disconnect; returns how many never came."""
+        deadline = time.monotonic() + timeout_s
+        while self._connected.is_set() and time.monotonic() < deadline:
+            with self._lock:
+                if not self._pending:
+                    break
+            time.sleep(0.02)
+        with self._lock:
+            missing = len(self._pending)
+        if self._connected.is_set():
+            self._client.disconnect()
+        self._client.loop_stop()
+        return missing

@@ -21,6 +21,8 @@ from monitor.core.ports import (
     DueMeter,
     MeterFilter,
     MeterSummary,
+    Mismatch,
+    MismatchRow,
     SampleRow,
     SeenMeter,
     SeenUpdate,
@@ -57,8 +59,24 @@ _SCHEMA = [
         deadline_ms INTEGER NOT NULL, meters TEXT NOT NULL, created_at TEXT NOT NULL
         DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now')))""",
     "CREATE INDEX IF NOT EXISTS registry_district ON registry (district)",
+    # A counter every registry write moves, so that readers in any process (the
+    # ingest worker's meter → district map) know when to reload.
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS district_mismatches (
+        meter_id TEXT NOT NULL, topic_district TEXT NOT NULL, registered_district TEXT NOT NULL,
+        messages INTEGER NOT NULL, first_ts INTEGER NOT NULL, last_ts INTEGER NOT NULL,
+        last_received REAL NOT NULL, PRIMARY KEY (meter_id, topic_district))""",
     "CREATE INDEX IF NOT EXISTS registry_lot ON registry (lot)",
 ]
+
+
+_MISMATCH_UPSERT = """INSERT INTO district_mismatches VALUES (?, ?, ?, 1, ?, ?, ?)
+    ON CONFLICT(meter_id, topic_district) DO UPDATE SET
+      registered_district = excluded.registered_district,
+      messages = messages + 1,
+      first_ts = min(first_ts, excluded.first_ts),
+      last_ts = max(last_ts, excluded.last_ts),
+      last_received = max(last_received, excluded.last_received)"""
 
 
 _SEEN_UPSERT = """INSERT INTO seen
@@ -137,9 +155,32 @@ class SqliteState:
             }
             self._db.execute("BEGIN")
             self._db.executemany(sql, values)
+            self._db.execute(
+                "INSERT INTO meta VALUES ('registry_version', 1) "
+                "ON CONFLICT(key) DO UPDATE SET value = value + 1"
+            )
             self._db.execute("COMMIT")
         updated = sum(1 for r in rows if r.meter_id in existing)
         return len(rows) - updated, updated
+
+    def registry_version(self) -> int:
+        """A number that changes whenever the registry does (in this or another process).
+
+        Cheap, and it does not flush meters seen: the ingest worker asks once per batch.
+        """
+        with self._lock:
+            found = self._db.execute(
+                "SELECT value FROM meta WHERE key = 'registry_version'"
+            ).fetchone()
+        return int(found[0]) if found else 0
+
+    def registry_districts(self) -> dict[str, str]:
+        """Registered electricity meters → the district the registry puts them in."""
+        rows = self._rows(
+            "SELECT meter_id, district FROM registry "
+            "WHERE kind = 'elec' AND district IS NOT NULL AND district != ''"
+        )
+        return {r[0]: r[1] for r in rows}
 
     def get_meter(self, meter_id: str) -> MeterRow | None:
         """The registry row of a meter, or None when unregistered."""
@@ -240,6 +281,25 @@ class SqliteState:
             "last_ts": last_ts,
             "messages": messages,
         }
+
+    def note_mismatches(self, found: Iterable[Mismatch]) -> None:
+        """Count messages of registered meters under another district's topic."""
+        values = [
+            (m.meter, m.topic_district, m.registered_district, m.ts_ms, m.ts_ms, m.received_at)
+            for m in found
+        ]
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany(_MISMATCH_UPSERT, values)
+            self._db.execute("COMMIT")
+
+    def mismatches(self, min_messages: int = 1) -> list[MismatchRow]:
+        """Meters seen under a district the registry does not put them in."""
+        rows = self._rows(
+            "SELECT * FROM district_mismatches WHERE messages >= ? ORDER BY meter_id, topic_district",
+            [min_messages],
+        )
+        return [MismatchRow(*r) for r in rows]
 
     def count_unregistered(self) -> int:
         """Meters that sent telemetry but are not in the registry."""
@@ -344,8 +404,17 @@ class SqliteState:
         return float(found[0][0]) if found and found[0][0] is not None else None
 
     def latest_event_ts(self) -> int | None:
-        """Newest telemetry event time seen (the default `as_of`)."""
-        found = self._rows("SELECT max(last_ts) FROM seen")
+        """Newest telemetry event time seen (the default `as_of`), never after it was received.
+
+        Each meter's newest event time counts only up to the receive clock of its
+        newest message: one meter with a clock in the future (from before ingest
+        refused such timestamps, or within `ingest.max_future_s`) cannot pull every
+        default evaluation and offline check after the present. Both numbers are
+        stored, so this is a function of the state, not of when it is asked.
+        """
+        found = self._rows(
+            "SELECT max(min(last_ts, CAST(last_received * 1000 AS INTEGER))) FROM seen"
+        )
         return int(found[0][0]) if found and found[0][0] is not None else None
 
     def save_sample_results(self, lot: str, results: Iterable[SampleRow]) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Protocol
 
+from monitor.core.clock import DAY_MS
 from monitor.core.decision import Decision, Finding, Reason, decide_meter
 from monitor.core.ports import MeterPoint, Presence, Registry, TaxiLedger, TelemetryStore
 from monitor.core.registry import MeterRow, add_years
@@ -23,8 +24,6 @@ from monitor.taxi.rollout import Rollout, applied_at, progress
 from monitor.taxi.seals import HEARTBEAT_FIELDS, telling_points
 from monitor.taxi.tariff import TariffBook
 from monitor.taxi.trips import Trip, WorkOrder, trips_from_points
-
-DAY_MS = 86_400_000
 
 
 class TaxiState(Registry, Presence, TaxiLedger, Protocol):

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from monitor.core.clock import DAY_MS
 from monitor.core.decision import Finding, Reason
 from monitor.core.ports import MeterPoint, Series
 from monitor.core.rulebook import DistanceRule, TaxiRules
@@ -44,7 +45,6 @@ from monitor.taxi.seals import seal_findings
 from monitor.taxi.tariff import TariffBook
 from monitor.taxi.trips import Trip, WorkOrder
 
-DAY_MS = 86_400_000
 # Gross trips are counted "in a month" (docs/metrology.md); a month is the 30 days before as_of.
 MONTH_MS = 30 * DAY_MS
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator, Mapping
-from datetime import datetime, time, timezone
+from datetime import datetime, time
 from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from typing import Annotated, Any, Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 _HHMM = r"^([01]\d|2[0-3]):[0-5]\d$"
 
@@ -25,6 +26,20 @@ PositiveAmount = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 """A finite value that must be strictly positive (a rate or a step)."""
 ClockTime = Annotated[str, Field(pattern=_HHMM)]
 """Local wall-clock time "HH:MM", 00:00 to 23:59."""
+DEFAULT_TIMEZONE: Final = "Asia/Shanghai"
+"""The zone of a tariff that names none and was loaded without a configured zone
+(the default of `scheduling.timezone`)."""
+
+
+def check_zone(value: str) -> str:
+    """An IANA time zone name, or ValueError saying what is expected."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {value!r} (an IANA name, e.g. Asia/Shanghai)"
+        ) from None
+    return value
 
 
 class _Body(BaseModel):
@@ -65,7 +80,13 @@ class Waiting(_Body):
 
 
 class Tariff(_Body):
-    """A tariff body of docs/mqtt.md, as in config/tariffs.yaml and the rollout API."""
+    """A tariff body of docs/mqtt.md, as in config/tariffs.yaml and the rollout API.
+
+    `timezone` (IANA, optional) is where the night window's clock times are read.
+    The loaders fill it with the configured scheduling zone when a body names none;
+    it is never inferred from the offset of `effective_from`, which only fixes an
+    instant (a body written with `Z` is still a Shanghai tariff).
+    """
 
     effective_from: AwareDatetime
     currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
@@ -74,6 +95,18 @@ class Tariff(_Body):
     waiting: Waiting
     display_step: Amount
     charge_step: PositiveAmount
+    timezone: str | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        return None if value is None else check_zone(value)
+
+    def in_zone(self, zone: str | None) -> Tariff:
+        """This tariff, naming `zone` when it names none yet."""
+        if self.timezone is not None or zone is None:
+            return self
+        return self.model_copy(update={"timezone": check_zone(zone)})
 
 
 class TariffError(ValueError):
@@ -100,11 +133,9 @@ def _require_amount(value: float, what: str) -> None:
         raise ValueError(f"{what} must be finite and >= 0, got {value!r}")
 
 
-def tariff_zone(tariff: Tariff) -> timezone:
-    """The fixed UTC offset the tariff's night window is read in (that of effective_from)."""
-    offset = tariff.effective_from.utcoffset()
-    assert offset is not None  # AwareDatetime guarantees it
-    return timezone(offset)
+def tariff_zone(tariff: Tariff) -> ZoneInfo:
+    """The zone the tariff's night window is read in: the one it names, else the default."""
+    return ZoneInfo(tariff.timezone or DEFAULT_TIMEZONE)
 
 
 def rate_set_at(tariff: Tariff, end: datetime) -> RateSet:
@@ -159,13 +190,18 @@ class TariffBook:
         self._tariffs: dict[str, Tariff] = dict(tariffs or {})
 
     @classmethod
-    def from_bodies(cls, bodies: Mapping[Any, Any], source: str = "tariffs") -> TariffBook:
-        """Validate a map version → raw body; errors name the source and the version."""
+    def from_bodies(
+        cls, bodies: Mapping[Any, Any], source: str = "tariffs", zone: str | None = None
+    ) -> TariffBook:
+        """Validate a map version → raw body; errors name the source and the version.
+
+        A body that names no `timezone` gets `zone` (the scheduling zone) when given.
+        """
         tariffs: dict[str, Tariff] = {}
         for version, body in bodies.items():
             name = str(version)
             try:
-                tariffs[name] = Tariff.model_validate(body)
+                tariffs[name] = Tariff.model_validate(body).in_zone(zone)
             except ValidationError as exc:
                 raise TariffError(f"{source}: tariff {name}: {_describe(exc)}") from exc
         return cls(tariffs)
@@ -226,8 +262,11 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def load_tariffs(path: str | os.PathLike[str]) -> TariffBook:
-    """Read and validate a tariffs YAML file (a map version → body, docs/mqtt.md)."""
+def load_tariffs(path: str | os.PathLike[str], zone: str | None = None) -> TariffBook:
+    """Read and validate a tariffs YAML file (a map version → body, docs/mqtt.md).
+
+    Tariffs that name no `timezone` are read in `zone` (pass `scheduling.timezone`).
+    """
     with open(path, encoding="utf-8") as handle:
         try:
             raw = yaml.safe_load(handle)
@@ -237,7 +276,7 @@ def load_tariffs(path: str | os.PathLike[str]) -> TariffBook:
         return TariffBook()
     if not isinstance(raw, Mapping):
         raise TariffError(f"{os.fspath(path)}: expected a map from version to tariff body")
-    return TariffBook.from_bodies(raw, source=os.fspath(path))
+    return TariffBook.from_bodies(raw, source=os.fspath(path), zone=zone)
 
 
 SHANGHAI_2022: Final[dict[str, Any]] = {
@@ -258,6 +297,7 @@ SHANGHAI_2022: Final[dict[str, Any]] = {
     "waiting": {"per_minutes": 4, "km_equivalent": 1.5},
     "display_step": 0.1,
     "charge_step": 1.0,
+    "timezone": "Asia/Shanghai",
 }
 
 

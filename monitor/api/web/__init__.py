@@ -31,6 +31,7 @@ from monitor.api.app import (
     rollout_progress_of,
 )
 from monitor.api.web import charts
+from monitor.core.clock import DAY_MS
 from monitor.core.ports import MeterFilter, MeterPoint
 from monitor.core.schema import ELEC_EVENT, ELEC_READING, TAXI_EVENT, TAXI_TRIP
 from monitor.ingest.telemetry import format_ts, ms_to_datetime
@@ -38,7 +39,6 @@ from monitor.taxi.fares import fare_check
 from monitor.taxi.trips import Trip, trips_from_points
 
 HERE = Path(__file__).parent
-DAY_MS = 86_400_000
 
 
 def mount_web(app: FastAPI, ctx: ApiContext) -> None:

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from html import escape
 
+from monitor.core.clock import DAY_MS
+
 W, H, PAD_L, PAD_R, PAD_T, PAD_B = 900, 330, 56, 16, 30, 40
 
 
@@ -96,7 +98,7 @@ def _x_labels(xs: Sequence[float], texts: Sequence[str], gx: float, ox: float) -
 
 def _day_ticks(first_ms: int, last_ms: int) -> tuple[list[float], list[str]]:
     """UTC midnights between two instants, as (epoch ms, "MM-DD")."""
-    day = 86_400_000
+    day = DAY_MS
     start = -(-first_ms // day) * day
     stamps = list(range(start, last_ms + 1, day))
     texts = [datetime.fromtimestamp(t / 1000, UTC).strftime("%m-%d") for t in stamps]

@@ -7,24 +7,24 @@ counting twice. A batch is one transaction; `write` returns after commit.
 Bulk reads (`series`, what an evaluation pass reads per district) go meter by meter
 along the primary key (meter, ts) and take the full UTC days of a window from day
 blocks: each (meter, day) packed as numpy arrays, built on first read and dropped by
-any `write` to that day (see `EmbeddedStore._migrate` for the layout, and
+any `write` to that day (see `layout.migrate` for the layout, and
 `python -m bench.store` for what it buys).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import sqlite3
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 import numpy as np
 
+from monitor.core.clock import DAY_MS
 from monitor.core.ports import (
     Columns,
     MeterPoint,
@@ -36,223 +36,26 @@ from monitor.core.ports import (
 )
 from monitor.core.schema import MEASUREMENTS, Measurement, Record
 from monitor.platform.metrics import Metrics
+from monitor.store.embedded.blocks import (
+    PACK_ROWS,
+    Block,
+    absent_column,
+    block_fields,
+    decode_columns,
+    join_pieces,
+    pack_column_blocks,
+    pack_day_blocks,
+    unpacked_days,
+)
+from monitor.store.embedded.layout import (
+    column_blocked,
+    day_blocked,
+    migrate,
+    record_row,
+    table_columns,
+)
 
 log = logging.getLogger(__name__)
-
-# The file layout this code writes (PRAGMA user_version); older files are migrated on open.
-LAYOUT = 7
-DAY_MS = 86_400_000
-
-_SQL_TYPES = {"float": "REAL", "int": "INTEGER", "str": "TEXT"}
-
-
-def _columns(m: Measurement) -> list[str]:
-    cols = ["meter", "ts"]
-    cols += [t for t in m.tags]
-    cols += [f for f in m.fields if f not in cols]
-    return cols
-
-
-def _ddl(m: Measurement) -> str:
-    types = {"meter": "TEXT NOT NULL", "ts": "INTEGER NOT NULL", "district": "TEXT", "code": "TEXT"}
-    types |= {f: _SQL_TYPES[t] for f, t in m.fields.items()}
-    cols = ", ".join(f"{c} {types[c]}" for c in _columns(m))
-    key = ", ".join(("meter", *m.key))
-    return f"CREATE TABLE IF NOT EXISTS {m.name} ({cols}, PRIMARY KEY ({key})) WITHOUT ROWID"
-
-
-# Per measurement: whether `district` follows meter and ts, then the columns taken from values.
-_ROW_SHAPE = {
-    name: ("district" in m.tags, tuple(c for c in _columns(m)[2:] if c != "district"))
-    for name, m in MEASUREMENTS.items()
-}
-
-
-def _row(m: Measurement, cols: list[str], r: Record) -> tuple[object, ...]:
-    """The row of `cols` (= `_columns(m)`): meter, ts, district if a tag, values or None."""
-    with_district, rest = _ROW_SHAPE[m.name]
-    if with_district:
-        return (r.meter, r.ts_ms, r.district or None, *map(r.values.get, rest))
-    return (r.meter, r.ts_ms, *map(r.values.get, rest))
-
-
-def _day_blocked(m: Measurement) -> bool:
-    """Measurements `series` reads through day blocks: one point per (meter, ts), a district."""
-    return m.key == ("ts",) and "district" in m.tags
-
-
-def _column_blocked(m: Measurement) -> bool:
-    """Measurements `columns` reads through column blocks: one point per (meter, ts), no
-    district (taxi heartbeats; see `EmbeddedStore._migrate`, layout 7)."""
-    return m.key == ("ts",) and "district" not in m.tags
-
-
-def _column_tables(m: Measurement) -> list[str]:
-    """The column blocks of a measurement and the last day they may hold."""
-    t = m.name
-    return [
-        f"CREATE TABLE IF NOT EXISTS {t}_days (meter TEXT NOT NULL, day INTEGER NOT NULL, "
-        "n INTEGER NOT NULL, ts BLOB NOT NULL, vals BLOB NOT NULL, labels TEXT NOT NULL, "
-        "codes BLOB NOT NULL, PRIMARY KEY (meter, day)) WITHOUT ROWID",
-        f"CREATE TABLE IF NOT EXISTS {t}_days_upto "
-        "(one INTEGER PRIMARY KEY CHECK (one = 1), day INTEGER NOT NULL)",
-    ]
-
-
-def _column_blocks(
-    meter: str, days: list[int], rows: list[Any], numeric: list[str], text: list[str]
-) -> list[tuple[object, ...]]:
-    """Rows (ts, *numeric, *text) of one meter by time → one column-block row per day:
-    times (int64), numbers (float64, NaN = None, point-major), and each text field as int32
-    codes (point-major, -1 = None) into its distinct values over these rows (`labels`)."""
-    k = len(numeric)
-    columns = list(zip(*rows, strict=True)) if rows else [()] * (1 + k + len(text))
-    ts = np.array(columns[0], dtype=np.int64)
-    vals = np.array(columns[1 : 1 + k], dtype=np.float64).T.reshape(len(ts), k)
-    labels: list[list[str]] = []
-    coded: list[list[int]] = []
-    for col in columns[1 + k :]:
-        index: dict[str, int] = {}
-        coded.append([-1 if v is None else index.setdefault(v, len(index)) for v in col])
-        labels.append(list(index))
-    codes = np.array(coded, dtype=np.int32).T.reshape(len(ts), len(text))
-    packed = json.dumps({"numeric": numeric, "text": text, "labels": labels})
-    out: list[tuple[object, ...]] = []
-    for day in days:
-        a, b = (int(i) for i in np.searchsorted(ts, [day * DAY_MS, (day + 1) * DAY_MS]))
-        out.append(
-            (
-                meter,
-                day,
-                b - a,
-                ts[a:b].tobytes(),
-                np.ascontiguousarray(vals[a:b]).tobytes(),
-                packed,
-                np.ascontiguousarray(codes[a:b]).tobytes(),
-            )
-        )
-    return out
-
-
-def _day_tables(m: Measurement) -> list[str]:
-    """The day blocks of a measurement and the last day they may hold (`write` drops the
-    blocks of the days it writes to, up to that day)."""
-    t = m.name
-    return [
-        f"CREATE TABLE IF NOT EXISTS {t}_days (meter TEXT NOT NULL, day INTEGER NOT NULL, "
-        "district TEXT, mixed INTEGER NOT NULL, n INTEGER NOT NULL, fields TEXT NOT NULL, "
-        "ts BLOB NOT NULL, vals BLOB NOT NULL, PRIMARY KEY (meter, day)) WITHOUT ROWID",
-        f"CREATE TABLE IF NOT EXISTS {t}_days_upto "
-        "(one INTEGER PRIMARY KEY CHECK (one = 1), day INTEGER NOT NULL)",
-    ]
-
-
-def _blocks(
-    meter: str,
-    days: list[int],
-    rows: list[Any],
-    fields: list[str],
-    districts: dict[int, tuple[int, int, str | None, str | None]],
-) -> list[tuple[object, ...]]:
-    """Rows (ts, *fields) of one meter by time, and per day (points, points with a
-    district, min and max district) → one block row per day."""
-    series = meter_series(rows, fields)
-    ts = series.ts_ms
-    # Point-major (n, fields): the blocks of a meter's days join into one array.
-    block = (
-        np.column_stack([series.values[f] for f in fields]) if fields else np.empty((len(ts), 0))
-    )
-    out: list[tuple[object, ...]] = []
-    for day in days:
-        a, b = (int(i) for i in np.searchsorted(ts, [day * DAY_MS, (day + 1) * DAY_MS]))
-        n, named, low, high = districts.get(day, (0, 0, None, None))
-        uniform = named == 0 or (named == n and low == high)
-        out.append(
-            (
-                meter,
-                day,
-                low if uniform else None,
-                0 if uniform else 1,
-                b - a,
-                ",".join(fields),
-                ts[a:b].tobytes(),
-                np.ascontiguousarray(block[a:b]).tobytes(),
-            )
-        )
-    return out
-
-
-def _unpacked_days(run: list[_Block], cols: list[str]) -> list[Series]:
-    """Consecutive blocks with the same fields → one Series piece (one join, two copies)."""
-    if not run:
-        return []
-    fields = run[0].fields
-    ts = np.frombuffer(b"".join(b.ts for b in run), dtype=np.int64)
-    vals = np.frombuffer(b"".join(b.vals for b in run), dtype=np.float64)
-    vals = vals.reshape(len(ts), len(fields))
-    return [Series(ts, {c: vals[:, fields.index(c)] for c in cols})]
-
-
-def _join(pieces: list[Series], cols: list[str]) -> Series:
-    # Always a copy: block arrays are read-only views of the blobs.
-    return Series(
-        np.concatenate([p.ts_ms for p in pieces]),
-        {c: np.concatenate([p.values[c] for p in pieces]) for c in cols},
-    )
-
-
-# Rows packed per write transaction (then the writer's lock is let go for ingest).
-_PACK_ROWS = 20_000
-
-
-class _Block(NamedTuple):
-    """One stored day of one meter (see `EmbeddedStore._days`)."""
-
-    day: int
-    district: str | None
-    mixed: int  # 1: the day's points are of several districts
-    n: int
-    fields: tuple[str, ...]
-    ts: bytes  # int64 × n
-    vals: bytes  # float64 × (n, fields), point-major
-
-
-def _block_fields(m: Measurement) -> tuple[list[str], list[str]]:
-    """The numeric and the text fields of a column block, in the measurement's order."""
-    return m.numeric_fields(), [f for f, t in m.fields.items() if t == "str"]
-
-
-def _decode_columns(blocks: list[Any], measurement: Measurement, cols: list[str]) -> Columns | None:
-    """Column blocks (n, ts, vals, labels, codes) of consecutive days → one `Columns` of
-    `cols`; None if a block was packed for other fields (then the rows are read)."""
-    numeric, text = _block_fields(measurement)
-    packed = [json.loads(b[3]) for b in blocks]
-    if any(p["numeric"] != numeric or p["text"] != text for p in packed):
-        return None
-    k, t = len(numeric), len(text)
-    ts = np.frombuffer(b"".join(b[1] for b in blocks), dtype=np.int64).copy()
-    vals = np.frombuffer(b"".join(b[2] for b in blocks), dtype=np.float64).reshape(len(ts), k)
-    out: dict[str, Any] = {
-        c: np.ascontiguousarray(vals[:, numeric.index(c)]) for c in cols if c in numeric
-    }
-    for j, c in enumerate(text):
-        if c not in cols:
-            continue
-        parts = []
-        for (n, _, _, _, codes), p in zip(blocks, packed, strict=True):
-            if n:
-                names = np.array([*p["labels"][j], None], dtype=object)
-                day_codes = np.frombuffer(codes, dtype=np.int32).reshape(n, t)
-                parts.append(names[day_codes[:, j]])  # code -1: the None at the end
-        out[c] = np.concatenate(parts) if parts else np.empty(0, dtype=object)
-    return Columns(ts, {c: out[c] for c in cols})
-
-
-def _absent(name: str, n: int, measurement: Measurement) -> Any:
-    """A column of a field the table lacks: all None (text) or NaN (numeric, or unknown)."""
-    if measurement.fields.get(name) == "str":
-        return np.full(n, None, dtype=object)
-    return np.full(n, np.nan)
 
 
 class EmbeddedStore:
@@ -264,20 +67,27 @@ class EmbeddedStore:
 
     backend = "embedded"
 
-    def __init__(self, path: Path, metrics: Metrics, synchronous: str = "NORMAL") -> None:
+    def __init__(
+        self,
+        path: Path,
+        metrics: Metrics,
+        synchronous: str = "NORMAL",
+        pack_rows: int = PACK_ROWS,
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._metrics = metrics
+        self._pack_rows = pack_rows  # rows per packing write transaction
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         # WAL + NORMAL: a commit survives a killed process (the case that matters
         # for ack-after-store); FULL also survives power loss at ~2x the cost.
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
-        self._cols = {name: _columns(m) for name, m in MEASUREMENTS.items()}
+        self._cols = {name: table_columns(m) for name, m in MEASUREMENTS.items()}
         self._listed = {name for name, m in MEASUREMENTS.items() if "district" in m.tags}
-        self._blocked = {name for name, m in MEASUREMENTS.items() if _day_blocked(m)}
-        self._col_blocked = {name for name, m in MEASUREMENTS.items() if _column_blocked(m)}
-        self._migrate()
+        self._blocked = {name for name, m in MEASUREMENTS.items() if day_blocked(m)}
+        self._col_blocked = {name for name, m in MEASUREMENTS.items() if column_blocked(m)}
+        migrate(self._db)
         self._inserts = {
             name: f"INSERT OR REPLACE INTO {name} ({', '.join(c)}) VALUES ({', '.join('?' * len(c))})"
             for name, c in self._cols.items()
@@ -288,78 +98,13 @@ class EmbeddedStore:
         self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._read_lock = threading.Lock()
 
-    def _migrate(self) -> None:
-        """Create the tables; bring a file of an older layout (PRAGMA user_version) up to date.
-
-        Layout 2: beside each table with a district tag, `<table>_meters (district, meter)`
-        lists the meters that ever sent a point of that district, kept by `write` (INSERT OR
-        IGNORE of the batch's pairs: a probe, rarely a page write). `series` reads a
-        district meter by meter along the primary key (meter, ts), so the (district, ts)
-        index of layout 0 (one table lookup per row, a sort, and an insert per row spread
-        over every district) and the (district, meter) index of layout 1 are dropped.
-        Opening an older file fills the list from the rows once (one scan).
-
-        Layout 3: `<table>_days` keeps, per (meter, UTC day), the day's points packed as
-        numpy arrays (ts int64, fields float64), built by `series` the first time it reads
-        a full day; `write` drops the blocks of the days it writes to, so a block is
-        always the rows as they are (`<table>_days_upto`, the last day packed, spares live
-        points any probe). Layout 4: a block names the fields it holds. Layout 5: blocks
-        are dropped by `write`, no longer by triggers (~6 µs a row). Every telemetry
-        write must go through `write`. Layout 6: a block's values are point-major, so a
-        meter's days join as bytes. Older blocks are dropped (a cache: repacked on read).
-        Layout 7: measurements without a district keyed by time (taxi heartbeats) get
-        column blocks, `<table>_days` (meter, day, n, ts, vals, labels, codes): every
-        field, text ones as codes into the day's distinct values; `columns` reads the full
-        days of a window from them, packing days not packed yet, and `write` drops them
-        as it drops day blocks.
-        """
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            version = int(db.execute("PRAGMA user_version").fetchone()[0])
-            for m in MEASUREMENTS.values():
-                db.execute(_ddl(m))
-                db.execute(f"CREATE INDEX IF NOT EXISTS {m.name}_time ON {m.name} (ts)")
-                if _day_blocked(m):
-                    if version < 6:  # blocks of layouts 3-5 differ: a cache, dropped
-                        db.execute(f"DROP TABLE IF EXISTS {m.name}_days")
-                    if version < 5:  # layouts 3-4 dropped blocks by triggers (~6 µs a row)
-                        for event in ("insert", "delete", "update"):
-                            db.execute(f"DROP TRIGGER IF EXISTS {m.name}_days_on_{event}")
-                    for ddl in _day_tables(m):
-                        db.execute(ddl)
-                if _column_blocked(m):
-                    for ddl in _column_tables(m):
-                        db.execute(ddl)
-                if "district" not in m.tags:
-                    continue
-                db.execute(
-                    f"CREATE TABLE IF NOT EXISTS {m.name}_meters (district TEXT NOT NULL, "
-                    "meter TEXT NOT NULL, PRIMARY KEY (district, meter)) WITHOUT ROWID"
-                )
-                if version < 2:
-                    log.info("telemetry store: listing the meters of each district (%s)", m.name)
-                    db.execute(
-                        f"INSERT OR IGNORE INTO {m.name}_meters (district, meter) "
-                        f"SELECT DISTINCT district, meter FROM {m.name} WHERE district <> ''"
-                    )
-                    db.execute(f"DROP INDEX IF EXISTS {m.name}_district")
-                    db.execute(f"DROP INDEX IF EXISTS {m.name}_district_meter")
-            if version < LAYOUT:
-                db.execute(f"PRAGMA user_version = {LAYOUT}")
-            db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            raise
-
     def write(self, records: Sequence[Record]) -> None:
         """Insert a batch in one transaction."""
         groups: dict[str, list[tuple[object, ...]]] = defaultdict(list)
         pairs: dict[str, set[tuple[str, str]]] = defaultdict(set)
         for r in records:
             name = r.measurement.name
-            groups[name].append(_row(r.measurement, self._cols[name], r))
+            groups[name].append(record_row(r.measurement, self._cols[name], r))
             if r.district and name in self._listed:
                 pairs[name].add((r.district, r.meter))
         with self._lock:
@@ -395,7 +140,7 @@ class EmbeddedStore:
         if found is None:
             return
         limit = (int(found[0]) + 1) * DAY_MS
-        # Rows are (meter, ts, ...) as `_row` makes them.
+        # Rows are (meter, ts, ...) as `record_row` makes them.
         touched = {
             (meter, ts // DAY_MS)
             for meter, ts, *_ in cast(list[tuple[str, int]], rows)
@@ -463,7 +208,7 @@ class EmbeddedStore:
         cols = [f for f in fields if f in self._cols[name]]
         numeric = measurement.numeric_fields()
         first, last = -(-max(start_ms, 0) // DAY_MS), (end_ms + 1) // DAY_MS - 1
-        if not _day_blocked(measurement) or first > last or not set(cols) <= set(numeric):
+        if not day_blocked(measurement) or first > last or not set(cols) <= set(numeric):
             with self._read_lock:
                 return self._read(
                     self._meters(self._reader, measurement, district),
@@ -545,29 +290,29 @@ class EmbeddedStore:
                         out[meter] = meter_series(got, cols)
                     continue
                 pieces = [meter_series(rows(meter, start_ms, first * DAY_MS - 1), cols)]
-                run: list[_Block] = []  # consecutive blocks taken whole, joined as bytes
+                run: list[Block] = []  # consecutive blocks taken whole, joined as bytes
                 for b in blocks:
                     if district is not None and b.mixed:
-                        pieces += _unpacked_days(run, cols)
+                        pieces += unpacked_days(run, cols)
                         run = []
                         day_rows = rows(meter, b.day * DAY_MS, (b.day + 1) * DAY_MS - 1)
                         pieces.append(meter_series(day_rows, cols))
                     elif b.n and (district is None or b.district == district):
                         if run and run[0].fields != b.fields:
-                            pieces += _unpacked_days(run, cols)
+                            pieces += unpacked_days(run, cols)
                             run = []
                         run.append(b)
-                pieces += _unpacked_days(run, cols)
+                pieces += unpacked_days(run, cols)
                 pieces.append(meter_series(rows(meter, (last + 1) * DAY_MS, end_ms), cols))
                 pieces = [p for p in pieces if len(p.ts_ms)]
                 if pieces:
-                    out[meter] = _join(pieces, cols)
+                    out[meter] = join_pieces(pieces, cols)
         finally:
             db.execute("COMMIT")
         return out
 
     @staticmethod
-    def _days(db: sqlite3.Connection, name: str, meter: str, first: int, last: int) -> list[_Block]:
+    def _days(db: sqlite3.Connection, name: str, meter: str, first: int, last: int) -> list[Block]:
         sql = (
             f"SELECT day, district, mixed, n, fields, ts, vals FROM {name}_days "
             "WHERE meter = ? AND day BETWEEN ? AND ? ORDER BY day"
@@ -578,7 +323,7 @@ class EmbeddedStore:
             names = split.get(fields)
             if names is None:
                 names = split[fields] = tuple(fields.split(",")) if fields else ()
-            out.append(_Block(day, district, mixed, n, names, ts, vals))
+            out.append(Block(day, district, mixed, n, names, ts, vals))
         return out
 
     def _pack(
@@ -587,7 +332,7 @@ class EmbeddedStore:
         """Pack the full days [first, last] of these meters that have no block holding
         `cols` (a block keeps the fields it was packed for, plus any asked for since).
 
-        Write transactions of ~`_PACK_ROWS` rows (the writer's lock and connection): what
+        Write transactions of ~`PACK_ROWS` rows (the writer's lock and connection): what
         is packed is the rows as committed, and ingest waits for one chunk at most. The
         district of each day is summed up inside SQLite: no Python object per row.
         """
@@ -639,7 +384,7 @@ class EmbeddedStore:
                 districts = {
                     int(r[0]): (r[1], r[2], r[3], r[4]) for r in db.execute(by_day, (meter, lo, hi))
                 }
-            db.executemany(insert, _blocks(meter, missing, rows, fields, districts))
+            db.executemany(insert, pack_day_blocks(meter, missing, rows, fields, districts))
             db.execute(upto, (missing[-1],))
             return len(rows) + 1
 
@@ -656,7 +401,7 @@ class EmbeddedStore:
         """Any fields of every meter (or one) in [start, end], per meter, as `Columns`.
 
         Meter by meter along the primary key (meter, ts), in one read snapshot. For a
-        measurement with column blocks (`_column_blocked`: taxi heartbeats) the full UTC
+        measurement with column blocks (`column_blocked`: taxi heartbeats) the full UTC
         days of the window come from the blocks (a few blobs per meter, no Python object
         per point; days not packed yet are packed first, once), the partial days at its
         ends from the rows; otherwise every point from the rows.
@@ -664,7 +409,7 @@ class EmbeddedStore:
         name = measurement.name
         cols = [f for f in fields if f in self._cols[name]]
         first, last = -(-max(start_ms, 0) // DAY_MS), (end_ms + 1) // DAY_MS - 1
-        days = (first, last) if _column_blocked(measurement) and first <= last else None
+        days = (first, last) if column_blocked(measurement) and first <= last else None
         with self._read_lock:
             db = self._reader
             meters = [meter] if meter is not None else self._meters(db, measurement, None)
@@ -680,7 +425,7 @@ class EmbeddedStore:
             m: Columns(
                 c.ts_ms,
                 {
-                    f: c.values[f] if f in c.values else _absent(f, len(c), measurement)
+                    f: c.values[f] if f in c.values else absent_column(f, len(c), measurement)
                     for f in fields
                 },
             )
@@ -724,7 +469,7 @@ class EmbeddedStore:
                     first, last = days
                     blocks = db.execute(blocks_sql, (meter, first, last)).fetchall()
                     decoded = (
-                        _decode_columns(blocks, measurement, cols)
+                        decode_columns(blocks, measurement, cols)
                         if len(blocks) == last - first + 1
                         else None
                     )
@@ -752,10 +497,10 @@ class EmbeddedStore:
         self, measurement: Measurement, meters: list[str], days: tuple[int, int]
     ) -> None:
         """Column blocks for the full days [first, last] of these meters that have none
-        (every field of the measurement), in write transactions of ~`_PACK_ROWS` rows as
+        (every field of the measurement), in write transactions of ~`PACK_ROWS` rows as
         `_pack`: what is packed is the rows as committed."""
         name = measurement.name
-        numeric, text = _block_fields(measurement)
+        numeric, text = block_fields(measurement)
         first, last = days
         present = f"SELECT day FROM {name}_days WHERE meter = ? AND day BETWEEN ? AND ?"
         select = (
@@ -778,7 +523,7 @@ class EmbeddedStore:
                 return 0
             lo, hi = missing[0] * DAY_MS, (missing[-1] + 1) * DAY_MS - 1
             rows = db.execute(select, (meter, lo, hi)).fetchall()
-            db.executemany(insert, _column_blocks(meter, missing, rows, numeric, text))
+            db.executemany(insert, pack_column_blocks(meter, missing, rows, numeric, text))
             db.execute(upto, (missing[-1],))
             return len(rows) + 1
 
@@ -787,7 +532,7 @@ class EmbeddedStore:
     def _pack_in_chunks(
         self, meters: list[str], pack: Callable[[sqlite3.Connection, str], int]
     ) -> None:
-        """`pack(db, meter)` (→ rows packed) for each meter, ~_PACK_ROWS rows per write
+        """`pack(db, meter)` (→ rows packed) for each meter, ~PACK_ROWS rows per write
         transaction: ingest waits for one such chunk at most."""
         queue = list(meters)
         while queue:
@@ -796,7 +541,7 @@ class EmbeddedStore:
                 db.execute("BEGIN IMMEDIATE")
                 try:
                     packed = 0
-                    while queue and packed < _PACK_ROWS:
+                    while queue and packed < self._pack_rows:
                         packed += pack(db, queue.pop(0))
                     db.execute("COMMIT")
                 except BaseException:
@@ -842,6 +587,10 @@ class EmbeddedStore:
             values = {c: v for c, v in zip(cols[2:], row[2:], strict=True) if v is not None}
             out.append(MeterPoint(row[0], row[1], values))
         return out
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Nothing to wait for: `write` returns after its transaction committed."""
+        return True
 
     def health(self) -> StoreHealth:
         """Writable unless the last write failed."""
