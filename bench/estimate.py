@@ -4,6 +4,7 @@
     .venv/bin/python -m bench.estimate --quick                 # accuracy + 200 districts
     .venv/bin/python -m bench.estimate --speed-districts 1000 --processes 2
     .venv/bin/python -m bench.estimate --skip-speed            # accuracy only
+    .venv/bin/python -m bench.estimate --skip-accuracy --skip-speed   # test-bed families only
 
 Part 1 (accuracy) pushes a simulated fleet with known meter errors through the real
 path: simulator messages → `parse_message` → `EmbeddedStore.write` (batches of 5 000)
@@ -11,6 +12,14 @@ path: simulator messages → `parse_message` → `EmbeddedStore.write` (batches 
 `Evaluator.run` as of the last reading, with `config/rules.yaml`. It does this once
 per register resolution (0.001 and 0.01 kWh) and compares every customer meter's
 decision with the truth.
+
+Part 1b (test-bed families, `bench.families`) runs the core on loss physics the estimator
+was not written for: the project's simulator with customer-current and trunk-current I²R
+loss, and AC power flows (pandapower) on five SimBench LV grids without and with PV
+prosumers, with unmetered street lighting, and with the feeder's topology known; per
+family it prints evaluable share, median and p95 |Δe|, coverage, meters beyond the limit
+by state and healthy meters flagged (`--skip-families` leaves it out; the AC families need
+the `testbed` extra and cache solved feeders under ~/.cache/meter-state-monitor/testbed).
 
 Part 2 (speed) times the evaluation core, `fit_district` + `meter_decision` for every
 meter, over N synthetic districts of 100 meters × 30 days generated directly as numpy
@@ -56,6 +65,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from bench import families
 from bench.common import map_spawned
 from monitor.core.clock import format_ts
 from monitor.core.ports import Series, meter_series
@@ -1045,6 +1055,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="BLAS threads per spawned process (default 1; 0 = leave the environment as is)",
     )
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--skip-families", action="store_true", help="leave out Part 1b")
+    parser.add_argument(
+        "--family", action="append", help="Part 1b: only these families (bench.families)"
+    )
     parser.add_argument("--skip-speed", action="store_true")
     args = parser.parse_args(argv)
     n_speed = args.speed_districts or (200 if args.quick else 10_000)
@@ -1075,6 +1089,21 @@ def main(argv: Sequence[str] | None = None) -> None:
             report_accuracy(run, show_targets=run.task.resolution_kwh == 0.001)
         print()
         print(f"accuracy part: {time.perf_counter() - t0:.0f} s on {workers} process(es)")
+
+    if not args.skip_families:
+        print()
+        print("=== Part 1b: test-bed families (bench.families: fit_district + meter_decision) ===")
+        names = args.family or list(families.FAMILIES)
+        t0 = time.perf_counter()
+        family_tasks = [
+            families.FamilyTask(f, args.seed, str(families.DEFAULT_CACHE), 8) for f in names
+        ]
+        with blas_threads(args.blas_threads or None):
+            family_runs = map_spawned(
+                families.run_family, family_tasks, max(1, min(args.processes, len(names)))
+            )
+        families.report(family_runs)
+        print(f"families part: {time.perf_counter() - t0:.0f} s")
 
     if not args.skip_speed:
         print()

@@ -113,8 +113,13 @@ def estimate_findings(
     current_a: float | None,
     gates: Gates,
     rules: ElecRules,
+    misfit: str = "",
 ) -> list[Finding]:
-    """The error-limit judgement, or an honest `unknown` when the estimate cannot carry one."""
+    """The error-limit judgement, or an honest `unknown` when the estimate cannot carry one.
+
+    `misfit` is the district's finding that its residuals have structure the plain loss
+    model cannot explain (`DistrictFit.misfit`); it is named where it decides a meter.
+    """
     rule, lim = rules.estimation, rules.error_limit
     if est is None:
         return [
@@ -141,6 +146,10 @@ def estimate_findings(
     if unobservable is not None:
         return [Finding("unknown", unobservable)]
     limit = lim.in_service_limit_pct.get(accuracy_class or "")
+    if limit is not None:
+        undecided = _loss_model_decides(est, limit, lim.watch_fraction, misfit)
+        if undecided is not None:
+            return [Finding("unknown", undecided)]
     if limit is None:
         return [
             Finding(
@@ -156,6 +165,41 @@ def estimate_findings(
     return [_judge_error(est, limit, lim.watch_fraction)]
 
 
+def _band(error: float, limit: float, watch_fraction: float) -> str:
+    size = abs(error)
+    return "beyond" if size > limit else ("watch" if size > watch_fraction * limit else "normal")
+
+
+def _loss_model_decides(
+    est: MeterEstimate, limit: float, watch_fraction: float, misfit: str
+) -> Reason | None:
+    """`unknown` when loss models the data cannot reject put the estimate in different bands.
+
+    The point estimate comes from one loss model; if another plausible one moves it across
+    the watch line or the limit, the state would be the loss model's choice, not the
+    meter's: never `normal` (and an extension) on an estimate a plausible model puts beyond.
+    """
+    low, high = est.model_range_pct
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return None
+    bands = {_band(v, limit, watch_fraction) for v in (low, high, est.error_pct)}
+    if len(bands) == 1:
+        return None
+    return Reason(
+        "elec.estimation.loss_model",
+        [round(low, 3), round(high, 3)],
+        [round(watch_fraction * limit, 3), limit],
+        "plausible loss models put the estimate on both sides of a decision line"
+        + (f"; {misfit}" if misfit else ""),
+    )
+
+
+def _confounded(est: MeterEstimate) -> str:
+    if not est.confounded_with:
+        return ""
+    return "; confounded with " + ", ".join(est.confounded_with)
+
+
 def _unobservable(
     est: MeterEstimate, current_a: float | None, rule: EstimationRule
 ) -> Reason | None:
@@ -167,12 +211,19 @@ def _unobservable(
             min_current,
             "mean current below the class range: error not resolvable",
         )
+    if est.max_correlation > rule.max_correlation:
+        return Reason(
+            "elec.estimation.collinear",
+            round(est.max_correlation, 4),
+            rule.max_correlation,
+            "load too like another meter's to tell their errors apart" + _confounded(est),
+        )
     if est.information_ratio < rule.min_information_ratio:
         return Reason(
             "elec.estimation.observability",
             round(est.information_ratio, 2),
             rule.min_information_ratio,
-            "consumption too small or too like its neighbours' to resolve",
+            "consumption too small or too like its neighbours' to resolve" + _confounded(est),
         )
     half = est.ci_halfwidth_pct
     if not math.isfinite(half) or half > rule.max_ci_halfwidth_pct:
@@ -180,7 +231,7 @@ def _unobservable(
             "elec.estimation.ci_width",
             round(half, 3) if math.isfinite(half) else None,
             rule.max_ci_halfwidth_pct,
-            "confidence interval too wide to judge",
+            "confidence interval too wide to judge" + _confounded(est),
         )
     return None
 
@@ -282,6 +333,9 @@ def _stopped(series: Series, rule: FunctionFailureRule) -> Finding | None:
     hours = np.diff(series.ts_ms) / 3_600_000
     flowing = np.minimum(current[1:], current[:-1]) > rule.stopped_min_current_a
     still = (np.diff(energy) == 0) & flowing
+    reverse = series.column("reverse_kwh")
+    if reverse is not None:  # a prosumer exporting: its current feeds the reverse register
+        still &= ~(np.diff(reverse) > 0)
     implied = np.where(still, current[1:] * volts[1:] * hours / 1000, 0.0)
     best = _longest_run_sum(still, implied)
     if best < rule.stopped_min_energy_kwh:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -16,9 +17,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, tzinfo
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+
 from monitor.alerts.book import AlertBook, Change, conditions_of, district_conditions
 from monitor.core.clock import format_ts, ms_to_datetime, parse_ts
-from monitor.core.decision import Decision, Finding, decide_meter, decision_from_dict
+from monitor.core.decision import Decision, Finding, Reason, decide_meter, decision_from_dict
 from monitor.core.ports import MeterPoint, Series, StateStore, TelemetryStore
 from monitor.core.registry import MeterRow
 from monitor.core.rulebook import ElecRules, RuleBook
@@ -30,11 +34,15 @@ from monitor.electricity.balance import (
     FitConfig,
     MeterEstimate,
     daily_line_loss,
+    day_hours,
     fit_balance,
+    shared_resistance,
 )
 from monitor.electricity.intervals import (
+    Blocks,
     Grid,
     MeterSeries,
+    Placed,
     blocks,
     place_on_grid,
     place_values,
@@ -46,7 +54,7 @@ from monitor.taxi.fares import FareCache
 from monitor.taxi.tariff import TariffBook
 
 log = logging.getLogger(__name__)
-READING_FIELDS = ("energy_kwh", "current_a", "voltage_v", "clock_offset_s")
+READING_FIELDS = ("energy_kwh", "reverse_kwh", "current_a", "voltage_v", "clock_offset_s")
 Publish = Callable[[str, dict[str, Any]], None]
 # Rule families an evaluation pass speaks for (it may clear their alerts).
 EVALUATION_RULES = ("elec.", "taxi.", "lot.")
@@ -112,6 +120,11 @@ class DistrictResult:
                 "n_blocks": fit.n_blocks,
                 "n_intervals": fit.n_intervals,
                 "effective_intervals": _r(fit.effective_intervals, 1),
+                "loss_model": fit.loss_model,
+                "loss_kappa": fit.kappa,
+                "plausible_loss_models": list(fit.plausible_models),
+                "misfit": fit.misfit or None,
+                "master_uncertainty_pct": _r(fit.master_uncertainty_pct),
             },
             "stopped_intervals_left_out": self.stopped_intervals,
             "line_loss_daily": [
@@ -141,10 +154,17 @@ def fit_district(
     start_ms: int,
     end_ms: int,
     zone: tzinfo = UTC,
+    master_class: str | None = None,
+    topology: tuple[Sequence[str], NDArray[np.float64]] | None = None,
 ) -> DistrictResult:
     """Place readings on the grid, form blocks, fit the balance, check the gates.
 
-    `zone` sets where the days of the daily line loss begin (the utility's local day).
+    `zone` sets where the days of the daily line loss begin (the utility's local day)
+    and the quarters of the day a night load is looked for in; `master_class` (the
+    registry's) sets the master's Type B uncertainty unless the rules fix it.
+    `topology` (meters, the resistance any two of their paths share) adds the loss model
+    that follows the feeder's branches; the registry does not hold it yet, the test
+    bed does (bench.families).
     """
     if master is None or master not in series:
         note = (
@@ -158,7 +178,15 @@ def fit_district(
     # not held incomplete for the weeks before it existed.
     first = min((int(s.ts_ms[0]) for s in series.values() if len(s.ts_ms)), default=start_ms)
     grid = Grid.covering(max(start_ms, first - step // 6), end_ms, step, step // 6)
-    meter_series = {m: MeterSeries(s.ts_ms, s.values["energy_kwh"]) for m, s in series.items()}
+    meter_series = {
+        m: MeterSeries(
+            s.ts_ms,
+            s.values["energy_kwh"],
+            voltage_v=s.column("voltage_v"),
+            reverse_kwh=s.column("reverse_kwh"),
+        )
+        for m, s in series.items()
+    }
     placed = place_on_grid(meter_series, grid)
     blk = blocks(placed, master, grid)
     ff = rules.function_failure
@@ -170,8 +198,26 @@ def fit_district(
         and rules_elec.is_stopped(s, ff)
     }
     blk = without_stopped(blk, grid, currents, ff.stopped_min_current_a)
-    cfg = FitConfig(est.forgetting_meter, est.ridge, est.confidence, est.interval_s / 3600)
-    fit = fit_balance(blk, cfg)
+    cfg = FitConfig(
+        est.forgetting_meter,
+        est.ridge,
+        est.confidence,
+        est.interval_s / 3600,
+        master_uncertainty_pct(rules, master_class),
+    )
+    shared, source = None, "registry"
+    if topology is not None:
+        where = {m: i for i, m in enumerate(topology[0])}
+        idx = np.array([where.get(m, -1) for m in blk.meters])
+        known = idx >= 0
+        shared = np.zeros((len(idx), len(idx)))
+        shared[np.ix_(known, known)] = topology[1][np.ix_(idx[known], idx[known])]
+    else:
+        shared = _voltage_topology(placed, master, blk, est.interval_s / 3600)
+        source = "voltages"
+    fit = fit_balance(
+        blk, cfg, day_hours(blk, grid, zone), shared_ohm=shared, topology_source=source
+    )
     gates = rules_elec.district_gates(placed, grid, blk, fit, est)
     estimates = fit.meters if fit is not None else {}
     daily = daily_line_loss(blk, grid, zone)
@@ -185,6 +231,46 @@ def fit_district(
         daily_loss=daily,
         stopped_intervals=blk.stopped_intervals,
     )
+
+
+def _voltage_topology(
+    placed: Placed, master: str, blk: Blocks, step_hours: float
+) -> NDArray[np.float64] | None:
+    """The feeder's shared resistances as the meters' voltages tell them (`shared_resistance`)."""
+    volts = placed.voltages
+    if volts is None or not blk.meters:
+        return None
+    where = {m: i for i, m in enumerate(placed.meters)}
+    columns = volts[:, [where[m] for m in blk.meters]]
+    return shared_resistance(blk, columns, volts[:, where[master]], step_hours)
+
+
+def master_uncertainty_pct(rules: ElecRules, master_class: str | None) -> float:
+    """Type B standard uncertainty of the master's error: the rules' figure, else MPE/√3.
+
+    Every customer estimate is relative to the master, so its error is common to the
+    whole district; the class says only that it lies within ±MPE (a rectangular
+    distribution, GUM 4.3.7).
+    """
+    est = rules.estimation
+    if est.master_uncertainty_pct is not None:
+        return est.master_uncertainty_pct
+    mpe = rules.error_limit.verification_mpe_pct
+    value = mpe.get(master_class or est.master_class, mpe.get(est.master_class, 0.5))
+    return value / math.sqrt(3.0)
+
+
+def misfit_reason(dist: DistrictResult) -> Reason | None:
+    """The district's misfit as a district reason (and alert), when its gates passed.
+
+    Structure in the residuals that the plain loss model cannot explain is a finding
+    about the area (an unmetered night load, losses that drift, a feeder whose branches
+    carry different losses), not only wider intervals on its meters.
+    """
+    fit, gates = dist.fit, dist.gates
+    if fit is None or not fit.misfit or gates is None or not gates.passed:
+        return None
+    return Reason("elec.estimation.misfit", fit.loss_model, list(fit.plausible_models), fit.misfit)
 
 
 @dataclass
@@ -291,13 +377,21 @@ class Evaluator:
     ) -> dict[str, DistrictResult]:
         names = {r.district for r in registry.values() if r.district}
         names |= {s.district for s in self._state.all_seen("elec").values() if s.district}
-        masters = {
-            r.district: r.meter_id for r in registry.values() if r.effective_role == "master"
-        }
+        masters = {r.district: r for r in registry.values() if r.effective_role == "master"}
         out = {}
         for name in sorted(names):
             series = self._store.series(ELEC_READING, READING_FIELDS, start, end, district=name)
-            out[name] = fit_district(name, series, masters.get(name), rules, start, end, self._zone)
+            row = masters.get(name)
+            out[name] = fit_district(
+                name,
+                series,
+                row.meter_id if row else None,
+                rules,
+                start,
+                end,
+                self._zone,
+                row.accuracy_class if row else None,
+            )
         return out
 
     def _meters(
@@ -365,11 +459,15 @@ class Evaluator:
     ) -> None:
         if self._alerts is None:
             return
-        gates = {
+        gates: dict[str, list[Reason]] = {
             n: d.gates.failures
             for n, d in districts.items()
             if d.gates is not None and d.gates.failures
         }
+        for name, dist in districts.items():
+            finding = misfit_reason(dist)
+            if finding is not None:
+                gates.setdefault(name, []).append(finding)
         conditions = conditions_of([*meters.values(), *lots.values()], book.rules, as_of_ms)
         conditions += district_conditions(gates, book.rules, as_of_ms)
         changes = self._alerts.observe(conditions, as_of_ms, EVALUATION_RULES)
@@ -499,7 +597,12 @@ def meter_decision(
         findings.append(rules_elec.no_balance_finding(dist.note))
     else:
         findings += rules_elec.estimate_findings(
-            est, row.accuracy_class if row else None, current, dist.gates, rules
+            est,
+            row.accuracy_class if row else None,
+            current,
+            dist.gates,
+            rules,
+            dist.fit.misfit if dist.fit is not None else "",
         )
     evaluable = any(f.reason.rule.startswith("elec.error_limit") for f in findings)
     evidence = _evidence(dist, est, current, evaluable, row)
@@ -532,6 +635,10 @@ def _evidence(
         "n_intervals": est.n_intervals if est else (gates.n_intervals if gates else 0),
         "evaluable": evaluable,
         "information_ratio": _r(est.information_ratio) if est else None,
+        # The estimate under every loss model the data cannot reject (lowest, highest).
+        "loss_model_range_pct": [_r(v) for v in est.model_range_pct] if est else None,
+        "confounded_with": list(est.confounded_with) if est and est.confounded_with else None,
+        "loss_model_misfit": (dist.fit.misfit or None) if dist.fit is not None else None,
         "mean_current_a": _r(current),
         "district": dist.district,
         "district_gates_passed": gates.passed if gates else False,
