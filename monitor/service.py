@@ -25,6 +25,7 @@ from monitor.alerts.offline import OFFLINE_RULES, offline_conditions
 from monitor.api.app import create_app
 from monitor.api.context import ApiContext
 from monitor.api.web import mount_web
+from monitor.core.clock import HOUR_MS
 from monitor.core.ports import StateStore, TelemetryStore
 from monitor.core.rulebook import RuleBook, load_rules
 from monitor.evaluation.runner import Evaluator, decision_publisher
@@ -111,7 +112,7 @@ class Service:
         worker.start()
         publish_decision = decision_publisher(worker.publish, s.mqtt.decisions_topic_root)
 
-        alerts = AlertBook(self.data_dir / "state.sqlite", int(s.alerts.clear_after_h * 3_600_000))
+        alerts = AlertBook(self.data_dir / "state.sqlite", int(s.alerts.clear_after_h * HOUR_MS))
 
         notifier = Notifier(s.alerts.routing, self.data_dir / "notify.sqlite", worker.publish)
 

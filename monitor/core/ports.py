@@ -71,6 +71,16 @@ class MeterPoint:
     values: dict[str, Any] = field(default_factory=dict)
 
 
+class Publisher(Protocol):
+    """Hands one MQTT message to the broker (the worker's connection, or a test's).
+
+    Raises `ConnectionError` when it cannot; the caller decides whether to retry
+    (the notifier's outbox) or to let the next pass refresh it (retained decisions).
+    """
+
+    def __call__(self, topic: str, payload: bytes, retain: bool = False) -> None: ...
+
+
 class TelemetryStore(Protocol):
     """Where validated telemetry is kept (embedded SQLite or InfluxDB)."""
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from monitor.core.clock import DAY_MS, format_ts
+from monitor.core.clock import DAY_MS, HOUR_MS, format_ts
 from monitor.core.decision import Finding, Reason
 from monitor.core.ports import MeterPoint, Series
 from monitor.core.rulebook import (
@@ -101,7 +101,7 @@ def mean_current_a(series: Series | None, un_v: float, step_hours: float) -> flo
     if current is not None:
         return float(np.nanmean(current))
     energy = series.values["energy_kwh"]
-    hours = (series.ts_ms[-1] - series.ts_ms[0]) / 3_600_000
+    hours = (series.ts_ms[-1] - series.ts_ms[0]) / HOUR_MS
     if hours <= 0:
         return None
     return float((energy[-1] - energy[0]) / hours * 1000 / un_v)
@@ -330,7 +330,7 @@ def _stopped(series: Series, rule: FunctionFailureRule) -> Finding | None:
         voltage = np.full(len(current), rule.un_v)
     volts = np.where(np.isnan(voltage), rule.un_v, voltage)
     energy = series.values["energy_kwh"]
-    hours = np.diff(series.ts_ms) / 3_600_000
+    hours = np.diff(series.ts_ms) / HOUR_MS
     flowing = np.minimum(current[1:], current[:-1]) > rule.stopped_min_current_a
     still = (np.diff(energy) == 0) & flowing
     reverse = series.column("reverse_kwh")

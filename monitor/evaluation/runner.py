@@ -21,9 +21,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from monitor.alerts.book import AlertBook, Change, conditions_of, district_conditions
-from monitor.core.clock import format_ts, ms_to_datetime, parse_ts
+from monitor.core.clock import DAY_MS, format_ts, ms_to_datetime, parse_ts
 from monitor.core.decision import Decision, Finding, Reason, decide_meter, decision_from_dict
-from monitor.core.ports import MeterPoint, Series, StateStore, TelemetryStore
+from monitor.core.ports import MeterPoint, Publisher, Series, StateStore, TelemetryStore
 from monitor.core.registry import MeterRow
 from monitor.core.rulebook import ElecRules, RuleBook
 from monitor.core.schema import ELEC_EVENT, ELEC_READING
@@ -353,9 +353,9 @@ class Evaluator:
     def _run(self, as_of_ms: int, book: RuleBook, record: bool) -> EvaluationResult:
         rules = book.rules.elec
         as_of = format_ts(as_of_ms)
-        start = as_of_ms - int(rules.estimation.window_days * 86_400_000)
+        start = as_of_ms - int(rules.estimation.window_days * DAY_MS)
         registry = {r.meter_id: r for r in self._state.registry_rows("elec")}
-        lookback = max(rules.tamper.lookback_days, rules.hardware.lookback_days) * 86_400_000
+        lookback = max(rules.tamper.lookback_days, rules.hardware.lookback_days) * DAY_MS
         events = _by_meter(
             self._store.points(ELEC_EVENT, min(start, as_of_ms - int(lookback)), as_of_ms)
         )
@@ -533,7 +533,7 @@ class Evaluator:
                 self._publish(f"{body['kind']}/{body['id']}", body)
 
 
-def decision_publisher(publish: Callable[[str, bytes, bool], None], root: str) -> Publish:
+def decision_publisher(publish: Publisher, root: str) -> Publish:
     """The `publish` of an Evaluator: each decision retained on `{root}/{kind}/{meter}`."""
 
     def publish_decision(suffix: str, body: dict[str, Any]) -> None:
@@ -583,7 +583,7 @@ def meter_decision(
     findings: list[Finding] = []
     findings += rules_elec.function_findings(series, rules.function_failure, meter == dist.master)
     as_of_ms = parse_ts(stamp[0])
-    window_start = as_of_ms - int(rules.estimation.window_days * 86_400_000)
+    window_start = as_of_ms - int(rules.estimation.window_days * DAY_MS)
     recent = [e for e in events if e.ts_ms >= window_start]
     findings += rules_elec.clock_findings(series, recent, rules.clock)
     findings += rules_elec.event_findings(events, rules.tamper, rules.hardware, as_of_ms)

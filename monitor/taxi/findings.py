@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from monitor.core.clock import DAY_MS, format_ts
+from monitor.core.clock import DAY_MS, HOUR_MS, format_ts
 from monitor.core.decision import Finding, Reason
 from monitor.core.ports import MeterPoint, Series
 from monitor.core.rulebook import DistanceRule, TaxiRules
@@ -332,7 +332,7 @@ def taxi_findings(
     past = [t for t in trips if t.end_ms <= as_of_ms]
     dist = _distance_rules(past, fleet_median, fleet_sigma, rules.distance, as_of_ms)
 
-    grace_ms = int(rules.tariff.deadline_h * 3_600_000)
+    grace_ms = int(rules.tariff.deadline_h * HOUR_MS)
     if fares is None:
         checks = [fare_check(t, tariffs, rules.fare, grace_ms=grace_ms) for t in past]
     else:

@@ -27,7 +27,7 @@ from monitor.api.evaluation import district_summary
 from monitor.api.meters import identify_meter
 from monitor.api.taxi import rollout_progress_of
 from monitor.api.web import charts
-from monitor.core.clock import DAY_MS, format_ts, ms_to_datetime
+from monitor.core.clock import DAY_MS, HOUR_MS, format_ts, ms_to_datetime
 from monitor.core.ports import MeterFilter, MeterPoint
 from monitor.core.schema import ELEC_EVENT, ELEC_READING, TAXI_EVENT, TAXI_TRIP
 from monitor.taxi.fares import fare_check
@@ -303,7 +303,7 @@ def _fare_rows(ctx: ApiContext, trips: list[Trip]) -> list[dict[str, Any]]:
     """Every trip re-priced as the fare rule does: wrong fares first, then wrong versions."""
     rules = ctx.rules().rules.taxi
     tariffs = ctx.evaluator.tariffs()
-    grace_ms = int(rules.tariff.deadline_h * 3_600_000)
+    grace_ms = int(rules.tariff.deadline_h * HOUR_MS)
     rows: list[dict[str, Any]] = []
     for t in trips:
         c = fare_check(t, tariffs, rules.fare, grace_ms=grace_ms)
