@@ -82,6 +82,7 @@ class Service:
         self._scheduler = BackgroundScheduler(timezone=settings.scheduling.timezone)
         self._http: uvicorn.Server | None = None
         self._http_socket: socket.socket | None = None
+        self._http_thread: threading.Thread | None = None
         self._reported: dict[Path, int] = {}
         self._started = time.monotonic()
         self._ingest_rate = RateSampler()
@@ -303,12 +304,17 @@ class Service:
         """Serve the API from a background thread (tests, demo)."""
         thread = threading.Thread(target=self.serve_http, name="http", daemon=True)
         thread.start()
+        self._http_thread = thread
         return thread
 
     def stop(self) -> None:
         """Stop in reverse order: HTTP, scheduler, worker (drains), store, state, broker."""
         if self._http is not None:
             self._http.should_exit = True
+        if self._http_thread is not None:
+            # uvicorn closes its server on the way out; the socket must outlive that.
+            self._http_thread.join(timeout=10)
+            self._http_thread = None
         if self._http_socket is not None:
             self._http_socket.close()
             self._http_socket = None
