@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
-from monitor.core.decision import Decision
+from monitor.core.decision import Decision, Stamp
 from monitor.core.registry import MeterRow
 from monitor.core.rulebook import load_rules
 from monitor.electricity.lots import SampleResult, Sampling, add_months, decide_lot
 
 RULES = load_rules(Path(__file__).resolve().parent.parent / "config" / "rules.yaml").rules.elec
-STAMP = ("2026-06-01T00:00:00.000Z", "test@1")
+STAMP = Stamp("2026-06-01T00:00:00.000Z", "test@1")
 
 
 def member(
@@ -30,9 +30,10 @@ def member(
         row.meter_id,
         "elec",
         "keep",
-        state,
+        state,  # type: ignore[arg-type]
         row.due_on,
-        *STAMP,  # type: ignore[arg-type]
+        STAMP.as_of,
+        STAMP.rules_version,
         evidence={"error_pct": error, "evaluable": evaluable},
     )
     return row, decision

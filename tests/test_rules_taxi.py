@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitor.core.clock import ms_to_datetime
-from monitor.core.decision import Finding, decide_meter
+from monitor.core.decision import Finding, Stamp, decide_meter
 from monitor.core.ports import Columns, MeterPoint, Series
 from monitor.core.rulebook import FareRule, TaxiRules, load_rules
 from monitor.taxi.cusum import CUSUM_Z_CLIP, Cusum, cusum, cusum_reference
@@ -138,7 +138,7 @@ def judge(
 
 
 def decision(findings: list[Finding], evidence: dict[str, Any]) -> tuple[str, str]:
-    d = decide_meter("T1", "taxi", findings, date(2026, 12, 1), None, evidence, "x", "r")
+    d = decide_meter("T1", "taxi", findings, date(2026, 12, 1), None, evidence, Stamp("x", "r"))
     return d.decision, d.state
 
 

@@ -46,7 +46,15 @@ class Finding:
     severity: str = "info"
 
 
-@dataclass
+@dataclass(frozen=True)
+class Stamp:
+    """What every decision of one pass records: the event time it judged at and the rules."""
+
+    as_of: str  # RFC 3339 UTC (format_ts)
+    rules_version: str  # name@version+hash
+
+
+@dataclass(frozen=True)
 class Decision:
     """The decision JSON of docs/decisions.md for a meter or a lot."""
 
@@ -104,8 +112,7 @@ def decide_meter(
     due_on: date | None,
     lot_new_due_on: date | None,
     evidence: dict[str, Any],
-    as_of: str,
-    rules_version: str,
+    stamp: Stamp,
 ) -> Decision:
     """Combine a meter's findings into its decision."""
     state = worst_state(findings)
@@ -118,8 +125,8 @@ def decide_meter(
         state=state,
         due_on=due_on,
         new_due_on=lot_new_due_on if action == "extend" else None,
-        as_of=as_of,
-        rules_version=rules_version,
+        as_of=stamp.as_of,
+        rules_version=stamp.rules_version,
         reasons=[f.reason for f in ordered if f.state != "normal" or f.inspect]
         or [f.reason for f in ordered],
         evidence=evidence,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from typing import Any
 
 import numpy as np
 
-from monitor.core.decision import Decision, Reason
+from monitor.core.decision import Decision, Reason, Stamp, State
 from monitor.core.registry import MeterRow, add_years
 from monitor.core.rulebook import ErrorLimitRule, LotRule
 from monitor.electricity.sampling import Plan, draw_sample, judge, plan
@@ -129,28 +129,29 @@ def decide_lot(
     rule: LotRule,
     limits: ErrorLimitRule,
     sampling: Sampling | None,
-    stamp: tuple[str, str],
+    stamp: Stamp,
 ) -> Decision:
-    """The lot's decision at `as_of`; `stamp` is (as_of text, rules version)."""
+    """The lot's decision at `as_of` (the day of `stamp.as_of`)."""
     dues = [r.due_on for r, _ in members if r.due_on is not None]
     ind = indicators(members, limits)
     due = min(dues) if dues else None
-    base = Decision(lot, "lot", "keep", "unknown", due, stamp[0], stamp[1], evidence=ind)
+    base = Decision(
+        lot, "lot", "keep", "unknown", due, stamp.as_of, stamp.rules_version, evidence=ind
+    )
     if due is None:
-        base.reasons = [Reason("lot.due_on", None, None, "no due date in the registry")]
-        return base
+        return replace(
+            base, reasons=[Reason("lot.due_on", None, None, "no due date in the registry")]
+        )
     opens = add_months(due, -rule.horizon_months)
     if as_of < opens:
-        base.state = "normal" if ind["faulty_share"] <= rule.max_faulty_share else "watch"
-        base.reasons = [
-            Reason(
-                "lot.horizon",
-                as_of.isoformat(),
-                opens.isoformat(),
-                f"evaluated from {rule.horizon_months} months before the due date",
-            )
-        ]
-        return base
+        horizon = Reason(
+            "lot.horizon",
+            as_of.isoformat(),
+            opens.isoformat(),
+            f"evaluated from {rule.horizon_months} months before the due date",
+        )
+        state: State = "normal" if ind["faulty_share"] <= rule.max_faulty_share else "watch"
+        return replace(base, state=state, reasons=[horizon])
     if ind["faulty_share"] > rule.reject_faulty_share:
         return _replace(
             base,
@@ -184,15 +185,12 @@ def decide_lot(
 
 
 def _extend(base: Decision, due: date, rule: LotRule, reasons: list[Reason]) -> Decision:
-    base.decision, base.state = "extend", "normal"
-    base.new_due_on = add_years(due, rule.extend_years)
-    base.reasons = reasons
-    return base
+    new_due = add_years(due, rule.extend_years)
+    return replace(base, decision="extend", state="normal", new_due_on=new_due, reasons=reasons)
 
 
 def _replace(base: Decision, reasons: list[Reason]) -> Decision:
-    base.decision, base.state, base.reasons = "replace", "faulty", reasons
-    return base
+    return replace(base, decision="replace", state="faulty", reasons=reasons)
 
 
 def _resample(
@@ -207,11 +205,9 @@ def _resample(
     # seed is recorded, so anyone can redo the draw.
     seed = f"{base.id}|{due.isoformat()}"
     drawn = draw_sample([r.meter_id for r, _ in members], p.sample_size, seed)
-    base.decision = "resample"
-    base.state = "suspect" if any(r.rule != "lot.evaluable_share" for r in reasons) else "unknown"
-    base.reasons = reasons
-    base.extra = {"plan": p.as_dict(), "seed": seed, "drawn": drawn, "sample_results": []}
-    return base
+    state: State = "suspect" if any(r.rule != "lot.evaluable_share" for r in reasons) else "unknown"
+    extra = {"plan": p.as_dict(), "seed": seed, "drawn": drawn, "sample_results": []}
+    return replace(base, decision="resample", state=state, reasons=reasons, extra=extra)
 
 
 def _from_sample(base: Decision, sampling: Sampling, due: date, rule: LotRule) -> Decision:
@@ -236,7 +232,5 @@ def _from_sample(base: Decision, sampling: Sampling, due: date, rule: LotRule) -
     elif verdict == "reject":
         decided = _replace(base, [reason])
     else:
-        base.decision, base.state, base.reasons = "resample", "suspect", [reason]
-        decided = base
-    decided.extra = extra
-    return decided
+        decided = replace(base, decision="resample", state="suspect", reasons=[reason])
+    return replace(decided, extra=extra)

@@ -11,7 +11,7 @@ from datetime import date, timedelta
 from typing import Protocol
 
 from monitor.core.clock import DAY_MS, format_ts, ms_to_datetime
-from monitor.core.decision import Decision, Finding, Reason, decide_meter
+from monitor.core.decision import Decision, Finding, Reason, Stamp, decide_meter
 from monitor.core.ports import MeterPoint, Presence, Registry, TaxiLedger, TelemetryStore
 from monitor.core.registry import MeterRow, add_years
 from monitor.core.rulebook import TaxiRules
@@ -178,7 +178,7 @@ def decide_taxis(
     rules: TaxiRules,
     state: TaxiState,
     as_of_ms: int,
-    stamp: tuple[str, str],
+    stamp: Stamp,
     fares: FareCache | None = None,
 ) -> dict[str, Decision]:
     """Decisions for every taxi meter.
@@ -222,7 +222,7 @@ def decide_taxis(
             row.due_on if row else None,
             extension(row, as_of_ms, rules) if extendable(findings) else None,
             evidence,
-            *stamp,
+            stamp,
         )
     return out
 
@@ -238,7 +238,7 @@ def evaluate(
     config_tariffs: TariffBook,
     rules: TaxiRules,
     as_of_ms: int,
-    stamp: tuple[str, str],
+    stamp: Stamp,
     data: TaxiData | None = None,
     fares: FareCache | None = None,
 ) -> dict[str, Decision]:
