@@ -29,10 +29,11 @@ from monitor.core.decision import (
     Stamp,
     decide_meter,
     decision_from_dict,
+    severity_for,
 )
 from monitor.core.ports import MeterPoint, Series, StateStore, TelemetryStore
 from monitor.core.registry import MeterRow
-from monitor.core.rulebook import ElecRules, RuleBook
+from monitor.core.rulebook import ElecRules, EstimationRule, RuleBook
 from monitor.core.schema import ELEC_EVENT, ELEC_READING
 from monitor.electricity import rules as rules_elec
 from monitor.electricity.balance import (
@@ -267,17 +268,24 @@ def master_uncertainty_pct(rules: ElecRules, master_class: str | None) -> float:
     return value / math.sqrt(3.0)
 
 
-def misfit_reason(dist: DistrictResult) -> Reason | None:
+def misfit_reason(dist: DistrictResult, rule: EstimationRule) -> Reason | None:
     """The district's misfit as a district reason (and alert), when its gates passed.
 
     Structure in the residuals that the plain loss model cannot explain is a finding
     about the area (an unmetered night load, losses that drift, a feeder whose branches
-    carry different losses), not only wider intervals on its meters.
+    carry different losses), not only wider intervals on its meters: an incident of the
+    district, at the estimation rule's severity (`severity_for`, as a suspect finding).
     """
     fit, gates = dist.fit, dist.gates
     if fit is None or not fit.misfit or gates is None or not gates.passed:
         return None
-    return Reason("elec.estimation.misfit", fit.loss_model, list(fit.plausible_models), fit.misfit)
+    return Reason(
+        "elec.estimation.misfit",
+        fit.loss_model,
+        list(fit.plausible_models),
+        fit.misfit,
+        severity_for("suspect", False, rule.severity),
+    )
 
 
 @dataclass
@@ -376,7 +384,7 @@ class Evaluator:
         meters |= self._taxis(as_of_ms, book, stamp)
         if record:
             self._record(meters, lots, districts, stamp)
-            self._raise_alerts(meters, lots, districts, as_of_ms, book)
+            self._raise_alerts(meters, lots, districts, as_of_ms, book.rules.elec.estimation)
         return EvaluationResult(as_of, book.version, meters, lots, districts)
 
     def _districts(
@@ -462,7 +470,7 @@ class Evaluator:
         lots: dict[str, Decision],
         districts: dict[str, DistrictResult],
         as_of_ms: int,
-        book: RuleBook,
+        estimation: EstimationRule,
     ) -> None:
         if self._alerts is None:
             return
@@ -472,11 +480,11 @@ class Evaluator:
             if d.gates is not None and d.gates.failures
         }
         for name, dist in districts.items():
-            finding = misfit_reason(dist)
+            finding = misfit_reason(dist, estimation)
             if finding is not None:
                 gates.setdefault(name, []).append(finding)
-        conditions = conditions_of([*meters.values(), *lots.values()], book.rules, as_of_ms)
-        conditions += district_conditions(gates, book.rules, as_of_ms)
+        conditions = conditions_of([*meters.values(), *lots.values()], as_of_ms)
+        conditions += district_conditions(gates, as_of_ms)
         changes = self._alerts.observe(conditions, as_of_ms, EVALUATION_RULES)
         if self._notify is not None and changes:
             # One hand-over per pass: the notifier routes them in one transaction, and

@@ -90,7 +90,7 @@ def _bias_findings(
                     f"distance error {value:+.2f} % beyond the JJG 517 limit "
                     f"[{limits[0]:g}, {limits[1]:+g}] % with confidence ({ci})",
                 ),
-                severity="critical",
+                rule_severity=rule.severity,
             )
         ]
     if zone == "outside":
@@ -104,7 +104,7 @@ def _bias_findings(
                     band,
                     f"distance error {value:+.2f} % {why} ({ci}): on-site verification",
                 ),
-                severity=rule.severity,
+                rule_severity=rule.severity,
             )
         ]
     if zone == "unproven":
@@ -152,7 +152,7 @@ def _cusum_finding(
             f"{result.direction} at usable trip #{result.alarm_index} ending {at}: the meter "
             f"started registering {moved} distance than GNSS",
         ),
-        severity=rule.severity,
+        rule_severity=rule.severity,
     )
 
 
@@ -169,7 +169,7 @@ def _gross_finding(gross_30d: int, ratios: TripRatios, rule: DistanceRule) -> Fi
             f"(last ending {format_ts(max(ratios.gross_end_ms))}): pulse injection or an "
             "altered pulse constant?",
         ),
-        severity=rule.severity,
+        rule_severity=rule.severity,
     )
 
 
@@ -190,7 +190,7 @@ def _fare_findings(summary: FareSummary, rules: TaxiRules) -> list[Finding]:
                     f"{', '.join(summary.mismatch_ids)})",
                 ),
                 inspect=True,
-                severity=rules.fare.severity if summary.systematic else "minor",
+                rule_severity=rules.fare.severity,
             )
         )
     if summary.n_version_mismatch and rules.tariff.enabled:
@@ -206,7 +206,7 @@ def _fare_findings(summary: FareSummary, rules: TaxiRules) -> list[Finding]:
                     "deadline (tariff not applied); re-priced under the tariff in force",
                 ),
                 inspect=True,
-                severity=rules.tariff.severity,
+                rule_severity=rules.tariff.severity,
             )
         )
     return out
