@@ -173,7 +173,7 @@ def test_district_result(world: World) -> None:
     assert 11 * 96 <= left_out <= 12 * 96
     (failure,) = hit["gates"]["failures"]
     assert failure["rule"] == "elec.estimation.min_intervals"
-    assert f"{stopped} ({left_out})" in failure["detail"]
+    assert f"{stopped} ({left_out} intervals)" in failure["detail"]
     # The list: one line per district, filterable by gates, paged by name.
     listed = world.client.get("/api/districts", params={"limit": 1}).json()
     rest = world.client.get("/api/districts", params={"cursor": listed["next"]}).json()

@@ -24,6 +24,7 @@ from monitor.alerts.book import AlertBook
 from monitor.api.app import create_app
 from monitor.api.context import ApiContext
 from monitor.api.web import mount_web
+from monitor.core.explain import evidence_value
 from monitor.core.registry import parse_rows
 from monitor.core.rulebook import load_rules
 from monitor.core.schema import Record
@@ -38,6 +39,7 @@ from monitor.store.state import SqliteState
 from monitor.taxi.tariff import load_tariffs
 from tests.helpers import received_live
 from tests.services import free_port
+from tests.test_explain import REPR
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "artifacts" / "web"
@@ -195,7 +197,11 @@ def test_meter_list_and_meter_page(site: Site, browser: Any) -> None:
     p = Page(browser, site, f"/meters/{meter}")
     decision = site.api("GET", f"/api/meters/{meter}")["decision"]
     assert p.text("decision") == decision["decision"]
-    assert str(decision["evidence"]["error_pct"]) in p.text("evidence")
+    error = decision["evidence"]["error_pct"]
+    assert f"error pct\n{evidence_value('error_pct', error)}" in p.text("evidence")
+    # every reason in words with units, no Python repr anywhere in the decision
+    for text in (p.text("reasons"), p.text("evidence")):
+        assert not REPR.search(text), text
     assert p.page.locator("svg.chart").count() == 1
     p.shot("meter-elec")
     p.done()

@@ -32,6 +32,7 @@ from typing import Any, Literal
 from monitor.core.catalogue import block_of
 from monitor.core.clock import format_ts
 from monitor.core.decision import SEVERITY_RANK, Decision, Reason
+from monitor.core.explain import sentence
 
 Status = Literal["open", "acknowledged", "resolved"]
 SEVERITIES = ("critical", "major", "minor", "info")
@@ -128,7 +129,8 @@ def _by_block(reasons: Iterable[Reason]) -> dict[str, list[Reason]]:
 
 
 def _sentences(reasons: Sequence[Reason]) -> str:
-    return "; ".join(f"{r.detail} ({r.value} vs {r.threshold})" for r in reasons)
+    """The reasons in words with units (monitor.core.explain), most severe first."""
+    return " ".join(sentence(r.rule, r.value, r.threshold, r.detail) for r in reasons)
 
 
 def _condition(d: Decision, block: str, reasons: list[Reason], at_ms: int) -> Condition:

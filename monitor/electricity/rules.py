@@ -60,7 +60,9 @@ def district_gates(
             )
         )
     if blocks.n_intervals < rule.min_intervals:
-        stopped = ", ".join(f"{m} ({n})" for m, n in sorted(blocks.stopped_intervals.items()))
+        stopped = ", ".join(
+            f"{m} ({n} intervals)" for m, n in sorted(blocks.stopped_intervals.items())
+        )
         failures.append(
             Reason(
                 "elec.estimation.min_intervals",

@@ -33,6 +33,7 @@ from monitor.taxi.distance import (
     Bias,
     BiasZone,
     TripRatios,
+    band_text,
     bias_zone,
     distance_bias,
     log_ratios,
@@ -75,7 +76,7 @@ def _bias_findings(
         ]
     value = round(bias.error_pct, 3)
     low, high = bias.error_ci_pct
-    ci = f"{100 * rule.confidence:g} % interval [{low:+.2f}, {high:+.2f}] %, {bias.n_trips} trips"
+    ci = f"{100 * rule.confidence:g} % interval {band_text(low, high, 2)}, {bias.n_trips} trips"
     band = [rule.guard_low_pct, rule.guard_high_pct]
     limits = [rule.limit_low_pct, rule.limit_high_pct]
     zone = bias_zone(bias, rule)
@@ -88,7 +89,7 @@ def _bias_findings(
                     value,
                     limits,
                     f"distance error {value:+.2f} % beyond the JJG 517 limit "
-                    f"[{limits[0]:g}, {limits[1]:+g}] % with confidence ({ci})",
+                    f"{band_text(limits[0], limits[1])} with confidence ({ci})",
                 ),
                 rule_severity=rule.severity,
             )
@@ -116,7 +117,7 @@ def _bias_findings(
                     value,
                     band,
                     f"distance error {value:+.2f} % outside the guard band "
-                    f"[{band[0]:g}, {band[1]:+g}] % by the estimate only: its {ci} reaches "
+                    f"{band_text(band[0], band[1])} by the estimate only: its {ci} reaches "
                     "back inside, so leaving the band is not proven; kept, not extended",
                 ),
             )
@@ -128,8 +129,7 @@ def _bias_findings(
                 "taxi.distance.bias",
                 value,
                 band,
-                f"distance error {value:+.2f} % inside the guard band "
-                f"[{band[0]:g}, {band[1]:+g}] % ({ci})",
+                f"distance error {value:+.2f} % inside the guard band {band_text(band[0], band[1])} ({ci})",
             ),
         )
     ]

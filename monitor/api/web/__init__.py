@@ -28,6 +28,7 @@ from monitor.api.meters import identify_meter
 from monitor.api.taxi import rollout_progress_of
 from monitor.api.web import charts
 from monitor.core.clock import DAY_MS, format_ts, ms_to_datetime
+from monitor.core.explain import evidence_value, reason_sentence
 from monitor.core.ports import MeterFilter, MeterPoint
 from monitor.core.schema import ELEC_EVENT, ELEC_READING, TAXI_EVENT, TAXI_TRIP
 from monitor.taxi.fares import fare_check
@@ -40,6 +41,8 @@ def mount_web(app: FastAPI, ctx: ApiContext) -> None:
     """Add the pages and their static files to the API application."""
     pages = Jinja2Templates(directory=HERE / "templates")
     pages.env.filters["breakable"] = _breakable
+    pages.env.filters["sentence"] = reason_sentence
+    pages.env.filters["evidence"] = lambda value, key: evidence_value(str(key), value)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     def render(request: Request, name: str, **data: Any) -> HTMLResponse:
