@@ -166,8 +166,8 @@ def _gross_finding(gross_30d: int, ratios: TripRatios, rule: DistanceRule) -> Fi
             gross_30d,
             rule.gross_trips_per_month,
             f"{gross_30d} trips with meter/GNSS ≥ {rule.gross_ratio:g} in the last 30 days "
-            f"(last ending {format_ts(max(ratios.gross_end_ms))}): pulse injection or an "
-            "altered pulse constant?",
+            f"(last ending {format_ts(max(ratios.gross_end_ms))}), a sign of pulse injection "
+            "or an altered pulse constant",
         ),
         rule_severity=rule.severity,
     )

@@ -183,7 +183,7 @@ def _event_findings(
             "taxi.seal.event",
             code,
             rule.codes,
-            f"{code} event at {format_ts(event.ts_ms)}",
+            f"event {code} at {format_ts(event.ts_ms)}",
         )
         cover = _cover(meter, event.ts_ms, event.ts_ms, work_orders)
         out.append(_seal_finding(reason, cover, rule.severity))
