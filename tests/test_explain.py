@@ -260,10 +260,7 @@ def test_every_reason_the_rules_produce_reads_as_a_sentence_with_units(
         "clock_battery_low (the rule's codes: clock_error, clock_battery_low)"
         in said["elec.clock.events"]
     )
-    assert (
-        "peak" in said["taxi.distance.cusum"]
-        and "standard deviations" in said["taxi.distance.cusum"]
-    )
+    assert "alarm level 5 σ" in said["taxi.distance.cusum"]
     assert " % of fares" in said["taxi.fare.mismatch"]
 
 

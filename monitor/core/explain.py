@@ -189,7 +189,7 @@ PHRASES: dict[str, Phrase] = {
     "taxi.distance.guard_band": _none,
     "taxi.distance.limit": _none,
     "taxi.distance.cusum": lambda v, t: (
-        f"peak {number(v)} standard deviations, alarm level {number(t)}"
+        f"the sum peaked at {number(v)} σ, alarm level {number(t)} σ"
     ),
     "taxi.distance.gross_trips": lambda v, t: (
         f"{quantity(v, 'gross trips')}, alarm from {number(t)} in 30 days"
