@@ -31,7 +31,7 @@ from monitor.core.rulebook import load_rules
 from monitor.electricity import rules as elec
 from monitor.electricity.lots import SampleResult, Sampling
 from monitor.evaluation.report import print_report
-from monitor.evaluation.runner import fit_district
+from monitor.evaluation.runner import fit_district, misfit_reason
 from monitor.store.state import SqliteState
 from monitor.taxi.evaluate import TaxiData, overdue_findings
 from monitor.taxi.seals import seal_findings
@@ -140,6 +140,11 @@ def elec_reasons() -> list[Reason]:
         found += elec.estimate_findings(
             e.estimate(error, half, ratio), cls, current, e.PASSING, RULES.elec
         )
+    base = e.estimate(1.8)
+    straddle = replace(base, error_ci_pct=(1.2, 2.6), model_range_pct=(1.7, 2.3))
+    found += elec.estimate_findings(straddle, "2", 2.0, e.PASSING, RULES.elec, "night load")
+    twin = replace(e.estimate(0.1), confounded_with=("m1",), max_correlation=0.998)
+    found += elec.estimate_findings(twin, "2", 2.0, e.PASSING, RULES.elec)
     failing = elec.Gates(
         False, 0.5, 0.5, 10, 3.0, [Reason("elec.estimation.min_intervals", 10, 300, "few")]
     )
@@ -163,7 +168,18 @@ def elec_reasons() -> list[Reason]:
         result = fit_district("D1", district, "M", RULES.elec, 0, end)
         assert result.gates is not None
         reasons += result.gates.failures
-    return reasons
+    # a district whose residuals follow the time of day (what an AC feeder with street
+    # lighting gives, tests/test_testbed.py), its gates passed
+    fitted = fit_district("D1", lossy, "M", RULES.elec, 0, end)
+    assert fitted.fit is not None and fitted.gates is not None
+    lit = replace(
+        fitted,
+        fit=replace(fitted.fit, misfit="residuals follow the time of day"),
+        gates=replace(fitted.gates, passed=True, failures=[]),
+    )
+    misfit = misfit_reason(lit, RULES.elec.estimation)
+    assert misfit is not None
+    return [*reasons, misfit]
 
 
 def lot_reasons() -> list[Reason]:

@@ -42,8 +42,15 @@ CATALOGUE: dict[str, RuleEntry] = {
         "elec.estimation.min_intervals",
         "elec.estimation.solvable",
     ),
-    # A line loss outside its band is an incident of the district (topology or theft).
-    **_entries("elec.estimation", "district", ("suspect",), "elec.estimation.line_loss"),
+    # A line loss outside its band is an incident of the district (topology or theft), and
+    # so is structure in its residuals no plain loss model explains (a night load, …).
+    **_entries(
+        "elec.estimation",
+        "district",
+        ("suspect",),
+        "elec.estimation.line_loss",
+        "elec.estimation.misfit",
+    ),
     **_entries(
         "elec.estimation",
         "meter",
@@ -51,6 +58,8 @@ CATALOGUE: dict[str, RuleEntry] = {
         "elec.estimation.light_load",
         "elec.estimation.observability",
         "elec.estimation.ci_width",
+        "elec.estimation.collinear",
+        "elec.estimation.loss_model",
     ),
     **_entries("elec.estimation", "meter", ("normal",), "elec.master"),
     **_entries("elec.error_limit", "meter", ("suspect", "normal"), "elec.error_limit"),

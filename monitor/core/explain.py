@@ -150,6 +150,16 @@ PHRASES: dict[str, Phrase] = {
         f"information ratio {number(v)}, at least {number(t)}"
     ),
     "elec.estimation.ci_width": _ci_width,
+    "elec.estimation.collinear": lambda v, t: (
+        f"correlation {number(v)} with another meter's estimate, at most {number(t)}"
+    ),
+    "elec.estimation.loss_model": lambda v, t: (
+        f"estimated error {span(v, signed)} under the plausible loss models, decision lines "
+        f"at ±{span(t, _pct).replace(' to ', ' and ±')}"
+    ),
+    "elec.estimation.misfit": lambda v, t: (
+        f"loss model {plain(v)}; plausible: {plain(t)}" if v else f"plausible: {plain(t)}"
+    ),
     "elec.master": _none,
     "elec.error_limit": _limit_pm,
     "elec.error_limit.watch": lambda v, t: (
