@@ -22,10 +22,18 @@ from numpy.typing import NDArray
 
 from monitor.alerts.book import AlertBook, Change, conditions_of, district_conditions
 from monitor.core.clock import DAY_MS, format_ts, ms_to_datetime, parse_ts
-from monitor.core.decision import Decision, Finding, Reason, decide_meter, decision_from_dict
+from monitor.core.decision import (
+    Decision,
+    Finding,
+    Reason,
+    Stamp,
+    decide_meter,
+    decision_from_dict,
+    severity_for,
+)
 from monitor.core.ports import MeterPoint, Publisher, Series, StateStore, TelemetryStore
 from monitor.core.registry import MeterRow
-from monitor.core.rulebook import ElecRules, RuleBook
+from monitor.core.rulebook import ElecRules, EstimationRule, RuleBook
 from monitor.core.schema import ELEC_EVENT, ELEC_READING
 from monitor.electricity import rules as rules_elec
 from monitor.electricity.balance import (
@@ -74,7 +82,7 @@ class DistrictResult:
     stopped_intervals: dict[str, int] = field(default_factory=dict)
     daily_loss: list[DailyLoss] = field(default_factory=list)
 
-    def report(self, decisions: dict[str, Decision], as_of: str, version: str) -> dict[str, Any]:
+    def report(self, decisions: dict[str, Decision], stamp: Stamp) -> dict[str, Any]:
         """The JSON of `GET /api/districts/{district}`."""
         fit, gates = self.fit, self.gates
         meters = []
@@ -95,8 +103,8 @@ class DistrictResult:
             )
         return {
             "district": self.district,
-            "as_of": as_of,
-            "rules_version": version,
+            "as_of": stamp.as_of,
+            "rules_version": stamp.rules_version,
             "master": self.master,
             "note": self.note,
             "gates": None
@@ -260,17 +268,24 @@ def master_uncertainty_pct(rules: ElecRules, master_class: str | None) -> float:
     return value / math.sqrt(3.0)
 
 
-def misfit_reason(dist: DistrictResult) -> Reason | None:
+def misfit_reason(dist: DistrictResult, rule: EstimationRule) -> Reason | None:
     """The district's misfit as a district reason (and alert), when its gates passed.
 
     Structure in the residuals that the plain loss model cannot explain is a finding
     about the area (an unmetered night load, losses that drift, a feeder whose branches
-    carry different losses), not only wider intervals on its meters.
+    carry different losses), not only wider intervals on its meters: an incident of the
+    district, at the estimation rule's severity (`severity_for`, as a suspect finding).
     """
     fit, gates = dist.fit, dist.gates
     if fit is None or not fit.misfit or gates is None or not gates.passed:
         return None
-    return Reason("elec.estimation.misfit", fit.loss_model, list(fit.plausible_models), fit.misfit)
+    return Reason(
+        "elec.estimation.misfit",
+        fit.loss_model,
+        list(fit.plausible_models),
+        fit.misfit,
+        severity_for("suspect", False, rule.severity),
+    )
 
 
 @dataclass
@@ -360,7 +375,7 @@ class Evaluator:
             self._store.points(ELEC_EVENT, min(start, as_of_ms - int(lookback)), as_of_ms)
         )
         districts = self._districts(registry, rules, start, as_of_ms)
-        stamp = (as_of, book.version)
+        stamp = Stamp(as_of, book.version)
         meters = self._meters(registry, districts, events, rules, stamp, lot_extension={})
         lots = self._lots(registry, meters, as_of_ms, book)
         extended = {lot: d.new_due_on for lot, d in lots.items() if d.decision == "extend"}
@@ -369,7 +384,7 @@ class Evaluator:
         meters |= self._taxis(as_of_ms, book, stamp)
         if record:
             self._record(meters, lots, districts, stamp)
-            self._raise_alerts(meters, lots, districts, as_of_ms, book)
+            self._raise_alerts(meters, lots, districts, as_of_ms, book.rules.elec.estimation)
         return EvaluationResult(as_of, book.version, meters, lots, districts)
 
     def _districts(
@@ -400,7 +415,7 @@ class Evaluator:
         districts: dict[str, DistrictResult],
         events: dict[str, list[MeterPoint]],
         rules: ElecRules,
-        stamp: tuple[str, str],
+        stamp: Stamp,
         lot_extension: dict[str, date | None],
     ) -> dict[str, Decision]:
         out = {}
@@ -438,11 +453,11 @@ class Evaluator:
                 rules.lot,
                 rules.error_limit,
                 sampling,
-                (format_ts(as_of_ms), book.version),
+                Stamp(format_ts(as_of_ms), book.version),
             )
         return out
 
-    def _taxis(self, as_of_ms: int, book: RuleBook, stamp: tuple[str, str]) -> dict[str, Decision]:
+    def _taxis(self, as_of_ms: int, book: RuleBook, stamp: Stamp) -> dict[str, Decision]:
         fares = self._taxi_fares
         rules = book.rules.taxi
         return evaluate_taxi.evaluate(
@@ -455,7 +470,7 @@ class Evaluator:
         lots: dict[str, Decision],
         districts: dict[str, DistrictResult],
         as_of_ms: int,
-        book: RuleBook,
+        estimation: EstimationRule,
     ) -> None:
         if self._alerts is None:
             return
@@ -465,11 +480,11 @@ class Evaluator:
             if d.gates is not None and d.gates.failures
         }
         for name, dist in districts.items():
-            finding = misfit_reason(dist)
+            finding = misfit_reason(dist, estimation)
             if finding is not None:
                 gates.setdefault(name, []).append(finding)
-        conditions = conditions_of([*meters.values(), *lots.values()], book.rules, as_of_ms)
-        conditions += district_conditions(gates, book.rules, as_of_ms)
+        conditions = conditions_of([*meters.values(), *lots.values()], as_of_ms)
+        conditions += district_conditions(gates, as_of_ms)
         changes = self._alerts.observe(conditions, as_of_ms, EVALUATION_RULES)
         if self._notify is not None and changes:
             # One hand-over per pass: the notifier routes them in one transaction, and
@@ -498,7 +513,7 @@ class Evaluator:
             rules.lot,
             rules.error_limit,
             self._sampling(lot),
-            (previous["as_of"], book.version),
+            Stamp(previous["as_of"], book.version),
         )
         self._state.save_decisions("lot", [decided.as_dict()])
         return decided
@@ -521,13 +536,13 @@ class Evaluator:
         meters: dict[str, Decision],
         lots: dict[str, Decision],
         districts: dict[str, DistrictResult],
-        stamp: tuple[str, str],
+        stamp: Stamp,
     ) -> None:
         meter_bodies = [d.as_dict() for d in meters.values()]
         self._state.save_decisions("meter", meter_bodies)
         self._state.save_decisions("lot", [d.as_dict() for d in lots.values()])
         for name, dist in districts.items():
-            self._state.save_district(name, stamp[0], dist.report(meters, *stamp))
+            self._state.save_district(name, stamp.as_of, dist.report(meters, stamp))
         if self._publish is not None:
             for body in meter_bodies:
                 self._publish(f"{body['kind']}/{body['id']}", body)
@@ -575,14 +590,14 @@ def meter_decision(
     dist: DistrictResult,
     events: list[MeterPoint],
     rules: ElecRules,
-    stamp: tuple[str, str],
+    stamp: Stamp,
     lot_new_due_on: date | None,
 ) -> Decision:
     """All electricity rules for one meter, combined into its decision."""
     series = dist.series.get(meter)
     findings: list[Finding] = []
     findings += rules_elec.function_findings(series, rules.function_failure, meter == dist.master)
-    as_of_ms = parse_ts(stamp[0])
+    as_of_ms = parse_ts(stamp.as_of)
     window_start = as_of_ms - int(rules.estimation.window_days * DAY_MS)
     recent = [e for e in events if e.ts_ms >= window_start]
     findings += rules_elec.clock_findings(series, recent, rules.clock)
@@ -607,7 +622,7 @@ def meter_decision(
     evaluable = any(f.reason.rule.startswith("elec.error_limit") for f in findings)
     evidence = _evidence(dist, est, current, evaluable, row)
     return decide_meter(
-        meter, "elec", findings, row.due_on if row else None, lot_new_due_on, evidence, *stamp
+        meter, "elec", findings, row.due_on if row else None, lot_new_due_on, evidence, stamp
     )
 
 
