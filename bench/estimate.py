@@ -73,7 +73,8 @@ from monitor.core.ports import Series, meter_series
 from monitor.core.registry import MeterRow, parse_rows
 from monitor.core.rulebook import load_rules
 from monitor.core.schema import ELEC_READING, Record
-from monitor.evaluation.runner import READING_FIELDS, Evaluator, fit_district, meter_decision
+from monitor.electricity.evaluate import READING_FIELDS, fit_district, meter_decision
+from monitor.evaluation.runner import Evaluator
 from monitor.ingest.telemetry import parse_message
 from monitor.ingest.worker import summarise_seen
 from monitor.platform.metrics import Metrics

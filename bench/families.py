@@ -36,7 +36,7 @@ from bench.common import map_spawned
 from monitor.core.clock import format_ts
 from monitor.core.decision import Stamp
 from monitor.core.rulebook import load_rules
-from monitor.evaluation.runner import fit_district, meter_decision
+from monitor.electricity.evaluate import fit_district, meter_decision
 from monitor.simulate import FleetSpec
 from monitor.simulate.feeder import District, FeederEnergy, MeterSpec, from_model, meter_district
 

@@ -64,7 +64,7 @@ from monitor.core.decision import Stamp
 from monitor.core.ports import Series
 from monitor.core.rulebook import ElecRules, load_rules
 from monitor.core.schema import ELEC_READING
-from monitor.evaluation.runner import READING_FIELDS, fit_district, meter_decision
+from monitor.electricity.evaluate import READING_FIELDS, fit_district, meter_decision
 from monitor.platform.metrics import Metrics
 from monitor.store.embedded import EmbeddedStore
 from monitor.store.embedded.layout import table_columns as _columns

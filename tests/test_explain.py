@@ -29,9 +29,9 @@ from monitor.core.explain import PHRASES, evidence_value, sentence
 from monitor.core.ports import MeterPoint, Series
 from monitor.core.rulebook import load_rules
 from monitor.electricity import rules as elec
+from monitor.electricity.evaluate import fit_district, misfit_reason
 from monitor.electricity.lots import SampleResult, Sampling
 from monitor.evaluation.report import print_report
-from monitor.evaluation.runner import fit_district, misfit_reason
 from monitor.store.state import SqliteState
 from monitor.taxi.evaluate import TaxiData, overdue_findings
 from monitor.taxi.seals import seal_findings

@@ -11,7 +11,7 @@ from monitor.core.ports import MeterPoint, Series
 from monitor.core.rulebook import load_rules
 from monitor.electricity import rules as elec
 from monitor.electricity.balance import MeterEstimate
-from monitor.evaluation.runner import fit_district
+from monitor.electricity.evaluate import fit_district
 
 RULES = load_rules(Path(__file__).resolve().parent.parent / "config" / "rules.yaml").rules.elec
 STEP = 900_000
