@@ -4,6 +4,7 @@
     .venv/bin/python -m bench.estimate --quick                 # accuracy + 200 districts
     .venv/bin/python -m bench.estimate --speed-districts 1000 --processes 2
     .venv/bin/python -m bench.estimate --skip-speed            # accuracy only
+    .venv/bin/python -m bench.estimate --skip-accuracy --skip-speed   # test-bed families only
 
 Part 1 (accuracy) pushes a simulated fleet with known meter errors through the real
 path: simulator messages → `parse_message` → `EmbeddedStore.write` (batches of 5 000)
@@ -11,6 +12,14 @@ path: simulator messages → `parse_message` → `EmbeddedStore.write` (batches 
 `Evaluator.run` as of the last reading, with `config/rules.yaml`. It does this once
 per register resolution (0.001 and 0.01 kWh) and compares every customer meter's
 decision with the truth.
+
+Part 1b (test-bed families, `bench.families`) runs the core on loss physics the estimator
+was not written for: the project's simulator with customer-current and trunk-current I²R
+loss, and AC power flows (pandapower) on five SimBench LV grids without and with PV
+prosumers, with unmetered street lighting, and with the feeder's topology known; per
+family it prints evaluable share, median and p95 |Δe|, coverage, meters beyond the limit
+by state and healthy meters flagged (`--skip-families` leaves it out; the AC families need
+the `testbed` extra and cache solved feeders under ~/.cache/meter-state-monitor/testbed).
 
 Part 2 (speed) times the evaluation core, `fit_district` + `meter_decision` for every
 meter, over N synthetic districts of 100 meters × 30 days generated directly as numpy
@@ -56,13 +65,17 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from bench import families
 from bench.common import map_spawned
+from monitor.core.clock import format_ts
+from monitor.core.decision import Stamp
 from monitor.core.ports import Series, meter_series
 from monitor.core.registry import MeterRow, parse_rows
 from monitor.core.rulebook import load_rules
 from monitor.core.schema import ELEC_READING, Record
-from monitor.evaluation.runner import READING_FIELDS, Evaluator, fit_district, meter_decision
-from monitor.ingest.telemetry import format_ts, parse_message
+from monitor.electricity.evaluate import READING_FIELDS, fit_district, meter_decision
+from monitor.evaluation.runner import Evaluator
+from monitor.ingest.telemetry import parse_message
 from monitor.ingest.worker import summarise_seen
 from monitor.platform.metrics import Metrics
 from monitor.simulate import Fleet, FleetSpec
@@ -730,7 +743,7 @@ def speed_worker(task: SpeedTask) -> SpeedResult:
         d = synth_district(task.seed, index, task.meters, task.days, task.resolution_kwh)
         t1 = time.perf_counter()
         start = d.end_ms - int(rules.estimation.window_days * DAY_MS)
-        stamp = (format_ts(d.end_ms), book.version)
+        stamp = Stamp(format_ts(d.end_ms), book.version)
         dist = fit_district(d.name, d.series, d.master, rules, start, d.end_ms)
         t2 = time.perf_counter()
         for meter in sorted(set(d.series) | set(d.rows)):
@@ -944,7 +957,7 @@ def store_read(districts: int, seed: int) -> StoreReadResult:
                     meter_series(got, READING_FIELDS)
                 out.fetches.append(t2 - t1)
                 out.groups.append(time.perf_counter() - t2)
-            stamp = (format_ts(d.end_ms), book.version)
+            stamp = Stamp(format_ts(d.end_ms), book.version)
             t1 = time.perf_counter()
             dist = fit_district(d.name, series, d.master, rules, start, d.end_ms)
             decisions = [
@@ -954,7 +967,9 @@ def store_read(districts: int, seed: int) -> StoreReadResult:
             out.cores.append(time.perf_counter() - t1)
             t1 = time.perf_counter()
             state.save_decisions("meter", [x.as_dict() for x in decisions])
-            state.save_district(d.name, stamp[0], dist.report({x.id: x for x in decisions}, *stamp))
+            state.save_district(
+                d.name, stamp.as_of, dist.report({x.id: x for x in decisions}, stamp)
+            )
             out.saves.append(time.perf_counter() - t1)
         raw.close()
         store.close()
@@ -1044,6 +1059,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="BLAS threads per spawned process (default 1; 0 = leave the environment as is)",
     )
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--skip-families", action="store_true", help="leave out Part 1b")
+    parser.add_argument(
+        "--family", action="append", help="Part 1b: only these families (bench.families)"
+    )
     parser.add_argument("--skip-speed", action="store_true")
     args = parser.parse_args(argv)
     n_speed = args.speed_districts or (200 if args.quick else 10_000)
@@ -1074,6 +1093,21 @@ def main(argv: Sequence[str] | None = None) -> None:
             report_accuracy(run, show_targets=run.task.resolution_kwh == 0.001)
         print()
         print(f"accuracy part: {time.perf_counter() - t0:.0f} s on {workers} process(es)")
+
+    if not args.skip_families:
+        print()
+        print("=== Part 1b: test-bed families (bench.families: fit_district + meter_decision) ===")
+        names = args.family or list(families.FAMILIES)
+        t0 = time.perf_counter()
+        family_tasks = [
+            families.FamilyTask(f, args.seed, str(families.DEFAULT_CACHE), 8) for f in names
+        ]
+        with blas_threads(args.blas_threads or None):
+            family_runs = map_spawned(
+                families.run_family, family_tasks, max(1, min(args.processes, len(names)))
+            )
+        families.report(family_runs)
+        print(f"families part: {time.perf_counter() - t0:.0f} s")
 
     if not args.skip_speed:
         print()

@@ -22,6 +22,7 @@ import httpx
 
 from monitor.alerts.book import AlertBook, Change
 from monitor.alerts.notifier import Notifier
+from monitor.core.clock import HOUR_MS
 from monitor.core.decision import decision_from_dict
 from monitor.core.rulebook import load_rules
 from monitor.evaluation.report import print_evaluation, print_report
@@ -116,7 +117,7 @@ def run_here(
     store = open_store(settings.storage, Metrics())
     backend = open_state(settings.state, data, f"monitor-evaluate-{os.getpid()}")
     state = backend.state
-    alerts = AlertBook(backend.alerts, int(settings.alerts.clear_after_h * 3_600_000))
+    alerts = AlertBook(backend.alerts, int(settings.alerts.clear_after_h * HOUR_MS))
     address = broker_address(settings)
     link = PublishLink(address, f"monitor-evaluate-{os.getpid()}")
     reachable = link.connect(CONNECT_TIMEOUT_S)
@@ -168,7 +169,7 @@ def run_here(
 def _as_of(
     req: Request, evaluator: Evaluator, clock: Callable[[], float], err: TextIO
 ) -> int | None:
-    from monitor.ingest.telemetry import parse_ts
+    from monitor.core.clock import parse_ts
 
     if req.as_of is None:
         found = evaluator.default_as_of()

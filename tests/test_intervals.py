@@ -101,3 +101,19 @@ def test_master_squares_use_its_known_sub_spans() -> None:
     assert blk.lengths.tolist() == [3]
     # exact 1² for the known interval, then 4 spread evenly over two: 2² + 2²
     assert blk.master_sq.tolist() == [1.0 + 4.0 + 4.0]
+
+
+def test_a_prosumers_energy_is_forward_minus_reverse() -> None:
+    """PV: the meter's forward register stands still while the reverse one counts the
+    export; the balance sees the net, and a falling reverse register is a fault."""
+    g = grid(4)
+    ts = np.arange(4, dtype=np.int64) * STEP
+    master = MeterSeries(ts, np.array([0.0, 1.0, 1.5, 3.0]), reverse_kwh=np.zeros(4))
+    pv = MeterSeries(ts, np.array([5.0, 5.0, 5.2, 5.2]), reverse_kwh=np.array([0, 0.4, 0.4, 9.0]))
+    plain = MeterSeries(ts, np.array([1.0, 2.0, 3.0, 4.0]))  # no reverse register at all
+    blk = blocks(place_on_grid({"M": master, "P": pv, "A": plain}, g), "M", g)
+    assert blk.meters == ["A", "P"]
+    np.testing.assert_allclose(blk.energy[:, 1], [-0.4, 0.2, -8.6])
+    dropped = MeterSeries(ts, pv.energy_kwh, reverse_kwh=np.array([0, 0.4, 0.1, 0.2]))
+    cut = blocks(place_on_grid({"M": master, "P": dropped, "A": plain}, g), "M", g)
+    assert cut.register_drops == {"P": 1} and len(cut.lengths) == 2

@@ -71,7 +71,7 @@ def test_evaluation_passes_do_not_clear_offline_alerts(tmp_path: Path) -> None:
 def test_service_checks_offline_only_when_its_own_view_is_trustworthy(
     tmp_path: Path, mosquitto: object
 ) -> None:
-    from monitor.ingest.telemetry import format_ts
+    from monitor.core.clock import format_ts
     from monitor.platform.config import load_settings
     from monitor.service import Service
     from tests.helpers import BASE_MS, Publisher, reading, wait_for

@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from monitor.core.clock import format_ts, parse_ts
 from monitor.core.registry import parse_rows
 from monitor.core.schema import ELEC_READING, Record
 from monitor.core.yamlfile import ConfigError
 from monitor.ingest.limits import IngestSettings, Limits
-from monitor.ingest.telemetry import Rejection, format_ts, parse_message, parse_ts
+from monitor.ingest.telemetry import Rejection, parse_message
 from monitor.ingest.worker import summarise_seen
 from monitor.platform.config import load_settings
 from monitor.service import Components, Service

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
+from monitor.alerts.book import district_conditions
 from monitor.core.ports import MeterPoint, Series
 from monitor.core.rulebook import load_rules
 from monitor.electricity import rules as elec
 from monitor.electricity.balance import MeterEstimate
+from monitor.electricity.evaluate import fit_district
 
 RULES = load_rules(Path(__file__).resolve().parent.parent / "config" / "rules.yaml").rules.elec
 STEP = 900_000
@@ -138,3 +140,95 @@ def test_a_tamper_case_outlives_the_estimation_window() -> None:
     assert [f.reason.rule for f in later] == ["elec.tamper"]  # 60 days on: still open
     gone = elec.event_findings(opened, RULES.tamper, RULES.hardware, as_of_ms=500 * day)
     assert gone == []  # beyond the rule's lookback
+
+
+def test_a_plausible_loss_model_across_a_decision_line_is_unknown() -> None:
+    """Never normal on an estimate another plausible loss model puts in the watch band or
+    beyond the limit; the reason gives the range and the district's misfit."""
+    base = estimate(1.8)
+    straddle = MeterEstimate(
+        "m", base.beta, 1.8, (1.2, 2.6), 0.2, 500.0, 2000, 0.2, model_range_pct=(1.7, 2.3)
+    )
+    found = elec.estimate_findings(straddle, "2", 2.0, PASSING, RULES, "night load")
+    assert states(found) == [("unknown", "elec.estimation.loss_model")]
+    assert found[0].reason.value == [1.7, 2.3] and "night load" in found[0].reason.detail
+    steady = MeterEstimate(
+        "m", base.beta, 1.8, (1.2, 2.0), 0.2, 500.0, 2000, 0.2, model_range_pct=(1.6, 1.9)
+    )
+    assert states(elec.estimate_findings(steady, "2", 2.0, PASSING, RULES)) == [
+        ("normal", "elec.error_limit")
+    ]
+
+
+def test_a_collinear_meter_is_unknown_and_names_its_twin() -> None:
+    twin = MeterEstimate(
+        "m3",
+        1.0,
+        0.1,
+        (0.0, 0.2),
+        0.05,
+        800.0,
+        2000,
+        0.2,
+        confounded_with=("m1",),
+        max_correlation=0.998,
+    )
+    found = elec.estimate_findings(twin, "2", 2.0, PASSING, RULES)
+    assert states(found) == [("unknown", "elec.estimation.collinear")]
+    assert "confounded with m1" in found[0].reason.detail
+
+
+def test_an_exporting_prosumer_is_not_a_stopped_meter() -> None:
+    ff = RULES.function_failure
+    n = 20
+    exporting = Series(
+        np.arange(n, dtype=np.int64) * STEP,
+        {
+            "energy_kwh": np.full(n, 100.0),  # forward register still: all day export
+            "reverse_kwh": np.arange(n) * 0.5,
+            "current_a": np.full(n, 8.0),
+        },
+    )
+    assert elec.function_findings(exporting, ff) == []
+    stuck = Series(exporting.ts_ms, {**exporting.values, "reverse_kwh": np.full(n, 3.0)})
+    assert states(elec.function_findings(stuck, ff)) == [
+        ("faulty", "elec.function_failure.stopped")
+    ]
+
+
+def district_of(loss_share: float, days: float = 2.0) -> dict[str, Series]:
+    """Two customers and a master that also feeds `loss_share` of what it supplies to losses."""
+    n = int(days * 96) + 1
+    rng = np.random.default_rng(3)
+    a = np.concatenate([[0.0], np.cumsum(rng.uniform(0.1, 0.4, n - 1))])
+    b = np.concatenate([[0.0], np.cumsum(rng.uniform(0.05, 0.6, n - 1))])
+    ts = np.arange(n, dtype=np.int64) * STEP
+    master = (a + b) / (1 - loss_share)
+    return {
+        "M": Series(ts, {"energy_kwh": master}),
+        "A": Series(ts, {"energy_kwh": a + 100}),
+        "B": Series(ts, {"energy_kwh": b + 50}),
+    }
+
+
+def test_only_a_line_loss_out_of_band_is_a_district_alert() -> None:
+    series_of = district_of(0.25)
+    end = int(series_of["M"].ts_ms[-1])
+    result = fit_district("D1", series_of, "M", RULES, 0, end)
+    assert result.gates is not None and not result.gates.passed
+    by_rule = {r.rule: r.severity for r in result.gates.failures}
+    # two days: too few intervals (too little data, no alert), and 25 % line loss
+    assert by_rule == {
+        "elec.estimation.min_intervals": "info",
+        "elec.estimation.line_loss": "major",
+    }
+    [c] = district_conditions({"D1": result.gates.failures}, end)
+    assert (c.kind, c.subject, c.rule, c.severity) == (
+        "district",
+        "D1",
+        "elec.estimation.line_loss",
+        "major",
+    )
+    plain = fit_district("D1", district_of(0.03), "M", RULES, 0, end)
+    assert plain.gates is not None and not plain.gates.passed
+    assert district_conditions({"D1": plain.gates.failures}, end) == []

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from monitor.core.clock import parse_ts
 from monitor.core.registry import parse_csv
-from monitor.ingest.telemetry import parse_ts
 from monitor.simulate import Fleet, FleetSpec
 from tests.helpers import Publisher, reading, stored_rows, wait_for
 from tests.services import Mosquitto, free_port

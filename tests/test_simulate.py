@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from monitor.ingest.telemetry import parse_ts
+from monitor.core.clock import parse_ts
 from monitor.simulate import Fleet, FleetSpec, SimMessage, run_paced, write_registry_csv
 from monitor.taxi.tariff import SHANGHAI_2022, TariffBook, charged_fare_cny
 

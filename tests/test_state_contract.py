@@ -78,7 +78,15 @@ def decision(meter: str, verdict: str = "keep", state: str = "normal", kind: str
         "as_of": "2026-03-01T00:00:00Z",
         "rules_version": "r1",
         "evidence": {"error_pct": 0.12345678901234, "ci": [1.5, -2.25]},
-        "reasons": [],
+        "reasons": [
+            {
+                "rule": "elec.error_limit",
+                "value": 4.5,
+                "threshold": 2.0,
+                "detail": "beyond",
+                "severity": "major",
+            }
+        ],
     }
 
 
@@ -308,6 +316,10 @@ def test_the_fleet_list_joins_registry_presence_and_decisions(state: StateStore)
         ("T1", "taxi", True, None, 0),
     ]
     assert everything[0].decision == "resample" and everything[0].lot == "L1"
+    assert everything[0].error_pct == 0.12345678901234
+    assert everything[0].reason == decision("E1")["reasons"][0]
+    assert list(everything[0].reason or {}) == ["rule", "value", "threshold", "detail", "severity"]
+    assert (everything[1].error_pct, everything[1].reason) == (None, None)
     assert everything[2].last_ts is None
     page = state.list_meters(MeterFilter(kind="elec"), "E1", 1)
     assert [m.meter_id for m in page] == ["E2"]

@@ -12,10 +12,10 @@ from fastapi.testclient import TestClient
 
 from monitor.api.app import create_app
 from monitor.api.context import ApiContext
+from monitor.core.clock import ms_to_datetime, parse_ts
 from monitor.core.rulebook import load_rules
 from monitor.core.schema import TAXI_EVENT, TAXI_STATUS, Record
 from monitor.evaluation.runner import Evaluator
-from monitor.ingest.telemetry import ms_to_datetime, parse_ts
 from monitor.ingest.worker import summarise_seen
 from monitor.platform.config import load_settings
 from monitor.platform.metrics import Metrics

@@ -7,8 +7,9 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from monitor.core.clock import format_ts, parse_ts
 from monitor.core.schema import ELEC_EVENT, ELEC_READING, TAXI_EVENT, TAXI_STATUS, TAXI_TRIP, Record
-from monitor.ingest.telemetry import Rejection, format_ts, parse_message, parse_ts
+from monitor.ingest.telemetry import Rejection, parse_message
 
 TS_TEXT = "2026-03-01T00:15:00+08:00"
 TS_MS = 1772295300000  # the same instant

@@ -14,9 +14,9 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 from monitor.alerts.book import Condition
+from monitor.core.clock import format_ts
 from monitor.core.ports import MismatchRow
 from monitor.ingest.limits import DistrictMismatchSettings
-from monitor.ingest.telemetry import format_ts
 
 MISMATCH_RULE = "ingest.district_mismatch"
 MISMATCH_RULES = (MISMATCH_RULE,)

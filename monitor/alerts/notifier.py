@@ -43,7 +43,7 @@ from monitor.alerts.routing import (
     idempotency_key,
     member_key,
 )
-from monitor.core.ports import Notification, OutboxStore
+from monitor.core.ports import Notification, OutboxStore, Publisher
 from monitor.store.outbox import SqliteOutbox
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ class Notifier:
         self,
         routing: RoutingSettings,
         outbox: OutboxStore | Path,
-        publish: Callable[[str, bytes], None] | None,
+        publish: Publisher | None,
         clock: Callable[[], float] = time.time,
         http: httpx.Client | None = None,
         owner: str | None = None,

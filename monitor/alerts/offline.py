@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pydantic import BaseModel, ConfigDict, Field
 
 from monitor.alerts.book import Condition
-from monitor.ingest.telemetry import format_ts
+from monitor.core.clock import format_ts
 
 OFFLINE_RULES = ("offline",)
 

@@ -8,13 +8,13 @@ from typing import Any, Literal
 from fastapi import APIRouter, HTTPException, Query
 
 from monitor.api.context import ApiContext, decode_cursor, encode_cursor, time_param
+from monitor.core.clock import format_ts
 from monitor.core.ports import MeterFilter
 from monitor.core.schema import (
     MEASUREMENTS,
     Measurement,
     field_owner,
 )
-from monitor.ingest.telemetry import format_ts
 
 
 def router(ctx: ApiContext) -> APIRouter:

@@ -73,6 +73,16 @@ class MeterPoint:
     values: dict[str, Any] = field(default_factory=dict)
 
 
+class Publisher(Protocol):
+    """Hands one MQTT message to the broker (the worker's connection, or a test's).
+
+    Raises `ConnectionError` when it cannot; the caller decides whether to retry
+    (the notifier's outbox) or to let the next pass refresh it (retained decisions).
+    """
+
+    def __call__(self, topic: str, payload: bytes, retain: bool = False) -> None: ...
+
+
 class TelemetryStore(Protocol):
     """Where validated telemetry is kept (embedded SQLite or InfluxDB)."""
 
@@ -175,6 +185,8 @@ class MeterSummary:
     messages: int
     state: str | None
     decision: str | None
+    error_pct: float | None = None  # the decision's estimated error, when it has one
+    reason: dict[str, Any] | None = None  # the decision's first (worst) reason
 
 
 @dataclass(frozen=True)
@@ -196,6 +208,16 @@ class DueMeter(NamedTuple):
     kind: str
     lot: str | None
     due_on: date
+
+
+class ErrorPoint(NamedTuple):
+    """A meter's estimated error as one pass of a day saw it (None: no judgeable estimate)."""
+
+    as_of: str
+    state: str
+    error_pct: float | None
+    low_pct: float | None
+    high_pct: float | None
 
 
 class SampleRow(NamedTuple):
@@ -290,7 +312,12 @@ class DecisionLog(Protocol):
         ...
 
     def save_decisions(self, scope: str, bodies: Iterable[dict[str, Any]]) -> None:
-        """Upsert decision JSONs (scope `meter` or `lot`) in one transaction."""
+        """Upsert decision JSONs (scope `meter` or `lot`) in one transaction; a meter's
+        estimated error joins its history (one point per meter and day)."""
+        ...
+
+    def error_history(self, meter_id: str, limit: int = 400) -> list[ErrorPoint]:
+        """A meter's estimated error per day of evaluation, oldest first (the last `limit`)."""
         ...
 
     def decisions_where(self, scope: str, decision: str, limit: int = 100) -> list[dict[str, Any]]:
@@ -775,6 +802,17 @@ class StagedDecision:
     body: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class StagedDistrict:
+    """A district's result a partition produced, with what it alerts on (failed gates
+    first, then a misfit: `Reason.as_dict()`s)."""
+
+    name: str
+    body: dict[str, Any]
+    gate_failed: bool
+    reasons: list[dict[str, Any]]
+
+
 class LeaseLost(RuntimeError):
     """A partition's lease ran out and another worker took it: this one's work is void."""
 
@@ -823,8 +861,16 @@ class PassBoard(Protocol):
     def stage_decisions(self, pass_id: int, rows: Sequence[StagedDecision]) -> None:
         """Stage decisions (a meter staged twice keeps the later district's)."""
 
-    def stage_districts(self, pass_id: int, bodies: Sequence[dict[str, Any]]) -> None:
+    def stage_districts(self, pass_id: int, districts: Sequence[StagedDistrict]) -> None:
         """Stage district results."""
+
+    def replace_district_bodies(self, pass_id: int, bodies: Sequence[dict[str, Any]]) -> None:
+        """Write staged district results over (lot extensions at the finish)."""
+
+    def district_reasons(self, pass_id: int) -> list[tuple[str, list[dict[str, Any]]]]:
+        """Districts with something to alert on and their reasons: those with a failed
+        gate first, then the rest, each by name (one worker's order)."""
+        ...
 
     def staged(
         self, pass_id: int, scope: str, subjects: Sequence[str] | None = None
@@ -840,10 +886,6 @@ class PassBoard(Protocol):
         self, pass_id: int, names: Sequence[str] | None = None
     ) -> list[dict[str, Any]]:
         """Staged district results (all, or some), by name."""
-        ...
-
-    def failed_districts(self, pass_id: int) -> list[dict[str, Any]]:
-        """Staged district results with a failed data gate, by name."""
         ...
 
     def replace_staged(self, pass_id: int, rows: Sequence[StagedDecision]) -> None:

@@ -62,9 +62,23 @@ class EstimationRule(Rule):
     min_load_fraction_ib: float = Field(0.1, ge=0, le=1)
     ib_a: float = Field(5.0, gt=0, description="basic current of household meters, e.g. 5(60) A")
     min_information_ratio: float = Field(10.0, gt=0, description="data vs prior information")
+    max_correlation: float = Field(
+        0.95,
+        gt=0,
+        le=1,
+        description="β posterior correlation with another meter's above "
+        "which the two are not observable apart (collinear loads)",
+    )
     window_days: float = Field(30.0, gt=0, le=366)
     interval_s: int = Field(900, ge=60)
     confidence: float = Field(0.95, gt=0.5, lt=1)
+    master_uncertainty_pct: float | None = Field(
+        None,
+        ge=0,
+        description="standard uncertainty of the master meter's error (Type B, common to "
+        "the district); None: its class's verification MPE / √3 (rectangular, GUM)",
+    )
+    master_class: str = Field("0.5S", description="class of a master the registry leaves blank")
 
     @model_validator(mode="after")
     def _loss_band(self) -> EstimationRule:

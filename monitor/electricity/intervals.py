@@ -10,6 +10,11 @@ Duplicates are gone by the time readings leave the store (one point per meter
 and timestamp) and disorder does not matter once they are placed on the grid.
 A register that goes down is a reset or a fault, never energy: the blocks on
 either side of it stay, the block across it is dropped for that district.
+
+A prosumer's meter (and a master meter whose area exports at noon) also has a reverse
+register: the energy it carried is forward minus reverse, and the error β scales both
+(one measuring element). A meter that never reports `reverse_kwh` has none; one that
+does must report it with every reading it counts on.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class MeterSeries:
     energy_kwh: FloatArray
     current_a: FloatArray | None = None
     voltage_v: FloatArray | None = None
+    reverse_kwh: FloatArray | None = None  # the reverse register, NaN where not reported
 
     @staticmethod
     def of(rows: Sequence[tuple[int, float]]) -> MeterSeries:
@@ -92,6 +98,8 @@ class Placed:
     registers: FloatArray  # (grid.n, meters)
     received: int
     expected: int
+    reverse: FloatArray | None = None  # (grid.n, meters) reverse registers; 0 for a meter without
+    voltages: FloatArray | None = None  # (grid.n, meters) voltage at each reading, NaN unread
 
     @property
     def completeness(self) -> float:
@@ -135,6 +143,9 @@ def place_on_grid(series: Mapping[str, MeterSeries], grid: Grid) -> Placed:
     """Snap each reading to its nearest boundary (within tolerance); keep the closest one."""
     meters = sorted(series)
     regs = np.full((grid.n, len(meters)), np.nan)
+    reverse = np.zeros((grid.n, len(meters)))
+    volts = np.full((grid.n, len(meters)), np.nan)
+    any_reverse = any_volts = False
     received = 0
     for i, meter in enumerate(meters):
         s = series[meter]
@@ -143,7 +154,23 @@ def place_on_grid(series: Mapping[str, MeterSeries], grid: Grid) -> Placed:
         ks, idx = _snap(s.ts_ms, grid)
         regs[ks, i] = s.energy_kwh[idx]
         received += len(ks)
-    return Placed(meters, regs, received, grid.n * len(meters))
+        if s.voltage_v is not None:  # snapped with the registers: one _snap per meter
+            any_volts = True
+            volts[ks, i] = s.voltage_v[idx]
+        rev = s.reverse_kwh
+        if rev is not None and not bool(np.isnan(rev).all()) and bool(np.nanmax(rev) > 0):
+            # A boundary counts only where both registers were read.
+            any_reverse = True
+            reverse[:, i] = np.nan
+            reverse[ks, i] = rev[idx]
+    return Placed(
+        meters,
+        regs,
+        received,
+        grid.n * len(meters),
+        reverse if any_reverse else None,
+        volts if any_volts else None,
+    )
 
 
 def place_values(ts_ms: NDArray[np.int64], values: FloatArray, grid: Grid) -> FloatArray:
@@ -158,8 +185,9 @@ def place_values(ts_ms: NDArray[np.int64], values: FloatArray, grid: Grid) -> Fl
 def blocks(placed: Placed, master: str, grid: Grid) -> Blocks:
     """Energies between consecutive complete boundaries; blocks across a register drop are cut."""
     regs = placed.registers
+    rev = placed.reverse if placed.reverse is not None else np.zeros_like(regs)
     m = placed.meters.index(master)
-    complete = np.flatnonzero(~np.isnan(regs).any(axis=1))
+    complete = np.flatnonzero(~(np.isnan(regs) | np.isnan(rev)).any(axis=1))
     if len(complete) < 2:
         empty = np.zeros((0, len(placed.meters) - 1))
         return Blocks(
@@ -170,12 +198,14 @@ def blocks(placed: Placed, master: str, grid: Grid) -> Blocks:
             np.zeros(0, dtype=np.int64),
             np.zeros(0, dtype=np.int64),
         )
-    diffs = np.diff(regs[complete], axis=0)
-    drops = diffs < 0
+    forward = np.diff(regs[complete], axis=0)
+    backward = np.diff(rev[complete], axis=0)
+    drops = (forward < 0) | (backward < 0)
+    diffs = forward - backward
     keep = ~drops.any(axis=1)
     register_drops = {placed.meters[i]: int(n) for i, n in enumerate(drops.sum(axis=0)) if n}
     starts, ends = complete[:-1][keep], complete[1:][keep]
-    master_sq = _master_square_sums(regs[:, m], starts, ends)
+    master_sq = _master_square_sums(regs[:, m] - rev[:, m], starts, ends)
     customers = [i for i in range(len(placed.meters)) if i != m]
     return Blocks(
         meters=[placed.meters[i] for i in customers],
@@ -233,7 +263,7 @@ def without_stopped(
     drop = np.zeros(len(ends), dtype=bool)
     left_out = {}
     for meter in names:
-        still = blk.energy[:, blk.meters.index(meter)] <= 0
+        still = blk.energy[:, blk.meters.index(meter)] == 0
         i_s, i_e = currents[meter][starts], currents[meter][ends]
         unread = np.isnan(i_s) | np.isnan(i_e)
         hit = still & (unread | (np.fmin(i_s, i_e) > min_current_a))

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from monitor.core.clock import DAY_MS
-from monitor.core.decision import Finding, Reason
+from monitor.core.clock import DAY_MS, HOUR_MS, format_ts
+from monitor.core.decision import Finding, Reason, severity_for
 from monitor.core.ports import MeterPoint, Series
 from monitor.core.rulebook import (
     ClockRule,
@@ -21,10 +21,10 @@ from monitor.core.rulebook import (
     EstimationRule,
     EventRule,
     FunctionFailureRule,
+    Severity,
 )
 from monitor.electricity.balance import DistrictFit, MeterEstimate
 from monitor.electricity.intervals import Blocks, Grid, Placed
-from monitor.ingest.telemetry import format_ts
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,11 @@ class Gates:
 def district_gates(
     placed: Placed, grid: Grid, blocks: Blocks, fit: DistrictFit | None, rule: EstimationRule
 ) -> Gates:
-    """Completeness, interval count and line-loss band; every failure is a reason."""
+    """Completeness, interval count and line-loss band; every failure is a reason.
+
+    Only a line loss outside its band carries an alert severity: the other gates fail
+    for too little data (shown on the district's page, not alerted).
+    """
     loss = fit.line_loss_pct if fit is not None else float("nan")
     completeness = placed.daily_completeness(grid)
     failures = []
@@ -56,7 +60,9 @@ def district_gates(
             )
         )
     if blocks.n_intervals < rule.min_intervals:
-        stopped = ", ".join(f"{m} ({n})" for m, n in sorted(blocks.stopped_intervals.items()))
+        stopped = ", ".join(
+            f"{m} ({n} intervals)" for m, n in sorted(blocks.stopped_intervals.items())
+        )
         failures.append(
             Reason(
                 "elec.estimation.min_intervals",
@@ -87,6 +93,8 @@ def district_gates(
                 [rule.line_loss_min_pct, rule.line_loss_max_pct],
                 "line loss outside the plausible band: topology or theft is the "
                 "likelier cause, every estimate in the district is suspect",
+                # The one failed gate that is an incident; the others say "too little data".
+                severity_for("suspect", False, rule.severity),
             )
         )
     return Gates(
@@ -102,7 +110,7 @@ def mean_current_a(series: Series | None, un_v: float, step_hours: float) -> flo
     if current is not None:
         return float(np.nanmean(current))
     energy = series.values["energy_kwh"]
-    hours = (series.ts_ms[-1] - series.ts_ms[0]) / 3_600_000
+    hours = (series.ts_ms[-1] - series.ts_ms[0]) / HOUR_MS
     if hours <= 0:
         return None
     return float((energy[-1] - energy[0]) / hours * 1000 / un_v)
@@ -114,8 +122,13 @@ def estimate_findings(
     current_a: float | None,
     gates: Gates,
     rules: ElecRules,
+    misfit: str = "",
 ) -> list[Finding]:
-    """The error-limit judgement, or an honest `unknown` when the estimate cannot carry one."""
+    """The error-limit judgement, or an honest `unknown` when the estimate cannot carry one.
+
+    `misfit` is the district's finding that its residuals have structure the plain loss
+    model cannot explain (`DistrictFit.misfit`); it is named where it decides a meter.
+    """
     rule, lim = rules.estimation, rules.error_limit
     if est is None:
         return [
@@ -142,6 +155,10 @@ def estimate_findings(
     if unobservable is not None:
         return [Finding("unknown", unobservable)]
     limit = lim.in_service_limit_pct.get(accuracy_class or "")
+    if limit is not None:
+        undecided = _loss_model_decides(est, limit, lim.watch_fraction, misfit)
+        if undecided is not None:
+            return [Finding("unknown", undecided)]
     if limit is None:
         return [
             Finding(
@@ -154,7 +171,42 @@ def estimate_findings(
                 ),
             )
         ]
-    return [_judge_error(est, limit, lim.watch_fraction)]
+    return [_judge_error(est, limit, lim.watch_fraction, lim.severity)]
+
+
+def _band(error: float, limit: float, watch_fraction: float) -> str:
+    size = abs(error)
+    return "beyond" if size > limit else ("watch" if size > watch_fraction * limit else "normal")
+
+
+def _loss_model_decides(
+    est: MeterEstimate, limit: float, watch_fraction: float, misfit: str
+) -> Reason | None:
+    """`unknown` when loss models the data cannot reject put the estimate in different bands.
+
+    The point estimate comes from one loss model; if another plausible one moves it across
+    the watch line or the limit, the state would be the loss model's choice, not the
+    meter's: never `normal` (and an extension) on an estimate a plausible model puts beyond.
+    """
+    low, high = est.model_range_pct
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return None
+    bands = {_band(v, limit, watch_fraction) for v in (low, high, est.error_pct)}
+    if len(bands) == 1:
+        return None
+    return Reason(
+        "elec.estimation.loss_model",
+        [round(low, 3), round(high, 3)],
+        [round(watch_fraction * limit, 3), limit],
+        "plausible loss models put the estimate on both sides of a decision line"
+        + (f"; {misfit}" if misfit else ""),
+    )
+
+
+def _confounded(est: MeterEstimate) -> str:
+    if not est.confounded_with:
+        return ""
+    return "; confounded with " + ", ".join(est.confounded_with)
 
 
 def _unobservable(
@@ -168,12 +220,19 @@ def _unobservable(
             min_current,
             "mean current below the class range: error not resolvable",
         )
+    if est.max_correlation > rule.max_correlation:
+        return Reason(
+            "elec.estimation.collinear",
+            round(est.max_correlation, 4),
+            rule.max_correlation,
+            "load too like another meter's to tell their errors apart" + _confounded(est),
+        )
     if est.information_ratio < rule.min_information_ratio:
         return Reason(
             "elec.estimation.observability",
             round(est.information_ratio, 2),
             rule.min_information_ratio,
-            "consumption too small or too like its neighbours' to resolve",
+            "consumption too small or too like its neighbours' to resolve" + _confounded(est),
         )
     half = est.ci_halfwidth_pct
     if not math.isfinite(half) or half > rule.max_ci_halfwidth_pct:
@@ -181,12 +240,14 @@ def _unobservable(
             "elec.estimation.ci_width",
             round(half, 3) if math.isfinite(half) else None,
             rule.max_ci_halfwidth_pct,
-            "confidence interval too wide to judge",
+            "confidence interval too wide to judge" + _confounded(est),
         )
     return None
 
 
-def _judge_error(est: MeterEstimate, limit: float, watch_fraction: float) -> Finding:
+def _judge_error(
+    est: MeterEstimate, limit: float, watch_fraction: float, severity: Severity
+) -> Finding:
     low, high = est.error_ci_pct
     value = round(est.error_pct, 3)
     if high < -limit or low > limit:
@@ -199,7 +260,7 @@ def _judge_error(est: MeterEstimate, limit: float, watch_fraction: float) -> Fin
                 f"estimated error beyond ±{limit} % with its 95 % interval clear of the limit "
                 "(preliminary: on-site check)",
             ),
-            severity="major",
+            rule_severity=severity,
         )
     if abs(est.error_pct) > watch_fraction * limit:
         return Finding(
@@ -210,7 +271,7 @@ def _judge_error(est: MeterEstimate, limit: float, watch_fraction: float) -> Fin
                 round(watch_fraction * limit, 3),
                 "estimated error in the warning band",
             ),
-            severity="minor",
+            rule_severity=severity,
         )
     return Finding(
         "normal", Reason("elec.error_limit", value, limit, "within the in-service limit")
@@ -253,6 +314,7 @@ def _backwards(series: Series, rule: FunctionFailureRule) -> Finding | None:
                 before,
                 f"register reset at {format_ts(int(series.ts_ms[i + 1]))}; not summed across",
             ),
+            rule_severity=rule.severity,
         )
     return Finding(
         "faulty",
@@ -262,7 +324,7 @@ def _backwards(series: Series, rule: FunctionFailureRule) -> Finding | None:
             -rule.backwards_tolerance_kwh,
             f"forward register decreased at {format_ts(int(series.ts_ms[i + 1]))}",
         ),
-        severity="critical",
+        rule_severity=rule.severity,
     )
 
 
@@ -280,9 +342,12 @@ def _stopped(series: Series, rule: FunctionFailureRule) -> Finding | None:
         voltage = np.full(len(current), rule.un_v)
     volts = np.where(np.isnan(voltage), rule.un_v, voltage)
     energy = series.values["energy_kwh"]
-    hours = np.diff(series.ts_ms) / 3_600_000
+    hours = np.diff(series.ts_ms) / HOUR_MS
     flowing = np.minimum(current[1:], current[:-1]) > rule.stopped_min_current_a
     still = (np.diff(energy) == 0) & flowing
+    reverse = series.column("reverse_kwh")
+    if reverse is not None:  # a prosumer exporting: its current feeds the reverse register
+        still &= ~(np.diff(reverse) > 0)
     implied = np.where(still, current[1:] * volts[1:] * hours / 1000, 0.0)
     best = _longest_run_sum(still, implied)
     if best < rule.stopped_min_energy_kwh:
@@ -296,7 +361,7 @@ def _stopped(series: Series, rule: FunctionFailureRule) -> Finding | None:
             "register unchanged while current flowed (kWh implied by "
             "current × voltage over the stopped run)",
         ),
-        severity="critical",
+        rule_severity=rule.severity,
     )
 
 
@@ -330,7 +395,7 @@ def _fast(series: Series, rule: FunctionFailureRule) -> Finding | None:
             round(limit, 3),
             "energy in a day beyond Imax·Un·24 h",
         ),
-        severity="critical",
+        rule_severity=rule.severity,
     )
 
 
@@ -352,7 +417,7 @@ def clock_findings(
                         rule.max_offset_s,
                         "meter clock offset beyond the limit",
                     ),
-                    severity="minor",
+                    rule_severity=rule.severity,
                 )
             )
     codes = sorted({str(e.values.get("code")) for e in events} & set(rule.events))
@@ -361,7 +426,7 @@ def clock_findings(
             Finding(
                 "watch",
                 Reason("elec.clock.events", codes, rule.events, "clock events reported"),
-                severity="minor",
+                rule_severity=rule.severity,
             )
         )
     return out
@@ -389,7 +454,7 @@ def event_findings(
                     "normal",
                     Reason(name, codes, rule.codes, f"inspection / theft case: {detail}"),
                     inspect=True,
-                    severity=rule.severity,
+                    rule_severity=rule.severity,
                 )
             )
         else:
@@ -397,7 +462,7 @@ def event_findings(
                 Finding(
                     "faulty",
                     Reason(name, codes, rule.codes, f"hardware failure: {detail}"),
-                    severity=rule.severity,
+                    rule_severity=rule.severity,
                 )
             )
     return out

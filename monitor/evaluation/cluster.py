@@ -27,12 +27,13 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
 from monitor.alerts.book import conditions_of, district_conditions
-from monitor.core.decision import Decision, decision_from_dict, extend_decision
+from monitor.core.clock import DAY_MS, format_ts, ms_to_datetime
+from monitor.core.decision import Decision, Reason, Stamp, decision_from_dict, extend_decision
 from monitor.core.ports import (
     LeaseLost,
     MeterPoint,
@@ -41,22 +42,20 @@ from monitor.core.ports import (
     PassTicket,
     PlannedPartition,
     StagedDecision,
+    StagedDistrict,
     StateUnavailable,
 )
 from monitor.core.registry import MeterRow
 from monitor.core.rulebook import RuleBook
-from monitor.core.schema import ELEC_EVENT, ELEC_READING
-from monitor.electricity.lots import decide_lot
-from monitor.evaluation.runner import (
-    EVALUATION_RULES,
-    READING_FIELDS,
-    EvaluationResult,
-    Evaluator,
-    _by_meter,
+from monitor.electricity.evaluate import (
     fit_district,
+    load_district,
+    load_events,
     meter_decision,
+    misfit_reason,
 )
-from monitor.ingest.telemetry import format_ts, ms_to_datetime
+from monitor.electricity.lots import decide_lot
+from monitor.evaluation.runner import EVALUATION_RULES, EvaluationResult, Evaluator
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +87,8 @@ class _PassInputs:
     registry: dict[str, MeterRow]
     by_district: dict[str, list[str]]
     by_lot: dict[str, list[MeterRow]]
-    masters: dict[str, str]
-    events: dict[str, list[MeterPoint]] = field(default_factory=dict)
+    masters: dict[str, MeterRow]
+    events: dict[str, list[MeterPoint]] | None = None
 
 
 def chunks(items: Sequence[str], size: int) -> Iterator[list[str]]:
@@ -263,57 +262,75 @@ class ClusterPasses:
             if row.lot:
                 by_lot[row.lot].append(row)
         masters = {
-            r.district: m
-            for m, r in registry.items()
-            if r.effective_role == "master" and r.district
+            r.district: r for r in registry.values() if r.effective_role == "master" and r.district
         }
         self._inputs = _PassInputs(ticket.id, registry, by_district, by_lot, masters)
         return self._inputs
 
-    def _events(self, inputs: _PassInputs, ticket: PassTicket, book: RuleBook) -> None:
-        if inputs.events:
-            return
-        rules = book.rules.elec
-        as_of_ms = ticket.as_of_ms
-        start = as_of_ms - int(rules.estimation.window_days * 86_400_000)
-        lookback = max(rules.tamper.lookback_days, rules.hardware.lookback_days) * 86_400_000
-        points = self._ev.store.points(ELEC_EVENT, min(start, as_of_ms - int(lookback)), as_of_ms)
-        inputs.events = _by_meter(points) or {"": []}  # non-empty: read once
+    def _events(
+        self, inputs: _PassInputs, ticket: PassTicket, book: RuleBook
+    ) -> dict[str, list[MeterPoint]]:
+        if inputs.events is None:
+            rules = book.rules.elec
+            as_of_ms = ticket.as_of_ms
+            start = as_of_ms - int(rules.estimation.window_days * DAY_MS)
+            lookback = max(rules.tamper.lookback_days, rules.hardware.lookback_days) * DAY_MS
+            inputs.events = load_events(
+                self._ev.store, min(start, as_of_ms - int(lookback)), as_of_ms
+            )
+        return inputs.events
 
     def _meters(self, part: Partition, ticket: PassTicket, book: RuleBook) -> None:
-        stamp = (format_ts(ticket.as_of_ms), book.version)
+        stamp = Stamp(format_ts(ticket.as_of_ms), book.version)
         rows: list[StagedDecision] = []
-        bodies: list[dict[str, Any]] = []
+        districts: list[StagedDistrict] = []
         if part.name == "taxi":
             for meter, d in self._ev.evaluate_taxis(ticket.as_of_ms, book, stamp).items():
                 rows.append(StagedDecision("meter", meter, f"2|{meter}", "", d.as_dict()))
         else:
             inputs = self._inputs_of(ticket, book)
-            self._events(inputs, ticket, book)
+            events = self._events(inputs, ticket, book)
             rules = book.rules.elec
             as_of_ms = ticket.as_of_ms
-            start = as_of_ms - int(rules.estimation.window_days * 86_400_000)
+            start = as_of_ms - int(rules.estimation.window_days * DAY_MS)
             for name in part.items:
-                series = self._ev.store.series(
-                    ELEC_READING, READING_FIELDS, start, as_of_ms, district=name
-                )
+                series = load_district(self._ev.store, name, start, as_of_ms)
+                master = inputs.masters.get(name)
                 dist = fit_district(
-                    name, series, inputs.masters.get(name), rules, start, as_of_ms, self._ev.zone
+                    name,
+                    series,
+                    master.meter_id if master else None,
+                    rules,
+                    start,
+                    as_of_ms,
+                    self._ev.zone,
+                    master.accuracy_class if master else None,
                 )
                 decided: dict[str, Decision] = {}
                 for meter in sorted(set(dist.series) | set(inputs.by_district.get(name, []))):
                     row = inputs.registry.get(meter)
-                    events = inputs.events.get(meter, [])
-                    decided[meter] = meter_decision(meter, row, dist, events, rules, stamp, None)
+                    found = events.get(meter, [])
+                    decided[meter] = meter_decision(meter, row, dist, found, rules, stamp, None)
                     rows.append(
                         StagedDecision(
                             "meter", meter, f"1|{name}|{meter}", name, decided[meter].as_dict()
                         )
                     )
-                bodies.append(dist.report(decided, *stamp))
+                # What the district alerts on: failed gates, then a misfit (one pass's order).
+                failures = list(dist.gates.failures) if dist.gates is not None else []
+                misfit = misfit_reason(dist, rules.estimation)
+                reasons = failures + ([misfit] if misfit is not None else [])
+                districts.append(
+                    StagedDistrict(
+                        name,
+                        dist.report(decided, stamp),
+                        bool(failures),
+                        [r.as_dict() for r in reasons],
+                    )
+                )
         with self._board.completing(part, self._s.owner):
             self._board.stage_decisions(part.pass_id, rows)
-            self._board.stage_districts(part.pass_id, bodies)
+            self._board.stage_districts(part.pass_id, districts)
 
     def _lots(self, part: Partition, ticket: PassTicket, book: RuleBook) -> None:
         inputs = self._inputs_of(ticket, book)
@@ -324,7 +341,7 @@ class ClusterPasses:
         }
         rules = book.rules.elec
         day = ms_to_datetime(ticket.as_of_ms).date()
-        stamp = (format_ts(ticket.as_of_ms), book.version)
+        stamp = Stamp(format_ts(ticket.as_of_ms), book.version)
         rows = []
         for lot in part.items:
             group = [
@@ -358,11 +375,11 @@ class ClusterPasses:
                 changed.append(
                     StagedDecision(r.scope, r.subject, r.order, r.source, after.as_dict())
                 )
-        reports = self._patched_reports(pass_id, changed)
+        reports = self._patched_reports(pass_id, changed)  # (gates and reasons unchanged)
         summary: dict[str, Any]
         with self._atomic(), self._board.completing(part, self._s.owner):
             self._board.replace_staged(pass_id, changed)
-            self._board.stage_districts(pass_id, reports)
+            self._board.replace_district_bodies(pass_id, reports)
             self._raise_alerts(pass_id, as_of_ms, book)
             summary = {"as_of": as_of, "rules_version": book.version, **self._board.counts(pass_id)}
             self._board.publish_pass(pass_id, summary)
@@ -389,18 +406,12 @@ class ClusterPasses:
         if alerts is None:
             return
         found = [decision_from_dict(r.body) for r in self._board.staged_findings(pass_id)]
-        conditions = conditions_of(found, book.rules, as_of_ms)
+        conditions = conditions_of(found, as_of_ms)
         gates = {
-            b["district"]: [_reason(f) for f in b["gates"]["failures"]]
-            for b in self._board.failed_districts(pass_id)
+            name: [Reason(**r) for r in reasons]
+            for name, reasons in self._board.district_reasons(pass_id)
         }
-        conditions += district_conditions(gates, book.rules, as_of_ms)
+        conditions += district_conditions(gates, as_of_ms)
         changes = alerts.observe(conditions, as_of_ms, EVALUATION_RULES)
         if notify is not None and changes:
             notify(changes)
-
-
-def _reason(body: dict[str, Any]) -> Any:
-    from monitor.core.decision import Reason
-
-    return Reason(body["rule"], body["value"], body["threshold"], body["detail"])

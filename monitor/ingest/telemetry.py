@@ -11,11 +11,11 @@ import functools
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from monitor.core.clock import parse_ts
 from monitor.core.schema import (
     ELEC_EVENT,
     ELEC_READING,
@@ -28,12 +28,6 @@ from monitor.core.schema import (
     Record,
 )
 from monitor.ingest.limits import DEFAULT_LIMITS, Limits
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# Epoch milliseconds outside 2000..2100 are a unit mistake (seconds below, micro- or
-# nanoseconds above) or garbage; `_unit_hint` says which when it can tell.
-MIN_TS_MS = 946_684_800_000
-MAX_TS_MS = 4_102_444_800_000
 
 ELEC_EVENT_CODES = (
     "cover_open",
@@ -56,54 +50,6 @@ TAXI_EVENT_CODES = (
     "self_check_fail",
     "sensor_fault",
 )
-
-
-def parse_ts(value: object) -> int:
-    """Epoch milliseconds from RFC 3339 with an offset, or from integer epoch ms."""
-    if isinstance(value, bool):
-        raise ValueError("timestamp must be RFC 3339 text or integer epoch milliseconds")
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, int):
-        ms = value
-    elif isinstance(value, str):
-        ms = _parse_rfc3339(value)
-    else:
-        raise ValueError("timestamp must be RFC 3339 text or integer epoch milliseconds")
-    if not MIN_TS_MS <= ms < MAX_TS_MS:
-        hint = _unit_hint(ms) if isinstance(value, int) else ""
-        raise ValueError(f"timestamp {value!r} is outside 2000..2100{hint}")
-    return ms
-
-
-def _unit_hint(number: int) -> str:
-    """Which unit would put an out-of-range epoch number inside 2000..2100, if any."""
-    for factor, unit in ((1000, "seconds"), (1 / 1000, "microseconds"), (1 / 1e6, "nanoseconds")):
-        if MIN_TS_MS <= number * factor < MAX_TS_MS:
-            return f" (epoch {unit}, not milliseconds?)"
-    return ""
-
-
-def _parse_rfc3339(text: str) -> int:
-    try:
-        dt = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"not an RFC 3339 timestamp: {text[:40]!r}") from None
-    if dt.tzinfo is None or dt.tzinfo.utcoffset(dt) is None:
-        raise ValueError("RFC 3339 timestamp needs an offset (Z or ±hh:mm)")
-    # Integer parts of the span, floored to the millisecond (no timedelta divisions).
-    span = dt - _EPOCH
-    return (span.days * 86_400 + span.seconds) * 1000 + span.microseconds // 1000
-
-
-def ms_to_datetime(ms: int) -> datetime:
-    """Epoch milliseconds → aware UTC datetime."""
-    return _EPOCH + timedelta(milliseconds=ms)
-
-
-def format_ts(ms: int) -> str:
-    """Epoch milliseconds → RFC 3339 UTC text with milliseconds."""
-    return ms_to_datetime(ms).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 EpochMs = Annotated[int, BeforeValidator(parse_ts)]

@@ -152,9 +152,38 @@ class ElecModel:
         return x, self.master_input(x)
 
     def master_input(self, x: FloatArray) -> FloatArray:
-        """What enters each area: Σx + L_fix·Δt + γ·(Σx)²/Δt (fixed and I²R losses)."""
+        """What enters each area: Σx + L_fix·Δt + the I²R loss of `spec.line_loss_model`."""
         total = np.bincount(self.district_of, weights=x, minlength=len(self.fixed_loss_kw))
-        return total + self.fixed_loss_kw * self.hours + self.gamma_per_kw * total**2 / self.hours
+        return master_input(
+            total.astype(np.float64),
+            self.fixed_loss_kw,
+            self.gamma_per_kw,
+            self.hours,
+            self.spec.line_loss_model,
+        )
+
+
+def master_input(
+    total_kwh: FloatArray,
+    fixed_kw: FloatArray | float,
+    gamma_per_kw: FloatArray | float,
+    hours: float,
+    model: str,
+) -> FloatArray:
+    """Energy into an area for customer consumption `total_kwh` over intervals of `hours`.
+
+    "customer": Σx + L_fix·Δt + γ·(Σx)²/Δt. "trunk": y0 = Σx + L_fix·Δt + γ·y0²/Δt, the
+    smaller root of that quadratic, so the loss also grows with the current the losses
+    themselves draw (loss-on-loss ≈ 2·γ²·X³/Δt², which the customer form leaves out).
+    """
+    fed = total_kwh + np.asarray(fixed_kw) * hours
+    if model == "customer":
+        out: FloatArray = fed + np.asarray(gamma_per_kw) * total_kwh**2 / hours
+        return out
+    g = np.asarray(gamma_per_kw) / hours
+    # (1 − √(1 − 4gF)) / 2g written as 2F / (1 + √(1 − 4gF)): no cancellation for small g.
+    root: FloatArray = 2.0 * fed / (1.0 + np.sqrt(np.maximum(1.0 - 4.0 * g * fed, 0.0)))
+    return root
 
 
 @dataclass

@@ -41,6 +41,10 @@ class FleetSpec:
     beyond_limit_error_pct: tuple[float, float] = (4.0, 6.0)
     vacant_share: float = 0.05
     master_error_sd_pct: float = 0.05
+    # How the I²R loss follows the load: "customer" γ·(Σx)²/Δt, the current the customers
+    # draw; "trunk" r·y0²/Δt, the current through the transformer, which carries the
+    # losses' own current too (y0 = Σx + L_fix·Δt + r·y0²/Δt, as a real trunk behaves).
+    line_loss_model: str = "customer"
     elec_event_rate_per_day: float = 0.002
     tamper_meters: int = 1
     tamper_after_s: int = DAY_S
@@ -83,6 +87,8 @@ class FleetSpec:
         ):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1)")
+        if self.line_loss_model not in ("customer", "trunk"):
+            raise ValueError('line_loss_model must be "customer" or "trunk"')
         if "/" in self.topic_root or not self.topic_root:
             raise ValueError("topic_root must be one non-empty topic level")
 

@@ -40,7 +40,7 @@ ALERT_COLUMNS = (
     "history",
 )
 _SELECT = f"SELECT {', '.join(ALERT_COLUMNS)} FROM alerts"
-_UPDATED = ("severity", "message", "last_seen", "count", "status", "evidence", "history")
+_UPDATED = ("rule", "severity", "message", "last_seen", "count", "status", "evidence", "history")
 
 
 def record(row: Sequence[Any]) -> AlertRecord:

@@ -11,8 +11,8 @@ from decimal import Decimal
 
 import numpy as np
 
+from monitor.core.clock import ms_to_datetime
 from monitor.core.rulebook import FareRule
-from monitor.ingest.telemetry import ms_to_datetime
 from monitor.taxi.tariff import Tariff, TariffBook, fare_decimal, round_half_up
 from monitor.taxi.trips import Trip
 

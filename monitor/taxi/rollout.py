@@ -11,8 +11,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from monitor.core.clock import format_ts
 from monitor.core.ports import MeterPoint
-from monitor.ingest.telemetry import format_ts
 
 Progress = Literal["pending", "applied", "overdue"]
 

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from monitor.core.clock import format_ts
 from monitor.core.ports import MeterPoint
-from monitor.ingest.telemetry import format_ts
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,12 @@ MIGRATIONS: tuple[Migration, ...] = (
                 effective_from_ms bigint NOT NULL, deadline_ms bigint NOT NULL,
                 meters text COLLATE "C" NOT NULL, created_at text COLLATE "C" NOT NULL DEFAULT {_NOW_TEXT},
                 seq bigserial)""",
+            # A meter's estimated error per UTC day of evaluation (the day's last pass).
+            """CREATE TABLE error_history (
+                meter_id text COLLATE "C" NOT NULL, day text COLLATE "C" NOT NULL,
+                as_of text COLLATE "C" NOT NULL, state text COLLATE "C" NOT NULL,
+                error_pct double precision, low_pct double precision, high_pct double precision,
+                PRIMARY KEY (meter_id, day))""",
         ),
     ),
     Migration(
@@ -148,11 +154,12 @@ MIGRATIONS: tuple[Migration, ...] = (
                 kind text COLLATE "C" NOT NULL, decision text COLLATE "C" NOT NULL,
                 state text COLLATE "C" NOT NULL, as_of text COLLATE "C" NOT NULL,
                 rules_version text COLLATE "C" NOT NULL, body text COLLATE "C" NOT NULL,
-                PRIMARY KEY (pass_id, scope, subject))""",
+                alerting boolean NOT NULL, PRIMARY KEY (pass_id, scope, subject))""",
             """CREATE TABLE pass_districts (
                 pass_id bigint NOT NULL REFERENCES passes ON DELETE CASCADE,
                 district text COLLATE "C" NOT NULL, body text COLLATE "C" NOT NULL,
-                gates_passed boolean NOT NULL, failed boolean NOT NULL,
+                gates_passed boolean NOT NULL, gate_failed boolean NOT NULL,
+                reasons text COLLATE "C" NOT NULL, alerting boolean NOT NULL,
                 PRIMARY KEY (pass_id, district))""",
             # Singleton jobs of the cluster (offline check, mismatch check): one run per slot.
             """CREATE TABLE job_runs (

@@ -20,14 +20,18 @@ from typing import Any
 
 import psycopg
 
+from monitor.core.decision import SEVERITY_RANK
 from monitor.core.ports import (
     LeaseLost,
     Partition,
     PassTicket,
     PlannedPartition,
     StagedDecision,
+    StagedDistrict,
 )
 from monitor.store.postgres.db import Database
+from monitor.store.postgres.state import ERROR_COLUMNS
+from monitor.store.state import ERROR_HISTORY_DAYS
 
 _PASS = "SELECT id, key, as_of_ms, rules_version, status, summary, error FROM passes"
 # Staging of the newest passes is kept (a joining worker reads its pass's decisions).
@@ -44,6 +48,14 @@ def _ticket(row: Sequence[Any]) -> PassTicket:
         json.loads(row[5]) if row[5] else None,
         row[6],
     )
+
+
+INFO = SEVERITY_RANK["info"]
+
+
+def alerting(body: dict[str, Any]) -> bool:
+    """A decision with a reason that raises an alert (`alerts.book.conditions_of`)."""
+    return any(SEVERITY_RANK[r.get("severity", "info")] > INFO for r in body.get("reasons", []))
 
 
 def _dumps(body: Any) -> str:
@@ -201,6 +213,7 @@ class PostgresPasses:
                 r.body["as_of"],
                 r.body["rules_version"],
                 _dumps(r.body),
+                alerting(r.body),
             )
             for r in rows
         )
@@ -209,34 +222,59 @@ class PostgresPasses:
             # worker's pass, where the later one overwrites), at the earlier one's place.
             cur.executemany(
                 "INSERT INTO pass_decisions AS d VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, "
-                "%s, %s) ON CONFLICT (pass_id, scope, subject) DO UPDATE SET "
+                "%s, %s, %s) ON CONFLICT (pass_id, scope, subject) DO UPDATE SET "
                 "ord = least(d.ord, excluded.ord), "
                 "src = greatest(d.src, excluded.src), "
                 "kind = CASE WHEN excluded.src >= d.src THEN excluded.kind ELSE d.kind END, "
                 "decision = CASE WHEN excluded.src >= d.src THEN excluded.decision "
                 "ELSE d.decision END, "
                 "state = CASE WHEN excluded.src >= d.src THEN excluded.state ELSE d.state END, "
-                "body = CASE WHEN excluded.src >= d.src THEN excluded.body ELSE d.body END",
+                "body = CASE WHEN excluded.src >= d.src THEN excluded.body ELSE d.body END, "
+                "alerting = CASE WHEN excluded.src >= d.src THEN excluded.alerting "
+                "ELSE d.alerting END",
                 values,
             )
 
-    def stage_districts(self, pass_id: int, bodies: Sequence[dict[str, Any]]) -> None:
-        if not bodies:
+    def stage_districts(self, pass_id: int, districts: Sequence[StagedDistrict]) -> None:
+        if not districts:
             return
-        values = []
-        for b in sorted(bodies, key=lambda b: str(b["district"])):
-            gates = b.get("gates") or {}
-            values.append(
-                (pass_id, b["district"], _dumps(b), bool(gates.get("passed")),
-                 bool(gates.get("failures")))
-            )  # fmt: skip
+        values = [
+            (
+                pass_id,
+                d.name,
+                _dumps(d.body),
+                bool((d.body.get("gates") or {}).get("passed")),
+                d.gate_failed,
+                _dumps(d.reasons),
+                any(SEVERITY_RANK[r.get("severity", "info")] > INFO for r in d.reasons),
+            )
+            for d in sorted(districts, key=lambda d: d.name)
+        ]
         with self._db.connection() as conn, conn.cursor() as cur:
             cur.executemany(
-                "INSERT INTO pass_districts VALUES (%s, %s, %s, %s, %s) "
+                "INSERT INTO pass_districts VALUES (%s, %s, %s, %s, %s, %s, %s) "
                 "ON CONFLICT (pass_id, district) DO UPDATE SET body = excluded.body, "
-                "gates_passed = excluded.gates_passed, failed = excluded.failed",
+                "gates_passed = excluded.gates_passed, gate_failed = excluded.gate_failed, "
+                "reasons = excluded.reasons, alerting = excluded.alerting",
                 values,
             )
+
+    def replace_district_bodies(self, pass_id: int, bodies: Sequence[dict[str, Any]]) -> None:
+        values = [(_dumps(b), pass_id, b["district"]) for b in bodies]
+        if values:
+            with self._db.connection() as conn, conn.cursor() as cur:
+                cur.executemany(
+                    "UPDATE pass_districts SET body = %s WHERE pass_id = %s AND district = %s",
+                    values,
+                )
+
+    def district_reasons(self, pass_id: int) -> list[tuple[str, list[dict[str, Any]]]]:
+        rows = self._db.rows(
+            "SELECT district, reasons FROM pass_districts WHERE pass_id = %s AND reasons <> '[]' "
+            "ORDER BY gate_failed DESC, district",
+            (pass_id,),
+        )
+        return [(r[0], json.loads(r[1])) for r in rows]
 
     def staged(
         self, pass_id: int, scope: str, subjects: Sequence[str] | None = None
@@ -252,8 +290,7 @@ class PostgresPasses:
     def staged_findings(self, pass_id: int) -> list[StagedDecision]:
         rows = self._db.rows(
             "SELECT scope, subject, ord, src, body FROM pass_decisions WHERE pass_id = %s "
-            "AND (decision IN ('resample', 'replace') OR state IN ('watch', 'suspect', 'faulty')) "
-            "ORDER BY scope DESC, ord",  # meters, then lots: the order of one worker's pass
+            "AND alerting ORDER BY scope DESC, ord",  # meters, then lots: one pass's order
             (pass_id,),
         )
         return [StagedDecision(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
@@ -267,14 +304,6 @@ class PostgresPasses:
             query += " AND district = ANY(%s)"
             args.append(list(names))
         return [json.loads(r[0]) for r in self._db.rows(query + " ORDER BY district", args)]
-
-    def failed_districts(self, pass_id: int) -> list[dict[str, Any]]:
-        """Staged districts with a failed data gate, by name."""
-        rows = self._db.rows(
-            "SELECT body FROM pass_districts WHERE pass_id = %s AND failed ORDER BY district",
-            (pass_id,),
-        )
-        return [json.loads(r[0]) for r in rows]
 
     def counts(self, pass_id: int) -> dict[str, Any]:
         def grouped(conn: psycopg.Connection[Any], scope: str, col: str) -> dict[str, int]:
@@ -327,6 +356,23 @@ class PostgresPasses:
                 "decision = excluded.decision, state = excluded.state, as_of = excluded.as_of, "
                 "rules_version = excluded.rules_version, body = excluded.body",
                 (pass_id,),
+            )
+            # A meter's estimated error joins its history (as PostgresState.save_decisions).
+            conn.execute(
+                f"""INSERT INTO error_history
+                SELECT subject, left(as_of, 10), as_of, state, {ERROR_COLUMNS}
+                FROM pass_decisions WHERE pass_id = %s AND scope = 'meter'
+                  AND jsonb_exists(body::jsonb -> 'evidence', 'error_pct')
+                ORDER BY subject
+                ON CONFLICT (meter_id, day) DO UPDATE SET as_of = excluded.as_of,
+                  state = excluded.state, error_pct = excluded.error_pct,
+                  low_pct = excluded.low_pct, high_pct = excluded.high_pct""",
+                (pass_id,),
+            )
+            conn.execute(
+                "DELETE FROM error_history WHERE day < "
+                "to_char(to_date(left(%s, 10), 'YYYY-MM-DD') - %s, 'YYYY-MM-DD')",
+                (summary["as_of"], ERROR_HISTORY_DAYS),
             )
             conn.execute(
                 "INSERT INTO districts (district, as_of, body, gates_passed) "

@@ -15,13 +15,14 @@ import json
 import threading
 import uuid
 from collections.abc import Iterable, Mapping
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 from psycopg import sql
 
 from monitor.core.ports import (
     DueMeter,
+    ErrorPoint,
     MeterFilter,
     MeterSummary,
     Mismatch,
@@ -38,8 +39,18 @@ from monitor.core.registry import COLUMNS, MeterRow
 from monitor.core.schema import Record
 from monitor.store.postgres.db import Database
 from monitor.store.seen import SeenBuffer
+from monitor.store.state import ERROR_HISTORY_DAYS, error_rows
 
 _REGISTRY_COLS = (*COLUMNS, "due_on")
+# A decision body's estimated error and its interval, as error_history columns.
+ERROR_COLUMNS = (
+    "(body::jsonb #>> '{evidence,error_pct}')::float8, "
+    "(body::jsonb #>> '{evidence,error_ci_pct,0}')::float8, "
+    "(body::jsonb #>> '{evidence,error_ci_pct,1}')::float8"
+)
+_ERROR_UPSERT = """INSERT INTO error_history VALUES (%s, %s, %s, %s, %s, %s, %s)
+    ON CONFLICT (meter_id, day) DO UPDATE SET as_of = excluded.as_of, state = excluded.state,
+      error_pct = excluded.error_pct, low_pct = excluded.low_pct, high_pct = excluded.high_pct"""
 _SEEN_UPSERT = """INSERT INTO seen AS s
     (meter_id, kind, district, first_ts, last_ts, messages, last_received)
     VALUES (%s, %s, %s, %s, %s, %s, %s)
@@ -290,6 +301,9 @@ class PostgresState:
         return json.loads(found[0][0]) if found else None
 
     def save_decisions(self, scope: str, bodies: Iterable[dict[str, Any]]) -> None:
+        """Upsert decision JSONs in one transaction; a meter's estimated error joins its
+        history (`error_history`, as the embedded store keeps it)."""
+        bodies = list(bodies)
         rows = sorted(
             (
                 b["id"],
@@ -305,6 +319,7 @@ class PostgresState:
         )
         if not rows:
             return
+        history = sorted(error_rows(bodies)) if scope == "meter" else []
         with self._db.transaction() as conn, conn.cursor() as cur:
             cur.executemany(
                 "INSERT INTO decisions (subject, scope, kind, decision, state, as_of, "
@@ -314,6 +329,21 @@ class PostgresState:
                 "rules_version = excluded.rules_version, body = excluded.body",
                 rows,
             )
+            if history:
+                cur.executemany(_ERROR_UPSERT, history)
+                oldest = date.fromisoformat(max(r[1] for r in history)) - timedelta(
+                    days=ERROR_HISTORY_DAYS
+                )
+                cur.execute("DELETE FROM error_history WHERE day < %s", (oldest.isoformat(),))
+
+    def error_history(self, meter_id: str, limit: int = ERROR_HISTORY_DAYS) -> list[ErrorPoint]:
+        """A meter's estimated error per day of evaluation, oldest first (the last `limit`)."""
+        rows = self._rows(
+            "SELECT as_of, state, error_pct, low_pct, high_pct FROM error_history "
+            "WHERE meter_id = %s ORDER BY day DESC LIMIT %s",
+            [meter_id, limit],
+        )
+        return [ErrorPoint(*r) for r in reversed(rows)]
 
     def decisions_where(self, scope: str, decision: str, limit: int = 100) -> list[dict[str, Any]]:
         rows = self._rows(
@@ -474,7 +504,9 @@ class PostgresState:
             """WITH ids AS (SELECT meter_id FROM registry UNION SELECT meter_id FROM seen)
             SELECT ids.meter_id, coalesce(r.kind, s.kind), r.meter_id IS NOT NULL,
                    coalesce(r.district, s.district), r.lot, s.last_ts,
-                   coalesce(s.messages, 0), d.state, d.decision
+                   coalesce(s.messages, 0), d.state, d.decision,
+                   (d.body::json #>> '{{evidence,error_pct}}')::float8,
+                   d.body::json #> '{{reasons,0}}'
             FROM ids
             LEFT JOIN registry r ON r.meter_id = ids.meter_id
             LEFT JOIN seen s ON s.meter_id = ids.meter_id
@@ -497,6 +529,8 @@ class PostgresState:
                 int(r[6]),
                 r[7],
                 r[8],
+                r[9],
+                r[10],
             )
             for r in rows
         ]
