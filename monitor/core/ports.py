@@ -72,13 +72,18 @@ class MeterPoint:
 
 
 class Publisher(Protocol):
-    """Hands one MQTT message to the broker (the worker's connection, or a test's).
+    """Hands one MQTT message to the broker (the worker's connection, or a test's):
+    `publish(topic, payload, retain)`.
+
+    Positional-only, so any callable of that shape fits whatever it names its parameters
+    (a bound `publish` method, a test's recorder, a lambda), and `retain` has no default:
+    every caller says whether the broker keeps the message for later subscribers.
 
     Raises `ConnectionError` when it cannot; the caller decides whether to retry
     (the notifier's outbox) or to let the next pass refresh it (retained decisions).
     """
 
-    def __call__(self, topic: str, payload: bytes, retain: bool = False) -> None: ...
+    def __call__(self, topic: str, payload: bytes, retain: bool, /) -> None: ...
 
 
 class TelemetryStore(Protocol):
