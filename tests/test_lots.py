@@ -6,7 +6,7 @@ from datetime import date
 from pathlib import Path
 
 from monitor.alerts.book import conditions_of
-from monitor.core.decision import Decision, Stamp
+from monitor.core.decision import Decision, Stamp, State
 from monitor.core.registry import MeterRow
 from monitor.core.rulebook import load_rules
 from monitor.electricity.lots import SampleResult, Sampling, add_months, decide_lot
@@ -16,7 +16,7 @@ STAMP = Stamp("2026-06-01T00:00:00.000Z", "test@1")
 
 
 def member(
-    i: int, state: str = "normal", error: float | None = 0.1, evaluable: bool = True
+    i: int, state: State = "normal", error: float | None = 0.1, evaluable: bool = True
 ) -> tuple[MeterRow, Decision]:
     row = MeterRow(
         meter_id=f"E{i:03d}",
@@ -31,7 +31,7 @@ def member(
         row.meter_id,
         "elec",
         "keep",
-        state,  # type: ignore[arg-type]
+        state,
         row.due_on,
         STAMP.as_of,
         STAMP.rules_version,
