@@ -288,6 +288,8 @@ def test_lot_form_records_results_and_changes_the_decision(site: Site, browser: 
     )
     p = Page(browser, site, f"/lots/{lot['id']}")
     assert int(p.text("sample-size")) == lot["plan"]["sample_size"]
+    assert p.text("plan-name") == lot["plan"]["name"]
+    assert float(p.text("pa-level")) == lot["oc"]["pa_at_aql"]
     csv_text = httpx.get(site.base + f"/lots/{lot['id']}/sample.csv").text
     assert len(csv_text.strip().splitlines()) == lot["plan"]["sample_size"] + 1
     p.shot("lot-before")

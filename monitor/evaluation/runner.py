@@ -439,6 +439,7 @@ class Evaluator:
                 rules.error_limit,
                 sampling,
                 (format_ts(as_of_ms), book.version),
+                rules.estimation.confidence,
             )
         return out
 
@@ -499,6 +500,7 @@ class Evaluator:
             rules.error_limit,
             self._sampling(lot),
             (previous["as_of"], book.version),
+            rules.estimation.confidence,
         )
         self._state.save_decisions("lot", [decided.as_dict()])
         return decided
