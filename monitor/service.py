@@ -27,6 +27,7 @@ from monitor.api.context import ApiContext
 from monitor.api.web import mount_web
 from monitor.core.ports import StateStore, TelemetryStore
 from monitor.core.rulebook import RuleBook, load_rules
+from monitor.evaluation.export import exporter
 from monitor.evaluation.runner import Evaluator, decision_publisher
 from monitor.ingest.worker import IngestWorker
 from monitor.platform.broker import EmbeddedBroker
@@ -127,6 +128,7 @@ class Service:
             alerts,
             notify,
             zone=s.scheduling.zone,
+            export=exporter(store, s.scheduling.zone),
         )
         self.parts = Components(
             address, store, state, worker, rules, tariffs, evaluator, alerts, notifier, broker

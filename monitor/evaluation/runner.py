@@ -322,8 +322,11 @@ class Evaluator:
         alerts: AlertBook | None = None,
         notify: Callable[[Sequence[Change]], None] | None = None,
         zone: tzinfo = UTC,
+        export: Callable[[EvaluationResult], None] | None = None,
     ) -> None:
         self._zone = zone
+        # Each recorded pass, handed on as it is (e.g. to InfluxDB for the dashboards).
+        self._export = export
         # Fare checks carried from one pass to the next (exact: see FareCache).
         self._taxi_fares = FareCache()
         self._alerts = alerts
@@ -367,10 +370,13 @@ class Evaluator:
         if extended:
             meters = self._meters(registry, districts, events, rules, stamp, extended)
         meters |= self._taxis(as_of_ms, book, stamp)
+        result = EvaluationResult(as_of, book.version, meters, lots, districts)
         if record:
             self._record(meters, lots, districts, stamp)
             self._raise_alerts(meters, lots, districts, as_of_ms, book)
-        return EvaluationResult(as_of, book.version, meters, lots, districts)
+            if self._export is not None:
+                self._export(result)
+        return result
 
     def _districts(
         self, registry: dict[str, MeterRow], rules: ElecRules, start: int, end: int
