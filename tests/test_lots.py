@@ -125,7 +125,8 @@ def test_add_months_clamps() -> None:
 
 def _rules_with_plans(plan_yaml: str) -> ElecRules:
     text = (Path(__file__).resolve().parent.parent / "config" / "rules.yaml").read_text()
-    old = "    plan:\n      kind: iso2859-1\n      inspection_level: II\n      aql: 1.0\n"
+    # The shipped lot plan block: `plan:` up to and including `family_plans: []`.
+    old = text[text.index("    plan:  ") : text.index("    family_plans: []\n") + 21]
     return parse_rules(text.replace(old, plan_yaml), "x").rules.elec
 
 

@@ -55,7 +55,8 @@ def test_inconsistent_bands_and_unknown_aql_are_refused() -> None:
 
 def _with_lot_plan(text: str, plan_yaml: str) -> str:
     """The shipped rules with the lot plan block replaced by `plan_yaml` (indented lines)."""
-    old = "    plan:\n      kind: iso2859-1\n      inspection_level: II\n      aql: 1.0\n"
+    # The shipped lot plan block: `plan:` up to and including `family_plans: []`.
+    old = text[text.index("    plan:  ") : text.index("    family_plans: []\n") + 21]
     assert old in text
     return text.replace(old, plan_yaml)
 
