@@ -18,14 +18,24 @@ Action = Literal["keep", "extend", "resample", "replace"]
 SEVERITY_OF_STATE = {"normal": 0, "unknown": 1, "watch": 2, "suspect": 3, "faulty": 4}
 
 
+Occurrence = tuple[str, int]
+"""One distinct event a finding rests on: (key unique for its subject, event time ms)."""
+
+
 @dataclass(frozen=True)
 class Reason:
-    """Why: the rule, the measured value, the threshold it was held against, in words."""
+    """Why: the rule, the measured value, the threshold it was held against, in words.
+
+    `occurrences` are the distinct events an event rule found (empty for a state
+    condition); alerts count them (docs/decisions.md, alert counts). They stay out of
+    the decision JSON: the detail says how many there were.
+    """
 
     rule: str
     value: Any
     threshold: Any
     detail: str
+    occurrences: tuple[Occurrence, ...] = field(default=(), compare=False, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -188,6 +188,7 @@ def _event_findings(
             code,
             rule.codes,
             f"{code} event at {format_ts(event.ts_ms)}",
+            ((f"{code}@{event.ts_ms}", event.ts_ms),),
         )
         cover = _cover(meter, event.ts_ms, event.ts_ms, work_orders)
         out.append(_seal_finding(reason, cover, rule.severity))
@@ -248,6 +249,7 @@ def _ppk_findings(
             old,
             f"pulse constant changed from {old:g} to {new:g} between heartbeats at "
             f"{format_ts(before.ts_ms)} and {format_ts(after.ts_ms)}",
+            ((f"pulses_per_km@{after.ts_ms}", after.ts_ms),),
         )
         # The change happened somewhere between the two heartbeats.
         cover = _cover(meter, before.ts_ms, after.ts_ms, work_orders)
