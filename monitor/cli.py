@@ -52,7 +52,7 @@ def cmd_simulate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 def cmd_registry_import(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """Load registry rows from CSV into the state store (all or nothing)."""
-    from monitor.core.registry import parse_csv
+    from monitor.core.registry import parse_csv, region_conflicts
     from monitor.store.state import SqliteState
 
     settings = _settings(args, env)
@@ -64,6 +64,12 @@ def cmd_registry_import(args: argparse.Namespace, env: Mapping[str, str]) -> int
         return 1
     state = SqliteState(settings.storage.data_dir / "state.sqlite")
     try:
+        conflicts = region_conflicts(state.registry_rows(), parsed.rows)
+        if conflicts:
+            for conflict in conflicts:
+                print(f"{args.file}: {conflict}", file=sys.stderr)
+            print("nothing imported", file=sys.stderr)
+            return 1
         added, updated = state.upsert_meters(parsed.rows)
     finally:
         state.close()

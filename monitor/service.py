@@ -26,6 +26,7 @@ from monitor.api.app import create_app
 from monitor.api.context import ApiContext
 from monitor.api.web import mount_web
 from monitor.core.ports import StateStore, TelemetryStore
+from monitor.core.regions import RegionIndex
 from monitor.core.rulebook import RuleBook, load_rules
 from monitor.evaluation.export import exporter
 from monitor.evaluation.runner import Evaluator, decision_publisher
@@ -128,7 +129,9 @@ class Service:
             alerts,
             notify,
             zone=s.scheduling.zone,
-            export=exporter(store, s.scheduling.zone),
+            export=exporter(
+                store, s.scheduling.zone, lambda: RegionIndex.from_rows(state.registry_rows())
+            ),
         )
         self.parts = Components(
             address, store, state, worker, rules, tariffs, evaluator, alerts, notifier, broker

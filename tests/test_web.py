@@ -64,7 +64,12 @@ class Site:
         self.state = SqliteState(tmp / "state.sqlite")
         self.store = EmbeddedStore(tmp / "telemetry.sqlite", Metrics())
         self.alerts = AlertBook(tmp / "state.sqlite", 2 * 86_400_000)
-        self.state.upsert_meters(parse_rows(fleet.registry_rows()).rows)
+        # Two regions: the electricity fleet's and the taxis' (districts and lots stay whole).
+        rows = [
+            {**r, "region": "east" if r["kind"] == "elec" else "west"}
+            for r in fleet.registry_rows()
+        ]
+        self.state.upsert_meters(parse_rows(rows).rows)
         records = [
             r
             for m in fleet.messages(START, START + DAYS * 86_400_000)
@@ -338,6 +343,38 @@ def test_tariff_page_matches_the_api(site: Site, browser: Any) -> None:
     p.done()
 
 
+def test_regions_side_by_side_and_the_lists_by_region(site: Site, browser: Any) -> None:
+    regions = site.api("GET", "/api/regions")["items"]
+    assert [r["region"] for r in regions] == ["east", "west"]
+    p = Page(browser, site, "/regions")
+    for r in regions:
+        name = r["region"]
+        assert int(p.text(f"meters-{name}")) == r["meters"]
+        assert int(p.text(f"districts-{name}")) == r["districts"]
+        for state, n in r["meter_states"].items():
+            if state != "undecided":
+                assert int(p.text(f"state-{state}-{name}")) == n
+        for severity, n in r["open_alerts"].items():
+            assert int(p.text(f"alerts-{severity}-{name}")) == n
+    p.shot("regions")
+    with p.page.expect_navigation():
+        p.page.get_by_test_id("meters-west").click()
+    rows = p.page.locator("[data-testid=meters] tr").count() - 1
+    assert rows == len(all_meters(site, region="west")) == regions[1]["meters"]
+    assert p.page.get_by_test_id("region").input_value() == "west"
+    p.done()
+    alerts = Page(browser, site, "/alerts?status=open&region=west")
+    shown = alerts.page.locator("[data-testid=alerts] tr[data-alert]").count()
+    assert shown == sum(regions[1]["open_alerts"].values())
+    alerts.done()
+    east = site.api("GET", "/api/districts", params={"region": "east"})["items"]
+    assert len(east) == regions[0]["districts"] == 2
+    assert site.api("GET", "/api/districts", params={"region": "west"})["items"] == []  # taxis
+    districts = Page(browser, site, "/districts?region=east")
+    assert districts.page.locator("[data-testid=districts] tr").count() - 1 == len(east)
+    districts.done()
+
+
 def test_every_page_reads_on_a_tablet(site: Site, browser: Any) -> None:
     """At tablet portrait width (820 px) no page scrolls sideways; wide tables scroll in
     their own box, charts scale down, and the forms stay usable."""
@@ -353,6 +390,7 @@ def test_every_page_reads_on_a_tablet(site: Site, browser: Any) -> None:
         "lot": f"/lots/{elec['lot']}",
         "alerts": "/alerts",
         "tariffs": "/tariffs",
+        "regions": "/regions",
     }
     for name, path in pages.items():
         p = Page(browser, site, path, width=820)

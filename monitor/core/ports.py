@@ -185,6 +185,7 @@ class MeterFilter:
     state: str | None = None
     decision: str | None = None
     registered: bool | None = None
+    region: str | None = None
 
 
 class DueMeter(NamedTuple):

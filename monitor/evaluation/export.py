@@ -17,6 +17,7 @@ from typing import Any, Protocol, cast
 
 from monitor.core.clock import parse_ts
 from monitor.core.decision import SEVERITY_OF_STATE, Decision
+from monitor.core.regions import RegionIndex
 from monitor.core.schema import (
     DISTRICT_BALANCE,
     DISTRICT_LOSS_DAILY,
@@ -146,17 +147,25 @@ class LineSink(Protocol):
 
 
 def exporter(
-    store: object, zone: tzinfo = UTC, region_of: RegionOf = _no_region
+    store: object, zone: tzinfo = UTC, regions: Callable[[], RegionIndex] | None = None
 ) -> Callable[[EvaluationResult], None] | None:
     """What an Evaluator hands each recorded pass to: the store's `write_lines`, if it has one.
 
     The embedded store has none (its users chart the API's pages, not a database).
+    `regions` gives the registry's region index at the pass (points are tagged with it).
     """
     if not callable(getattr(store, "write_lines", None)):
         return None
     sink = cast(LineSink, store)
 
     def export(result: EvaluationResult) -> None:
+        region_of = _no_region
+        if regions is not None:
+            index = regions()
+
+            def region_of(kind: str, subject: str) -> str | None:
+                return index.of(kind, subject)
+
         sink.write_lines(pass_lines(result, zone, region_of), "evaluation")
 
     return export
