@@ -28,6 +28,7 @@ from monitor.core.registry import parse_rows
 from monitor.core.rulebook import load_rules
 from monitor.core.schema import Record
 from monitor.evaluation.runner import Evaluator
+from monitor.evaluation.shadow import RulesDesk
 from monitor.ingest.telemetry import parse_message
 from monitor.ingest.worker import summarise_seen
 from monitor.platform.config import load_settings
@@ -79,7 +80,16 @@ class Site:
         self.state.note_seen(summarise_seen(records, received_live(records)))
         tariffs = load_tariffs(REPO / "config" / "tariffs.yaml")
         book = load_rules(REPO / "config" / "rules.yaml")
-        evaluator = Evaluator(self.store, self.state, tariffs=lambda: tariffs, alerts=self.alerts)
+        # A candidate beside the rules in force: a stricter class-2 limit, in shadow.
+        self.desk = RulesDesk(tmp / "config" / "rules.yaml", tmp / "data", in_force=lambda: book)
+        self.desk.upload(
+            (REPO / "config" / "rules.yaml")
+            .read_text(encoding="utf-8")
+            .replace('in_service_limit_pct: {"2": 3.5', 'in_service_limit_pct: {"2": 1.0')
+        )
+        evaluator = Evaluator(
+            self.store, self.state, tariffs=lambda: tariffs, alerts=self.alerts, shadow=self.desk
+        )
         ctx = ApiContext(
             load_settings(tmp / "none", {}),
             self.state,
@@ -90,6 +100,7 @@ class Site:
             lambda: book,
             lambda t, p, r: None,
             self.alerts,
+            rules_desk=self.desk,
         )
         app = create_app(ctx)
         mount_web(app, ctx)
@@ -375,6 +386,31 @@ def test_regions_side_by_side_and_the_lists_by_region(site: Site, browser: Any) 
     districts.done()
 
 
+def test_shadow_page_shows_the_candidates_differences(site: Site, browser: Any) -> None:
+    body = site.api("GET", "/api/rules/shadow", params={"limit": 1000})
+    assert body["items"]
+    p = Page(browser, site, "/rules/shadow")
+    assert p.text("candidate") == body["candidate_version"]
+    for change, n in body["counts"].items():
+        assert int(p.text(f"count-{change}")) == n
+    rows = p.page.locator("[data-testid=differences] tr[data-subject]")
+    assert rows.count() == min(200, len(body["items"]))
+    first = body["items"][0]
+    row = p.page.locator(f"tr[data-subject='{first['id']}']")
+    cells = row.locator("td")
+    for i, side in ((1, first["current"]), (2, first["candidate"])):
+        text = cells.nth(i).inner_text()
+        assert side["decision"] in text
+        assert all(r["rule"] in text for r in side["reasons"])
+    p.shot("shadow")
+    change = next(iter(body["counts"]))
+    with p.page.expect_navigation():
+        p.page.get_by_role("link", name=change, exact=True).click()
+    shown = p.page.locator("[data-testid=differences] tr[data-subject]").count()
+    assert shown == body["counts"][change]
+    p.done()
+
+
 def test_every_page_reads_on_a_tablet(site: Site, browser: Any) -> None:
     """At tablet portrait width (820 px) no page scrolls sideways; wide tables scroll in
     their own box, charts scale down, and the forms stay usable."""
@@ -391,6 +427,7 @@ def test_every_page_reads_on_a_tablet(site: Site, browser: Any) -> None:
         "alerts": "/alerts",
         "tariffs": "/tariffs",
         "regions": "/regions",
+        "shadow": "/rules/shadow",
     }
     for name, path in pages.items():
         p = Page(browser, site, path, width=820)

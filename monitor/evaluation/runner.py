@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, tzinfo
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -307,6 +307,16 @@ class EvaluationResult:
         }
 
 
+class ShadowHook(Protocol):
+    """Candidate rules evaluated beside the ones in force (`evaluation.shadow.RulesDesk`)."""
+
+    def candidate(self) -> RuleBook | None:
+        """The candidate rules, or None."""
+
+    def observe(self, current: EvaluationResult, candidate: EvaluationResult) -> None:
+        """One recorded pass and the candidate's dry run at the same `as_of`."""
+
+
 class Evaluator:
     """Runs evaluation passes over the store and records decisions in the state.
 
@@ -323,7 +333,10 @@ class Evaluator:
         notify: Callable[[Sequence[Change]], None] | None = None,
         zone: tzinfo = UTC,
         export: Callable[[EvaluationResult], None] | None = None,
+        shadow: ShadowHook | None = None,
     ) -> None:
+        # Candidate rules a recorded pass also evaluates, as a dry run.
+        self._shadow = shadow
         self._zone = zone
         # Each recorded pass, handed on as it is (e.g. to InfluxDB for the dashboards).
         self._export = export
@@ -376,7 +389,15 @@ class Evaluator:
             self._raise_alerts(meters, lots, districts, as_of_ms, book)
             if self._export is not None:
                 self._export(result)
+            self._run_shadow(result, as_of_ms, book)
         return result
+
+    def _run_shadow(self, result: EvaluationResult, as_of_ms: int, book: RuleBook) -> None:
+        """The candidate rules' dry run at the same `as_of`, handed to the shadow hook."""
+        candidate = self._shadow.candidate() if self._shadow is not None else None
+        if self._shadow is None or candidate is None or candidate.version == book.version:
+            return
+        self._shadow.observe(result, self._run(as_of_ms, candidate, False))
 
     def _districts(
         self, registry: dict[str, MeterRow], rules: ElecRules, start: int, end: int
