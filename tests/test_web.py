@@ -411,6 +411,49 @@ def test_shadow_page_shows_the_candidates_differences(site: Site, browser: Any) 
     p.done()
 
 
+def test_impact_page_and_csv_compare_two_versions(site: Site, browser: Any) -> None:
+    # A lot whose sample the laboratory passed is extended (if the lot form's test has not
+    # done it already): then the report has extensions to count.
+    for lot in {m["lot"] for m in all_meters(site, kind="elec") if m["lot"]}:
+        body = site.api("GET", f"/api/lots/{lot}")
+        if body["decision"] == "resample" and body.get("drawn"):
+            results = [{"meter": m, "error_pct": 0.3, "passed": True} for m in body["drawn"]]
+            site.api("POST", f"/api/lots/{lot}/sample-results", json=results)
+            break
+    params = {"compare": "candidate", "start": "2020-01-01", "end": "2040-12-31"}
+    body = site.api("GET", "/api/impact", params=params)
+    assert body["report"]["replacements_avoided"] > 0
+    p = Page(browser, site, "/impact?" + "&".join(f"{k}={v}" for k, v in params.items()))
+    table = p.page.locator("[data-testid=impact] tr[data-figure]")
+    shown = {
+        table.nth(i).locator("td").first.inner_text(): [
+            table.nth(i).locator("td").nth(j).inner_text() for j in (1, 2, 3)
+        ]
+        for i in range(table.count())
+    }
+    a, b = body["report"], body["compare"]
+    assert shown["replacements avoided"] == [
+        str(a["replacements_avoided"]),
+        str(b["replacements_avoided"]),
+        str(b["replacements_avoided"] - a["replacements_avoided"]),
+    ]
+    assert shown["meter-years gained"][:2] == [
+        str(a["meter_years_gained"]),
+        str(b["meter_years_gained"]),
+    ]
+    risk = "expected meters beyond the limit left in service"
+    assert float(shown[risk][0]) == a["residual_risk"]["expected_beyond_limit"]
+    p.shot("impact")
+    href = p.page.get_by_test_id("csv").get_attribute("href")
+    figures = table.count()
+    p.done()
+    rows = list(csv.reader(io.StringIO(httpx.get(site.base + str(href)).text)))
+    assert rows[0] == ["figure", a["rules_version"], b["rules_version"], "difference"]
+    by_figure = {r[0]: r[1:] for r in rows[1:]}
+    assert by_figure["replacements avoided"][:2] == shown["replacements avoided"][:2]
+    assert len(rows) - 1 == figures
+
+
 def test_every_page_reads_on_a_tablet(site: Site, browser: Any) -> None:
     """At tablet portrait width (820 px) no page scrolls sideways; wide tables scroll in
     their own box, charts scale down, and the forms stay usable."""
@@ -428,6 +471,7 @@ def test_every_page_reads_on_a_tablet(site: Site, browser: Any) -> None:
         "tariffs": "/tariffs",
         "regions": "/regions",
         "shadow": "/rules/shadow",
+        "impact": "/impact?compare=candidate",
     }
     for name, path in pages.items():
         p = Page(browser, site, path, width=820)

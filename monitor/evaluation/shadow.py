@@ -32,6 +32,7 @@ CANDIDATE_NAME = "rules.candidate.yaml"
 UPLOAD_NAME = "rules.candidate.uploaded.yaml"
 PROMOTIONS_NAME = "rules-promotions.jsonl"
 REPORT_NAME = "rules-shadow.json"
+ARCHIVE_NAME = "rules-archive"
 
 
 def _side(d: Decision | None) -> dict[str, Any] | None:
@@ -229,6 +230,8 @@ class RulesDesk:
             raise CandidateError(f"the candidate is the rules in force ({old.version})")
         if not os.access(self.rules_file.parent, os.W_OK):
             raise CandidateError(f"{self.rules_file.parent} is read-only: cannot write the rules")
+        self._archive(self.rules_file.read_text(encoding="utf-8"), old)
+        self._archive(text, new)
         promotion = Promotion(
             _wall(self._clock()),
             actor,
@@ -247,6 +250,44 @@ class RulesDesk:
         if self._reload is not None:
             self._reload()
         return promotion
+
+    def _archive(self, text: str, book: RuleBook) -> None:
+        """Keep a rules text by its digest, so its version can be reported on later."""
+        folder = self.log_file.parent / ARCHIVE_NAME
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{book.digest}.yaml"
+        if not path.exists():
+            _write_atomically(path, text)
+
+    def book(self, name: str) -> RuleBook | None:
+        """A rules version by name: "in-force", "candidate", or a version (`name@version+hash`,
+        or a prefix of it) of the rules in force, the candidate or an earlier one kept when
+        promoted; None when there is none."""
+        if name == "in-force":
+            return self.in_force()
+        if name == "candidate":
+            return self.candidate()
+        for book in self.versions():
+            if book.version == name or book.version.startswith(name):
+                return book
+        return None
+
+    def versions(self) -> list[RuleBook]:
+        """The rules in force, the candidate, and every version kept by promotions."""
+        books = [self.in_force()]
+        candidate = self.candidate()
+        if candidate is not None:
+            books.append(candidate)
+        folder = self.log_file.parent / ARCHIVE_NAME
+        for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+            try:
+                books.append(load_rules(path))
+            except ConfigError:
+                continue  # kept from a version whose schema has since changed
+        unique: dict[str, RuleBook] = {}
+        for b in books:
+            unique.setdefault(b.digest, b)
+        return list(unique.values())
 
     def promotions(self) -> list[Promotion]:
         """Every promotion, oldest first."""

@@ -28,6 +28,7 @@ from monitor.api.meters import identify_meter
 from monitor.api.regions import RegionCache, filtered_page
 from monitor.api.taxi import rollout_progress_of
 from monitor.api.web import charts
+from monitor.api.web import impact as impact_pages
 from monitor.api.web import regions as region_pages
 from monitor.api.web import rules as rules_pages
 from monitor.core.clock import DAY_MS, format_ts, ms_to_datetime
@@ -51,6 +52,7 @@ def mount_web(app: FastAPI, ctx: ApiContext) -> None:
     regions = RegionCache(ctx.state)
     region_pages.mount(app, ctx, render, regions)
     rules_pages.mount(app, ctx, render)
+    impact_pages.mount(app, ctx, render, _csv_response)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def overview(request: Request) -> HTMLResponse:
