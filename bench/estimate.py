@@ -68,11 +68,13 @@ import numpy.typing as npt
 from bench import families
 from bench.common import map_spawned
 from monitor.core.clock import format_ts
+from monitor.core.decision import Stamp
 from monitor.core.ports import Series, meter_series
 from monitor.core.registry import MeterRow, parse_rows
 from monitor.core.rulebook import load_rules
 from monitor.core.schema import ELEC_READING, Record
-from monitor.evaluation.runner import READING_FIELDS, Evaluator, fit_district, meter_decision
+from monitor.electricity.evaluate import READING_FIELDS, fit_district, meter_decision
+from monitor.evaluation.runner import Evaluator
 from monitor.ingest.telemetry import parse_message
 from monitor.ingest.worker import summarise_seen
 from monitor.platform.metrics import Metrics
@@ -741,7 +743,7 @@ def speed_worker(task: SpeedTask) -> SpeedResult:
         d = synth_district(task.seed, index, task.meters, task.days, task.resolution_kwh)
         t1 = time.perf_counter()
         start = d.end_ms - int(rules.estimation.window_days * DAY_MS)
-        stamp = (format_ts(d.end_ms), book.version)
+        stamp = Stamp(format_ts(d.end_ms), book.version)
         dist = fit_district(d.name, d.series, d.master, rules, start, d.end_ms)
         t2 = time.perf_counter()
         for meter in sorted(set(d.series) | set(d.rows)):
@@ -955,7 +957,7 @@ def store_read(districts: int, seed: int) -> StoreReadResult:
                     meter_series(got, READING_FIELDS)
                 out.fetches.append(t2 - t1)
                 out.groups.append(time.perf_counter() - t2)
-            stamp = (format_ts(d.end_ms), book.version)
+            stamp = Stamp(format_ts(d.end_ms), book.version)
             t1 = time.perf_counter()
             dist = fit_district(d.name, series, d.master, rules, start, d.end_ms)
             decisions = [
@@ -965,7 +967,9 @@ def store_read(districts: int, seed: int) -> StoreReadResult:
             out.cores.append(time.perf_counter() - t1)
             t1 = time.perf_counter()
             state.save_decisions("meter", [x.as_dict() for x in decisions])
-            state.save_district(d.name, stamp[0], dist.report({x.id: x for x in decisions}, *stamp))
+            state.save_district(
+                d.name, stamp.as_of, dist.report({x.id: x for x in decisions}, stamp)
+            )
             out.saves.append(time.perf_counter() - t1)
         raw.close()
         store.close()

@@ -34,8 +34,9 @@ import numpy as np
 
 from bench.common import map_spawned
 from monitor.core.clock import format_ts
+from monitor.core.decision import Stamp
 from monitor.core.rulebook import load_rules
-from monitor.evaluation.runner import fit_district, meter_decision
+from monitor.electricity.evaluate import fit_district, meter_decision
 from monitor.simulate import FleetSpec
 from monitor.simulate.feeder import District, FeederEnergy, MeterSpec, from_model, meter_district
 
@@ -179,7 +180,7 @@ def evaluate(
     assert isinstance(rules, ElecRules)
     d = district
     start = d.end_ms - int(rules.estimation.window_days * DAY_MS)
-    stamp = (format_ts(d.end_ms), version)
+    stamp = Stamp(format_ts(d.end_ms), version)
     shared = d.energy.shared_ohm
     topo = None
     if topology and shared is not None and shared.size:

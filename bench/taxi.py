@@ -83,7 +83,7 @@ from bench.common import map_spawned
 from monitor.api.app import create_app
 from monitor.api.context import ApiContext
 from monitor.core.clock import format_ts
-from monitor.core.decision import Decision
+from monitor.core.decision import Decision, Stamp
 from monitor.core.ports import MeterPoint
 from monitor.core.registry import parse_rows
 from monitor.core.rulebook import RuleBook, load_rules
@@ -325,7 +325,7 @@ class DailyMirror:
             if (codes := [p for p in ps if start <= p.ts_ms <= as_of_ms])
         }
         data = evaluate_taxi.TaxiData(trips, status, events, {})
-        stamp = (format_ts(as_of_ms), self._book.version)
+        stamp = Stamp(format_ts(as_of_ms), self._book.version)
         return evaluate_taxi.evaluate(
             self._store, self._state, self._config, rules, as_of_ms, stamp, data, self._fares
         )

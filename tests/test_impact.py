@@ -32,16 +32,15 @@ def row(i: int, lot: str = "L1", model: str = "DDS", region: str | None = None) 
 
 def meter(i: int, decision: str, error: float | None = None, ci: float = 0.2) -> Decision:
     ev = {"error_pct": error, "error_ci_pct": None if error is None else [error - ci, error + ci]}
-    d = Decision(f"E{i}", "elec", decision, "normal", DUE, *STAMP, evidence=ev)  # type: ignore[arg-type]
-    if decision == "extend":
-        d.new_due_on = date(2030, 9, 1)
-    return d
+    new_due = date(2030, 9, 1) if decision == "extend" else None
+    return Decision(
+        f"E{i}", "elec", decision, "normal", DUE, *STAMP, evidence=ev, new_due_on=new_due
+    )  # type: ignore[arg-type]
 
 
 def lot(name: str, decision: str, **extra: object) -> Decision:
-    d = Decision(name, "lot", decision, "normal", DUE, *STAMP, [Reason("lot.x", 1, 1, "")])  # type: ignore[arg-type]
-    d.extra = dict(extra)
-    return d
+    reasons = [Reason("lot.x", 1, 1, "")]
+    return Decision(name, "lot", decision, "normal", DUE, *STAMP, reasons, extra=dict(extra))  # type: ignore[arg-type]
 
 
 def small_pass() -> tuple[EvaluationResult, dict[str, MeterRow]]:

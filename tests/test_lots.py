@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor.core.decision import Decision
+from monitor.alerts.book import conditions_of
+from monitor.core.decision import Decision, Stamp
 from monitor.core.registry import MeterRow
 from monitor.core.rulebook import ElecRules, load_rules, parse_rules
 from monitor.electricity.lots import (
@@ -21,7 +22,7 @@ from monitor.electricity.lots import (
 )
 
 RULES = load_rules(Path(__file__).resolve().parent.parent / "config" / "rules.yaml").rules.elec
-STAMP = ("2026-06-01T00:00:00.000Z", "test@1")
+STAMP = Stamp("2026-06-01T00:00:00.000Z", "test@1")
 
 
 def member(
@@ -40,9 +41,10 @@ def member(
         row.meter_id,
         "elec",
         "keep",
-        state,
+        state,  # type: ignore[arg-type]
         row.due_on,
-        *STAMP,  # type: ignore[arg-type]
+        STAMP.as_of,
+        STAMP.rules_version,
         evidence={"error_pct": error, "evaluable": evaluable},
     )
     return row, decision
@@ -200,3 +202,31 @@ def test_no_estimate_no_share() -> None:
     d = lot(members)
     assert d.evidence["estimated_nonconforming_share"] is None
     assert d.extra["oc"]["pa_at_estimate"] is None and d.extra["oc"]["pa_at_aql"] > 0.5
+
+
+def test_no_evaluable_meter_is_one_lack_of_evidence_and_no_alert() -> None:
+    members = [member(i, state="unknown", error=None, evaluable=False) for i in range(60)]
+    d = lot(members)
+    assert (d.decision, d.state) == ("resample", "unknown")
+    # not "too few evaluable" and "no error distribution": one reason, for one lack
+    assert [r.rule for r in d.reasons] == ["lot.evaluable_share"]
+    assert conditions_of([d], 0) == []  # sampled, shown on its page, not an incident
+
+
+def test_borderline_evidence_is_one_alert_for_the_lot() -> None:
+    members = [member(i, state="suspect" if i < 3 else "normal", error=2.5) for i in range(60)]
+    d = lot(members)
+    assert (d.decision, d.state) == ("resample", "suspect")
+    assert [r.rule for r in d.reasons] == ["lot.suspect_share", "lot.error_quantile"]
+    [c] = conditions_of([d], 0)
+    assert (c.kind, c.lot, c.rule, c.severity) == ("lot", "L1", "lot.suspect_share", "major")
+    assert [r["rule"] for r in c.evidence["reasons"]] == [r.rule for r in d.reasons]
+
+
+def test_faulty_meters_before_the_horizon_say_why_the_lot_is_watched() -> None:
+    members = [member(i, state="faulty" if i < 2 else "normal") for i in range(60)]
+    d = lot(members, as_of=date(2025, 6, 1))
+    assert (d.decision, d.state) == ("keep", "watch")
+    assert [r.rule for r in d.reasons] == ["lot.faulty_share", "lot.horizon"]
+    [c] = conditions_of([d], 0)
+    assert (c.rule, c.severity) == ("lot.faulty_share", "minor")

@@ -42,6 +42,7 @@ from monitor.alerts.routing import (
     idempotency_key,
     member_key,
 )
+from monitor.core.ports import Publisher
 
 if TYPE_CHECKING:
     from monitor.alerts.book import Change
@@ -71,7 +72,7 @@ class Notifier:
         self,
         routing: RoutingSettings,
         outbox_path: Path,
-        publish: Callable[[str, bytes], None] | None,
+        publish: Publisher | None,
         clock: Callable[[], float] = time.time,
         http: httpx.Client | None = None,
     ) -> None:

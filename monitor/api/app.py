@@ -22,6 +22,7 @@ from monitor.api import (
     taxi,
 )
 from monitor.api.context import ApiContext, jsonable
+from monitor.api.docs import add_docs
 
 
 def _readable(exc: RequestValidationError) -> str:
@@ -38,7 +39,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
         title="meter-state monitor",
         version=__version__,
         description="State evaluation of in-service electricity and taxi fare meters.",
+        docs_url=None,  # served by add_docs from packaged files, not a CDN
     )
+    add_docs(app)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -25,7 +25,8 @@ from monitor.core.schema import (
     LOT_STATE,
     METER_STATE,
 )
-from monitor.evaluation.runner import DistrictResult, EvaluationResult
+from monitor.electricity.evaluate import DistrictResult
+from monitor.evaluation.runner import EvaluationResult
 from monitor.store.lineproto import output_line
 
 RegionOf = Callable[[str, str], str | None]
