@@ -52,7 +52,7 @@ def cmd_simulate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 def cmd_registry_import(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """Load registry rows from CSV into the state store (all or nothing)."""
-    from monitor.core.registry import parse_csv
+    from monitor.core.registry import parse_csv, region_conflicts
     from monitor.store.state import SqliteState
 
     settings = _settings(args, env)
@@ -64,6 +64,12 @@ def cmd_registry_import(args: argparse.Namespace, env: Mapping[str, str]) -> int
         return 1
     state = SqliteState(settings.storage.data_dir / "state.sqlite")
     try:
+        conflicts = region_conflicts(state.registry_rows(), parsed.rows)
+        if conflicts:
+            for conflict in conflicts:
+                print(f"{args.file}: {conflict}", file=sys.stderr)
+            print("nothing imported", file=sys.stderr)
+            return 1
         added, updated = state.upsert_meters(parsed.rows)
     finally:
         state.close()
@@ -152,6 +158,27 @@ def cmd_rules_check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return 0
 
 
+def cmd_rules_promote(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """Make the candidate rules (uploaded, else config/rules.candidate.yaml) the rules in force.
+
+    Writes the rules file (a running service takes it at its next reload check) and
+    records the promotion: who, when, from and to which version, what changed.
+    """
+    from monitor.evaluation.shadow import CandidateError, RulesDesk
+
+    settings = _settings(args, env)
+    desk = RulesDesk(settings.rules_file, settings.storage.data_dir)
+    try:
+        done = desk.promote(args.actor, args.comment or "")
+    except CandidateError as exc:
+        print(f"not promoted: {exc}", file=sys.stderr)
+        return 1
+    print(f"promoted {done.source}: {done.from_version} → {done.to_version}")
+    for line in done.changes:
+        print(f"  {line}")
+    return 0
+
+
 EXIT_CODES = """\
 exit codes:
   0    done
@@ -178,7 +205,10 @@ CSV columns (header row required; meter_id and kind required, the rest may be em
   period_years    verification period in years (1..30): the due date is
                   verified_on (else installed_on) + period_years
   plate           taxi only: the vehicle's plate
-Rows are upserted by meter_id; a file with any bad row imports nothing.
+  region          the region the meter belongs to (empty: the default region); a district
+                  and a lot belong to one region
+Rows are upserted by meter_id; a file with any bad row, or one that would split a
+district or lot across regions, imports nothing.
 """
 
 
@@ -284,6 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--since", type=int, default=7, help="days of history to replay, one pass a day"
     )
     back.set_defaults(func=cmd_rules_backtest)
+    promote = with_config(command(rules, "promote", cmd_rules_promote.__doc__))
+    promote.add_argument("--actor", required=True, help="who promotes (recorded)")
+    promote.add_argument("--comment", default=None, help="why (recorded)")
+    promote.set_defaults(func=cmd_rules_promote)
     return parser
 
 

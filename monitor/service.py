@@ -27,8 +27,11 @@ from monitor.api.context import ApiContext
 from monitor.api.web import mount_web
 from monitor.core.clock import HOUR_MS
 from monitor.core.ports import StateStore, TelemetryStore
+from monitor.core.regions import RegionIndex
 from monitor.core.rulebook import RuleBook, load_rules
+from monitor.evaluation.export import exporter
 from monitor.evaluation.runner import Evaluator, decision_publisher
+from monitor.evaluation.shadow import RulesDesk
 from monitor.ingest.worker import IngestWorker
 from monitor.platform.broker import EmbeddedBroker
 from monitor.platform.config import Settings, split_host_port
@@ -121,6 +124,9 @@ class Service:
             notifier.submit(changes)
             self._wake_notifier()
 
+        desk = RulesDesk(
+            s.rules_file, self.data_dir, in_force=lambda: rules.current, reload=rules.check
+        )
         evaluator = Evaluator(
             store,
             state,
@@ -129,10 +135,15 @@ class Service:
             alerts,
             notify,
             zone=s.scheduling.zone,
+            export=exporter(
+                store, s.scheduling.zone, lambda: RegionIndex.from_rows(state.registry_rows())
+            ),
+            shadow=desk,
         )
         self.parts = Components(
             address, store, state, worker, rules, tariffs, evaluator, alerts, notifier, broker
         )
+        self.parts.extra["rules_desk"] = desk
         self._scheduler.add_job(
             self._deliver, "interval", seconds=2, id="notify", max_instances=1, coalesce=True
         )
@@ -276,6 +287,7 @@ class Service:
             parts.alerts,
             self._notify,
             self.clock,
+            rules_desk=parts.extra.get("rules_desk"),
         )
         app = create_app(ctx)
         mount_web(app, ctx)

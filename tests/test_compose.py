@@ -318,10 +318,10 @@ def test_monitor_influx_url_names_the_influxdb_service(
     assert condition == "service_healthy"
 
 
-def grafana_datasource(kind: str) -> dict[str, Any]:
+def grafana_datasource(uid: str) -> dict[str, Any]:
     sources = load_yaml(GRAFANA_DATASOURCES)["datasources"]
-    found = [s for s in sources if s["type"] == kind]
-    assert len(found) == 1, f"expected one {kind} datasource in {GRAFANA_DATASOURCES}"
+    found = [s for s in sources if s["uid"] == uid]
+    assert len(found) == 1, f"expected one datasource {uid} in {GRAFANA_DATASOURCES}"
     return dict(found[0])
 
 
@@ -329,7 +329,7 @@ def test_grafana_influx_datasource_equals_the_monitor_settings(
     services: dict[str, Any], monitor_env: dict[str, str]
 ) -> None:
     grafana_env = resolved_environment(services["grafana"])
-    source = grafana_datasource("influxdb")
+    source = grafana_datasource("monitor-influxdb")
     assert source["jsonData"]["version"] == "Flux"
     assert source["url"] == monitor_env["MONITOR_INFLUX_URL"]
     values = {
@@ -342,8 +342,42 @@ def test_grafana_influx_datasource_equals_the_monitor_settings(
         assert resolve(raw, grafana_env) == monitor_env[var], var
 
 
+def test_grafana_influxql_datasource_reads_the_monitors_bucket(
+    services: dict[str, Any], monitor_env: dict[str, str]
+) -> None:
+    grafana_env = resolved_environment(services["grafana"])
+    source = grafana_datasource("monitor-influxql")
+    assert source["type"] == "influxdb" and "version" not in source["jsonData"]  # InfluxQL
+    assert source["url"] == monitor_env["MONITOR_INFLUX_URL"]
+    # InfluxDB 2 serves InfluxQL on a bucket's virtual DBRP mapping: database = bucket.
+    for raw in (source["database"], source["jsonData"]["dbName"]):
+        assert resolve(raw, grafana_env) == monitor_env["MONITOR_INFLUX_BUCKET"]
+    assert source["jsonData"]["httpHeaderName1"] == "Authorization"
+    token = resolve(source["secureJsonData"]["httpHeaderValue1"], grafana_env)
+    assert token == f"Token {monitor_env['MONITOR_INFLUX_TOKEN']}"
+
+
+def test_grafana_provisions_the_dashboards(services: dict[str, Any]) -> None:
+    provider = load_yaml(ROOT / "deploy/grafana/provisioning/dashboards/monitor.yml")
+    (only,) = provider["providers"]
+    path = only["options"]["path"]
+    sources = {target: source for source, target in mounts(services["grafana"])}
+    assert (
+        sources["/etc/grafana/provisioning/dashboards"]
+        == "./deploy/grafana/provisioning/dashboards"
+    )
+    assert sources[path] == "./deploy/grafana/dashboards"
+    assert sorted(p.name for p in (ROOT / "deploy/grafana/dashboards").glob("*.json"))
+    uids = {s["uid"] for s in load_yaml(GRAFANA_DATASOURCES)["datasources"]}
+    for board in (ROOT / "deploy/grafana/dashboards").glob("*.json"):
+        body = json.loads(board.read_text("utf-8"))
+        for panel in body["panels"]:
+            for target in panel["targets"]:
+                assert target["datasource"]["uid"] in uids, (board.name, panel["title"])
+
+
 def test_grafana_prometheus_datasource(services: dict[str, Any]) -> None:
-    url = urlsplit(grafana_datasource("prometheus")["url"])
+    url = urlsplit(grafana_datasource("monitor-prometheus")["url"])
     assert url.hostname == "prometheus"
     assert url.port in container_ports(services["prometheus"])
 

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from monitor.alerts.book import AlertBook, TransitionError
 from monitor.api.context import ApiContext, decode_cursor, encode_cursor, time_param
+from monitor.api.regions import RegionCache, filtered_page, known_region
 
 
 class AlertActionIn(BaseModel):
@@ -23,6 +24,7 @@ class AlertActionIn(BaseModel):
 def router(ctx: ApiContext) -> APIRouter:
     """The routes of this module over one context."""
     r = APIRouter()
+    regions = RegionCache(ctx.state)
 
     page_max = ctx.settings.api.page_max
 
@@ -42,22 +44,34 @@ def router(ctx: ApiContext) -> APIRouter:
         district: str | None = None,
         meter: str | None = None,
         lot: str | None = None,
+        region: str | None = None,
     ) -> dict[str, Any]:
-        """The alert inbox, oldest first; `since` filters on last_seen (event time)."""
+        """The alert inbox, oldest first; `since` filters on last_seen (event time);
+        `region`: alerts on that region's meters, lots and districts."""
+        index = regions()
+        wanted = known_region(index, region)
+        since_ms = time_param("since", since)
+
+        def fetch(after_id: int | None, n: int) -> list[dict[str, Any]]:
+            return book().list(
+                status,
+                severity,
+                since_ms,
+                after_id or 0,
+                n,
+                kind=kind,
+                district=district,
+                meter=meter,
+                lot=lot,
+            )
+
+        def keep(a: dict[str, Any]) -> bool:
+            return wanted is None or index.in_region(
+                wanted, a.get("meter"), a.get("lot"), a.get("district")
+            )
+
         after = int(decode_cursor(cursor)) if cursor else 0
-        rows = book().list(
-            status,
-            severity,
-            time_param("since", since),
-            after,
-            limit + 1,
-            kind=kind,
-            district=district,
-            meter=meter,
-            lot=lot,
-        )
-        more = len(rows) > limit
-        rows = rows[:limit]
+        rows, more = filtered_page(fetch, keep, lambda a: int(a["id"]), after, limit)
         return {"items": rows, "next": encode_cursor(str(rows[-1]["id"])) if more else None}
 
     @r.get("/api/alerts/{alert_id}", tags=["alerts"])

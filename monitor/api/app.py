@@ -10,7 +10,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from monitor import __version__
-from monitor.api import alerts, evaluation, meters, ops, registry, taxi
+from monitor.api import (
+    alerts,
+    evaluation,
+    impact,
+    meters,
+    ops,
+    regions,
+    registry,
+    rules,
+    taxi,
+)
 from monitor.api.context import ApiContext, jsonable
 from monitor.api.docs import add_docs
 
@@ -37,6 +47,6 @@ def create_app(ctx: ApiContext) -> FastAPI:
     async def _bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": _readable(exc), "errors": jsonable(exc.errors())}, 422)
 
-    for part in (ops, meters, registry, evaluation, taxi, alerts):
+    for part in (ops, meters, registry, evaluation, taxi, alerts, regions, rules, impact):
         app.include_router(part.router(ctx))
     return app

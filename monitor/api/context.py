@@ -17,6 +17,7 @@ from monitor.core.clock import parse_ts
 from monitor.core.ports import Publisher, StateStore, TelemetryStore
 from monitor.core.rulebook import RuleBook
 from monitor.evaluation.runner import Evaluator, future_as_of
+from monitor.evaluation.shadow import RulesDesk
 from monitor.platform.config import Settings
 from monitor.platform.metrics import Metrics
 
@@ -37,6 +38,9 @@ class ApiContext:
     notify: Callable[[Sequence[Change]], None] | None = None
     # The receive clock (epoch s): requests are validated against it, never decided by it.
     clock: Callable[[], float] = time.time
+    # The rules in force, the candidate beside them and promotion (None: built from the
+    # settings on first use, without a reload hook).
+    rules_desk: RulesDesk | None = None
 
 
 def encode_cursor(last_id: str) -> str:

@@ -14,6 +14,7 @@ from monitor.api.context import (
     refuse_future_as_of,
     time_param,
 )
+from monitor.api.regions import RegionCache, filtered_page, known_region
 from monitor.core.ports import SampleRow
 from monitor.evaluation.report import worth_showing
 
@@ -50,6 +51,7 @@ class SampleResultIn(BaseModel):
 def router(ctx: ApiContext) -> APIRouter:
     """The routes of this module over one context."""
     r = APIRouter()
+    regions = RegionCache(ctx.state)
 
     page_max = ctx.settings.api.page_max
 
@@ -88,15 +90,22 @@ def router(ctx: ApiContext) -> APIRouter:
     @r.get("/api/districts", tags=["evaluation"])
     def districts(
         gates: Literal["passed", "failed"] | None = None,
+        region: str | None = None,
         limit: int = Query(ctx.settings.api.page_default, ge=1, le=page_max),
         cursor: str | None = None,
     ) -> dict[str, Any]:
         """Evaluated transformer areas by name: gates, line loss, how many meters are evaluable."""
         passed = None if gates is None else gates == "passed"
-        after = decode_cursor(cursor) if cursor else None
-        rows = ctx.state.list_districts(after, limit + 1, passed)
-        items = [district_summary(b) for b in rows[:limit]]
-        more = len(rows) > limit
+        index = regions()
+        wanted = known_region(index, region)
+        rows, more = filtered_page(
+            lambda after, n: ctx.state.list_districts(after, n, passed),
+            lambda b: wanted is None or index.of("district", b["district"]) == wanted,
+            lambda b: str(b["district"]),
+            decode_cursor(cursor) if cursor else None,
+            limit,
+        )
+        items = [district_summary(b) for b in rows]
         return {"items": items, "next": encode_cursor(items[-1]["district"]) if more else None}
 
     @r.get("/api/districts/{district}", tags=["evaluation"])

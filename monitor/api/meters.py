@@ -8,6 +8,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, HTTPException, Query
 
 from monitor.api.context import ApiContext, decode_cursor, encode_cursor, time_param
+from monitor.api.regions import RegionCache, known_region
 from monitor.core.clock import format_ts
 from monitor.core.ports import MeterFilter
 from monitor.core.schema import (
@@ -20,6 +21,7 @@ from monitor.core.schema import (
 def router(ctx: ApiContext) -> APIRouter:
     """The routes of this module over one context."""
     r = APIRouter()
+    regions = RegionCache(ctx.state)
 
     page_max = ctx.settings.api.page_max
 
@@ -31,11 +33,17 @@ def router(ctx: ApiContext) -> APIRouter:
         district: str | None = None,
         lot: str | None = None,
         registered: bool | None = None,
+        region: str | None = None,
         limit: int = Query(ctx.settings.api.page_default, ge=1, le=page_max),
         cursor: str | None = None,
     ) -> dict[str, Any]:
-        """Meters (registry and unregistered senders) with their state and decision."""
-        flt = MeterFilter(kind, district, lot, state, decision, registered)
+        """Meters (registry and unregistered senders) with their state and decision.
+
+        `region`: meters of that region (an unregistered one: of the district it was
+        heard in).
+        """
+        region = known_region(regions(), region)
+        flt = MeterFilter(kind, district, lot, state, decision, registered, region)
         after = decode_cursor(cursor) if cursor else None
         rows = ctx.state.list_meters(flt, after, limit + 1)
         more = len(rows) > limit

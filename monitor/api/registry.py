@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from monitor.api.context import ApiContext
-from monitor.core.registry import ParsedRows, parse_csv, parse_rows
+from monitor.core.registry import ParsedRows, parse_csv, parse_rows, region_conflicts
 
 
 def router(ctx: ApiContext) -> APIRouter:
@@ -45,6 +45,12 @@ def router(ctx: ApiContext) -> APIRouter:
             )
         if not parsed.rows:
             raise HTTPException(400, "no rows in the body")
+        conflicts = region_conflicts(ctx.state.registry_rows(), parsed.rows)
+        if conflicts:
+            return JSONResponse(
+                {"detail": f"nothing stored: {'; '.join(conflicts[:5])}", "conflicts": conflicts},
+                422,
+            )
         added, updated = ctx.state.upsert_meters(parsed.rows)
         return JSONResponse({"added": added, "updated": updated})
 

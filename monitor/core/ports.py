@@ -202,6 +202,7 @@ class MeterFilter:
     state: str | None = None
     decision: str | None = None
     registered: bool | None = None
+    region: str | None = None
 
 
 class DueMeter(NamedTuple):

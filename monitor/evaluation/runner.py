@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, tzinfo
-from typing import Any
+from typing import Any, Protocol
 
 from monitor.alerts.book import AlertBook, Change, conditions_of, district_conditions
 from monitor.core.clock import DAY_MS, format_ts, ms_to_datetime, parse_ts
@@ -80,6 +80,16 @@ class EvaluationResult:
         }
 
 
+class ShadowHook(Protocol):
+    """Candidate rules evaluated beside the ones in force (`evaluation.shadow.RulesDesk`)."""
+
+    def candidate(self) -> RuleBook | None:
+        """The candidate rules, or None."""
+
+    def observe(self, current: EvaluationResult, candidate: EvaluationResult) -> None:
+        """One recorded pass and the candidate's dry run at the same `as_of`."""
+
+
 class Evaluator:
     """Runs evaluation passes over the store and records decisions in the state.
 
@@ -95,8 +105,14 @@ class Evaluator:
         alerts: AlertBook | None = None,
         notify: Callable[[Sequence[Change]], None] | None = None,
         zone: tzinfo = UTC,
+        export: Callable[[EvaluationResult], None] | None = None,
+        shadow: ShadowHook | None = None,
     ) -> None:
+        # Candidate rules a recorded pass also evaluates, as a dry run.
+        self._shadow = shadow
         self._zone = zone
+        # Each recorded pass, handed on as it is (e.g. to InfluxDB for the dashboards).
+        self._export = export
         # Fare checks carried from one pass to the next (exact: see FareCache).
         self._taxi_fares = FareCache()
         self._alerts = alerts
@@ -138,10 +154,21 @@ class Evaluator:
         if extended:
             meters = self._meters(registry, districts, events, rules, stamp, extended)
         meters |= self._taxis(as_of_ms, book, stamp)
+        result = EvaluationResult(as_of, book.version, meters, lots, districts)
         if record:
             self._record(meters, lots, districts, stamp)
             self._raise_alerts(meters, lots, districts, as_of_ms, book.rules.elec.estimation)
-        return EvaluationResult(as_of, book.version, meters, lots, districts)
+            if self._export is not None:
+                self._export(result)
+            self._run_shadow(result, as_of_ms, book)
+        return result
+
+    def _run_shadow(self, result: EvaluationResult, as_of_ms: int, book: RuleBook) -> None:
+        """The candidate rules' dry run at the same `as_of`, handed to the shadow hook."""
+        candidate = self._shadow.candidate() if self._shadow is not None else None
+        if self._shadow is None or candidate is None or candidate.version == book.version:
+            return
+        self._shadow.observe(result, self._run(as_of_ms, candidate, False))
 
     def _districts(
         self, registry: dict[str, MeterRow], rules: ElecRules, start: int, end: int
@@ -210,6 +237,7 @@ class Evaluator:
                 rules.error_limit,
                 sampling,
                 Stamp(format_ts(as_of_ms), book.version),
+                rules.estimation.confidence,
             )
         return out
 
@@ -270,6 +298,7 @@ class Evaluator:
             rules.error_limit,
             self._sampling(lot),
             Stamp(previous["as_of"], book.version),
+            rules.estimation.confidence,
         )
         self._state.save_decisions("lot", [decided.as_dict()])
         return decided

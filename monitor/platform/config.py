@@ -217,6 +217,41 @@ class AlertSettings(_Section):
     )
 
 
+class ModelCost(_Section):
+    """What one meter model costs to replace and weighs when taken out."""
+
+    unit_cost_cny: float | None = Field(None, ge=0)
+    mass_kg: float | None = Field(None, gt=0)
+
+
+class ImpactSettings(_Section):
+    """Unit cost and mass of a replaced meter, for the policy impact report."""
+
+    unit_cost_cny: float | None = Field(
+        None,
+        ge=0,
+        description="replacement cost of a meter (device and fitting), CNY; no default: the "
+        "project has no public figure to name, so cost is reported only where configured",
+    )
+    mass_kg: float = Field(
+        0.176,
+        gt=0,
+        description="mass taken out per meter replaced: Shanghai's reported figures for its "
+        "scheme (5.68 M meters kept, over 1 000 t of e-waste avoided) give 0.176 kg a meter, "
+        "a lower bound; a model's own figure (models:) is better",
+    )
+    models: dict[str, ModelCost] = Field(
+        default_factory=dict, description="per registry `model`: unit_cost_cny, mass_kg"
+    )
+
+    def of(self, model: str | None) -> tuple[float | None, float]:
+        """(unit cost, mass) of a model, the defaults where it says nothing."""
+        own = self.models.get(model or "")
+        cost = own.unit_cost_cny if own and own.unit_cost_cny is not None else self.unit_cost_cny
+        mass = own.mass_kg if own and own.mass_kg is not None else self.mass_kg
+        return cost, mass
+
+
 class Settings(_Section):
     """The whole frozen settings tree of one service process."""
 
@@ -227,6 +262,7 @@ class Settings(_Section):
     scheduling: SchedulingSettings = SchedulingSettings()
     alerts: AlertSettings = AlertSettings()
     ingest: IngestSettings = IngestSettings()
+    impact: ImpactSettings = ImpactSettings()
 
     @property
     def rules_file(self) -> Path:

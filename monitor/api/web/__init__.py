@@ -27,8 +27,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from monitor.api.context import ApiContext, decode_cursor, encode_cursor
 from monitor.api.evaluation import district_summary
 from monitor.api.meters import identify_meter
+from monitor.api.regions import RegionCache, filtered_page
 from monitor.api.taxi import rollout_progress_of
 from monitor.api.web import charts
+from monitor.api.web import impact as impact_pages
+from monitor.api.web import regions as region_pages
+from monitor.api.web import rules as rules_pages
 from monitor.api.web.present import Present
 from monitor.core.clock import DAY_MS, HOUR_MS, format_ts, ms_to_datetime, parse_ts
 from monitor.core.ports import MeterFilter, MeterPoint
@@ -48,6 +52,11 @@ def mount_web(app: FastAPI, ctx: ApiContext) -> None:
 
     def render(request: Request, name: str, **data: Any) -> HTMLResponse:
         return pages.TemplateResponse(request, name, data)
+
+    regions = RegionCache(ctx.state)
+    region_pages.mount(app, ctx, render, regions)
+    rules_pages.mount(app, ctx, render)
+    impact_pages.mount(app, ctx, render, _csv_response)
 
     @app.exception_handler(StarletteHTTPException)
     async def errors(request: Request, exc: StarletteHTTPException) -> Response:
@@ -74,10 +83,16 @@ def mount_web(app: FastAPI, ctx: ApiContext) -> None:
         decision: str = "",
         district: str = "",
         lot: str = "",
+        region: str = "",
         cursor: str = "",
     ) -> HTMLResponse:
         f = MeterFilter(
-            kind or None, district or None, lot or None, state or None, decision or None
+            kind or None,
+            district or None,
+            lot or None,
+            state or None,
+            decision or None,
+            region=region or None,
         )
         rows = ctx.state.list_meters(f, decode_cursor(cursor) if cursor else None, 101)
         items = [
@@ -85,19 +100,38 @@ def mount_web(app: FastAPI, ctx: ApiContext) -> None:
             for r in rows[:100]
         ]
         nxt = _next_page(request, rows[99].meter_id) if len(rows) > 100 else None
-        return render(request, "meters.html", items=items, next=nxt, f=f)
+        return render(
+            request, "meters.html", items=items, next=nxt, f=f, regions=regions().regions()
+        )
 
     @app.get("/meters/{meter}", response_class=HTMLResponse, include_in_schema=False)
     def meter(request: Request, meter: str) -> HTMLResponse:
         return render(request, "meter.html", **_meter(ctx, meter))
 
     @app.get("/districts", response_class=HTMLResponse, include_in_schema=False)
-    def districts(request: Request, gates: str = "", cursor: str = "") -> HTMLResponse:
+    def districts(
+        request: Request, gates: str = "", region: str = "", cursor: str = ""
+    ) -> HTMLResponse:
         passed = {"passed": True, "failed": False}.get(gates)
-        rows = ctx.state.list_districts(decode_cursor(cursor) if cursor else None, 101, passed)
-        items = [district_summary(b) for b in rows[:100]]
-        nxt = _next_page(request, items[-1]["district"]) if len(rows) > 100 else None
-        return render(request, "districts.html", items=items, next=nxt, gates=gates)
+        index = regions()
+        rows, more = filtered_page(
+            lambda after, n: ctx.state.list_districts(after, n, passed),
+            lambda b: not region or index.of("district", b["district"]) == region,
+            lambda b: str(b["district"]),
+            decode_cursor(cursor) if cursor else None,
+            100,
+        )
+        items = [district_summary(b) for b in rows]
+        nxt = _next_page(request, items[-1]["district"]) if more else None
+        return render(
+            request,
+            "districts.html",
+            items=items,
+            next=nxt,
+            gates=gates,
+            region=region,
+            regions=index.regions(),
+        )
 
     @app.get("/districts/{district}", response_class=HTMLResponse, include_in_schema=False)
     def district(request: Request, district: str, sort: str = "meter") -> HTMLResponse:
@@ -164,23 +198,31 @@ def mount_web(app: FastAPI, ctx: ApiContext) -> None:
         severity: str = "",
         kind: str = "",
         district: str = "",
+        region: str = "",
         cursor: str = "",
     ) -> HTMLResponse:
         if ctx.alerts is None:
             raise HTTPException(503, "alerts are not kept by this instance")
-        after = int(decode_cursor(cursor)) if cursor else 0
-        rows = ctx.alerts.list(
-            status or None,
-            severity or None,
-            None,
-            after,
-            101,
-            kind=kind or None,
-            district=district or None,
+        book, index = ctx.alerts, regions()
+        rows, more = filtered_page(
+            lambda after, n: book.list(
+                status or None,
+                severity or None,
+                None,
+                after or 0,
+                n,
+                kind=kind or None,
+                district=district or None,
+            ),
+            lambda a: not region or index.in_region(region, a["meter"], a["lot"], a["district"]),
+            lambda a: int(a["id"]),
+            int(decode_cursor(cursor)) if cursor else 0,
+            100,
         )
-        nxt = _next_page(request, str(rows[99]["id"])) if len(rows) > 100 else None
+        nxt = _next_page(request, str(rows[-1]["id"])) if more else None
         f = {"status": status, "severity": severity, "kind": kind, "district": district}
-        return render(request, "alerts.html", items=rows[:100], next=nxt, f=f)
+        f |= {"region": region}
+        return render(request, "alerts.html", items=rows, next=nxt, f=f, regions=index.regions())
 
     @app.get("/tariffs", response_class=HTMLResponse, include_in_schema=False)
     def tariffs(request: Request) -> HTMLResponse:
