@@ -116,7 +116,7 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
     )
     settings = InfluxSettings(
         url=stack.url, token=stack.token, org=stack.org, bucket=stack.bucket, retry_max_s=0.5
-    )  # type: ignore[call-arg]
+    )
     store = InfluxStore(settings, tmp / "spool", Metrics())
     state = SqliteState(tmp / "state.sqlite")
     state.upsert_meters(parse_rows(fleet.registry_rows()).rows)

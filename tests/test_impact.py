@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.core.decision import Decision, Reason
+from monitor.core.decision import Action, Decision, Reason
 from monitor.core.regions import RegionIndex
 from monitor.core.registry import MeterRow
 from monitor.core.rulebook import load_rules
@@ -30,12 +30,12 @@ def row(i: int, lot: str = "L1", model: str = "DDS", region: str | None = None) 
     )  # fmt: skip
 
 
-def meter(i: int, decision: str, error: float | None = None, ci: float = 0.2) -> Decision:
+def meter(i: int, decision: Action, error: float | None = None, ci: float = 0.2) -> Decision:
     ev = {"error_pct": error, "error_ci_pct": None if error is None else [error - ci, error + ci]}
     new_due = date(2030, 9, 1) if decision == "extend" else None
     return Decision(
         f"E{i}", "elec", decision, "normal", DUE, *STAMP, evidence=ev, new_due_on=new_due
-    )  # type: ignore[arg-type]
+    )
 
 
 def lot(name: str, decision: str, **extra: object) -> Decision:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -108,8 +109,8 @@ def test_a_state_file_from_before_regions_gets_the_column(tmp_path: Path) -> Non
     state.close()
 
 
-def _all(api: Api, path: str, **params: str) -> list[dict[str, object]]:
-    items: list[dict[str, object]] = []
+def _all(api: Api, path: str, **params: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
     cursor = None
     while True:
         page = api.client.get(
