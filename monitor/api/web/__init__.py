@@ -26,7 +26,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from monitor.api.context import ApiContext, decode_cursor, decode_seq_cursor, encode_cursor
 from monitor.api.evaluation import district_summary
-from monitor.api.guard import READ_ALERTS, READ_AUDIT, READ_TAXI, csrf_token, may
+from monitor.api.guard import (
+    ACT_ALERTS,
+    POST_SAMPLES,
+    READ_ALERTS,
+    READ_AUDIT,
+    READ_TAXI,
+    csrf_token,
+    may,
+)
 from monitor.api.meters import identify_meter
 from monitor.api.scope import caller, scoped_page
 from monitor.api.taxi import rollout_progress_of
@@ -243,6 +251,8 @@ def _session(request: Request) -> dict[str, Any]:
             "alerts": may(who, READ_ALERTS),
             "tariffs": may(who, READ_TAXI),
             "audit": may(who, READ_AUDIT),
+            "act_alerts": may(who, ACT_ALERTS),
+            "samples": may(who, POST_SAMPLES),
         },
     }
 
