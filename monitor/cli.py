@@ -17,6 +17,8 @@ from monitor.platform.config import Settings, config_dir_from_env, load_settings
 from monitor.platform.listen import StartupError
 
 log = logging.getLogger("monitor")
+# An operator's API token for commands that ask the running service (docs/cli.md).
+TOKEN_VAR = "MONITOR_API_TOKEN"
 
 
 def _settings(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
@@ -221,7 +223,8 @@ def cmd_evaluate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     settings = _settings(args, env)
     req = Request(args.as_of, args.force, args.all)
     url = args.api or api_url(settings)
-    code = ask_service(url.rstrip("/"), req, sys.stdout, sys.stderr)
+    token = env.get(TOKEN_VAR) or None
+    code = ask_service(url.rstrip("/"), req, sys.stdout, sys.stderr, token)
     if code is not None:
         return code
     if args.api:
@@ -406,8 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--api",
         default=None,
         metavar="URL",
-        help="the running service to ask (default: http:// + api.http of the config); "
-        "when none answers at the default, the pass runs in this process",
+        help="the running service to ask (default: http:// + api.http of the config; with an "
+        "access file in force, an operator token in $MONITOR_API_TOKEN); when none answers "
+        "at the default, the pass runs in this process",
     )
     ev.set_defaults(func=cmd_evaluate)
 

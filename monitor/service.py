@@ -114,12 +114,7 @@ class Service:
             # amqtt speaks MQTT 3.1.1 and has no shared subscriptions.
             mqtt = s.mqtt.model_copy(update={"protocol": "3.1.1", "shared_group": None})
         else:
-            address = parse_broker_url(
-                s.mqtt.url,
-                _str(s.mqtt.ca_file),
-                _str(s.mqtt.cert_file),
-                _str(s.mqtt.key_file),
-            )
+            address = parse_broker_url(s.mqtt.url, *s.mqtt.tls_files())
         store = open_store(s.storage, self.metrics)
         state = SqliteState(self.data_dir / "state.sqlite")
         worker = IngestWorker(mqtt, address, store, state, self.metrics, self.clock, s.ingest)
@@ -423,7 +418,3 @@ def _access_summary(book: AccessBook | None) -> dict[str, Any]:
         return {"open_mode": True}
     tokens = [{"name": t.name, "role": t.role, "scope": t.scope} for t in book.spec.tokens]
     return {"tokens": tokens, "oidc": book.spec.oidc is not None}
-
-
-def _str(path: Path | None) -> str | None:
-    return None if path is None else str(path)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from monitor.alerts.book import AlertBook, TransitionError
-from monitor.api.context import ApiContext, decode_seq_cursor, encode_cursor, time_param
+from monitor.api.context import AlertId, ApiContext, decode_seq_cursor, encode_cursor, time_param
 from monitor.api.scope import caller, scoped_page
 from monitor.platform.access import Principal
 
@@ -74,7 +74,7 @@ def router(ctx: ApiContext) -> APIRouter:
         return {"items": rows, "next": encode_cursor(str(rows[-1]["id"])) if more else None}
 
     @r.get("/api/alerts/{alert_id}", tags=["alerts"])
-    def get_alert(request: Request, alert_id: int) -> dict[str, Any]:
+    def get_alert(request: Request, alert_id: AlertId) -> dict[str, Any]:
         """One alert with its history."""
         return visible_alert(caller(request), alert_id)
 
@@ -114,12 +114,12 @@ def router(ctx: ApiContext) -> APIRouter:
         return change.alert
 
     @r.post("/api/alerts/{alert_id}/ack", tags=["alerts"])
-    def ack(request: Request, alert_id: int, body: AlertActionIn) -> dict[str, Any]:
+    def ack(request: Request, alert_id: AlertId, body: AlertActionIn) -> dict[str, Any]:
         """Acknowledge an open alert (actor and comment are kept in its history)."""
         return act(request, alert_id, "ack", body)
 
     @r.post("/api/alerts/{alert_id}/resolve", tags=["alerts"])
-    def resolve(request: Request, alert_id: int, body: AlertActionIn) -> dict[str, Any]:
+    def resolve(request: Request, alert_id: AlertId, body: AlertActionIn) -> dict[str, Any]:
         """Resolve an open or acknowledged alert; it reopens if its condition returns."""
         return act(request, alert_id, "resolve", body)
 

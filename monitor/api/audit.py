@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
 
-from monitor.api.context import ApiContext, decode_cursor, encode_cursor
+from monitor.api.context import ApiContext, decode_seq_cursor, encode_cursor
 from monitor.api.scope import caller
 from monitor.core.audit import record_json
 
@@ -38,7 +38,7 @@ def router(ctx: ApiContext) -> APIRouter:
         the software version, and the hash chain (`prev`, `hash`)."""
         if ctx.audit is None:
             raise HTTPException(503, "no audit log is kept by this instance")
-        after = _seq(decode_cursor(cursor)) if cursor else 0
+        after = decode_seq_cursor(cursor)
         rows = ctx.audit.rows(after, limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
@@ -48,9 +48,3 @@ def router(ctx: ApiContext) -> APIRouter:
         }
 
     return r
-
-
-def _seq(text: str) -> int:
-    if not text.isdigit():
-        raise HTTPException(400, "cursor is not one this API returned")
-    return int(text)

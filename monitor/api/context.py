@@ -8,9 +8,9 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import HTTPException, Request
+from fastapi import HTTPException, Path, Request
 
 from monitor.alerts.book import AlertBook, Change
 from monitor.api.scope import Scopes, caller
@@ -77,9 +77,15 @@ def decode_seq_cursor(cursor: str | None) -> int:
     if not cursor:
         return 0
     text = decode_cursor(cursor)
-    if not text.isdigit():
+    if not text.isdigit() or int(text) > MAX_ID:
         raise HTTPException(400, f"cursor {cursor!r} is not one this API returned")
     return int(text)
+
+
+# The largest id SQLite (and PostgreSQL's bigint) can hold: a larger one is refused
+# as a bad request, never passed to the database.
+MAX_ID = 2**63 - 1
+AlertId = Annotated[int, Path(ge=1, le=MAX_ID, description="the alert's id")]
 
 
 def time_param(name: str, value: str | None) -> int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 from dataclasses import asdict
@@ -124,5 +125,8 @@ def _parse_registry_body(content_type: str, body: bytes) -> ParsedRows:
             raise HTTPException(400, "JSON body must be a list of row objects (or {items: [...]})")
         return parse_rows(items)
     if "csv" in content_type or "text/plain" in content_type or not content_type:
-        return parse_csv(text)
+        try:
+            return parse_csv(text)
+        except csv.Error as exc:
+            raise HTTPException(400, f"CSV not readable: {exc}") from None
     raise HTTPException(415, f"send text/csv or application/json, not {content_type!r}")

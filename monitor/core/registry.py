@@ -147,7 +147,9 @@ def parse_rows(items: Iterable[Mapping[str, Any]], first_line: int = 1) -> Parse
 
 def parse_csv(text: str) -> ParsedRows:
     """Parse registry CSV (the columns of docs/registry.md; a subset is fine if it has meter_id and kind)."""
-    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff")))
+    # newline="": the csv module handles line ends itself (a bare \r inside a field
+    # is data, not an error).
+    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff"), newline=""))
     header = [h.strip() for h in (reader.fieldnames or [])]
     unknown = [h for h in header if h not in COLUMNS]
     missing = [c for c in REQUIRED_COLUMNS if c not in header]

@@ -69,6 +69,10 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _path_str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
 def split_host_port(value: str) -> tuple[str, int]:
     """`'127.0.0.1:1883'` → `('127.0.0.1', 1883)`."""
     host, _, port = value.rpartition(":")
@@ -138,6 +142,10 @@ class MqttSettings(_Section):
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together")
         return self
+
+    def tls_files(self) -> tuple[str | None, str | None, str | None]:
+        """(CA, client certificate, key) for an mqtts:// broker, as paths or None."""
+        return _path_str(self.ca_file), _path_str(self.cert_file), _path_str(self.key_file)
 
     @property
     def subscription(self) -> str:
