@@ -88,21 +88,32 @@ def make_pki(where: Path, ca_name: str = "test-ca") -> Path:
     _write(where / "ca", ca, ca_key)
     key = ec.generate_private_key(ec.SECP256R1())
     _write(where / "server", _cert("localhost", key, (ca_name, ca_key), hosts=True), key)
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    _write(where / "client", _cert("monitor", client_key, (ca_name, ca_key)), client_key)
     return where
 
 
 class Meter:
     """A paho client logged in as one meter, over TLS, verifying the server."""
 
-    def __init__(self, port: int, user: str, password: str, ca: Path) -> None:
+    def __init__(
+        self, port: int, user: str, password: str, ca: Path, cert: Path | None = None
+    ) -> None:
         self.client = paho.Client(
             CallbackAPIVersion.VERSION2, client_id=user, protocol=paho.MQTTv311
         )
         self.client.username_pw_set(user, password)
-        self.client.tls_set(ca_certs=str(ca), cert_reqs=ssl.CERT_REQUIRED)
+        self.client.tls_set(
+            ca_certs=str(ca),
+            certfile=str(cert.with_suffix(".crt")) if cert else None,
+            keyfile=str(cert.with_suffix(".key")) if cert else None,
+            cert_reqs=ssl.CERT_REQUIRED,
+        )
         self.connected = threading.Event()
         self.refused: list[Any] = []
+        self.dropped = threading.Event()
         self.client.on_connect = self._on_connect
+        self.client.on_disconnect = lambda *a: self.dropped.set()
         self.client.connect("localhost", port)
         self.client.loop_start()
 
@@ -121,9 +132,10 @@ class Meter:
         self.client.loop_stop()
 
 
-@pytest.fixture
-def secured(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """Registry, generated ACL and passwords, and a TLS Mosquitto using them."""
+@pytest.fixture(params=[False, True], ids=["server-cert", "client-certs"])
+def secured(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """Registry, generated ACL and passwords, and a TLS Mosquitto using them (with
+    client certificates required, or not)."""
     _require(find_mosquitto, "mosquitto", "mosquitto")
     data = tmp_path / "data"
     state = SqliteState(data / "state.sqlite")
@@ -141,10 +153,18 @@ def secured(tmp_path: Path) -> Iterator[dict[str, Any]]:
         tls=(pki / "ca.crt", pki / "server.crt", pki / "server.key"),
         password_file=passwd,
         acl_file=acl,
+        require_certificate=request.param,
     )
     broker.start()
     try:
-        yield {"broker": broker, "env": env, "passwords": passwords, "pki": pki, "data": data}
+        yield {
+            "broker": broker,
+            "env": env,
+            "passwords": passwords,
+            "pki": pki,
+            "data": data,
+            "client_certs": request.param,
+        }
     finally:
         broker.stop()
 
@@ -164,12 +184,16 @@ def test_meters_publish_only_as_themselves_and_the_worker_ingests(
         "MONITOR_HTTP": f"127.0.0.1:{free_port()}",
         "MONITOR_SCHEDULING__EVALUATE_CRON": "",
     }
+    client_cert = pki / "client" if secured["client_certs"] else None
+    if client_cert is not None:  # the worker presents its certificate
+        env["MONITOR_MQTT__CERT_FILE"] = str(pki / "client.crt")
+        env["MONITOR_MQTT__KEY_FILE"] = str(pki / "client.key")
     service = Service(load_settings(REPO / "config", env))
     parts = service.start()
     meter: Meter | None = None
     try:
         wait_for(lambda: parts.worker.connected, 30, "the worker's TLS connection")
-        meter = Meter(broker.port, "E1", pw["E1"], pki / "ca.crt")
+        meter = Meter(broker.port, "E1", pw["E1"], pki / "ca.crt", client_cert)
         assert meter.connected.wait(10), meter.refused
         # E1 claims to be E2 first, then sends its own reading on the same connection:
         # the broker passes messages on in order, so once E1's arrives, E2's was dropped.
@@ -192,7 +216,17 @@ def test_a_wrong_password_and_an_unknown_server_are_refused(
     secured: dict[str, Any], tmp_path: Path
 ) -> None:
     broker, pw, pki = secured["broker"], secured["passwords"], secured["pki"]
-    wrong = Meter(broker.port, "E1", pw["E2"], pki / "ca.crt")
+    cert = pki / "client" if secured["client_certs"] else None
+    if cert is not None:  # no client certificate: the broker drops the connection
+        try:
+            bare = Meter(broker.port, "E1", pw["E1"], pki / "ca.crt")
+        except (ssl.SSLError, OSError):
+            pass  # refused during the handshake
+        else:
+            wait_for(lambda: bare.dropped.is_set() or bool(bare.refused), 10, "the refusal")
+            assert not bare.connected.is_set()
+            bare.close()
+    wrong = Meter(broker.port, "E1", pw["E2"], pki / "ca.crt", cert)
     wait_for(lambda: bool(wrong.refused), 10, "the broker's refusal")
     assert not wrong.connected.is_set()
     wrong.close()
