@@ -560,7 +560,7 @@ def test_changes_are_in_the_audit_log_with_who_made_them(site: Site) -> None:
     for action, route, who in [
         ("registry.upsert", ("POST", "/api/registry"), "operator-all"),
         ("workorder.add", ("POST", "/api/workorders"), "operator-all"),
-        ("lot.sample_results", ("POST", "/api/lots/{lot}/sample-results"), "utility-all"),
+        ("samples.record", ("POST", "/api/lots/{lot}/sample-results"), "utility-all"),
     ]:
         method, path, kw = _request(site, route, "in")
         made = site.call(method, path, {"Authorization": f"Bearer token-of-{who}"}, **kw)
@@ -587,8 +587,8 @@ def test_changes_are_in_the_audit_log_with_who_made_them(site: Site) -> None:
     assert any(r["action"] == "workorder.add" and r["role"] == "operator" for r in records)
     assert any(r["action"] == "tariff.rollout" for r in records)
     # results are taken only for a lot with a drawn sample (else 409, nothing changed)
-    sampled = any(r["action"] == "lot.sample_results" and r["role"] == "utility" for r in records)
-    assert sampled == done["lot.sample_results"]
+    sampled = any(r["action"] == "samples.record" and r["role"] == "utility" for r in records)
+    assert sampled == done["samples.record"]
     # the alert's own history names the token, not a typed-in name
     history = site.call("GET", f"/api/alerts/{alert}", authority).json()["history"]
     assert any(step["actor"] == "authority-all" for step in history)
@@ -600,3 +600,16 @@ def test_decisions_carry_the_software_and_rules_version(site: Site) -> None:
     meter = site.subjects["in"]["meter"]
     body = site.call("GET", f"/api/meters/{meter}", site.operator).json()["decision"]
     assert body["software_version"] == __version__ and body["rules_version"]
+
+
+def test_an_access_file_that_appears_ends_open_mode(tmp_path: Path) -> None:
+    from monitor.platform.access import load_access_or_none
+    from monitor.platform.reload import HotFile
+
+    path = tmp_path / "access.yaml"
+    hot = HotFile(path, load_access_or_none)
+    assert hot.current is None  # open mode
+    write_access_file(path, PEOPLE[:1])
+    assert hot.check() and hot.current is not None
+    path.unlink()
+    assert not hot.check() and hot.current is not None  # the last one stays in force

@@ -159,7 +159,7 @@ def router(ctx: ApiContext) -> APIRouter:
         after = stamped(decided)
         ctx.record(
             request,
-            "lot.sample_results",
+            "samples.record",
             f"lot:{lot}",
             {
                 "results": [r.model_dump() for r in results],
