@@ -172,3 +172,25 @@ def test_regions_side_by_side(api: Api) -> None:
     assert api.client.get("/api/regions/west").json() == west
     missing = api.client.get("/api/regions/north")
     assert missing.status_code == 404 and "regions: east, west" in missing.json()["detail"]
+
+
+def test_a_token_scoped_to_a_region_sees_its_meters_districts_lots_and_alerts(
+    tmp_path: Path,
+) -> None:
+    from monitor.api.scope import Scopes
+    from monitor.platform.access import Principal
+
+    state = SqliteState(tmp_path / "state.sqlite")
+    state.upsert_meters(parse_csv(registry_csv()).rows)
+    scopes = Scopes(state)
+    east = Principal("utility-east", "utility", frozenset({"east"}))
+    assert scopes.meter(east, "E000") and not scopes.meter(east, "E002")  # TA0 east, TA2 west
+    assert scopes.district(east, "TA1") and not scopes.district(east, "TA2")
+    assert scopes.lot(east, "LOT-0") and not scopes.lot(east, "LOT-2")
+    assert scopes.listed_meter(east, "E001", "TA1", "LOT-1")
+    assert not scopes.listed_meter(east, "E005", "TA2", "LOT-2")
+    assert scopes.alert(east, {"meter": None, "lot": None, "district": "TA0"})
+    assert not scopes.alert(east, {"meter": "E002", "lot": "LOT-2", "district": "TA2"})
+    assert scopes.row_in_scope(east, "TA9", None, "east")
+    assert not scopes.row_in_scope(east, "TA9", None, "west")
+    state.close()

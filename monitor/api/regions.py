@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, HTTPException, Query
@@ -32,31 +31,6 @@ class RegionCache:
             self._index = RegionIndex.from_rows(self._state.registry_rows())
             self._version = version
         return self._index
-
-
-def filtered_page(
-    fetch: Callable[[T | None, int], Sequence[Any]],
-    keep: Callable[[Any], bool],
-    key: Callable[[Any], T],
-    after: T | None,
-    limit: int,
-) -> tuple[list[Any], bool]:
-    """Up to `limit` rows that `keep`, read in key order after `after`; and whether more.
-
-    For lists whose store cannot filter by region itself: rows are read ahead in steps
-    and filtered, so a page is full whatever share of the rows is kept.
-    """
-    out: list[Any] = []
-    while True:
-        rows = fetch(after, _READ_AHEAD)
-        for row in rows:
-            if keep(row):
-                if len(out) == limit:
-                    return out, True
-                out.append(row)
-        if len(rows) < _READ_AHEAD:
-            return out, False
-        after = key(rows[-1])
 
 
 def known_region(index: RegionIndex, region: str | None) -> str | None:

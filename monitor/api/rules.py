@@ -91,13 +91,15 @@ def router(ctx: ApiContext) -> APIRouter:
             book = desk.upload(text)
         except ConfigError as exc:
             return _refused(exc)
+        ctx.record(request, "rules.candidate", book.version, {"uploaded": book.version})
         return JSONResponse({"version": book.version, "changes": diff(desk.in_force(), book)})
 
     @r.delete("/api/rules/candidate", tags=["rules"])
-    def delete_candidate() -> dict[str, Any]:
+    def delete_candidate(request: Request) -> dict[str, Any]:
         """Withdraw the uploaded candidate (a config/rules.candidate.yaml stays)."""
         if not desk_of(ctx).withdraw():
             raise HTTPException(404, "no uploaded candidate to withdraw")
+        ctx.record(request, "rules.candidate", "withdrawn", {"withdrawn": True})
         return {"withdrawn": True}
 
     @r.get("/api/rules/shadow", tags=["rules"])
@@ -143,7 +145,7 @@ def router(ctx: ApiContext) -> APIRouter:
         }
 
     @r.post("/api/rules/promote", tags=["rules"])
-    def promote(body: PromoteIn) -> dict[str, Any]:
+    def promote(request: Request, body: PromoteIn) -> dict[str, Any]:
         """Make the candidate the rules in force (one recorded action: who, when, versions,
         what changed); the service takes it at once."""
         desk = desk_of(ctx)
@@ -161,7 +163,9 @@ def router(ctx: ApiContext) -> APIRouter:
             raise HTTPException(422, f"candidate refused: {exc}") from None
         except CandidateError as exc:
             raise HTTPException(409, str(exc)) from None
-        return done.as_dict()
+        promoted = done.as_dict()
+        ctx.record(request, "rules.promote", done.to_version, promoted)
+        return promoted
 
     @r.get("/api/rules/promotions", tags=["rules"])
     def promotions(

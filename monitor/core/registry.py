@@ -179,7 +179,9 @@ def region_conflicts(existing: Iterable[MeterRow], incoming: Iterable[MeterRow])
 
 def parse_csv(text: str) -> ParsedRows:
     """Parse registry CSV (the columns of docs/registry.md; a subset is fine if it has meter_id and kind)."""
-    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff")))
+    # newline="": the csv module handles line ends itself (a bare \r inside a field
+    # is data, not an error).
+    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff"), newline=""))
     header = [h.strip() for h in (reader.fieldnames or [])]
     unknown = [h for h in header if h not in COLUMNS]
     missing = [c for c in REQUIRED_COLUMNS if c not in header]

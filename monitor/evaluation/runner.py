@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, tzinfo
 from typing import Any, Protocol
 
+from monitor import __version__
 from monitor.alerts.book import AlertBook, Change, conditions_of, district_conditions
 from monitor.core.clock import DAY_MS, format_ts, ms_to_datetime, parse_ts
 from monitor.core.decision import (
@@ -300,7 +301,7 @@ class Evaluator:
             Stamp(previous["as_of"], book.version),
             rules.estimation.confidence,
         )
-        self._state.save_decisions("lot", [decided.as_dict()])
+        self._state.save_decisions("lot", [stamped(decided)])
         return decided
 
     def _sampling(self, lot: str) -> Sampling | None:
@@ -323,14 +324,20 @@ class Evaluator:
         districts: dict[str, DistrictResult],
         stamp: Stamp,
     ) -> None:
-        meter_bodies = [d.as_dict() for d in meters.values()]
+        meter_bodies = [stamped(d) for d in meters.values()]
         self._state.save_decisions("meter", meter_bodies)
-        self._state.save_decisions("lot", [d.as_dict() for d in lots.values()])
+        self._state.save_decisions("lot", [stamped(d) for d in lots.values()])
         for name, dist in districts.items():
             self._state.save_district(name, stamp.as_of, dist.report(meters, stamp))
         if self._publish is not None:
             for body in meter_bodies:
                 self._publish(f"{body['kind']}/{body['id']}", body)
+
+
+def stamped(decision: Decision) -> dict[str, Any]:
+    """A decision's JSON with the software version that made it (the rules version is
+    already in it): what is stored, published and shown."""
+    return {**decision.as_dict(), "software_version": __version__}
 
 
 def decision_publisher(publish: Publisher, root: str) -> Publish:
