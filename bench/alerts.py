@@ -78,6 +78,7 @@ from monitor.alerts.book import AlertBook, Change, Condition, conditions_of
 from monitor.alerts.notifier import Notifier
 from monitor.core.clock import format_ts
 from monitor.core.decision import Decision, Reason
+from monitor.core.ports import Publisher
 from monitor.core.rulebook import RuleBook, Severity, load_rules
 from monitor.evaluation.runner import EVALUATION_RULES
 from monitor.ingest.worker import IngestWorker
@@ -230,15 +231,15 @@ def subscriber(url: str) -> Iterator[Arrivals]:
 class PublishProbe:
     """`worker.publish`, noting when the notifier called it (the direct path's breakdown)."""
 
-    def __init__(self, publish: Callable[[str, bytes], None]) -> None:
+    def __init__(self, publish: Publisher) -> None:
         self._publish = publish
         self.last = math.nan
         self.calls = 0
 
-    def __call__(self, topic: str, payload: bytes) -> None:
+    def __call__(self, topic: str, payload: bytes, retain: bool) -> None:
         self.last = now()
         self.calls += 1
-        self._publish(topic, payload)
+        self._publish(topic, payload, retain)
 
 
 @dataclass

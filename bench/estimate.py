@@ -78,7 +78,7 @@ from monitor.evaluation.runner import Evaluator
 from monitor.ingest.telemetry import parse_message
 from monitor.ingest.worker import summarise_seen
 from monitor.platform.metrics import Metrics
-from monitor.simulate import Fleet, FleetSpec
+from monitor.simulate import Fleet, FleetSpec, MeterTruth
 from monitor.store.embedded import EmbeddedStore
 from monitor.store.state import SqliteState
 
@@ -274,9 +274,9 @@ def run_accuracy(task: AccuracyTask) -> AccuracyRun:
     masters: dict[str, float] = {}
     for meter, t in truth.items():
         if t.get("role") == "master":
-            masters[str(t["district"])] = _num(t["error_pct"])
-        elif "stopped" in _faults(t):
-            stopped_in[str(t["district"])] = meter
+            masters[t["district"]] = t["error_pct"]
+        elif "stopped" in t["faults"]:
+            stopped_in[t["district"]] = meter
     for meter, decision in sorted(result.meters.items()):
         facts = truth.get(meter)
         if facts is None or facts.get("role") != "customer":
@@ -293,10 +293,10 @@ def run_accuracy(task: AccuracyTask) -> AccuracyRun:
         run.meters.append(
             MeterOutcome(
                 meter=meter,
-                district=str(facts["district"]),
-                true_pct=_num(facts["error_pct"]),
+                district=facts["district"],
+                true_pct=facts["error_pct"],
                 vacant=bool(facts.get("vacant")),
-                faults=_faults(facts),
+                faults=tuple(facts["faults"]),
                 est_pct=float(est) if est is not None else None,
                 ci=ci_pair,
                 evaluable=bool(ev.get("evaluable")),
@@ -345,22 +345,11 @@ def scratch_dir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
 
 
-def _num(value: object) -> float:
-    if isinstance(value, int | float):
-        return float(value)
-    raise TypeError(f"expected a number, got {value!r}")
-
-
-def _fault_day(t: dict[str, object]) -> float | None:
+def _fault_day(t: MeterTruth) -> float | None:
     when = t.get("fault_ms")
-    if not isinstance(when, dict) or not when:
+    if not when:
         return None
-    return (min(int(v) for v in when.values()) - BASE_MS) / DAY_MS
-
-
-def _faults(t: dict[str, object]) -> tuple[str, ...]:
-    faults = t.get("faults")
-    return tuple(str(f) for f in faults) if isinstance(faults, list) else ()
+    return (min(when.values()) - BASE_MS) / DAY_MS
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:

@@ -78,7 +78,7 @@ def planted(days: float, seed: int) -> Counter[str]:
     """The faults the fleet's ground truth plants (what deserves an alert), by kind."""
     out: Counter[str] = Counter()
     for truth in _fleet(seed).truth().values():
-        for fault in truth.get("faults") or []:  # type: ignore[attr-defined]
+        for fault in truth["faults"]:
             out[f"{truth['kind']} {fault}"] += 1
     return out
 

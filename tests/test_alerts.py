@@ -7,6 +7,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +26,10 @@ from monitor.core.decision import (
     decide_meter,
     severity_for,
 )
-from monitor.core.ports import AlertStore, Series
+from monitor.core.ports import AlertStore, MeterPoint, Series
 from monitor.core.rulebook import load_rules
 from monitor.core.schema import ELEC_READING, Record
+from monitor.electricity import rules as rules_elec
 from monitor.electricity.rules import function_findings
 from monitor.evaluation.runner import Evaluator
 from monitor.ingest.worker import summarise_seen
@@ -91,7 +93,9 @@ def test_a_condition_repeated_a_thousand_times_is_one_alert(
 ) -> None:
     b = book(alerts_at)
     actions = [
-        c.action for i in range(1000) for c in b.observe([condition(day=i / DAY)], BASE_MS + i)
+        c.action
+        for i in range(1000)
+        for c in b.observe([replace(condition(), at_ms=BASE_MS + i)], BASE_MS + i)
     ]
     assert actions[0] == "opened" and set(actions[1:]) == {"repeated"}
     alerts = b.list(None, None, None, 0, 10)
@@ -209,17 +213,13 @@ def test_a_restart_neither_loses_nor_refires(alerts_at: Callable[[], AlertStore]
     assert [a["count"] for a in again.list("open", None, None, 0, 10)] == [2, 2]
 
 
-def test_a_condition_twice_in_one_pass_opens_then_repeats(
+def test_a_state_condition_twice_in_one_pass_is_one_occurrence(
     alerts_at: Callable[[], AlertStore],
 ) -> None:
     b = book(alerts_at)
     changes = b.observe([condition("E1"), condition("E2"), condition("E1")], BASE_MS)
-    assert [(c.action, c.alert["count"]) for c in changes] == [
-        ("opened", 1),
-        ("opened", 1),
-        ("repeated", 2),
-    ]
-    assert changes[0].alert["id"] == changes[2].alert["id"] != changes[1].alert["id"]
+    assert [(c.action, c.alert["count"]) for c in changes] == [("opened", 1), ("opened", 1)]
+    assert len(b.list(None, None, None, 0, 10)) == 2
 
 
 def test_workers_folding_the_same_conditions_at_once_open_each_alert_once(
@@ -239,7 +239,8 @@ def test_workers_folding_the_same_conditions_at_once_open_each_alert_once(
     actions = sorted(c.action for changes in found for c in changes)
     assert actions.count("opened") == 50 and actions.count("repeated") == 100
     alerts = books[0].list(None, None, None, 0, 100)
-    assert len(alerts) == 50 and {a["count"] for a in alerts} == {3}
+    # one pass (one as_of) folded by three workers is one occurrence, not three
+    assert len(alerts) == 50 and {a["count"] for a in alerts} == {1}
     # an acknowledgement through one worker is seen through the others
     books[1].act(alerts[0]["id"], "ack", "ops", "", None)
     assert books[2].open_by_severity()["major"] == 49
@@ -397,3 +398,115 @@ def test_inbox_api(tmp_path: Path) -> None:
     assert wrong.status_code == 422 and "kind" in wrong.text
     state.close()
     store.close()
+
+
+# --- counts that count occurrences -----------------------------------------------------
+
+
+def _cover_events(first: int, n: int, meter: str = "E1") -> list[MeterPoint]:
+    """`n` cover_open events a minute apart from minute `first`."""
+    return [
+        MeterPoint(meter, BASE_MS + (first + i) * 60_000, {"code": "cover_open"}) for i in range(n)
+    ]
+
+
+def _tamper_conditions(events: list[MeterPoint], as_of_ms: int) -> list[Condition]:
+    """A meter's tamper finding through the rules and the decision, as a pass makes it."""
+    findings = rules_elec.event_findings(events, RULES.elec.tamper, RULES.elec.hardware, as_of_ms)
+    stamp = Stamp(format_ts(as_of_ms), "t")
+    d = decide_meter("E1", "elec", findings, None, None, {"lot": "L1", "district": "D1"}, stamp)
+    return conditions_of([d], as_of_ms)
+
+
+def test_fifty_events_in_one_pass_count_fifty_and_once_across_passes(
+    alerts_at: Callable[[], AlertStore],
+) -> None:
+    b = book(alerts_at)
+    events = _cover_events(0, 50)
+    [opened] = b.observe(_tamper_conditions(events + events[:10], BASE_MS + DAY), BASE_MS + DAY)
+    alert = opened.alert
+    assert alert["count"] == 50  # the 10 delivered twice are the same events
+    assert alert["first_seen"] == format_ts(BASE_MS)
+    assert alert["last_seen"] == format_ts(BASE_MS + 49 * 60_000)
+    assert "50 event(s)" in alert["message"]
+    # The next pass finds the same 50 again (they stay findings for a year) and 2 new ones.
+    later = events + _cover_events(100, 2)
+    [again] = b.observe(_tamper_conditions(later, BASE_MS + 2 * DAY), BASE_MS + 2 * DAY)
+    assert again.action == "repeated" and again.alert["count"] == 52
+    assert again.alert["last_seen"] == format_ts(BASE_MS + 101 * 60_000)
+    # The same pass repeated counts nothing new.
+    [same] = b.observe(_tamper_conditions(later, BASE_MS + 2 * DAY), BASE_MS + 2 * DAY)
+    assert same.alert["count"] == 52
+
+
+def test_a_state_condition_counts_its_passes_each_as_of_once(
+    alerts_at: Callable[[], AlertStore],
+) -> None:
+    b = book(alerts_at)
+    for day in (0, 1, 1, 2):  # the pass of day 1 run twice
+        b.observe([condition(day=day)], BASE_MS + day * DAY)
+    [alert] = b.list(None, None, None, 0, 10)
+    assert alert["count"] == 3
+    assert (alert["first_seen"], alert["last_seen"]) == (
+        format_ts(BASE_MS),
+        format_ts(BASE_MS + 2 * DAY),
+    )
+
+
+def test_one_condition_per_event_is_one_alert_counting_each(
+    alerts_at: Callable[[], AlertStore],
+) -> None:
+    # taxi.seal.event gives one finding per event: one alert, one count per distinct event.
+    def seal(ts: int) -> Condition:
+        return Condition(
+            "taxi.seal.event",
+            "taxi",
+            "T1",
+            "critical",
+            "seal",
+            BASE_MS + DAY,
+            {},
+            meter="T1",
+            occurrences=((f"seal_broken@{ts}", ts),),
+        )
+
+    changes = book(alerts_at).observe(
+        [seal(BASE_MS), seal(BASE_MS + 5), seal(BASE_MS)], BASE_MS + DAY
+    )
+    assert len(changes) == 1 and changes[0].alert["count"] == 2
+    # the same events found by another worker's pass are not counted again
+    [again] = book(alerts_at).observe([seal(BASE_MS + 5), seal(BASE_MS)], BASE_MS + 2 * DAY)
+    assert again.action == "repeated" and again.alert["count"] == 2
+
+
+def test_a_resolved_event_alert_reopens_only_on_a_new_event(
+    alerts_at: Callable[[], AlertStore],
+) -> None:
+    b = book(alerts_at)
+    events = _cover_events(0, 3)
+    [opened] = b.observe(_tamper_conditions(events, BASE_MS + DAY), BASE_MS + DAY)
+    b.act(opened.alert["id"], "resolve", "inspector.li", "case closed", BASE_MS + DAY)
+    [still] = b.observe(_tamper_conditions(events, BASE_MS + 2 * DAY), BASE_MS + 2 * DAY)
+    assert still.action == "repeated" and still.alert["status"] == "resolved"
+    more = events + _cover_events(2000, 1)
+    [back] = b.observe(_tamper_conditions(more, BASE_MS + 3 * DAY), BASE_MS + 3 * DAY)
+    assert back.action == "reopened" and back.alert["count"] == 4
+
+
+def test_an_alert_counted_by_passes_before_is_recounted_by_its_events(tmp_path: Path) -> None:
+    # Stored by the version that counted passes: 7 passes over 50 events, resolved.
+    b = book(tmp_path)
+    events = _cover_events(0, 50)
+    b.observe(_tamper_conditions(events, BASE_MS + DAY), BASE_MS + DAY)
+    db = sqlite3.connect(tmp_path / "state.sqlite")
+    db.execute("DELETE FROM alert_occurrences")
+    db.execute(
+        "UPDATE alerts SET count = 7, first_seen = ?, last_seen = ?, status = 'resolved'",
+        (BASE_MS + DAY, BASE_MS + 7 * DAY),
+    )
+    db.commit()
+    db.close()
+    [recounted] = b.observe(_tamper_conditions(events, BASE_MS + 8 * DAY), BASE_MS + 8 * DAY)
+    alert = recounted.alert
+    assert alert["count"] == 50 and alert["first_seen"] == format_ts(BASE_MS)
+    assert alert["status"] == "resolved"  # old events found again do not reopen it

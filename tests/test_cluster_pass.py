@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from monitor.core.rulebook import RuleBook, load_rules
 from monitor.core.schema import Record
 from monitor.evaluation.cluster import ClusterPasses, ClusterSettings
 from monitor.evaluation.runner import EvaluationResult, Evaluator
+from monitor.evaluation.shadow import RulesDesk, compare
 from monitor.ingest.telemetry import parse_message
 from monitor.ingest.worker import summarise_seen
 from monitor.platform.metrics import Metrics
@@ -32,6 +35,7 @@ from monitor.store.embedded import EmbeddedStore
 from monitor.store.postgres.alerts import PostgresAlerts
 from monitor.store.postgres.db import Database
 from monitor.store.postgres.passes import PostgresPasses
+from monitor.store.postgres.rules import PostgresShelf
 from monitor.store.postgres.state import PostgresState
 from monitor.store.state import SqliteState
 from tests.helpers import received_live
@@ -114,21 +118,23 @@ class Cluster:
     changes: list[Change] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def worker(self, name: str, lease_s: float = 30.0, size: int = 2) -> Evaluator:
+    def worker(
+        self, name: str, lease_s: float = 30.0, size: int = 2, shadow: RulesDesk | None = None
+    ) -> Evaluator:
         db = Database(self.url)
         self.databases.append(db)
         state = PostgresState(db, name)
 
-        def notify(changes: list[Change]) -> None:
+        def notify(changes: Sequence[Change]) -> None:
             with self.lock:
                 self.changes.extend(changes)
 
         ev = Evaluator(
             self.telemetry.store, state, alerts=AlertBook(PostgresAlerts(db), CLEAR_MS),
-            notify=notify,
+            notify=notify, shadow=shadow,
         )  # fmt: skip
         settings = ClusterSettings(owner=name, lease_s=lease_s, partition_size=size, poll_s=0.05)
-        ev.use_cluster(ClusterPasses(ev, PostgresPasses(db), settings, db.transaction))
+        ev.use_cluster(ClusterPasses(ev, PostgresPasses(db), settings, lambda: atomic(db)))
         return ev
 
     def load(self) -> None:
@@ -162,7 +168,15 @@ def sqlite_rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
 
 DECISIONS = "SELECT scope, subject, body FROM decisions ORDER BY scope, subject"
 DISTRICTS = "SELECT district, as_of, body FROM districts ORDER BY district"
+OCCURRENCES = "SELECT alert_id, occurrence, at_ms FROM alert_occurrences ORDER BY 1, 2"
 ALERTS = "SELECT id, key, severity, message, count, status, first_seen, last_seen, evidence FROM alerts ORDER BY id"
+
+
+@contextmanager
+def atomic(db: Database) -> Iterator[None]:
+    """One transaction that the stores' writes inside join."""
+    with db.transaction():
+        yield
 
 
 def in_threads(calls: list[Callable[[], Any]]) -> list[Any]:
@@ -188,6 +202,7 @@ def assert_same_as_reference(cluster: Cluster, reference: Reference) -> None:
     assert cluster.rows(DECISIONS) == sqlite_rows(reference.path, DECISIONS)
     assert cluster.rows(DISTRICTS) == sqlite_rows(reference.path, DISTRICTS)
     assert cluster.rows(ALERTS) == [tuple(r) for r in sqlite_rows(reference.path, ALERTS)]
+    assert cluster.rows(OCCURRENCES) == sqlite_rows(reference.path, OCCURRENCES)
     # Every change handed to the notifier once, as one worker hands them over.
     assert [(c.action, c.alert["id"]) for c in cluster.changes] == [
         (c.action, c.alert["id"]) for c in reference.changes
@@ -201,6 +216,8 @@ def test_the_reference_pass_exercises_what_the_partitions_split(reference: Refer
     assert len(r.districts) == 5 and r.lots and reference.changes
     assert any(d.decision == "extend" for d in r.lots.values())
     assert any(d.kind == "taxi" for d in r.meters.values())
+    # alerts counting events (not passes): the finish must count them as one worker does
+    assert sqlite_rows(reference.path, "SELECT count(*) FROM alert_occurrences")[0][0] > 0
 
 
 @pytest.mark.parametrize("workers", [1, 3])
@@ -208,7 +225,7 @@ def test_a_pass_split_between_workers_decides_byte_for_byte_as_one_worker(
     cluster: Cluster, reference: Reference, telemetry: Telemetry, workers: int
 ) -> None:
     evs = [cluster.worker(f"w{i}") for i in range(workers)]
-    results = in_threads([lambda ev=ev: ev.run(telemetry.as_of, telemetry.book) for ev in evs])
+    results = in_threads([partial(ev.run, telemetry.as_of, telemetry.book) for ev in evs])
     for result in results:
         assert result.summary() == reference.result.summary()
         assert {m: d.as_dict() for m, d in result.meters.items()} == {
@@ -226,11 +243,12 @@ def test_the_schedule_firing_on_every_worker_runs_one_pass(
 ) -> None:
     evs = [cluster.worker(f"w{i}") for i in range(3)]
     summaries = in_threads(
-        [lambda ev=ev: ev.run_scheduled("2026-03-11T02:15", telemetry.book) for ev in evs]
+        [partial(ev.run_scheduled, "2026-03-11T02:15", telemetry.book) for ev in evs]
     )
     assert all(s == reference.result.summary() for s in summaries)
     assert len(cluster.rows("SELECT id FROM passes")) == 1
-    assert {r[0] for r in cluster.rows("SELECT count FROM alerts")} == {1}  # observed once
+    # observed once: the alerts and their counts are one worker's after one pass
+    assert cluster.rows(ALERTS) == [tuple(r) for r in sqlite_rows(reference.path, ALERTS)]
     # a late worker's schedule for the same slot finds it done
     assert evs[0].run_scheduled("2026-03-11T02:15", telemetry.book) == summaries[0]
     assert len(cluster.rows("SELECT id FROM passes")) == 1
@@ -263,3 +281,33 @@ def test_partitions_of_a_worker_that_died_are_taken_over(
 
 def board_tx(cluster: Cluster) -> Any:
     return cluster.databases[-1].transaction()
+
+
+def test_a_candidate_is_dry_run_once_beside_a_cluster_pass(
+    cluster: Cluster,
+    reference: Reference,
+    telemetry: Telemetry,
+    tmp_path: Path,
+) -> None:
+    text = (Path(telemetry.book.source)).read_text(encoding="utf-8")
+    strict = text.replace("max_faulty_share: 0.3", "max_faulty_share: 0.01")
+    assert strict != text
+    db = Database(cluster.url)
+    cluster.databases.append(db)
+    shelves: list[PostgresShelf] = []
+
+    def desk() -> RulesDesk:
+        shelves.append(PostgresShelf(db))
+        rules = Path(telemetry.book.source)
+        return RulesDesk(rules, tmp_path, in_force=lambda: telemetry.book, shelf=shelves[-1])
+
+    candidate = desk().upload(strict)  # through one worker
+    evs = [cluster.worker(f"w{i}", shadow=desk()) for i in range(2)]
+    in_threads([partial(ev.run, telemetry.as_of, telemetry.book) for ev in evs])
+    report = desk().report()
+    assert report is not None and report.candidate_version == candidate.version
+    # what one worker's pass and the candidate's dry run differ in, subject by subject
+    alone = evs[0].run(telemetry.as_of, candidate, record=False)
+    expected = compare(reference.result, alone)
+    assert report.counts == expected.counts and report.counts, "the candidate changes nothing"
+    assert report.differences == expected.differences

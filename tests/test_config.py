@@ -34,6 +34,7 @@ def test_contract_variables_override_the_file() -> None:
         "MONITOR_STATE_URL": "postgresql://mon:pw@db:5432/monitor",
         "MONITOR_MQTT__SHARED_GROUP": "workers",
         "MONITOR_MQTT__CLIENT_ID": "worker-7",
+        "MONITOR_ACCESS_FILE": "/etc/monitor/access.yaml",
     }
     s = load_settings(REPO / "config", env)
     assert s.state.url == "postgresql://mon:pw@db:5432/monitor"
@@ -50,6 +51,7 @@ def test_contract_variables_override_the_file() -> None:
     assert s.api.http == "0.0.0.0:9000"
     assert s.storage.data_dir == Path("/tmp/x")
     assert s.mqtt.embedded == "0.0.0.0:1999"
+    assert s.access_file == Path("/etc/monitor/access.yaml")
     assert set(env) == set(ENV_ALIASES)
 
 

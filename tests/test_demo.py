@@ -40,9 +40,12 @@ def test_publisher_crosses_the_message_id_wrap_without_loss(mosquitto: Mosquitto
     wait_for(lambda: publisher._client.is_connected(), 10, "the publisher connected")
     mosquitto.pause()
     try:
-        sender = threading.Thread(
-            target=lambda: [publisher.publish("wrap/t", b"%d" % i) for i in range(n)]
-        )
+
+        def send_all() -> None:
+            for i in range(n):
+                publisher.publish("wrap/t", b"%d" % i)
+
+        sender = threading.Thread(target=send_all)
         sender.start()
         # The window fills up (or, unbounded, everything is queued) while nothing is acked.
         wait_for(

@@ -99,7 +99,7 @@ def test_meters_beyond_the_limit_are_suspect_and_healthy_ones_are_not_replaced(
     world: World,
 ) -> None:
     world.client.post("/api/evaluate")
-    decisions = {}
+    decisions: dict[str, dict[str, Any]] = {}  # the meter list's JSON items by meter
     cursor = None
     while True:
         page = world.client.get(

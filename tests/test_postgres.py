@@ -29,7 +29,7 @@ def db(postgres_url: str) -> Iterator[Database]:
 
 
 def elec(meter: str, district: str = "TA1") -> MeterRow:
-    return MeterRow(meter_id=meter, kind="elec", district=district)  # type: ignore[call-arg]
+    return MeterRow(meter_id=meter, kind="elec", district=district)
 
 
 def test_a_fresh_database_gets_every_migration_once(postgres_url: str) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from monitor.alerts.book import district_conditions
+from monitor.core.decision import Finding, Reason
 from monitor.core.ports import MeterPoint, Series
 from monitor.core.rulebook import load_rules
 from monitor.electricity import rules as elec
@@ -43,7 +44,7 @@ def estimate(error: float, half: float = 0.3, ratio: float = 500.0) -> MeterEsti
     )
 
 
-def states(findings: list[elec.Finding]) -> list[tuple[str, str]]:
+def states(findings: list[Finding]) -> list[tuple[str, str]]:
     return [(f.state, f.reason.rule) for f in findings]
 
 
@@ -71,7 +72,7 @@ def test_unknown_when_the_estimate_cannot_carry_a_judgement() -> None:
     assert states(blind) == [("unknown", "elec.estimation.observability")]
     wide = elec.estimate_findings(estimate(5.0, half=2.0), "2", 2.0, PASSING, RULES)
     assert states(wide) == [("unknown", "elec.estimation.ci_width")]
-    failed = elec.Gates(False, 0.9, 0.9, 2000, 3.0, [elec.Reason("x", 1, 2, "bad data")])
+    failed = elec.Gates(False, 0.9, 0.9, 2000, 3.0, [Reason("x", 1, 2, "bad data")])
     assert states(elec.estimate_findings(estimate(5.0), "2", 2.0, failed, RULES)) == [
         ("unknown", "elec.estimation.gates")
     ]
@@ -185,7 +186,7 @@ def test_an_exporting_prosumer_is_not_a_stopped_meter() -> None:
         np.arange(n, dtype=np.int64) * STEP,
         {
             "energy_kwh": np.full(n, 100.0),  # forward register still: all day export
-            "reverse_kwh": np.arange(n) * 0.5,
+            "reverse_kwh": np.arange(n, dtype=np.float64) * 0.5,
             "current_a": np.full(n, 8.0),
         },
     )

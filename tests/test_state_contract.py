@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,7 +70,9 @@ def taxi(meter: str, **kw: object) -> MeterRow:
     return MeterRow.model_validate({"meter_id": meter, "kind": "taxi", **kw})
 
 
-def decision(meter: str, verdict: str = "keep", state: str = "normal", kind: str = "elec") -> dict:
+def decision(
+    meter: str, verdict: str = "keep", state: str = "normal", kind: str = "elec"
+) -> dict[str, Any]:
     return {
         "id": meter,
         "kind": kind,
@@ -170,7 +173,7 @@ def test_note_records_counts_each_message_and_reads_flush_first(state: StateStor
     records = [
         Record(ELEC_READING, "E1", "TA1", BASE_MS + i * 900_000, {"energy_kwh": 1.0})
         for i in range(4)
-    ] + [Record(TAXI_STATUS, "T1", None, BASE_MS, {"fare_total": 1.0})]
+    ] + [Record(TAXI_STATUS, "T1", "", BASE_MS, {"fare_total": 1.0})]
     state.note_records(records, received_at=BASE_MS / 1000 + 3600)
     seen = state.all_seen()  # no explicit flush: a read sees what was noted
     assert seen["E1"].last_ts == BASE_MS + 3 * 900_000 and seen["E1"].district == "TA1"

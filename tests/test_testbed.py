@@ -86,8 +86,8 @@ def test_estimates_on_an_ac_feeder_are_near_the_truth_and_covered() -> None:
     p = own.imports_kwh / 0.25
     feeder = acflow.feeder_energy(net, "AC", spec.start_ms, p, 0.3 * p, 0 * p, 0 * p)
     d = meter_district(feeder, MeterSpec(beyond_share=0.1), seed=2)
-    topology = ([f"AC-{h}" for h in feeder.households], feeder.shared_ohm)
     assert feeder.shared_ohm is not None
+    topology = ([f"AC-{h}" for h in feeder.households], feeder.shared_ohm)
     for topo in (None, topology):
         dist = fit_district(d.name, d.series, d.master, rules, d.start_ms, d.end_ms, topology=topo)
         assert dist.fit is not None and dist.gates is not None and dist.gates.passed

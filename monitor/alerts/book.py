@@ -15,6 +15,13 @@ each step's `recorded_at` is the wall clock when it was written (an audit
 time, never an input). A person's step happens at the newest telemetry time
 (never before the alert's own last sighting), so the history reads in order on
 either clock.
+
+`count` is the number of occurrences the alert stands for. An event rule's
+condition carries its distinct events (`occurrences`): each is counted once,
+however many passes find it again and however often it was delivered, and
+`first_seen`/`last_seen` are the earliest and latest of their event times. A
+state condition (beyond the limit, offline) occurs once per evaluation pass:
+its count is the passes that found it, each `as_of` once.
 """
 
 from __future__ import annotations
@@ -22,14 +29,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from monitor.core.catalogue import block_of
 from monitor.core.clock import format_ts
-from monitor.core.decision import SEVERITY_RANK, Decision, Reason
+from monitor.core.decision import SEVERITY_RANK, Decision, Occurrence, Reason
 from monitor.core.explain import sentence
 from monitor.core.ports import AlertFilter, AlertRecord, AlertStore, AlertWrites
 from monitor.store.alertrows import SqliteAlerts
@@ -55,6 +62,9 @@ class Condition:
     # One alert per subject and block (the rules.yaml block of an evaluation rule, see
     # monitor.core.catalogue); empty: one per subject and rule.
     block: str = ""
+    # An event rule's distinct events (key, event ms); empty: a state condition, which
+    # occurs once per pass at `at_ms`.
+    occurrences: tuple[Occurrence, ...] = ()
 
     @property
     def key(self) -> str:
@@ -154,7 +164,31 @@ def _condition(d: Decision, block: str, reasons: list[Reason], at_ms: int) -> Co
         lot=d.id if d.kind == "lot" else d.evidence.get("lot"),
         district=d.evidence.get("district"),
         block=block,
+        occurrences=_occurrences(reasons, at_ms),
     )
+
+
+def _occurrences(reasons: Sequence[Reason], at_ms: int) -> tuple[Occurrence, ...]:
+    """The events of a block's event reasons; none when all are states (counted by pass).
+
+    A block that holds both (a clock offset beside clock events) counts its events and,
+    for the state beside them, this pass.
+    """
+    events = tuple(o for r in reasons for o in r.occurrences)
+    if not events or all(r.occurrences for r in reasons):
+        return events
+    return (*events, (f"pass@{at_ms}", at_ms))
+
+
+def _merge(conditions: Iterable[Condition]) -> dict[str, Condition]:
+    """One condition per key: the last one's message and evidence, every occurrence."""
+    out: dict[str, Condition] = {}
+    for c in conditions:
+        before = out.get(c.key)
+        if before is not None and (before.occurrences or c.occurrences):
+            c = replace(c, occurrences=(*before.occurrences, *c.occurrences))
+        out[c.key] = c
+    return out
 
 
 def _core(evidence: dict[str, Any]) -> dict[str, Any]:
@@ -188,6 +222,13 @@ def _labelled(entry: dict[str, Any]) -> dict[str, Any]:
     if entry.get("actor") == "system":
         return {**entry, "event_time": entry.get("at"), "recorded_at": None}
     return {**entry, "at": None, "event_time": None, "recorded_at": entry.get("at")}
+
+
+def _recount(rec: AlertRecord, occurrences: dict[str, int]) -> None:
+    """Count, first and last sighting of an event alert from all its occurrences."""
+    if occurrences:
+        rec.count = len(occurrences)
+        rec.first_seen, rec.last_seen = min(occurrences.values()), max(occurrences.values())
 
 
 def _json(r: AlertRecord) -> dict[str, Any]:
@@ -224,34 +265,42 @@ class AlertBook:
     ) -> list[Change]:
         """Fold one pass's conditions in.
 
-        Only alerts whose rule starts with a `scope` prefix can be cleared by their
-        absence: the evaluation pass does not speak for offline detection and vice versa.
+        Conditions with the same key (one per event, say) are one alert's: their
+        occurrences are merged. Only alerts whose rule starts with a `scope` prefix can
+        be cleared by their absence: the evaluation pass does not speak for offline
+        detection and vice versa.
         """
+        merged = _merge(conditions)
         with self._rows.writing() as w:
-            known = w.by_keys([c.key for c in conditions])
-            fresh: list[AlertRecord] = []  # new alerts, ids given when inserted
-            dirty: dict[int, AlertRecord] = {}
+            known = w.by_keys(list(merged))
+            counted = w.occurrences([r.id for r in known.values()])
+            fresh: list[tuple[AlertRecord, dict[str, int]]] = []  # ids given when inserted
+            dirty: list[tuple[AlertRecord, dict[str, int]]] = []
             steps: list[tuple[str, AlertRecord, dict[str, Any]]] = []
-            for c in conditions:
+            for c in merged.values():
                 rec = known.get(c.key)
                 if rec is None:
                     rec = self._opened(c)
-                    known[c.key] = rec
-                    fresh.append(rec)
+                    new = dict(c.occurrences)
+                    _recount(rec, new)
+                    fresh.append((rec, new))
                     action = "opened"
                 else:
-                    action = self._seen_again(rec, c)
-                    if rec.id:
-                        dirty[rec.id] = rec
+                    new = {k: at for k, at in c.occurrences if k not in counted.get(rec.id, {})}
+                    action = self._seen_again(rec, c, at_ms, new, counted.get(rec.id, {}))
+                    dirty.append((rec, new))
                 steps.append((action, rec, _json(rec)))
-            ids = w.insert(fresh)
-            for rec, new_id in zip(fresh, ids, strict=True):
+            ids = w.insert([rec for rec, _ in fresh])
+            for (rec, _), new_id in zip(fresh, ids, strict=True):
                 rec.id = new_id
             for _, rec, snapshot in steps:
                 snapshot["id"] = rec.id  # a new alert's id is known once inserted
-            w.update(list(dirty.values()))
+            w.update([rec for rec, _ in dirty])
+            w.add_occurrences(
+                [(rec.id, k, at) for rec, new in (*fresh, *dirty) for k, at in new.items()]
+            )
             changes = [Change(action, snap) for action, _, snap in steps]  # type: ignore[arg-type]
-            cleared = self._clear(w, set(known), at_ms, scope)
+            cleared = self._clear(w, set(merged), at_ms, scope)
         return changes + cleared
 
     def _opened(self, c: Condition) -> AlertRecord:
@@ -274,16 +323,39 @@ class AlertBook:
             history,
         )
 
-    def _seen_again(self, rec: AlertRecord, c: Condition) -> str:
-        """The condition again: count it, reopen a resolved alert; returns the action."""
+    def _seen_again(
+        self,
+        rec: AlertRecord,
+        c: Condition,
+        pass_ms: int,
+        new: dict[str, int],
+        counted: dict[str, int],
+    ) -> str:
+        """The condition again: count what is new, reopen a resolved alert only on an
+        occurrence after its last sighting; returns the action.
+
+        A state condition is one occurrence per pass: counted when the pass's time
+        (`pass_ms`, its `as_of`) is after the alert's `last_seen` (a pass repeated at the
+        same `as_of` is the same pass). An event counted once is never counted again,
+        and an event older than the alert's last sighting (delivered late, or found
+        again after an upgrade from counts by pass) is counted without reopening it.
+        """
+        if c.occurrences:
+            later = any(at > rec.last_seen for at in new.values())
+            _recount(rec, {**counted, **new})
+        else:
+            later = pass_ms > rec.last_seen
+            if later:
+                rec.count += 1
+                rec.last_seen = pass_ms
         action = "repeated"
-        if rec.status == "resolved":
+        if rec.status == "resolved" and later:
+            # Back only with something new: an event already counted, still inside the
+            # rule's lookback, does not reopen what a person or the system resolved.
             action, rec.status = "reopened", "open"
             history = json.loads(rec.history)
             history.append(step("reopened", "system", c.message, c.at_ms, self._clock()))
             rec.history = json.dumps(history)
-        rec.count += 1
-        rec.last_seen = max(rec.last_seen, c.at_ms)
         rec.rule = c.rule  # the worst reason of the block may change
         rec.message = c.message
         rec.evidence = json.dumps(c.evidence, default=str)

@@ -70,7 +70,7 @@ class Notifier:
         notifier.submit(book.observe(conditions, at_ms))
         delivered = notifier.tick()   # from the scheduler, every few seconds
 
-    `publish(topic, payload)` must raise when it could not hand the message on; the
+    `publish(topic, payload, retain)` must raise when it could not hand the message on; the
     row is then retried. It is required when a receiver is of type mqtt.
     """
 

@@ -80,7 +80,8 @@ class MqttReceiver:
         try:
             for alert in row.alerts:
                 payload = compact_json({**alert, "action": row.action}).encode()
-                self._publish(topic_for(self._settings.topic, alert, row.action), payload)
+                # Not retained: an alert is an event; its current state is in the API.
+                self._publish(topic_for(self._settings.topic, alert, row.action), payload, False)
         except Exception as exc:  # whatever a publish callable raises: retry, never crash
             return Outcome("retry", f"{type(exc).__name__}: {exc}")
         return DONE

@@ -74,13 +74,18 @@ class MeterPoint:
 
 
 class Publisher(Protocol):
-    """Hands one MQTT message to the broker (the worker's connection, or a test's).
+    """Hands one MQTT message to the broker (the worker's connection, or a test's):
+    `publish(topic, payload, retain)`.
+
+    Positional-only, so any callable of that shape fits whatever it names its parameters
+    (a bound `publish` method, a test's recorder, a lambda), and `retain` has no default:
+    every caller says whether the broker keeps the message for later subscribers.
 
     Raises `ConnectionError` when it cannot; the caller decides whether to retry
     (the notifier's outbox) or to let the next pass refresh it (retained decisions).
     """
 
-    def __call__(self, topic: str, payload: bytes, retain: bool = False) -> None: ...
+    def __call__(self, topic: str, payload: bytes, retain: bool, /) -> None: ...
 
 
 class TelemetryStore(Protocol):
@@ -199,6 +204,7 @@ class MeterFilter:
     state: str | None = None
     decision: str | None = None
     registered: bool | None = None
+    region: str | None = None
 
 
 class DueMeter(NamedTuple):
@@ -553,6 +559,15 @@ class AlertWrites(Protocol):
         """Alerts not resolved whose last sighting is before `before_ms`, by id."""
         ...
 
+    def occurrences(self, alert_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+        """The events counted for these alerts: occurrence key → event ms, per alert id
+        (alerts without any left out)."""
+        ...
+
+    def add_occurrences(self, rows: Sequence[tuple[int, str, int]]) -> None:
+        """Count events (alert id, occurrence key, event ms); one already counted is kept."""
+        ...
+
 
 class AlertStore(Protocol):
     """Where the alert book keeps its alerts (SQLite beside the state, or PostgreSQL)."""
@@ -800,6 +815,9 @@ class StagedDecision:
     order: str
     source: str
     body: dict[str, Any]
+    # Each reason's distinct events (`Reason.occurrences`, kept out of the body): what
+    # the finish's alerts count, as one worker's pass counts them.
+    occurrences: tuple[tuple[tuple[str, int], ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -901,4 +919,121 @@ class PassBoard(Protocol):
 
     def once(self, job: str, slot: str, owner: str) -> bool:
         """True for the first caller of a job's slot in the cluster, False for the rest."""
+        ...
+
+
+# --- the audit log: append-only, hash-chained (core/audit.py seals and verifies) -------
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """A state change to record: who (name and role), what action, on what, and the
+    change itself (before/after, or the request body)."""
+
+    actor: str
+    role: str
+    action: str
+    subject: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class AuditRow(NamedTuple):
+    """One stored audit record: its sequence number, its canonical JSON body (which
+    names the previous record's hash) and the SHA-256 of that body."""
+
+    seq: int
+    body: str
+    hash: str
+
+
+class AuditAnchor(NamedTuple):
+    """Where the chain starts after old records were purged: the last purged record."""
+
+    seq: int
+    hash: str
+
+
+class AuditLog(Protocol):
+    """The audit log: records are appended and read back, never changed.
+
+    An implementation only stores rows; `core.audit` builds and checks them, so every
+    backend chains the same way. `append` must be atomic against other appenders (the
+    head it chains to is the newest row when it commits).
+    """
+
+    def append(self, entry: AuditEntry) -> AuditRow:
+        """Seal `entry` onto the chain's head and store it; returns the stored row."""
+        ...
+
+    def rows(self, after_seq: int, limit: int) -> list[AuditRow]:
+        """Stored rows with seq > after_seq, by seq."""
+        ...
+
+    def anchor(self) -> AuditAnchor | None:
+        """The last purged record, or None when nothing was ever purged."""
+        ...
+
+    def head(self) -> AuditAnchor | None:
+        """The newest record as the log itself keeps it (a truncation check)."""
+        ...
+
+    def purge(self, before: str) -> int:
+        """Remove records written before `before` (RFC 3339 UTC), moving the anchor;
+        returns how many. The purge itself is then appended as a record."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection."""
+        ...
+
+
+# --- shadow rules and promotions (evaluation/shadow.py) --------------------------------
+
+
+class RulesShelf(Protocol):
+    """Where an uploaded candidate, the latest shadow comparison, the rules texts kept
+    by promotions and the promotion log live: files in the data directory, or the
+    state database a cluster shares (then the last promotion is the cluster's rules)."""
+
+    shared: bool
+
+    def upload(self) -> tuple[str, str] | None:
+        """The uploaded candidate: (where it is kept, its text), or None."""
+        ...
+
+    def put_upload(self, text: str) -> None:
+        """Keep an uploaded candidate (replacing one before)."""
+
+    def drop_upload(self) -> bool:
+        """Drop the uploaded candidate; whether there was one."""
+        ...
+
+    def report(self) -> str | None:
+        """The latest shadow comparison (JSON), or None."""
+        ...
+
+    def put_report(self, text: str) -> None:
+        """Keep the latest shadow comparison (JSON)."""
+
+    def kept(self) -> dict[str, str]:
+        """Rules texts kept by promotions, by digest."""
+        ...
+
+    def knows(self, digest: str) -> bool:
+        """Whether a rules text of this digest was kept by a promotion."""
+        ...
+
+    def promote(
+        self, record: dict[str, Any], texts: dict[str, str], to_digest: str, drop_upload: bool
+    ) -> None:
+        """All at once: keep `texts` (by digest), log the promotion to the text of
+        `to_digest`, drop the upload."""
+
+    def promotions(self) -> list[dict[str, Any]]:
+        """The promotion log, oldest first."""
+        ...
+
+    def promoted(self) -> tuple[str, str] | None:
+        """A shared shelf's last promoted rules (digest, text); None on files (the rules
+        file is what a promotion writes there)."""
         ...

@@ -27,7 +27,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from typing import Any
 
@@ -55,7 +55,7 @@ from monitor.electricity.evaluate import (
     misfit_reason,
 )
 from monitor.electricity.lots import decide_lot
-from monitor.evaluation.runner import EVALUATION_RULES, EvaluationResult, Evaluator
+from monitor.evaluation.runner import EVALUATION_RULES, EvaluationResult, Evaluator, stamped
 
 log = logging.getLogger(__name__)
 
@@ -187,9 +187,9 @@ class ClusterPasses:
         lots: dict[str, Decision] = {}
         if decisions:
             for r in self._board.staged(t.id, "meter"):
-                meters[r.subject] = decision_from_dict(r.body)
+                meters[r.subject] = _decision(r.body)
             for r in self._board.staged(t.id, "lot"):
-                lots[r.subject] = decision_from_dict(r.body)
+                lots[r.subject] = _decision(r.body)
         return EvaluationResult(
             t.summary["as_of"], t.rules_version, meters, lots, {}, counts=t.summary
         )
@@ -286,7 +286,7 @@ class ClusterPasses:
         districts: list[StagedDistrict] = []
         if part.name == "taxi":
             for meter, d in self._ev.evaluate_taxis(ticket.as_of_ms, book, stamp).items():
-                rows.append(StagedDecision("meter", meter, f"2|{meter}", "", d.as_dict()))
+                rows.append(_staged("meter", meter, f"2|{meter}", "", d))
         else:
             inputs = self._inputs_of(ticket, book)
             events = self._events(inputs, ticket, book)
@@ -311,11 +311,7 @@ class ClusterPasses:
                     row = inputs.registry.get(meter)
                     found = events.get(meter, [])
                     decided[meter] = meter_decision(meter, row, dist, found, rules, stamp, None)
-                    rows.append(
-                        StagedDecision(
-                            "meter", meter, f"1|{name}|{meter}", name, decided[meter].as_dict()
-                        )
-                    )
+                    rows.append(_staged("meter", meter, f"1|{name}|{meter}", name, decided[meter]))
                 # What the district alerts on: failed gates, then a misfit (one pass's order).
                 failures = list(dist.gates.failures) if dist.gates is not None else []
                 misfit = misfit_reason(dist, rules.estimation)
@@ -336,8 +332,7 @@ class ClusterPasses:
         inputs = self._inputs_of(ticket, book)
         members = [row.meter_id for lot in part.items for row in inputs.by_lot.get(lot, [])]
         staged = {
-            r.subject: decision_from_dict(r.body)
-            for r in self._board.staged(part.pass_id, "meter", members)
+            r.subject: _decision(r.body) for r in self._board.staged(part.pass_id, "meter", members)
         }
         rules = book.rules.elec
         day = ms_to_datetime(ticket.as_of_ms).date()
@@ -352,7 +347,7 @@ class ClusterPasses:
             d = decide_lot(
                 lot, group, day, rules.lot, rules.error_limit, self._ev.sampling(lot), stamp
             )
-            rows.append(StagedDecision("lot", lot, lot, "", d.as_dict()))
+            rows.append(_staged("lot", lot, lot, "", d))
         with self._board.completing(part, self._s.owner):
             self._board.stage_decisions(part.pass_id, rows)
 
@@ -369,11 +364,13 @@ class ClusterPasses:
         changed: list[StagedDecision] = []
         for r in self._board.staged(pass_id, "meter", members):
             row = inputs.registry[r.subject]
-            before = decision_from_dict(r.body)
+            before = _decision(r.body)
             after = extend_decision(before, extended.get(row.lot or ""))
             if after is not before:
                 changed.append(
-                    StagedDecision(r.scope, r.subject, r.order, r.source, after.as_dict())
+                    StagedDecision(
+                        r.scope, r.subject, r.order, r.source, stamped(after), r.occurrences
+                    )
                 )
         reports = self._patched_reports(pass_id, changed)  # (gates and reasons unchanged)
         summary: dict[str, Any]
@@ -386,6 +383,19 @@ class ClusterPasses:
         log.info("pass %d as of %s done: %s", pass_id, as_of, summary["meter_decisions"])
         for r in self._board.staged(pass_id, "meter"):
             self._ev.publish_decision(r.body)
+        self._shadow(pass_id, as_of_ms, book)
+
+    def _shadow(self, pass_id: int, as_of_ms: int, book: RuleBook) -> None:
+        """The candidate rules' dry run beside the pass, by the worker that finished it
+        (once per pass; the comparison is kept in the shared state)."""
+        candidate = self._ev.shadow_candidate(book)
+        if candidate is None:
+            return
+        try:
+            current = self._result(self._board.get_pass(pass_id), True)
+            self._ev.observe_shadow(current, as_of_ms, candidate)
+        except Exception:  # the pass is published; its shadow is a report beside it
+            log.exception("pass %d: the candidate rules' dry run failed", pass_id)
 
     def _patched_reports(self, pass_id: int, changed: list[StagedDecision]) -> list[dict[str, Any]]:
         """District results with the extended meters' new decisions."""
@@ -405,7 +415,7 @@ class ClusterPasses:
         alerts, notify = self._ev.alert_book, self._ev.notifier
         if alerts is None:
             return
-        found = [decision_from_dict(r.body) for r in self._board.staged_findings(pass_id)]
+        found = [_with_events(r) for r in self._board.staged_findings(pass_id)]
         conditions = conditions_of(found, as_of_ms)
         gates = {
             name: [Reason(**r) for r in reasons]
@@ -415,3 +425,27 @@ class ClusterPasses:
         changes = alerts.observe(conditions, as_of_ms, EVALUATION_RULES)
         if notify is not None and changes:
             notify(changes)
+
+
+def _decision(body: dict[str, Any]) -> Decision:
+    """A staged body back as the decision the pass made (the software version that
+    `stamped` adds is the body's, not the decision's)."""
+    return decision_from_dict({k: v for k, v in body.items() if k != "software_version"})
+
+
+def _staged(scope: str, subject: str, order: str, source: str, d: Decision) -> StagedDecision:
+    """A decision staged with its reasons' events (which its body leaves out)."""
+    events = tuple(r.occurrences for r in d.reasons)
+    return StagedDecision(scope, subject, order, source, stamped(d), events if any(events) else ())
+
+
+def _with_events(r: StagedDecision) -> Decision:
+    """A staged decision with its reasons' events back on them (the body leaves them out)."""
+    d = _decision(r.body)
+    if not r.occurrences:
+        return d
+    reasons = [
+        replace(reason, occurrences=events)
+        for reason, events in zip(d.reasons, r.occurrences, strict=True)
+    ]
+    return replace(d, reasons=reasons)

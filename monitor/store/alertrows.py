@@ -20,6 +20,11 @@ _SCHEMA = (
     history TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS alerts_status ON alerts (status, severity)",
     "CREATE INDEX IF NOT EXISTS alerts_meter ON alerts (meter)",
+    # The distinct events an event rule's alert stands for, each once (alerts.count is
+    # how many rows it has). A state condition's alert has none: its count is its passes.
+    """CREATE TABLE IF NOT EXISTS alert_occurrences (
+    alert_id INTEGER NOT NULL, occurrence TEXT NOT NULL, at_ms INTEGER NOT NULL,
+    PRIMARY KEY (alert_id, occurrence))""",
 )
 # The columns in `AlertRecord` order: one list for every backend's SELECT.
 ALERT_COLUMNS = (
@@ -40,7 +45,17 @@ ALERT_COLUMNS = (
     "history",
 )
 _SELECT = f"SELECT {', '.join(ALERT_COLUMNS)} FROM alerts"
-_UPDATED = ("rule", "severity", "message", "last_seen", "count", "status", "evidence", "history")
+_UPDATED = (
+    "rule",
+    "severity",
+    "message",
+    "first_seen",
+    "last_seen",
+    "count",
+    "status",
+    "evidence",
+    "history",
+)
 
 
 def record(row: Sequence[Any]) -> AlertRecord:
@@ -127,6 +142,26 @@ class _Writes:
             f"{_SELECT} WHERE status != 'resolved' AND last_seen < ? ORDER BY id", (before_ms,)
         )
         return [record(r) for r in rows]
+
+    def occurrences(self, alert_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+        out: dict[int, dict[str, int]] = {}
+        unique = list(dict.fromkeys(alert_ids))
+        for i in range(0, len(unique), 500):
+            chunk = unique[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for alert_id, key, at in self._db.execute(
+                "SELECT alert_id, occurrence, at_ms FROM alert_occurrences "
+                f"WHERE alert_id IN ({marks})",
+                chunk,
+            ):
+                out.setdefault(int(alert_id), {})[str(key)] = int(at)
+        return out
+
+    def add_occurrences(self, rows: Sequence[tuple[int, str, int]]) -> None:
+        self._db.executemany(
+            "INSERT OR IGNORE INTO alert_occurrences (alert_id, occurrence, at_ms) VALUES (?, ?, ?)",
+            rows,
+        )
 
 
 class SqliteAlerts:

@@ -2,7 +2,7 @@
 database shared by every worker (`state.url`, `MONITOR_STATE_URL`).
 
 backend = open_state(settings.state, settings.storage.data_dir, owner="worker-1")
-backend.state, backend.alerts, backend.outbox   # the roles, one implementation each
+backend.state, backend.alerts, backend.outbox, backend.audit   # the roles, one implementation each
 with backend.atomic(): ...                       # several stores' writes at once
 backend.close()
 """
@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from monitor.core.ports import AlertStore, OutboxStore, StateStore
+from monitor import __version__
+from monitor.core.ports import AlertStore, AuditLog, OutboxStore, StateStore
 from monitor.store.alertrows import SqliteAlerts
+from monitor.store.audit import SqliteAudit
 from monitor.store.outbox import SqliteOutbox
 from monitor.store.state import SqliteState
 
@@ -28,11 +30,12 @@ if TYPE_CHECKING:
 
 @dataclass
 class StateBackend:
-    """The state, alert rows and outbox of one process, and how to close them."""
+    """The state, alert rows, outbox and audit log of one process, and how to close them."""
 
     state: StateStore
     alerts: AlertStore
     outbox: OutboxStore
+    audit: AuditLog
     # What the ingest worker writes through: the state itself, or (PostgreSQL) its own
     # small pool with a short timeout, so an outage slows telemetry by milliseconds.
     ingest: StateStore
@@ -63,6 +66,7 @@ class StateBackend:
         finally:
             self.alerts.close()
             self.outbox.close()
+            self.audit.close()
             for db in (self.ingest_database, self.database):
                 if db is not None:
                     db.close()
@@ -77,9 +81,11 @@ def open_state(settings: StateSettings, data_dir: Path, owner: str | None = None
             state,
             SqliteAlerts(data_dir / "state.sqlite"),
             SqliteOutbox(data_dir / "notify.sqlite"),
+            SqliteAudit(data_dir / "state.sqlite", __version__),
             state,
         )
     from monitor.store.postgres.alerts import PostgresAlerts
+    from monitor.store.postgres.audit import PostgresAudit
     from monitor.store.postgres.db import Database
     from monitor.store.postgres.outbox import PostgresOutbox
     from monitor.store.postgres.state import PostgresState
@@ -91,6 +97,7 @@ def open_state(settings: StateSettings, data_dir: Path, owner: str | None = None
             PostgresState(db, owner),
             PostgresAlerts(db),
             PostgresOutbox(db),
+            PostgresAudit(db, __version__),
             PostgresState(quick, owner),
             db,
             quick,

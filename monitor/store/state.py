@@ -31,7 +31,7 @@ from monitor.core.ports import (
     TariffRollout,
     WorkOrderRow,
 )
-from monitor.core.registry import COLUMNS, MeterRow, add_years
+from monitor.core.registry import COLUMNS, DEFAULT_REGION, MeterRow, add_years
 from monitor.core.schema import Record
 from monitor.store.seen import SeenBuffer
 
@@ -118,6 +118,7 @@ class SqliteState:
         for stmt in _SCHEMA:
             self._db.execute(stmt)
         self._add_due_column()
+        self._add_region_column()
         self._seen = SeenBuffer()  # meters seen, not yet in `seen` (see note_records)
 
     def health(self) -> StateHealth:
@@ -141,6 +142,13 @@ class SqliteState:
             self._db.executemany("UPDATE registry SET due_on = ? WHERE meter_id = ?", due)
             self._db.execute("COMMIT")
         self._db.execute("CREATE INDEX IF NOT EXISTS registry_due ON registry (due_on)")
+
+    def _add_region_column(self) -> None:
+        """The optional `region` (files from before it: every row in the default region)."""
+        cols = {r[1] for r in self._db.execute("PRAGMA table_info(registry)")}
+        if "region" not in cols:
+            self._db.execute("ALTER TABLE registry ADD COLUMN region TEXT")
+        self._db.execute("CREATE INDEX IF NOT EXISTS registry_region ON registry (region)")
 
     def _rows(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -550,6 +558,13 @@ class SqliteState:
                 args.append(value)
         if flt.registered is not None:
             where.append("r.meter_id IS NOT NULL" if flt.registered else "r.meter_id IS NULL")
+        if flt.region is not None:
+            # An unregistered meter is in the region of the district it was heard in.
+            where.append(
+                "coalesce(r.region, (SELECT x.region FROM registry x WHERE x.district = "
+                "coalesce(r.district, s.district) AND x.region IS NOT NULL LIMIT 1), ?) = ?"
+            )
+            args += [DEFAULT_REGION, flt.region]
         sql = f"""
             WITH ids AS (SELECT meter_id FROM registry UNION SELECT meter_id FROM seen)
             SELECT ids.meter_id, coalesce(r.kind, s.kind), r.meter_id IS NOT NULL,

@@ -78,6 +78,26 @@ class _Writes:
         )
         return [record(r) for r in rows]
 
+    def occurrences(self, alert_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+        out: dict[int, dict[str, int]] = {}
+        rows = self._conn.execute(
+            "SELECT alert_id, occurrence, at_ms FROM alert_occurrences WHERE alert_id = ANY(%s)",
+            (list(set(alert_ids)),),
+        )
+        for alert_id, key, at in rows:
+            out.setdefault(int(alert_id), {})[str(key)] = int(at)
+        return out
+
+    def add_occurrences(self, rows: Sequence[tuple[int, str, int]]) -> None:
+        if not rows:
+            return
+        with self._conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO alert_occurrences (alert_id, occurrence, at_ms) VALUES (%s, %s, %s) "
+                "ON CONFLICT DO NOTHING",
+                rows,
+            )
+
 
 class PostgresAlerts:
     """Alerts in the shared database.

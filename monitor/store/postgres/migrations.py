@@ -168,6 +168,69 @@ MIGRATIONS: tuple[Migration, ...] = (
                 PRIMARY KEY (job, slot))""",
         ),
     ),
+    Migration(
+        5,
+        "registry regions, alert occurrences, the audit log",
+        (
+            'ALTER TABLE registry ADD COLUMN region text COLLATE "C"',
+            "CREATE INDEX registry_region ON registry (region)",
+            # A staged decision's events (its reasons' occurrences), which alerts count.
+            'ALTER TABLE pass_decisions ADD COLUMN occurrences text COLLATE "C"',
+            """CREATE TABLE alert_occurrences (
+                alert_id bigint NOT NULL, occurrence text COLLATE "C" NOT NULL,
+                at_ms bigint NOT NULL, PRIMARY KEY (alert_id, occurrence))""",
+            """CREATE TABLE audit_log (
+                seq bigint PRIMARY KEY, at text COLLATE "C" NOT NULL,
+                body text COLLATE "C" NOT NULL, hash text COLLATE "C" NOT NULL)""",
+            "CREATE INDEX audit_log_at ON audit_log (at)",
+            # The last purged record ('anchor') and the newest ('head'): appenders lock the
+            # head row, so it exists from the start (seq 0: no record yet).
+            """CREATE TABLE audit_marks (
+                name text COLLATE "C" PRIMARY KEY, seq bigint NOT NULL,
+                hash text COLLATE "C" NOT NULL)""",
+            f"INSERT INTO audit_marks VALUES ('head', 0, '{'0' * 64}')",
+            """CREATE FUNCTION audit_log_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF TG_OP = 'UPDATE' THEN
+                    RAISE EXCEPTION 'audit records are never changed';
+                END IF;
+                IF old.seq > coalesce(
+                        (SELECT seq FROM audit_marks WHERE name = 'anchor'), 0) THEN
+                    RAISE EXCEPTION 'audit records are only purged, oldest first';
+                END IF;
+                RETURN old;
+            END $$""",
+            """CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log
+                FOR EACH ROW EXECUTE FUNCTION audit_log_guard()""",
+            """CREATE FUNCTION audit_marks_forward() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF new.seq < old.seq THEN
+                    RAISE EXCEPTION 'the audit anchor and head only move forward';
+                END IF;
+                RETURN new;
+            END $$""",
+            """CREATE TRIGGER audit_marks_forward BEFORE UPDATE ON audit_marks
+                FOR EACH ROW EXECUTE FUNCTION audit_marks_forward()""",
+        ),
+    ),
+    Migration(
+        6,
+        "shadow rules and promotions",
+        (
+            """CREATE TABLE rules_texts (
+                digest text COLLATE "C" PRIMARY KEY, text text COLLATE "C" NOT NULL,
+                kept_at timestamptz NOT NULL DEFAULT now())""",
+            """CREATE TABLE rules_upload (
+                id integer PRIMARY KEY CHECK (id = 1), text text COLLATE "C" NOT NULL,
+                at timestamptz NOT NULL DEFAULT now())""",
+            """CREATE TABLE rules_shadow (
+                id integer PRIMARY KEY CHECK (id = 1), body text COLLATE "C" NOT NULL)""",
+            """CREATE TABLE rules_promotions (
+                seq bigserial PRIMARY KEY, body text COLLATE "C" NOT NULL,
+                to_digest text COLLATE "C" NOT NULL REFERENCES rules_texts,
+                at timestamptz NOT NULL DEFAULT now())""",
+        ),
+    ),
 )
 
 
@@ -207,6 +270,8 @@ def _create_ledger(conn: psycopg.Connection[Any]) -> None:
         version integer PRIMARY KEY, name text COLLATE "C" NOT NULL,
         applied_at timestamptz NOT NULL DEFAULT now())"""
     # Two workers may create it at the same instant (IF NOT EXISTS is not atomic against
-    # a concurrent creation): the loser's error says it exists now, all we need.
-    with contextlib.suppress(errors.UniqueViolation, errors.DuplicateTable):
+    # a concurrent creation): the loser's error says it exists now, all we need. Which
+    # error depends on where the race is lost: the table's row type ("type … already
+    # exists", DuplicateObject), its catalogue row (UniqueViolation) or the table.
+    with contextlib.suppress(errors.UniqueViolation, errors.DuplicateTable, errors.DuplicateObject):
         conn.execute(sql)

@@ -214,6 +214,7 @@ class PostgresPasses:
                 r.body["rules_version"],
                 _dumps(r.body),
                 alerting(r.body),
+                json.dumps(r.occurrences) if r.occurrences else None,
             )
             for r in rows
         )
@@ -222,7 +223,7 @@ class PostgresPasses:
             # worker's pass, where the later one overwrites), at the earlier one's place.
             cur.executemany(
                 "INSERT INTO pass_decisions AS d VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, "
-                "%s, %s, %s) ON CONFLICT (pass_id, scope, subject) DO UPDATE SET "
+                "%s, %s, %s, %s) ON CONFLICT (pass_id, scope, subject) DO UPDATE SET "
                 "ord = least(d.ord, excluded.ord), "
                 "src = greatest(d.src, excluded.src), "
                 "kind = CASE WHEN excluded.src >= d.src THEN excluded.kind ELSE d.kind END, "
@@ -231,7 +232,9 @@ class PostgresPasses:
                 "state = CASE WHEN excluded.src >= d.src THEN excluded.state ELSE d.state END, "
                 "body = CASE WHEN excluded.src >= d.src THEN excluded.body ELSE d.body END, "
                 "alerting = CASE WHEN excluded.src >= d.src THEN excluded.alerting "
-                "ELSE d.alerting END",
+                "ELSE d.alerting END, "
+                "occurrences = CASE WHEN excluded.src >= d.src THEN excluded.occurrences "
+                "ELSE d.occurrences END",
                 values,
             )
 
@@ -289,11 +292,13 @@ class PostgresPasses:
 
     def staged_findings(self, pass_id: int) -> list[StagedDecision]:
         rows = self._db.rows(
-            "SELECT scope, subject, ord, src, body FROM pass_decisions WHERE pass_id = %s "
-            "AND alerting ORDER BY scope DESC, ord",  # meters, then lots: one pass's order
+            "SELECT scope, subject, ord, src, body, occurrences FROM pass_decisions "
+            "WHERE pass_id = %s AND alerting ORDER BY scope DESC, ord",  # one pass's order
             (pass_id,),
         )
-        return [StagedDecision(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+        return [
+            StagedDecision(r[0], r[1], r[2], r[3], json.loads(r[4]), _events(r[5])) for r in rows
+        ]
 
     def staged_districts(
         self, pass_id: int, names: Sequence[str] | None = None
@@ -408,3 +413,10 @@ class PostgresPasses:
                     (job,),
                 )
         return found is not None
+
+
+def _events(text: str | None) -> tuple[tuple[tuple[str, int], ...], ...]:
+    """Staged reasons' events from their JSON (lists back to tuples)."""
+    if not text:
+        return ()
+    return tuple(tuple((str(k), int(at)) for k, at in reason) for reason in json.loads(text))

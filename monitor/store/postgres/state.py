@@ -35,7 +35,7 @@ from monitor.core.ports import (
     TariffRollout,
     WorkOrderRow,
 )
-from monitor.core.registry import COLUMNS, MeterRow
+from monitor.core.registry import COLUMNS, DEFAULT_REGION, MeterRow
 from monitor.core.schema import Record
 from monitor.store.postgres.db import Database
 from monitor.store.seen import SeenBuffer
@@ -500,6 +500,15 @@ class PostgresState:
             where.append(
                 sql.SQL("r.meter_id IS NOT NULL" if flt.registered else "r.meter_id IS NULL")
             )
+        if flt.region is not None:
+            # An unregistered meter is in the region of the district it was heard in.
+            where.append(
+                sql.SQL(
+                    "coalesce(r.region, (SELECT x.region FROM registry x WHERE x.district = "
+                    "coalesce(r.district, s.district) AND x.region IS NOT NULL LIMIT 1), %s) = %s"
+                )
+            )
+            args += [DEFAULT_REGION, flt.region]
         query = sql.SQL(
             """WITH ids AS (SELECT meter_id FROM registry UNION SELECT meter_id FROM seen)
             SELECT ids.meter_id, coalesce(r.kind, s.kind), r.meter_id IS NOT NULL,
