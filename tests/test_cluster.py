@@ -11,13 +11,16 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
+import yaml
 
+from monitor.platform.access import token_hash
 from monitor.simulate import Fleet, FleetSpec
 from tests.conftest import _require
 from tests.helpers import Collector, Publisher, reading, wait_for
@@ -36,11 +39,31 @@ def registry_csv(rows: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
+OPERATOR, AUTHORITY = "operator-token-cluster-test", "authority-token-cluster-test"
+
+
+def access_file(folder: Path) -> Path:
+    """The API under access control: an operator and a supervision authority."""
+    path = folder / "access.yaml"
+    tokens = [
+        {"name": "ops", "role": "operator", "scope": ["*"], "sha256": token_hash(OPERATOR)},
+        {
+            "name": "inspector.li",
+            "role": "authority",
+            "scope": ["*"],
+            "sha256": token_hash(AUTHORITY),
+        },
+    ]
+    path.write_text(yaml.safe_dump({"tokens": tokens}), encoding="utf-8")
+    return path
+
+
 @pytest.fixture
 def workers(
     mosquitto: Mosquitto, influxdb: InfluxStack, postgres_url: str, tmp_path: Path
 ) -> Iterator[list[MonitorProcess]]:
     made = []
+    access = access_file(tmp_path)
     for i in (1, 2, 3):
         env = {
             "MONITOR_MQTT_URL": mosquitto.url,
@@ -56,9 +79,11 @@ def workers(
             "MONITOR_STATE__PARTITION_SIZE": "1",
             "MONITOR_SCHEDULING__EVALUATE_CRON": "",
             "MONITOR_ALERTS__OFFLINE__GRACE_S": "100000",  # this test is about the pass
+            "MONITOR_ACCESS_FILE": str(access),
         }
         (tmp_path / f"w{i}").mkdir()
         made.append(MonitorProcess(tmp_path / f"w{i}", env))
+        made[-1].token = OPERATOR
     yield made
     for m in made:
         m.stop()
@@ -100,10 +125,13 @@ def test_three_workers_one_truth_through_kills_mid_stream_and_mid_pass(
     fleet = Fleet(
         FleetSpec(start_ms=START, districts=8, meters_per_district=(6, 8), taxis=0, seed=5)
     )
+    csv_text = registry_csv(fleet.registry_rows())
+    anonymous = httpx.post(f"http://{second.http}/api/registry", content=csv_text, timeout=30)
+    assert anonymous.status_code == 401, anonymous.text  # access control is on
     r = httpx.post(
         f"http://{second.http}/api/registry",
-        content=registry_csv(fleet.registry_rows()),
-        headers={"content-type": "text/csv"},
+        content=csv_text,
+        headers={"content-type": "text/csv", **second.auth()},
         timeout=30,
     )
     assert r.status_code == 200, r.text
@@ -140,7 +168,9 @@ def test_three_workers_one_truth_through_kills_mid_stream_and_mid_pass(
         answer: dict[str, Any] = {}
 
         def request() -> None:
-            answer["r"] = httpx.post(f"http://{first.http}/api/evaluate", timeout=300)
+            answer["r"] = httpx.post(
+                f"http://{first.http}/api/evaluate", timeout=300, headers=first.auth()
+            )
 
         asking = threading.Thread(target=request)
         asking.start()
@@ -186,6 +216,33 @@ def test_three_workers_one_truth_through_kills_mid_stream_and_mid_pass(
     notified = Counter((a["id"], a["action"]) for a in alerts.json())
     assert set(notified) == {(a["id"], "opened") for a in opened}
     assert max(notified.values()) == 1
+
+    # An acknowledgement through one worker is seen through the others, and the audit
+    # log they share records it once, in one chain.
+    target = opened[0]["id"]
+    ack = httpx.post(
+        f"http://{third.http}/api/alerts/{target}/ack",
+        json={"comment": "on site tomorrow"},
+        headers=third.auth(AUTHORITY),
+        timeout=10,
+    )
+    assert ack.status_code == 200, ack.text
+    for w in (first, second):
+        seen = w.get(f"/api/alerts/{target}").json()
+        assert seen["status"] == "acknowledged"
+        assert seen["history"][-1]["actor"] == "inspector.li"
+    wait_for(
+        lambda: (target, "acknowledged") in {(a["id"], a["action"]) for a in alerts.json()},
+        30,
+        "the acknowledgement notified",
+    )
+    records = httpx.get(
+        f"http://{first.http}/api/audit", params={"limit": 1000}, headers=first.auth(AUTHORITY)
+    ).json()["items"]
+    acks = [r for r in records if r["action"] == "alert.ack"]
+    assert [(r["actor"], r["subject"]) for r in acks] == [("inspector.li", f"alert:{target}")]
+    assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+    assert all(b["prev"] == a["hash"] for a, b in pairwise(records))
     alerts.close()
     pub.close()
 

@@ -39,6 +39,7 @@ class MonitorProcess:
         }
         self.log = tmp / "monitor.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.token: str | None = None  # sent as a bearer token when set (an access file)
 
     def start(self) -> None:
         with open(self.log, "ab") as out:
@@ -61,7 +62,14 @@ class MonitorProcess:
             return False
 
     def get(self, path: str, **params: str | int | float | bool | None) -> httpx.Response:
-        return httpx.get(f"http://{self.http}{path}", params=params, timeout=10)
+        return httpx.get(
+            f"http://{self.http}{path}", params=params, timeout=10, headers=self.auth()
+        )
+
+    def auth(self, token: str | None = None) -> dict[str, str]:
+        """The Authorization header of `token` (default: this process's own), if any."""
+        token = token or self.token
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
     def metric(self, name: str) -> float:
         total = 0.0
