@@ -25,7 +25,8 @@ from monitor.core.registry import parse_rows
 from monitor.core.rulebook import RuleBook, load_rules
 from monitor.core.schema import Record
 from monitor.evaluation.cluster import ClusterPasses, ClusterSettings
-from monitor.evaluation.runner import EvaluationResult, Evaluator
+from monitor.evaluation.export import exporter, pass_lines
+from monitor.evaluation.runner import EvaluationResult, Evaluator, ResultExport
 from monitor.evaluation.shadow import RulesDesk, compare
 from monitor.ingest.telemetry import parse_message
 from monitor.ingest.worker import summarise_seen
@@ -119,7 +120,12 @@ class Cluster:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def worker(
-        self, name: str, lease_s: float = 30.0, size: int = 2, shadow: RulesDesk | None = None
+        self,
+        name: str,
+        lease_s: float = 30.0,
+        size: int = 2,
+        shadow: RulesDesk | None = None,
+        export: ResultExport | None = None,
     ) -> Evaluator:
         db = Database(self.url)
         self.databases.append(db)
@@ -131,7 +137,7 @@ class Cluster:
 
         ev = Evaluator(
             self.telemetry.store, state, alerts=AlertBook(PostgresAlerts(db), CLEAR_MS),
-            notify=notify, shadow=shadow,
+            notify=notify, shadow=shadow, export=export,
         )  # fmt: skip
         settings = ClusterSettings(owner=name, lease_s=lease_s, partition_size=size, poll_s=0.05)
         ev.use_cluster(ClusterPasses(ev, PostgresPasses(db), settings, lambda: atomic(db)))
@@ -311,3 +317,30 @@ def test_a_candidate_is_dry_run_once_beside_a_cluster_pass(
     expected = compare(reference.result, alone)
     assert report.counts == expected.counts and report.counts, "the candidate changes nothing"
     assert report.differences == expected.differences
+
+
+@dataclass
+class LineRecorder:
+    """Where the result points go (the InfluxDB store's `write_lines`), kept for a look."""
+
+    lines: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def write_lines(self, lines: Sequence[str], measurement: str) -> None:
+        with self.lock:
+            self.lines.extend(lines)
+
+
+def test_a_cluster_pass_exports_the_points_one_worker_would(
+    cluster: Cluster, reference: Reference, telemetry: Telemetry
+) -> None:
+    sink = LineRecorder()
+    export = exporter(sink)
+    evs = [cluster.worker(f"w{i}", export=export) for i in range(3)]
+    in_threads([partial(ev.run, telemetry.as_of, telemetry.book) for ev in evs])
+    expected = pass_lines(reference.result)
+    measurements = {line.split(",", 1)[0] for line in expected}
+    assert {"meter_state", "lot_state", "district_balance", "fleet_summary"} <= measurements
+    # each point once, whichever worker computed it (districts by their partition's
+    # worker, decisions and the fleet summary by the one that finished the pass)
+    assert sorted(sink.lines) == sorted(expected)

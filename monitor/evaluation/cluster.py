@@ -48,6 +48,7 @@ from monitor.core.ports import (
 from monitor.core.registry import MeterRow
 from monitor.core.rulebook import RuleBook
 from monitor.electricity.evaluate import (
+    DistrictResult,
     fit_district,
     load_district,
     load_events,
@@ -284,6 +285,8 @@ class ClusterPasses:
         stamp = Stamp(format_ts(ticket.as_of_ms), book.version)
         rows: list[StagedDecision] = []
         districts: list[StagedDistrict] = []
+        fitted: dict[str, DistrictResult] = {}  # for the export of the districts' points
+        decisions: dict[str, Decision] = {}
         if part.name == "taxi":
             for meter, d in self._ev.evaluate_taxis(ticket.as_of_ms, book, stamp).items():
                 rows.append(_staged("meter", meter, f"2|{meter}", "", d))
@@ -324,9 +327,14 @@ class ClusterPasses:
                         [r.as_dict() for r in reasons],
                     )
                 )
+                fitted[name] = dist
+                decisions |= decided
         with self._board.completing(part, self._s.owner):
             self._board.stage_decisions(part.pass_id, rows)
             self._board.stage_districts(part.pass_id, districts)
+        if fitted:  # what only this partition holds: its districts' fits
+            done = EvaluationResult(stamp.as_of, book.version, decisions, {}, fitted)
+            self._ev.export_part(done, "districts")
 
     def _lots(self, part: Partition, ticket: PassTicket, book: RuleBook) -> None:
         inputs = self._inputs_of(ticket, book)
@@ -383,16 +391,19 @@ class ClusterPasses:
         log.info("pass %d as of %s done: %s", pass_id, as_of, summary["meter_decisions"])
         for r in self._board.staged(pass_id, "meter"):
             self._ev.publish_decision(r.body)
-        self._shadow(pass_id, as_of_ms, book)
+        self._after(pass_id, as_of_ms, book)
 
-    def _shadow(self, pass_id: int, as_of_ms: int, book: RuleBook) -> None:
-        """The candidate rules' dry run beside the pass, by the worker that finished it
-        (once per pass; the comparison is kept in the shared state)."""
+    def _after(self, pass_id: int, as_of_ms: int, book: RuleBook) -> None:
+        """By the worker that finished the pass, once: the export of its decisions and
+        fleet summary, and the candidate rules' dry run beside it (kept in the state)."""
         candidate = self._ev.shadow_candidate(book)
+        if candidate is None and not self._ev.exports:
+            return
+        current = self._result(self._board.get_pass(pass_id), True)
+        self._ev.export_part(current, "decisions")
         if candidate is None:
             return
         try:
-            current = self._result(self._board.get_pass(pass_id), True)
             self._ev.observe_shadow(current, as_of_ms, candidate)
         except Exception:  # the pass is published; its shadow is a report beside it
             log.exception("pass %d: the candidate rules' dry run failed", pass_id)

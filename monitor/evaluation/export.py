@@ -26,7 +26,7 @@ from monitor.core.schema import (
     METER_STATE,
 )
 from monitor.electricity.evaluate import DistrictResult
-from monitor.evaluation.runner import EvaluationResult
+from monitor.evaluation.runner import EvaluationResult, ExportPart, ResultExport
 from monitor.store.lineproto import output_line
 
 RegionOf = Callable[[str, str], str | None]
@@ -38,17 +38,28 @@ def _no_region(kind: str, subject: str) -> str | None:
 
 
 def pass_lines(
-    result: EvaluationResult, zone: tzinfo = UTC, region_of: RegionOf = _no_region
+    result: EvaluationResult,
+    zone: tzinfo = UTC,
+    region_of: RegionOf = _no_region,
+    part: ExportPart = "all",
 ) -> list[str]:
-    """Every result point of one pass, as line protocol (ms precision)."""
+    """Every result point of one pass, as line protocol (ms precision).
+
+    `part`: "districts" (balance and daily loss of `result.districts`, with the
+    meters of those districts) or "decisions" (meters, lots, the fleet summary: the
+    whole pass's) for a pass split between workers; "all" is both.
+    """
     ts = parse_ts(result.as_of)
-    lines = [
-        *(_meter_line(d, ts, region_of) for d in result.meters.values()),
-        *(_lot_line(d, ts, region_of) for d in result.lots.values()),
-        *(_district_line(dist, result.meters, ts, region_of) for dist in result.districts.values()),
-        *(line for dist in result.districts.values() for line in _daily(dist, zone, region_of)),
-        *_fleet_lines(result, ts, region_of),
-    ]
+    lines: list[str | None] = []
+    if part in ("all", "decisions"):
+        lines += [_meter_line(d, ts, region_of) for d in result.meters.values()]
+        lines += [_lot_line(d, ts, region_of) for d in result.lots.values()]
+    if part in ("all", "districts"):
+        dists = result.districts.values()
+        lines += [_district_line(dist, result.meters, ts, region_of) for dist in dists]
+        lines += [line for dist in dists for line in _daily(dist, zone, region_of)]
+    if part in ("all", "decisions"):
+        lines += _fleet_lines(result, ts, region_of)
     return [line for line in lines if line is not None]
 
 
@@ -149,7 +160,7 @@ class LineSink(Protocol):
 
 def exporter(
     store: object, zone: tzinfo = UTC, regions: Callable[[], RegionIndex] | None = None
-) -> Callable[[EvaluationResult], None] | None:
+) -> ResultExport | None:
     """What an Evaluator hands each recorded pass to: the store's `write_lines`, if it has one.
 
     The embedded store has none (its users chart the API's pages, not a database).
@@ -159,7 +170,7 @@ def exporter(
         return None
     sink = cast(LineSink, store)
 
-    def export(result: EvaluationResult) -> None:
+    def export(result: EvaluationResult, part: ExportPart = "all", /) -> None:
         region_of = _no_region
         if regions is not None:
             index = regions()
@@ -167,6 +178,6 @@ def exporter(
             def region_of(kind: str, subject: str) -> str | None:
                 return index.of(kind, subject)
 
-        sink.write_lines(pass_lines(result, zone, region_of), "evaluation")
+        sink.write_lines(pass_lines(result, zone, region_of, part), "evaluation")
 
     return export

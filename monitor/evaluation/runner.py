@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, tzinfo
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from monitor import __version__
 from monitor.alerts.book import AlertBook, Change, conditions_of, district_conditions
@@ -97,6 +97,17 @@ class EvaluationResult:
         }
 
 
+ExportPart = Literal["all", "districts", "decisions"]
+"""What of a pass an export writes: all of it, or (a partitioned pass) its districts'
+results from each partition, then every decision and the fleet summary at the finish."""
+
+
+class ResultExport(Protocol):
+    """Hands a recorded pass on (e.g. to InfluxDB for the dashboards)."""
+
+    def __call__(self, result: EvaluationResult, part: ExportPart = "all", /) -> None: ...
+
+
 class ShadowHook(Protocol):
     """Candidate rules evaluated beside the ones in force (`evaluation.shadow.RulesDesk`)."""
 
@@ -122,7 +133,7 @@ class Evaluator:
         alerts: AlertBook | None = None,
         notify: Callable[[Sequence[Change]], None] | None = None,
         zone: tzinfo = UTC,
-        export: Callable[[EvaluationResult], None] | None = None,
+        export: ResultExport | None = None,
         shadow: ShadowHook | None = None,
     ) -> None:
         # Candidate rules a recorded pass also evaluates, as a dry run.
@@ -246,6 +257,16 @@ class Evaluator:
                 self._export(result)
             self._run_shadow(result, as_of_ms, book)
         return result
+
+    @property
+    def exports(self) -> bool:
+        """Whether recorded passes are handed on (`export`)."""
+        return self._export is not None
+
+    def export_part(self, result: EvaluationResult, part: ExportPart) -> None:
+        """Hand on part of a partitioned pass (the rest comes from other partitions)."""
+        if self._export is not None:
+            self._export(result, part)
 
     def shadow_candidate(self, book: RuleBook) -> RuleBook | None:
         """The candidate rules to dry-run beside a pass under `book` (None: nothing to do)."""
