@@ -63,7 +63,6 @@ def district(
         meters=[f"m{i}" for i in range(len(errors))],
         energy=y,
         master=master,
-        master_sq=master**2,
         lengths=np.ones(n, dtype=np.int64),
         end_index=t + 1,
     )
@@ -110,7 +109,6 @@ def test_forgetting_follows_a_drift() -> None:
         first.meters,
         np.vstack([first.energy, later.energy]),
         np.concatenate([first.master, later.master]),
-        np.concatenate([first.master_sq, later.master_sq]),
         np.ones(2000, dtype=np.int64),
         np.arange(1, 2001),
     )
@@ -172,7 +170,7 @@ def test_daily_loss_counts_every_block_once(lengths: list[int], offset_h: int) -
     master = rng.uniform(1, 2, n)
     energy = master[:, None] * rng.uniform(0.3, 0.45, (n, 2))
     ends = np.cumsum(lengths).astype(np.int64)
-    blk = Blocks(["a", "b"], energy, master, master**2, np.array(lengths, dtype=np.int64), ends)
+    blk = Blocks(["a", "b"], energy, master, np.array(lengths, dtype=np.int64), ends)
     grid = Grid(MIDNIGHT_UTC + 3 * QUARTER_MS, QUARTER_MS * 8, int(ends[-1]) + 1, 0)
     days = daily_line_loss(blk, grid, timezone(timedelta(hours=offset_h)))
     assert sum(d.intervals for d in days) == sum(lengths)
@@ -185,7 +183,6 @@ def test_daily_loss_of_nothing_is_empty() -> None:
     empty = Blocks(
         ["a"],
         np.zeros((0, 1)),
-        np.zeros(0),
         np.zeros(0),
         np.zeros(0, np.int64),
         np.zeros(0, np.int64),
@@ -202,7 +199,7 @@ def _stopped_district() -> tuple[Blocks, Grid, NDArray[np.float64]]:
     padded = np.concatenate([blk.energy[:1, 2], blk.energy[:, 2], blk.energy[-1:, 2]])
     current = (padded[:-1] + padded[1:]) / 2 / 0.25 * 1000 / volts  # instantaneous
     grid = Grid(MIDNIGHT_UTC, QUARTER_MS, n + 1, QUARTER_MS // 6)
-    stopped = Blocks(blk.meters, energy, blk.master, blk.master_sq, blk.lengths, blk.end_index)
+    stopped = Blocks(blk.meters, energy, blk.master, blk.lengths, blk.end_index)
     return stopped, grid, current
 
 
@@ -338,7 +335,6 @@ def test_day_hours_split_a_block_by_local_hour() -> None:
     blk = Blocks(
         ["a"],
         np.ones((2, 1)),
-        np.ones(2),
         np.ones(2),
         np.array([6, 4], dtype=np.int64),  # 05:30–07:00, then 07:00–08:00 (UTC)
         np.array([28, 32], dtype=np.int64),

@@ -93,14 +93,20 @@ def test_no_energy_invented_or_lost(
     assert np.isclose(blk.master.sum(), regs[-1, 0] - regs[0, 0])
 
 
-def test_master_squares_use_its_known_sub_spans() -> None:
+def test_interval_energies_spread_a_meters_own_gap_only() -> None:
+    """The loss terms are squares of interval energies: each meter's are exact where it was
+    read at both ends, and its own gap's energy is spread over that gap only, never over a
+    neighbour's; the intervals of a block add up to the block's energy."""
     g = grid(4)
     master = series({0: 0.0, STEP: 1.0, 3 * STEP: 5.0})  # y0 = 1, then 4 over two intervals
-    a = series({0: 0.0, 3 * STEP: 3.0})  # only the block ends: one block of three intervals
+    a = series({0: 0.0, 2 * STEP: 2.0, 3 * STEP: 3.0})  # 2 over two intervals, then 1
     blk = blocks(place_on_grid({"M": master, "A": a}, g), "M", g)
     assert blk.lengths.tolist() == [3]
-    # exact 1² for the known interval, then 4 spread evenly over two: 2² + 2²
-    assert blk.master_sq.tolist() == [1.0 + 4.0 + 4.0]
+    x, y0 = blk.per_interval()
+    assert y0.tolist() == [1.0, 2.0, 2.0]
+    assert x[:, 0].tolist() == [1.0, 1.0, 1.0]
+    assert x.sum(axis=0).tolist() == blk.energy.sum(axis=0).tolist()
+    assert y0.sum() == blk.master.sum()
 
 
 def test_a_prosumers_energy_is_forward_minus_reverse() -> None:

@@ -5,8 +5,9 @@ Per block j of a district (see `intervals.blocks`):
     y0_j = Σ_i β_i·y_ij + L_fix·T_j + γ·Q_j(κ) + ε_j,     β_i = 1/(1 + e_i)
 
 with T_j the block's hours and Q_j(κ) = Σ_t (S_t + κ·(ŷ0_t − S_t))²/Δt over its
-intervals: S the customers' metered consumption, ŷ0 the master energy the κ = 0 fit
-explains (see `loss_squares`).
+intervals: S the customers' consumption, ŷ0 the master energy the κ = 0 fit explains,
+both per grid interval (`_PerInterval`: the squares are summed interval by interval, the
+balance itself stays on exact block sums).
 
 Why a family of loss models and not one. The I²R loss follows a current, but which one
 depends on the feeder: on a feeder whose loss is γ·S² (customer current, κ = 0) a
@@ -56,6 +57,7 @@ from datetime import UTC, date, datetime, timedelta, tzinfo
 from statistics import NormalDist
 
 import numpy as np
+from numpy.typing import NDArray
 
 from monitor.electricity.intervals import Blocks, FloatArray, Grid
 
@@ -202,38 +204,6 @@ def daily_line_loss(blocks: Blocks, grid: Grid, zone: tzinfo = UTC) -> list[Dail
     return [DailyLoss(d, a[0], a[1], int(a[2])) for d, a in sorted(sums.items())]
 
 
-def load_squares(blocks: Blocks) -> FloatArray:
-    """Σ_t S(t)² per block, S = the customers' metered consumption in interval t.
-
-    Inside a block the customers' total is distributed like the master's interval
-    energies, which the master (read at every boundary it has) gives.
-    """
-    return loss_squares(blocks, blocks.energy.sum(axis=1))[0]
-
-
-def loss_squares(
-    blocks: Blocks, fitted: FloatArray, consumption: FloatArray | None = None
-) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """(q0, q1, q2) with Q(κ) = q0 + κ·q1 + κ²·q2 = Σ_t (S_t + κ·(ŷ0_t − S_t))² per block.
-
-    S is the customers' consumption (`consumption`, default what they metered), `fitted`
-    the master energy ŷ0 a fit explains; inside a block both are spread like the master's
-    interval energies (`master_sq` = Σ y0(t)²). κ = 0 squares what the customers draw;
-    κ = 1 what the transformer delivers, losses included, without the master's own noise.
-    """
-    if consumption is None:
-        consumption = blocks.energy.sum(axis=1)
-    master = blocks.master
-    scale = np.divide(
-        blocks.master_sq, master**2, out=np.zeros_like(master), where=np.abs(master) > 0
-    )
-    gap = fitted - consumption
-    q0: FloatArray = scale * consumption**2
-    q1: FloatArray = scale * 2.0 * consumption * gap
-    q2: FloatArray = scale * gap**2
-    return q0, q1, q2
-
-
 def day_hours(blocks: Blocks, grid: Grid, zone: tzinfo = UTC) -> FloatArray:
     """Hours of each block in each hour of the local day (blocks × 24).
 
@@ -257,44 +227,64 @@ def day_hours(blocks: Blocks, grid: Grid, zone: tzinfo = UTC) -> FloatArray:
     return out
 
 
+def fill_gaps(values: FloatArray) -> FloatArray:
+    """Each column's NaNs inside its read span replaced by linear interpolation in time."""
+    out = values.copy()
+    steps = np.arange(len(values))
+    for i in range(values.shape[1]):
+        col = values[:, i]
+        read = np.flatnonzero(np.isfinite(col))
+        if len(read) < 2 or len(read) == len(col):
+            continue
+        inside = steps[read[0] : read[-1] + 1]
+        out[read[0] : read[-1] + 1, i] = np.interp(inside, read, col[read])
+    return out
+
+
 def shared_resistance(
-    blocks: Blocks, volts: FloatArray, master_volts: FloatArray, step_hours: float
+    powers: FloatArray, volts: FloatArray, master_volts: FloatArray
 ) -> FloatArray | None:
     """How much of their path from the transformer any two meters share, from voltages.
 
     A household's voltage sags below the transformer's by Σ_j R_ij·I_j: R_ij the
     resistance its path shares with household j's (more for a neighbour down the same
     cable, none for one on another branch). Regressing each meter's sag below the master's
-    voltage on every meter's power, over the single-interval blocks, gives R up to a
-    common scale (the voltage, the power factor), which the loss coefficient absorbs; the
-    symmetric part is the `shared_ohm` of `fit_balance`. On SimBench's semi-urban grid
-    (0.1 V registers) it correlates 0.97 with the true shared resistances.
+    voltage on every meter's power gives R up to a common scale (the voltage, the power
+    factor), which the loss coefficient absorbs; the symmetric part is the `shared_ohm` of
+    `fit_balance`. On SimBench's LV grids (0.1 V registers) it correlates 0.8–0.97 with
+    the true shared resistances.
 
-    `volts` (grid points × meters, in `blocks.meters` order) and `master_volts` are the
-    voltages at grid points (NaN where not read). None when too little is known: no
-    master voltage, or fewer single-interval blocks than four per meter. A meter whose
-    voltage is missing at most points neither gets nor gives a sag (row and column 0).
+    `powers` (grid points × meters, `interval_powers`), `volts` (the same shape) and
+    `master_volts` are taken at every grid point, not only at the ends of single-interval
+    balance blocks: in a district of 120 meters each missing 1 % of its readings, under a
+    tenth of the intervals are single blocks (every meter read at both ends), and the
+    regression on those alone was too noisy to be chosen (bench.families, RU3). A meter's
+    own missing voltages are interpolated in time (≤ a few % of its points); a point
+    without the master's voltage, or where a meter's power is unknown, is left out. The
+    normal equations are sums over time (Σ P·Pᵀ, Σ P·sagᵀ), as a per-day accumulation
+    needs. None when too little is known: no master voltage, fewer points than four per
+    meter. A meter whose voltage is missing at most points neither gets nor gives a sag
+    (row and column 0).
     """
-    p = len(blocks.meters)
-    ends = blocks.end_index[blocks.lengths == 1]
-    if p == 0 or len(ends) < 4 * p:
+    p = powers.shape[1]
+    if p == 0:
         return None
-    v0 = master_volts[ends]
-    v = volts[ends]
-    power = blocks.energy[blocks.lengths == 1] / step_hours
-    rows = np.isfinite(v0)
-    if rows.sum() < 4 * p:
-        return None
-    read = np.isfinite(v[rows]).mean(axis=0) >= 0.9
+    read = np.isfinite(volts).mean(axis=0) >= 0.9
     if read.sum() < 2:
         return None
-    keep = rows & np.isfinite(v[:, read]).all(axis=1)
-    design = np.column_stack([power[keep], np.ones(int(keep.sum()))])
-    sag = v0[keep, None] - v[keep][:, read]
+    sag = master_volts[:, None] - fill_gaps(volts[:, read])
+    keep = (
+        np.isfinite(master_volts) & np.isfinite(powers).all(axis=1) & np.isfinite(sag).all(axis=1)
+    )
+    if keep.sum() < 4 * p:
+        return None
+    power = powers[keep]
+    sag = sag[keep]
+    design = np.column_stack([power, np.ones(len(power))])
     # Normal equations (a p × p solve, not an SVD), with a ridge of 1 % of a typical
     # meter's power variance: a vacant household's column has next to none, and
     # unregularised its coefficients (noise over nothing) swamp everyone's.
-    centred = design[:, :p] - design[:, :p].mean(axis=0)
+    centred = power - power.mean(axis=0)
     gram = design.T @ design
     ridge = 0.01 * float(np.mean(np.sum(centred**2, axis=0)))
     gram[np.arange(p), np.arange(p)] += max(ridge, 1e-12)
@@ -303,6 +293,34 @@ def shared_resistance(
     c[:, read] = coef[:p]
     shared: FloatArray = (c + c.T) / 2
     return shared
+
+
+@dataclass(frozen=True)
+class _PerInterval:
+    """The customers' energies per grid interval over the blocks, and how to sum them back.
+
+    The balance itself is solved on block sums (exact: no energy is invented), but the
+    loss terms are second order in the energies: Σ_t S_t² over a block is not S² of its
+    sum. With 1 % of readings missing, a district of 100 meters has under a third of its
+    boundaries complete and most blocks span several intervals; each meter's own interval
+    energies are known at all but ~1 % of them (`interval_energies`), so the squares are
+    summed interval by interval. (Before: the block's sum spread like the master's interval
+    energies — unstable with PV, where the master's net flow crosses zero inside a block,
+    and blind to how each household's load moved inside it, which a per-cable loss needs.)
+    """
+
+    x: FloatArray  # (intervals, meters)
+    starts: NDArray[np.int64]  # where each block's intervals begin in x
+
+    @staticmethod
+    def of(blocks: Blocks) -> _PerInterval:
+        x, _ = blocks.per_interval()
+        lengths = blocks.lengths.astype(np.int64)
+        return _PerInterval(np.nan_to_num(x), np.cumsum(lengths) - lengths)
+
+    def block_sums(self, values: FloatArray) -> FloatArray:
+        out: FloatArray = np.add.reduceat(values, self.starts, axis=0)
+        return out
 
 
 def _weights(blocks: Blocks, forgetting: float) -> tuple[FloatArray, FloatArray]:
@@ -446,42 +464,49 @@ def fit_balance(
     hours = np.asarray(blocks.lengths * cfg.step_hours, dtype=np.float64)
     span = float(blocks.end_index.max() - blocks.end_index.min()) or 1.0
     drift = (blocks.end_index - blocks.end_index.min()) / span - 0.5
-    # ŷ0 from the customer-current fit: the master energy without the master's noise.
-    q0, _, _ = loss_squares(blocks, blocks.energy.sum(axis=1))
-    first = _candidate(sh, "κ=0", 0.0, "", np.column_stack([hours, q0 / cfg.step_hours]))
+    per = _PerInterval.of(blocks)
+    step = cfg.step_hours
+    # First fit: the I²R loss on the customers' metered current, Σ_t S_t² per block.
+    load = per.x.sum(axis=1)
+    first = _candidate(sh, "κ=0", 0.0, "", np.column_stack([hours, per.block_sums(load**2) / step]))
     # The loss follows the true current: the customers' consumption as the first fit
-    # corrects it (Σ β̂·y, not Σ y: a few meters 3 % off at 8 % loss move Σy² visibly).
-    fitted = blocks.master - first.resid
-    drawn = sh.x @ first.theta[:n_meters]
-    q0, q1, q2 = loss_squares(blocks, fitted, drawn)
-    spread = np.divide(
-        blocks.master_sq,
-        blocks.master**2,
-        out=np.zeros_like(blocks.master),
-        where=np.abs(blocks.master) > 0,
+    # corrects it (Σ β̂·y, not Σ y: a few meters 3 % off at 8 % loss move Σy² visibly),
+    # and ŷ0 − S, the losses that fit explains, per interval (noise-free: no y0 in it).
+    drawn = per.x @ first.theta[:n_meters]
+    losses = first.theta[n_meters] * step + first.theta[n_meters + 1] * load**2 / step
+    q0, q1, q2 = (
+        per.block_sums(drawn**2),
+        per.block_sums(2.0 * drawn * losses),
+        per.block_sums(losses**2),
     )
     candidates = []
     for extra in EXTRAS:
         for kappa in kappas if extra == "" else kappas[:: max(1, len(kappas) // 2)]:
-            q = (q0 + kappa * q1 + kappa**2 * q2) / cfg.step_hours
+            q = (q0 + kappa * q1 + kappa**2 * q2) / step
             loss = _loss_columns(hours, q, extra, day_profile, drift)
             if loss is None or len(blocks.master) <= n_meters + loss.shape[1]:
                 continue
             name = f"κ={kappa:g}" + (f" + {extra.replace('_', ' ')}" if extra else "")
             candidates.append(_candidate(sh, name, kappa, extra, loss))
+    base = min((c for c in candidates if c.extra == ""), key=lambda c: c.rss)
     if shared_ohm is not None:
-        q_topo = spread * np.sum((sh.x @ shared_ohm) * sh.x, axis=1) / cfg.step_hours
+        # The shared cables' loss Σ_t y_t'·M·y_t beside the best plain I²R term: the
+        # transformer's own copper loss follows the total current, which no cable's
+        # resistance (nor a voltage measured at its low-voltage side) carries. With PV the
+        # two part ways: at noon the area's net flow is small while its branches carry
+        # exports one way and loads the other.
+        q_topo = per.block_sums(np.sum((per.x @ shared_ohm) * per.x, axis=1)) / step
         candidates.append(
             _candidate(
                 sh,
                 f"topology ({topology_source})",
-                0.0,
+                base.kappa,
                 "topology",
-                np.column_stack([hours, q_topo]),
+                np.column_stack([hours, base.loss[:, 1], q_topo]),
             )
         )
     elif n_meters >= MIN_METERS_FOR_BRANCHES:
-        candidates += _branch_candidates(sh, candidates, hours, spread, cfg.step_hours)
+        candidates += _branch_candidates(sh, base, per, hours, step)
     best_rss = min(c.rss for c in candidates)
     richest = min(candidates, key=lambda c: (c.rss, c.k))
     dof = max(float(sh.decay.sum()) - n_meters - richest.k, 1.0)
@@ -506,20 +531,19 @@ def fit_balance(
 
 
 def _branch_candidates(
-    sh: _Shared, plain: list[_Candidate], hours: FloatArray, spread: FloatArray, step: float
+    sh: _Shared, base: _Candidate, per: _PerInterval, hours: FloatArray, step: float
 ) -> list[_Candidate]:
     """Loss models with a per-branch term for random splits of the district's households.
 
     On a real feeder a household far down a long cable causes more loss per kWh than one
     near the transformer; with one district-wide γ its β absorbs the difference (up to
-    0.6 pp on SimBench's LV grids, bench.families). Where the registry does not know the
-    topology, a few plausible ones — 2 to 4 branches, households drawn into them, trunk
-    resistances within a factor of four — each add Σ_b r_b·(Σ_{i∈b} y_i)² to the best
-    plain model. Those the data cannot reject join the union of intervals: wider
-    intervals, where the loss allocation is not known, instead of a confident bias.
+    0.6 pp on SimBench's LV grids, bench.families). Where neither the registry nor the
+    voltages tell the topology, a few plausible ones — 2 to 4 branches, households drawn
+    into them, trunk resistances within a factor of four — each add Σ_b r_b·(Σ_{i∈b} y_i)²
+    to the best plain model. Those the data cannot reject join the union of intervals:
+    wider intervals, where the loss allocation is not known, instead of a confident bias.
     The draws depend only on the number of meters: the same district, the same models.
     """
-    base = min((c for c in plain if c.extra == ""), key=lambda c: c.rss)
     q = base.loss[:, 1]
     n_meters = sh.x.shape[1]
     rng = np.random.default_rng(n_meters)
@@ -528,7 +552,7 @@ def _branch_candidates(
         groups = np.asarray(rng.integers(0, int(rng.integers(2, 5)), n_meters), dtype=np.int64)
         onehot = (groups[:, None] == np.arange(int(groups.max()) + 1)[None, :]).astype(float)
         trunk = rng.uniform(0.5, 2.0, onehot.shape[1])
-        q_branch = spread * (((sh.x @ onehot) ** 2) @ trunk) / step
+        q_branch = per.block_sums(((per.x @ onehot) ** 2) @ trunk) / step
         loss = np.column_stack([hours, q, q_branch])
         out.append(_candidate(sh, f"{base.name} + branches {draw}", base.kappa, "branches", loss))
     return out

@@ -70,16 +70,20 @@ class Blocks:
     """Energy of each meter between consecutive complete boundaries.
 
     `energy[j, i]` is meter i's energy over block j; `master` the master meter's.
-    `lengths[j]` counts grid intervals in block j, `end_index[j]` its last boundary,
-    `master_sq[j]` Σ over the block's intervals of y0(t)² (for the I²R loss term).
+    `lengths[j]` counts grid intervals in block j, `end_index[j]` its last boundary.
+    `intervals` (grid points × meters) and `master_intervals` (grid points) are the
+    energies of the interval ending at each grid point (`interval_energies`): what the
+    second-order loss terms are built from; a block's energies are their sums over it.
+    None: each block's energy taken as spread evenly over its intervals.
     """
 
     meters: list[str]
     energy: FloatArray
     master: FloatArray
-    master_sq: FloatArray
     lengths: NDArray[np.int64]
     end_index: NDArray[np.int64]
+    intervals: FloatArray | None = None
+    master_intervals: FloatArray | None = None
     register_drops: dict[str, int] = field(default_factory=dict)
     # Grid intervals left out because a stopped meter stood still in them (`without_stopped`).
     stopped_intervals: dict[str, int] = field(default_factory=dict)
@@ -88,6 +92,29 @@ class Blocks:
     def n_intervals(self) -> int:
         """Grid intervals covered by usable blocks."""
         return int(self.lengths.sum())
+
+    def interval_rows(self) -> NDArray[np.int64]:
+        """The grid interval (its end point) of every interval of every block, in order."""
+        lengths = self.lengths.astype(np.int64)
+        offsets = np.cumsum(lengths) - lengths
+        first = self.end_index - lengths + 1
+        rows: NDArray[np.int64] = np.repeat(first - offsets, lengths) + np.arange(
+            int(lengths.sum()), dtype=np.int64
+        )
+        return rows
+
+    def per_interval(self) -> tuple[FloatArray, FloatArray]:
+        """(customers (intervals × meters), master (intervals,)) over the blocks' intervals,
+        in `interval_rows` order: the interval energies where known, else each block's
+        energy spread evenly over its intervals."""
+        if self.intervals is not None and self.master_intervals is not None:
+            rows = self.interval_rows()
+            return self.intervals[rows], self.master_intervals[rows]
+        owner = np.repeat(np.arange(len(self.lengths)), self.lengths)
+        share = 1.0 / self.lengths[owner]
+        x: FloatArray = self.energy[owner] * share[:, None]
+        y0: FloatArray = self.master[owner] * share
+        return x, y0
 
 
 @dataclass(frozen=True)
@@ -182,18 +209,43 @@ def place_values(ts_ms: NDArray[np.int64], values: FloatArray, grid: Grid) -> Fl
     return out
 
 
+def interval_energies(registers: FloatArray) -> FloatArray:
+    """Energy of the interval ending at each grid point, per column (NaN where unknown).
+
+    `registers` (grid points × meters) are net registers (forward − reverse), NaN where
+    unread. Where a meter was read at both ends of an interval this is exact; across its
+    own gap the gap's energy is spread evenly over the gap's intervals (never over a
+    neighbour's), so a column's sum between two of its readings is what its register says.
+    Before a meter's first and after its last reading nothing is known (NaN).
+    """
+    n, p = registers.shape
+    out = np.full((n, p), np.nan)
+    steps = np.arange(n)
+    for i in range(p):
+        col = registers[:, i]
+        read = np.flatnonzero(np.isfinite(col))
+        if len(read) < 2:
+            continue
+        if len(read) == read[-1] - read[0] + 1:  # no gap: plain differences
+            out[read[0] + 1 : read[-1] + 1, i] = np.diff(col[read[0] : read[-1] + 1])
+            continue
+        filled = np.interp(steps[read[0] : read[-1] + 1], read, col[read])
+        out[read[0] + 1 : read[-1] + 1, i] = np.diff(filled)
+    return out
+
+
 def blocks(placed: Placed, master: str, grid: Grid) -> Blocks:
     """Energies between consecutive complete boundaries; blocks across a register drop are cut."""
     regs = placed.registers
     rev = placed.reverse if placed.reverse is not None else np.zeros_like(regs)
     m = placed.meters.index(master)
+    customers = [i for i in range(len(placed.meters)) if i != m]
     complete = np.flatnonzero(~(np.isnan(regs) | np.isnan(rev)).any(axis=1))
     if len(complete) < 2:
         empty = np.zeros((0, len(placed.meters) - 1))
         return Blocks(
-            [x for x in placed.meters if x != master],
+            [placed.meters[i] for i in customers],
             empty,
-            np.zeros(0),
             np.zeros(0),
             np.zeros(0, dtype=np.int64),
             np.zeros(0, dtype=np.int64),
@@ -205,38 +257,17 @@ def blocks(placed: Placed, master: str, grid: Grid) -> Blocks:
     keep = ~drops.any(axis=1)
     register_drops = {placed.meters[i]: int(n) for i, n in enumerate(drops.sum(axis=0)) if n}
     starts, ends = complete[:-1][keep], complete[1:][keep]
-    master_sq = _master_square_sums(regs[:, m] - rev[:, m], starts, ends)
-    customers = [i for i in range(len(placed.meters)) if i != m]
+    per_interval = interval_energies(regs - rev)
     return Blocks(
         meters=[placed.meters[i] for i in customers],
         energy=diffs[keep][:, customers],
         master=diffs[keep][:, m],
-        master_sq=master_sq,
         lengths=(ends - starts).astype(np.int64),
         end_index=ends.astype(np.int64),
+        intervals=per_interval[:, customers],
+        master_intervals=per_interval[:, m],
         register_drops=register_drops,
     )
-
-
-def _master_square_sums(
-    reg: FloatArray, starts: NDArray[np.intp], ends: NDArray[np.intp]
-) -> FloatArray:
-    """Σ y0(t)² over each block's intervals.
-
-    Block ends are complete boundaries, so the master is read there; inside a
-    block its known sub-spans are squared exactly and only across its own gaps
-    is the energy taken as spread evenly (the smallest sum consistent with the
-    total). Spreading the whole block whenever one inner reading was missing
-    understated the I²R regressor and let the β's absorb it.
-    """
-    known = np.flatnonzero(~np.isnan(reg))
-    energy = np.diff(reg[known])
-    span = np.diff(known)
-    cumulative = np.concatenate(([0.0], np.cumsum(energy * energy / span)))
-    position = np.full(len(reg), -1)
-    position[known] = np.arange(len(known))
-    squares: FloatArray = cumulative[position[ends]] - cumulative[position[starts]]
-    return squares
 
 
 def without_stopped(
@@ -274,7 +305,6 @@ def without_stopped(
         blk,
         energy=blk.energy[sel],
         master=blk.master[sel],
-        master_sq=blk.master_sq[sel],
         lengths=blk.lengths[sel],
         end_index=blk.end_index[sel],
         stopped_intervals=left_out,

@@ -238,11 +238,11 @@ def _voltage_topology(
 ) -> NDArray[np.float64] | None:
     """The feeder's shared resistances as the meters' voltages tell them (`shared_resistance`)."""
     volts = placed.voltages
-    if volts is None or not blk.meters:
+    if volts is None or blk.intervals is None or not blk.meters:
         return None
     where = {m: i for i, m in enumerate(placed.meters)}
-    columns = volts[:, [where[m] for m in blk.meters]]
-    return shared_resistance(blk, columns, volts[:, where[master]], step_hours)
+    columns = [where[m] for m in blk.meters]
+    return shared_resistance(blk.intervals / step_hours, volts[:, columns], volts[:, where[master]])
 
 
 def master_uncertainty_pct(rules: ElecRules, master_class: str | None) -> float:
