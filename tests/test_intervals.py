@@ -4,9 +4,11 @@ register drops are cut, no energy is invented or lost."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from monitor.electricity.balance import line_loss_pct
 from monitor.electricity.intervals import Grid, MeterSeries, blocks, place_on_grid
 
 STEP = 900_000
@@ -107,6 +109,26 @@ def test_interval_energies_spread_a_meters_own_gap_only() -> None:
     assert x[:, 0].tolist() == [1.0, 1.0, 1.0]
     assert x.sum(axis=0).tolist() == blk.energy.sum(axis=0).tolist()
     assert y0.sum() == blk.master.sum()
+
+
+def test_an_areas_line_loss_is_over_what_entered_its_network_from_any_side() -> None:
+    """A sunny day: the prosumer's export feeds the neighbour and the master sends the rest
+    up. Over the master's net energy the loss reads many times what the cables lost of the
+    energy they carried; over the gross supply (master forward + exports) it does not."""
+    g = grid(3)
+    ts = np.arange(3, dtype=np.int64) * STEP
+    # Interval 1: the master supplies 10.2, A uses 10 (0.2 lost). Interval 2: P exports 10,
+    # A uses 5, the master sends 4.8 back up (0.2 lost).
+    master = MeterSeries(ts, np.array([0.0, 10.2, 10.2]), reverse_kwh=np.array([0.0, 0.0, 4.8]))
+    pv = MeterSeries(ts, np.zeros(3), reverse_kwh=np.array([0.0, 0.0, 10.0]))
+    a = MeterSeries(ts, np.array([0.0, 10.0, 15.0]))
+    blk = blocks(place_on_grid({"M": master, "P": pv, "A": a}, g), "M", g)
+    assert blk.supply().tolist() == [10.2, 10.0]
+    assert line_loss_pct(blk) == pytest.approx(100 * 0.4 / 20.2)  # net: 0.4 / 5.4 = 7.4 %
+    plain = MeterSeries(ts, np.array([0.0, 10.2, 15.4]))
+    no_pv = blocks(place_on_grid({"M": plain, "A": a}, g), "M", g)
+    assert no_pv.supplied is None
+    np.testing.assert_allclose(no_pv.supply(), [10.2, 5.2])
 
 
 def test_a_prosumers_energy_is_forward_minus_reverse() -> None:

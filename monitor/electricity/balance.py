@@ -156,11 +156,15 @@ class DistrictFit:
 
 
 def line_loss_pct(blocks: Blocks) -> float:
-    """Statistical line loss: (master − Σ customers) / master over the blocks, in percent."""
-    supplied = float(blocks.master.sum())
+    """Statistical line loss over the blocks, in percent: (master − Σ customers), both net,
+    over the energy that entered the area's network from any side (`Blocks.supplied`: the
+    master's forward energy plus the prosumers' exports; the master's energy when no meter
+    has a reverse register). Over the net supply a sunny PV month read 12.5 % on a feeder
+    whose cables lost 2 % of what they carried (bench.families, RU3 in July)."""
+    supplied = float(blocks.supply().sum())
     if supplied <= 0:
         return float("nan")
-    return 100.0 * (supplied - float(blocks.energy.sum())) / supplied
+    return 100.0 * (float(blocks.master.sum()) - float(blocks.energy.sum())) / supplied
 
 
 @dataclass(frozen=True)
@@ -168,8 +172,8 @@ class DailyLoss:
     """One local day's statistical line loss, over the blocks that end in it."""
 
     day: date
-    supplied_kwh: float  # what the master meter measured
-    delivered_kwh: float  # what the customer meters measured
+    supplied_kwh: float  # into the network: master forward + prosumers' exports
+    delivered_kwh: float  # out of it: customers' imports + master reverse
     intervals: int  # grid intervals covered by those blocks
 
     @property
@@ -194,11 +198,12 @@ def daily_line_loss(blocks: Blocks, grid: Grid, zone: tzinfo = UTC) -> list[Dail
     # change on the hour, so this is exact for every real zone.
     hours, where = np.unique(last_ms // HOUR_MS, return_inverse=True)
     dates = [datetime.fromtimestamp(int(h) * 3600, zone).date() for h in hours]
-    delivered = blocks.energy.sum(axis=1)
+    supplied = blocks.supply()
+    delivered = supplied - (blocks.master - blocks.energy.sum(axis=1))
     sums: dict[date, list[float]] = {}
     for k, h in enumerate(where.tolist()):
         acc = sums.setdefault(dates[h], [0.0, 0.0, 0])
-        acc[0] += float(blocks.master[k])
+        acc[0] += float(supplied[k])
         acc[1] += float(delivered[k])
         acc[2] += int(blocks.lengths[k])
     return [DailyLoss(d, a[0], a[1], int(a[2])) for d, a in sorted(sums.items())]

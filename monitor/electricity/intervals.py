@@ -75,6 +75,9 @@ class Blocks:
     energies of the interval ending at each grid point (`interval_energies`): what the
     second-order loss terms are built from; a block's energies are their sums over it.
     None: each block's energy taken as spread evenly over its intervals.
+    `supplied[j]` is the energy that entered the area's network in block j from any side:
+    the master's forward register plus every customer's reverse one (PV fed in); None:
+    the master's net energy (an area without prosumers or reverse registers).
     """
 
     meters: list[str]
@@ -84,6 +87,7 @@ class Blocks:
     end_index: NDArray[np.int64]
     intervals: FloatArray | None = None
     master_intervals: FloatArray | None = None
+    supplied: FloatArray | None = None
     register_drops: dict[str, int] = field(default_factory=dict)
     # Grid intervals left out because a stopped meter stood still in them (`without_stopped`).
     stopped_intervals: dict[str, int] = field(default_factory=dict)
@@ -92,6 +96,10 @@ class Blocks:
     def n_intervals(self) -> int:
         """Grid intervals covered by usable blocks."""
         return int(self.lengths.sum())
+
+    def supply(self) -> FloatArray:
+        """Energy into the area's network per block, from any side (`supplied`)."""
+        return self.master if self.supplied is None else self.supplied
 
     def interval_rows(self) -> NDArray[np.int64]:
         """The grid interval (its end point) of every interval of every block, in order."""
@@ -258,6 +266,13 @@ def blocks(placed: Placed, master: str, grid: Grid) -> Blocks:
     register_drops = {placed.meters[i]: int(n) for i, n in enumerate(drops.sum(axis=0)) if n}
     starts, ends = complete[:-1][keep], complete[1:][keep]
     per_interval = interval_energies(regs - rev)
+    # Gross supply: energy that entered the network from the transformer or from a
+    # prosumer's export. The statistical line loss of an area with PV is taken over it
+    # (what State Grid counts as an area's supply: the master's forward energy plus PV fed
+    # in; its sales: customers' imports plus what the master sent back up), not over the
+    # master's net energy, which a sunny month drives towards zero while the cables
+    # carry as much as ever.
+    supplied = forward[keep][:, m] + backward[keep][:, customers].sum(axis=1)
     return Blocks(
         meters=[placed.meters[i] for i in customers],
         energy=diffs[keep][:, customers],
@@ -266,6 +281,7 @@ def blocks(placed: Placed, master: str, grid: Grid) -> Blocks:
         end_index=ends.astype(np.int64),
         intervals=per_interval[:, customers],
         master_intervals=per_interval[:, m],
+        supplied=supplied if placed.reverse is not None else None,
         register_drops=register_drops,
     )
 
@@ -305,6 +321,7 @@ def without_stopped(
         blk,
         energy=blk.energy[sel],
         master=blk.master[sel],
+        supplied=blk.supplied[sel] if blk.supplied is not None else None,
         lengths=blk.lengths[sel],
         end_index=blk.end_index[sel],
         stopped_intervals=left_out,
