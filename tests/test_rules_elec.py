@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,54 @@ def test_unknown_when_the_estimate_cannot_carry_a_judgement() -> None:
         ("unknown", "elec.estimation.gates")
     ]
     assert states(elec.estimate_findings(None, "2", 2.0, PASSING, RULES))[0][0] == "unknown"
+
+
+def test_the_masters_class_does_not_make_a_meter_unobservable() -> None:
+    """The master's Type B is one uncertainty for the whole district: it widens the
+    absolute interval the limit is judged on, not the meter's own resolution."""
+    resolved = replace(estimate(2.5, half=1.6), relative_ci_pct=(1.2, 3.8))
+    assert states(elec.estimate_findings(resolved, "2", 2.0, PASSING, RULES)) == [
+        ("watch", "elec.error_limit.watch")
+    ]
+    blurred = replace(resolved, relative_ci_pct=(0.8, 4.2))
+    assert states(elec.estimate_findings(blurred, "2", 2.0, PASSING, RULES)) == [
+        ("unknown", "elec.estimation.ci_width")
+    ]
+
+
+def test_residuals_that_follow_each_other_fail_the_districts_gates() -> None:
+    """A slowly changing component no loss model describes is not noise: the district's
+    estimates are not judged, and the gate says why."""
+    from monitor.electricity.balance import DistrictFit
+    from monitor.electricity.intervals import Blocks, Grid, Placed
+
+    n = 400
+    placed = Placed(["M", "a"], np.zeros((n, 2)), 2 * n, 2 * n)
+    blk = Blocks(
+        ["a"], np.ones((n - 1, 1)), np.ones(n - 1), np.ones(n - 1, np.int64), np.arange(1, n)
+    )
+    grid = Grid(0, STEP, n, 0)
+    for rho, passed in ((-0.35, True), (0.45, False)):
+        fit = DistrictFit(
+            {},
+            0.1,
+            1e-4,
+            3.0,
+            0.05,
+            0.99,
+            n - 1,
+            n - 1,
+            500.0,
+            misfit="the fixed loss changes with the time of day",
+            residual_autocorrelation=rho,
+        )
+        gates = elec.district_gates(placed, grid, blk, fit, RULES.estimation)
+        assert gates.passed is passed
+        if not passed:
+            (failure,) = gates.failures
+            assert failure.rule == "elec.estimation.residual_structure"
+            assert failure.value == 0.45 and failure.threshold == 0.1
+            assert "time of day" in failure.detail
 
 
 def test_running_backwards_versus_reset() -> None:

@@ -88,6 +88,19 @@ def district_gates(
                 "likelier cause, every estimate in the district is suspect",
             )
         )
+    structure = fit.residual_autocorrelation if fit is not None else float("nan")
+    if structure > rule.max_residual_autocorrelation:
+        failures.append(
+            Reason(
+                "elec.estimation.residual_structure",
+                round(structure, 3),
+                rule.max_residual_autocorrelation,
+                "the balance's residuals follow each other: a slowly changing component no "
+                "loss model describes (an unmetered load, losses the models do not follow) "
+                "would be absorbed by the meters whose load looks like it"
+                + (f"; {fit.misfit}" if fit is not None and fit.misfit else ""),
+            )
+        )
     return Gates(
         not failures, completeness, placed.completeness, blocks.n_intervals, loss, failures
     )
@@ -225,13 +238,17 @@ def _unobservable(
             rule.min_information_ratio,
             "consumption too small or too like its neighbours' to resolve" + _confounded(est),
         )
-    half = est.ci_halfwidth_pct
+    # The meter's own resolution, without the master's Type B: the master's class is one
+    # uncertainty for the whole district (in every absolute interval the limit is judged
+    # on), not a reason this meter cannot be told apart from its neighbours.
+    half = est.relative_halfwidth_pct
     if not math.isfinite(half) or half > rule.max_ci_halfwidth_pct:
         return Reason(
             "elec.estimation.ci_width",
             round(half, 3) if math.isfinite(half) else None,
             rule.max_ci_halfwidth_pct,
-            "confidence interval too wide to judge" + _confounded(est),
+            "confidence interval against the district's master too wide to judge"
+            + _confounded(est),
         )
     return None
 

@@ -116,6 +116,7 @@ class DistrictResult:
                 "i2r_gamma_per_kw": fit.gamma_per_kw,
                 "line_loss_pct": _r(fit.line_loss_pct),
                 "residual_rms_pct": _r(fit.residual_rms_pct),
+                "residual_autocorrelation": _r(fit.residual_autocorrelation),
                 "r_squared": _r(fit.r_squared, 6),
                 "n_blocks": fit.n_blocks,
                 "n_intervals": fit.n_intervals,
@@ -625,12 +626,18 @@ def _evidence(
         else {
             "error_pct": _r(est.error_pct),
             "error_ci_pct": [_r(v) for v in est.error_ci_pct],
+            "error_ci_relative_pct": [_r(v) for v in est.relative_ci_pct],
         }
     )
     return {
         # An estimate that cannot carry a judgement is not shown as the meter's error.
         "error_pct": estimate["error_pct"] if estimate and evaluable else None,
         "error_ci_pct": estimate["error_ci_pct"] if estimate and evaluable else None,
+        # The interval without the master's Type B (common to the district): how well the
+        # data resolve this meter against the master; `error_ci_pct` is the absolute one.
+        "error_ci_relative_pct": estimate["error_ci_relative_pct"]
+        if estimate and evaluable
+        else None,
         "unresolved_estimate": estimate if estimate and not evaluable else None,
         "n_intervals": est.n_intervals if est else (gates.n_intervals if gates else 0),
         "evaluable": evaluable,
