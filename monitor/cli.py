@@ -178,6 +178,8 @@ CSV columns (header row required; meter_id and kind required, the rest may be em
   period_years    verification period in years (1..30): the due date is
                   verified_on (else installed_on) + period_years
   plate           taxi only: the vehicle's plate
+  feeder_branch   elec only, optional: the low-voltage cable the household hangs on
+  feeder_distance_m  elec only, with feeder_branch: cable metres from the transformer
 Rows are upserted by meter_id; a file with any bad row imports nothing.
 """
 

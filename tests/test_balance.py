@@ -390,3 +390,24 @@ def test_a_scaled_copy_of_a_household_names_its_twin() -> None:
 
 def test_kappa_grid_spans_both_physics() -> None:
     assert KAPPAS[0] == 0.0 and KAPPAS[-1] == 1.0
+
+
+def test_the_registrys_feeder_places_become_shared_paths_or_branches() -> None:
+    """Branch and distance: households on one cable share it up to the nearer one; none
+    across branches; an unplaced meter shares nothing. Branch alone: one label each."""
+    from monitor.electricity.balance import FeederPlace, registry_topology
+
+    meters = ["a", "b", "c", "d"]
+    full = registry_topology(
+        meters,
+        {"a": FeederPlace("L1", 50.0), "b": FeederPlace("L1", 120.0), "c": FeederPlace("L2", 80.0)},
+    )
+    assert full is not None and full.shared_ohm is not None and full.branches is None
+    np.testing.assert_array_equal(
+        full.shared_ohm,
+        [[50, 50, 0, 0], [50, 120, 0, 0], [0, 0, 80, 0], [0, 0, 0, 0]],
+    )
+    labels = registry_topology(meters, {"a": FeederPlace("L1"), "c": FeederPlace("L2", 80.0)})
+    assert labels is not None and labels.shared_ohm is None
+    assert labels.branches is not None and labels.branches.tolist() == [0, -1, 1, -1]
+    assert registry_topology(meters, {"a": FeederPlace("L1", 5.0)}) is None

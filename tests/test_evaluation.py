@@ -282,3 +282,37 @@ def test_findings_raise_one_alert_each_and_a_second_pass_only_counts(world: Worl
     assert gates and all(
         a["rule"] == "elec.estimation.min_intervals" for a in gates
     )  # the 2-day pass
+
+
+def test_the_registrys_feeder_branches_reach_the_estimator(tmp_path: Path) -> None:
+    """A pass hands each district's `feeder_branch` / `feeder_distance_m` to the balance:
+    its loss models then include the registry's topology."""
+    fleet = Fleet(
+        FleetSpec(start_ms=START, districts=1, meters_per_district=(24, 24), taxis=0, seed=3)
+    )
+    store = EmbeddedStore(tmp_path / "telemetry.sqlite", Metrics())
+    state = SqliteState(tmp_path / "state.sqlite")
+    rows = []
+    for k, row in enumerate(parse_rows(fleet.registry_rows()).rows):
+        if row.kind == "elec" and row.effective_role == "customer":
+            row = row.model_copy(
+                update={"feeder_branch": f"L{k % 3}", "feeder_distance_m": 20.0 * (k // 3 + 1)}
+            )
+        rows.append(row)
+    state.upsert_meters(rows)
+    records = [
+        r
+        for m in fleet.messages(START, START + 10 * 86_400_000)
+        if isinstance(r := parse_message(m.topic, m.payload), Record)
+    ]
+    store.write(records)
+    state.note_seen(summarise_seen(records, received_live(records)))
+    result = Evaluator(store, state).run(
+        max(r.ts_ms for r in records), load_rules(REPO / "config" / "rules.yaml"), record=False
+    )
+    (district,) = result.districts.values()
+    assert district.fit is not None
+    models = [m for m in district.fit.plausible_models if "(registry)" in m]
+    assert models and all("topology" in m for m in models)
+    store.close()
+    state.close()

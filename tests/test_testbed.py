@@ -70,6 +70,7 @@ def test_estimates_on_an_ac_feeder_are_near_the_truth_and_covered() -> None:
     """The whole chain on physics the estimator was not written for: households of the
     project's simulator on a pandapower feeder, metered, estimated by `fit_district`."""
     from monitor.core.rulebook import load_rules
+    from monitor.electricity.balance import FeederPlace
     from monitor.evaluation.runner import fit_district
 
     rules = load_rules(ROOT / "config" / "rules.yaml").rules.elec
@@ -86,12 +87,16 @@ def test_estimates_on_an_ac_feeder_are_near_the_truth_and_covered() -> None:
     p = own.imports_kwh / 0.25
     feeder = acflow.feeder_energy(net, "AC", spec.start_ms, p, 0.3 * p, 0 * p, 0 * p)
     d = meter_district(feeder, MeterSpec(beyond_share=0.1), seed=2)
-    topology = ([f"AC-{h}" for h in feeder.households], feeder.shared_ohm)
-    assert feeder.shared_ohm is not None
-    for topo in (None, topology):
-        dist = fit_district(d.name, d.series, d.master, rules, d.start_ms, d.end_ms, topology=topo)
+    assert feeder.distance_m is not None
+    told = {
+        f"AC-{h}": FeederPlace(b, float(m))
+        for h, b, m in zip(feeder.households, feeder.branch, feeder.distance_m, strict=True)
+    }
+    for places in (None, told):
+        dist = fit_district(d.name, d.series, d.master, rules, d.start_ms, d.end_ms, places=places)
         assert dist.fit is not None and dist.gates is not None and dist.gates.passed
         fit = dist.fit
+        assert places is None or "(registry)" in " ".join(fit.plausible_models)
         devs = [fit.meters[m].error_pct - e for m, e in d.true_pct.items()]
         covered = [
             fit.meters[m].error_ci_pct[0] <= e <= fit.meters[m].error_ci_pct[1]

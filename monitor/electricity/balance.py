@@ -52,6 +52,7 @@ plausible loss models is taken.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from statistics import NormalDist
@@ -268,8 +269,8 @@ def shared_resistance(
     resistance its path shares with household j's (more for a neighbour down the same
     cable, none for one on another branch). Regressing each meter's sag below the master's
     voltage on every meter's power gives R up to a common scale (the voltage, the power
-    factor), which the loss coefficient absorbs; the symmetric part is the `shared_ohm` of
-    `fit_balance`. On SimBench's LV grids (0.1 V registers) it correlates 0.8–0.97 with
+    factor), which the loss coefficient absorbs; the symmetric part is a `Topology`'s
+    `shared_ohm`. On SimBench's LV grids (0.1 V registers) it correlates 0.8–0.97 with
     the true shared resistances.
 
     `powers` (grid points × meters, `interval_powers`), `volts` (the same shape) and
@@ -485,18 +486,17 @@ def fit_balance(
     cfg: FitConfig,
     day_profile: FloatArray | None = None,
     kappas: tuple[float, ...] = KAPPAS,
-    shared_ohm: FloatArray | None = None,
-    topology_source: str = "registry",
+    topologies: Sequence[Topology] = (),
 ) -> DistrictFit | None:
     """Solve the district's balance; None when there are fewer blocks than unknowns.
 
     `day_profile` (blocks × 24, from `day_hours`) lets the fixed loss differ by time of
     day among the candidate loss models; without it that candidate is left out.
     `kappas` is the grid of I²R models tried (`(0.0,)`: the customer current only).
-    `shared_ohm` (meters × meters, in `blocks.meters` order) is the resistance of the path
-    any two meters' households share from the transformer, when the registry knows the
-    topology: the loss Σ_segments R·I² is then y'·M·y up to the voltage, one column
-    that puts each household's loss where its cable is (candidate "topology").
+    `topologies` are what is known of where the meters hang on the feeder (learnt from
+    their voltages, told by the registry): each adds a loss model that puts each
+    household's loss where its cable is. Without any, random splits into branches
+    widen the intervals instead (`_branch_candidates`).
     """
     n_meters = len(blocks.meters)
     if len(blocks.master) <= n_meters + 2 + 4:
@@ -530,23 +530,11 @@ def fit_balance(
             name = f"κ={kappa:g}" + (f" + {extra.replace('_', ' ')}" if extra else "")
             candidates.append(_candidate(sh, name, kappa, extra, loss))
     base = min((c for c in candidates if c.extra == ""), key=lambda c: c.rss)
-    if shared_ohm is not None:
-        # The shared cables' loss Σ_t y_t'·M·y_t beside the best plain I²R term: the
-        # transformer's own copper loss follows the total current, which no cable's
-        # resistance (nor a voltage measured at its low-voltage side) carries. With PV the
-        # two part ways: at noon the area's net flow is small while its branches carry
-        # exports one way and loads the other.
-        q_topo = per.block_sums(np.sum((per.x @ shared_ohm) * per.x, axis=1)) / step
-        candidates.append(
-            _candidate(
-                sh,
-                f"topology ({topology_source})",
-                base.kappa,
-                "topology",
-                np.column_stack([hours, base.loss[:, 1], q_topo]),
-            )
-        )
-    elif n_meters >= MIN_METERS_FOR_BRANCHES:
+    for topology in topologies:
+        topo = _topology_candidate(sh, base, per, hours, step, topology)
+        if topo is not None:
+            candidates.append(topo)
+    if not topologies and n_meters >= MIN_METERS_FOR_BRANCHES:
         candidates += _branch_candidates(sh, base, per, hours, step)
     best_rss = min(c.rss for c in candidates)
     richest = min(candidates, key=lambda c: (c.rss, c.k))
@@ -569,6 +557,97 @@ def fit_balance(
     variance = _meter_variances(sh, heaviest, sh.x @ sh.b)
     per_model = [(c, variance) for c in plausible]
     return _summarise(blocks, sh, per_model, weights, misfit, cfg)
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Where a district's meters hang on its feeder, as far as it is known.
+
+    `shared_ohm` (meters × meters, in `blocks.meters` order): the resistance (or cable
+    length: the scale is the loss coefficient's) of the path any two meters' households
+    share from the transformer; row and column 0 for a meter nothing is known of.
+    `branches` (per meter, -1 unknown): the cable leaving the transformer it hangs on,
+    when only that is known. `source` names it in the loss model ("voltages", "registry").
+    """
+
+    source: str
+    shared_ohm: FloatArray | None = None
+    branches: NDArray[np.int64] | None = None
+
+
+@dataclass(frozen=True)
+class FeederPlace:
+    """Where the registry says a meter hangs: the cable leaving the transformer's board
+    (`feeder_branch`) and, when known, the cable length from the transformer to its
+    connection point (`feeder_distance_m`)."""
+
+    branch: str
+    distance_m: float | None = None
+
+
+def registry_topology(meters: Sequence[str], places: Mapping[str, FeederPlace]) -> Topology | None:
+    """The feeder's topology as far as the registry tells it, in `meters` order.
+
+    Branch and distance for every meter placed on a branch: the shared path of two
+    households on the same branch is taken as the nearer one's cable length (a radial
+    cable along a street, houses hanging off it), none between branches. On SimBench's
+    LV grids that correlates 0.93–1.00 with the true shared resistances and estimates as
+    well as they do (bench.families, `ac+topo`). Branch labels alone: one free
+    resistance per branch. None when fewer than two meters are placed. A meter the
+    registry does not place joins no branch (its loss stays with the district-wide term).
+    """
+    known = [places.get(m) for m in meters]
+    names = sorted({k.branch for k in known if k is not None})
+    if sum(k is not None for k in known) < 2:
+        return None
+    label = {name: i for i, name in enumerate(names)}
+    branch = np.array([label[k.branch] if k is not None else -1 for k in known], dtype=np.int64)
+    placed = branch >= 0
+    distance = np.array(
+        [k.distance_m if k is not None and k.distance_m is not None else np.nan for k in known]
+    )
+    if not np.isfinite(distance[placed]).all():
+        return Topology("registry", branches=branch)
+    d = np.where(placed, np.nan_to_num(distance), 0.0)
+    same = (branch[:, None] == branch[None, :]) & placed[:, None] & placed[None, :]
+    shared: FloatArray = np.where(same, np.minimum(d[:, None], d[None, :]), 0.0)
+    return Topology("registry", shared_ohm=shared)
+
+
+def _topology_candidate(
+    sh: _Shared,
+    base: _Candidate,
+    per: _PerInterval,
+    hours: FloatArray,
+    step: float,
+    topology: Topology,
+) -> _Candidate | None:
+    """The best plain I²R term beside the feeder's own loss terms.
+
+    With shared resistances M: Σ_segments R·I² = y'·M·y per interval, one column that puts
+    each household's loss where its cable is. With branches only: Σ_b r_b·(Σ_{i∈b} y_i)²,
+    one free resistance per branch (every household of a branch taken at its end: what
+    a label alone can say). The plain term stays: the transformer's own copper loss
+    follows the total current, which no cable's resistance (nor a voltage measured at
+    its low-voltage side) carries, and with PV the two part ways: at noon the area's net
+    flow is small while its branches carry exports one way and loads the other.
+    """
+    if topology.shared_ohm is not None:
+        m = topology.shared_ohm
+        columns = per.block_sums(np.sum((per.x @ m) * per.x, axis=1))[:, None]
+    elif topology.branches is not None:
+        labels = np.unique(topology.branches[topology.branches >= 0])
+        if len(labels) == 0:
+            return None
+        onehot = (topology.branches[:, None] == labels[None, :]).astype(np.float64)
+        columns = per.block_sums((per.x @ onehot) ** 2)
+    else:
+        return None
+    loss = np.column_stack([hours, base.loss[:, 1], columns / step])
+    if len(sh.y) <= sh.x.shape[1] + loss.shape[1] + 4:
+        return None
+    kind = "topology" if topology.shared_ohm is not None else "branches"
+    return _candidate(sh, f"{base.name} + {kind} ({topology.source})", base.kappa, "topology", loss)
 
 
 def _branch_candidates(

@@ -12,7 +12,7 @@ import logging
 import math
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, tzinfo
 from typing import Any
@@ -31,11 +31,14 @@ from monitor.electricity import rules as rules_elec
 from monitor.electricity.balance import (
     DailyLoss,
     DistrictFit,
+    FeederPlace,
     FitConfig,
     MeterEstimate,
+    Topology,
     daily_line_loss,
     day_hours,
     fit_balance,
+    registry_topology,
     shared_resistance,
 )
 from monitor.electricity.intervals import (
@@ -156,16 +159,16 @@ def fit_district(
     end_ms: int,
     zone: tzinfo = UTC,
     master_class: str | None = None,
-    topology: tuple[Sequence[str], NDArray[np.float64]] | None = None,
+    places: Mapping[str, FeederPlace] | None = None,
 ) -> DistrictResult:
     """Place readings on the grid, form blocks, fit the balance, check the gates.
 
     `zone` sets where the days of the daily line loss begin (the utility's local day)
     and the quarters of the day a night load is looked for in; `master_class` (the
     registry's) sets the master's Type B uncertainty unless the rules fix it.
-    `topology` (meters, the resistance any two of their paths share) adds the loss model
-    that follows the feeder's branches; the registry does not hold it yet, the test
-    bed does (bench.families).
+    `places` (the registry's `feeder_branch`, `feeder_distance_m` per meter) adds the
+    loss model that puts each household's loss where its cable is; the meters' own
+    voltages add another; the data choose between them and the plain ones.
     """
     if master is None or master not in series:
         note = (
@@ -206,19 +209,14 @@ def fit_district(
         est.interval_s / 3600,
         master_uncertainty_pct(rules, master_class),
     )
-    shared, source = None, "registry"
-    if topology is not None:
-        where = {m: i for i, m in enumerate(topology[0])}
-        idx = np.array([where.get(m, -1) for m in blk.meters])
-        known = idx >= 0
-        shared = np.zeros((len(idx), len(idx)))
-        shared[np.ix_(known, known)] = topology[1][np.ix_(idx[known], idx[known])]
-    else:
-        shared = _voltage_topology(placed, master, blk, est.interval_s / 3600)
-        source = "voltages"
-    fit = fit_balance(
-        blk, cfg, day_hours(blk, grid, zone), shared_ohm=shared, topology_source=source
-    )
+    topologies = []
+    told = registry_topology(blk.meters, places) if places else None
+    if told is not None:
+        topologies.append(told)
+    learnt = _voltage_topology(placed, master, blk, est.interval_s / 3600)
+    if learnt is not None:
+        topologies.append(Topology("voltages", shared_ohm=learnt))
+    fit = fit_balance(blk, cfg, day_hours(blk, grid, zone), topologies=topologies)
     gates = rules_elec.district_gates(placed, grid, blk, fit, est)
     estimates = fit.meters if fit is not None else {}
     daily = daily_line_loss(blk, grid, zone)
@@ -379,6 +377,10 @@ class Evaluator:
         names = {r.district for r in registry.values() if r.district}
         names |= {s.district for s in self._state.all_seen("elec").values() if s.district}
         masters = {r.district: r for r in registry.values() if r.effective_role == "master"}
+        places: dict[str, dict[str, FeederPlace]] = defaultdict(dict)
+        for r in registry.values():
+            if r.district and r.feeder_branch:
+                places[r.district][r.meter_id] = FeederPlace(r.feeder_branch, r.feeder_distance_m)
         out = {}
         for name in sorted(names):
             series = self._store.series(ELEC_READING, READING_FIELDS, start, end, district=name)
@@ -392,6 +394,7 @@ class Evaluator:
                 end,
                 self._zone,
                 row.accuracy_class if row else None,
+                places.get(name),
             )
         return out
 

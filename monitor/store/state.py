@@ -106,6 +106,7 @@ class SqliteState:
         for stmt in _SCHEMA:
             self._db.execute(stmt)
         self._add_due_column()
+        self._add_registry_columns()
         # Meters seen, not yet in `seen`: meter → [kind, district, first_ts, last_ts,
         # messages, last_received] (see note_records).
         self._seen_lock = threading.Lock()
@@ -128,6 +129,13 @@ class SqliteState:
             self._db.executemany("UPDATE registry SET due_on = ? WHERE meter_id = ?", due)
             self._db.execute("COMMIT")
         self._db.execute("CREATE INDEX IF NOT EXISTS registry_due ON registry (due_on)")
+
+    def _add_registry_columns(self) -> None:
+        """Registry columns added since a file was made (the feeder's topology): empty."""
+        cols = {r[1] for r in self._db.execute("PRAGMA table_info(registry)")}
+        for column in COLUMNS:
+            if column not in cols:
+                self._db.execute(f"ALTER TABLE registry ADD COLUMN {column}")
 
     def _rows(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
