@@ -6,9 +6,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from monitor.core.clock import DAY_MS
 from monitor.core.ports import MeterPoint, Series
-from monitor.core.rulebook import load_rules
+from monitor.core.rulebook import FunctionFailureRule, load_rules
 from monitor.electricity import rules as elec
 from monitor.electricity.balance import MeterEstimate
 
@@ -241,3 +244,38 @@ def test_an_exporting_prosumer_is_not_a_stopped_meter() -> None:
     assert states(elec.function_findings(stuck, ff)) == [
         ("faulty", "elec.function_failure.stopped")
     ]
+
+
+def _fast_by_every_window(s: Series, rule: FunctionFailureRule) -> float | None:
+    """The running-fast figure by brute force: every reading's following day."""
+    ts, energy = s.ts_ms, s.values["energy_kwh"]
+    worst = None
+    for a in range(len(ts)):
+        b = int(np.searchsorted(ts, ts[a] + DAY_MS))
+        if b < len(ts):
+            rate = (energy[b] - energy[a]) * DAY_MS / (ts[b] - ts[a])
+            worst = rate if worst is None else max(worst, rate)
+    limit = rule.imax_a * rule.un_v * 24 / 1000
+    return worst if worst is not None and worst > limit else None
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    steps=st.lists(st.floats(0.0, 4.5), min_size=2, max_size=400),
+    gaps=st.lists(st.integers(1, 3), min_size=400, max_size=400),
+)
+def test_the_running_fast_shortcut_finds_what_every_window_finds(
+    steps: list[float], gaps: list[int]
+) -> None:
+    """Meters whose fastest step is within the limit are cleared without looking at
+    windows; the others are judged on every window, as before the shortcut."""
+    ts = np.concatenate([[0], np.cumsum(np.array(gaps[: len(steps) - 1]) * STEP)]).astype(np.int64)
+    energy = np.concatenate([[100.0], 100.0 + np.cumsum(steps[1:])])
+    s = Series(ts, {"energy_kwh": energy})
+    rule = RULES.function_failure
+    expected = _fast_by_every_window(s, rule)
+    found = [f for f in elec.function_findings(s, rule) if f.reason.rule.endswith(".fast")]
+    if expected is None:
+        assert found == []
+    else:
+        assert len(found) == 1 and found[0].reason.value == round(expected, 3)
