@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitor.electricity.balance import line_loss_pct
-from monitor.electricity.intervals import Grid, MeterSeries, blocks, place_on_grid
+from monitor.electricity.intervals import (
+    Grid,
+    MeterSeries,
+    _snap,
+    blocks,
+    fill_linear,
+    place_on_grid,
+)
 
 STEP = 900_000
 
@@ -145,3 +152,43 @@ def test_a_prosumers_energy_is_forward_minus_reverse() -> None:
     dropped = MeterSeries(ts, pv.energy_kwh, reverse_kwh=np.array([0, 0.4, 0.1, 0.2]))
     cut = blocks(place_on_grid({"M": master, "P": dropped, "A": plain}, g), "M", g)
     assert cut.register_drops == {"P": 1} and len(cut.lengths) == 2
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    readings=st.lists(
+        st.lists(st.tuples(st.integers(-STEP, 12 * STEP), st.floats(0, 1e4)), max_size=30),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_placing_many_meters_at_once_is_placing_each_alone(
+    readings: list[list[tuple[int, float]]],
+) -> None:
+    """The vectorised placement (in order, one reading per boundary) and the sorted one
+    (duplicates, disorder: the closest wins) put every meter where `_snap` alone would."""
+    g = grid(10)
+    series = {f"m{i}": MeterSeries.of(rows) for i, rows in enumerate(readings)}
+    placed = place_on_grid(series, g)
+    received = 0
+    for i, name in enumerate(sorted(series)):
+        s = series[name]
+        expected = np.full(g.n, np.nan)
+        if len(s.ts_ms):
+            ks, idx = _snap(s.ts_ms, g)
+            expected[ks] = s.energy_kwh[idx]
+            received += len(ks)
+        np.testing.assert_array_equal(placed.registers[:, i], expected)
+    assert placed.received == received and placed.expected == g.n * len(series)
+
+
+def test_fill_linear_interpolates_inside_each_columns_reads_only() -> None:
+    nan = np.nan
+    values = np.array(
+        [[nan, 0.0, 1.0], [1.0, nan, nan], [nan, 4.0, nan], [3.0, nan, nan], [nan, 5.0, 7.0]]
+    )
+    np.testing.assert_array_equal(
+        fill_linear(values),
+        [[nan, 0.0, 1.0], [1.0, 2.0, 2.5], [2.0, 4.0, 4.0], [3.0, 4.5, 5.5], [nan, 5.0, 7.0]],
+    )
+    assert np.isnan(values[1, 1])  # a copy unless asked to fill in place

@@ -166,7 +166,7 @@ def test_the_meters_voltages_tell_the_feeders_topology() -> None:
     where = {m: i for i, m in enumerate(placed.meters)}
     volts = placed.voltages[:, [where[m] for m in blk.meters]]
     assert blk.intervals is not None
-    learnt = shared_resistance(blk.intervals / 0.25, volts, placed.voltages[:, where[d.master]])
+    learnt = shared_resistance(blk.intervals, volts, placed.voltages[:, where[d.master]])
     assert learnt is not None and feeder.shared_ohm is not None
     order = [feeder.households.index(m.split("-")[-1]) for m in blk.meters]
     truth = feeder.shared_ohm[np.ix_(order, order)]

@@ -60,7 +60,7 @@ from statistics import NormalDist
 import numpy as np
 from numpy.typing import NDArray
 
-from monitor.electricity.intervals import Blocks, FloatArray, Grid
+from monitor.electricity.intervals import Blocks, FloatArray, Grid, fill_linear
 
 # Below this ratio of a meter's data information to its prior information the
 # estimate is mostly prior: the meter is not observable.
@@ -214,13 +214,17 @@ def daily_line_loss(blocks: Blocks, grid: Grid, zone: tzinfo = UTC) -> list[Dail
     dates = [datetime.fromtimestamp(int(h) * 3600, zone).date() for h in hours]
     supplied = blocks.supply()
     delivered = supplied - (blocks.master - blocks.energy.sum(axis=1))
-    sums: dict[date, list[float]] = {}
-    for k, h in enumerate(where.tolist()):
-        acc = sums.setdefault(dates[h], [0.0, 0.0, 0])
-        acc[0] += float(supplied[k])
-        acc[1] += float(delivered[k])
-        acc[2] += int(blocks.lengths[k])
-    return [DailyLoss(d, a[0], a[1], int(a[2])) for d, a in sorted(sums.items())]
+    # Hours → days, then sums per day in one pass each (the blocks are not looped).
+    days, day_of_hour = np.unique(np.array(dates, dtype="datetime64[D]"), return_inverse=True)
+    day = np.asarray(day_of_hour).reshape(-1)[where]
+    count = len(days)
+    fed = np.bincount(day, supplied, count)
+    used = np.bincount(day, delivered, count)
+    intervals = np.bincount(day, blocks.lengths, count)
+    return [
+        DailyLoss(d.astype(date), float(f), float(u), int(n))
+        for d, f, u, n in zip(days, fed, used, intervals, strict=True)
+    ]
 
 
 def day_hours(blocks: Blocks, grid: Grid, zone: tzinfo = UTC) -> FloatArray:
@@ -246,68 +250,69 @@ def day_hours(blocks: Blocks, grid: Grid, zone: tzinfo = UTC) -> FloatArray:
     return out
 
 
-def fill_gaps(values: FloatArray) -> FloatArray:
-    """Each column's NaNs inside its read span replaced by linear interpolation in time."""
-    out = values.copy()
-    steps = np.arange(len(values))
-    for i in range(values.shape[1]):
-        col = values[:, i]
-        read = np.flatnonzero(np.isfinite(col))
-        if len(read) < 2 or len(read) == len(col):
-            continue
-        inside = steps[read[0] : read[-1] + 1]
-        out[read[0] : read[-1] + 1, i] = np.interp(inside, read, col[read])
-    return out
-
-
 def shared_resistance(
-    powers: FloatArray, volts: FloatArray, master_volts: FloatArray
+    energies: FloatArray,
+    volts: FloatArray,
+    master_volts: FloatArray,
+    columns: Sequence[int] | None = None,
 ) -> FloatArray | None:
     """How much of their path from the transformer any two meters share, from voltages.
 
     A household's voltage sags below the transformer's by Σ_j R_ij·I_j: R_ij the
     resistance its path shares with household j's (more for a neighbour down the same
     cable, none for one on another branch). Regressing each meter's sag below the master's
-    voltage on every meter's power gives R up to a common scale (the voltage, the power
-    factor), which the loss coefficient absorbs; the symmetric part is a `Topology`'s
-    `shared_ohm`. On SimBench's LV grids (0.1 V registers) it correlates 0.8–0.97 with
-    the true shared resistances.
+    voltage on every meter's interval energy gives R up to a common scale (the voltage,
+    the power factor, the interval's length), which the loss coefficient absorbs; the
+    symmetric part is a `Topology`'s `shared_ohm`. On SimBench's LV grids (0.1 V
+    registers) it correlates 0.85–0.97 with the true shared resistances.
 
-    `powers` (grid points × meters, `interval_powers`), `volts` (the same shape) and
-    `master_volts` are taken at every grid point, not only at the ends of single-interval
+    `energies` (grid points × meters, `Blocks.intervals`), the meters' voltages (`volts`,
+    or its `columns` in the order of `energies`' meters) and `master_volts` are taken at
+    every grid point, not only at the ends of single-interval
     balance blocks: in a district of 120 meters each missing 1 % of its readings, under a
     tenth of the intervals are single blocks (every meter read at both ends), and the
     regression on those alone was too noisy to be chosen (bench.families, RU3). A meter's
     own missing voltages are interpolated in time (≤ a few % of its points); a point
-    without the master's voltage, or where a meter's power is unknown, is left out. The
-    normal equations are sums over time (Σ P·Pᵀ, Σ P·sagᵀ), as a per-day accumulation
+    without the master's voltage, or where a meter's energy is unknown, is left out. The
+    normal equations are sums over time (Σ y·yᵀ, Σ y·sagᵀ), as a per-day accumulation
     needs. None when too little is known: no master voltage, fewer points than four per
     meter. A meter whose voltage is missing at most points neither gets nor gives a sag
     (row and column 0).
     """
-    p = powers.shape[1]
+    p = energies.shape[1]
     if p == 0:
         return None
-    read = np.isfinite(volts).mean(axis=0) >= 0.9
+    where = np.arange(volts.shape[1]) if columns is None else np.asarray(columns)
+    read = np.isfinite(volts).mean(axis=0)[where] >= 0.9
     if read.sum() < 2:
         return None
-    sag = master_volts[:, None] - fill_gaps(volts[:, read])
+    sag = fill_linear(volts[:, where[read]], in_place=True)  # one copy, filled in place
     keep = (
-        np.isfinite(master_volts) & np.isfinite(powers).all(axis=1) & np.isfinite(sag).all(axis=1)
+        np.isfinite(master_volts) & np.isfinite(energies).all(axis=1) & np.isfinite(sag).all(axis=1)
     )
-    if keep.sum() < 4 * p:
+    count = int(keep.sum())
+    if count < 4 * p:
         return None
-    power = powers[keep]
-    sag = sag[keep]
-    design = np.column_stack([power, np.ones(len(power))])
-    # Normal equations (a p × p solve, not an SVD), with a ridge of 1 % of a typical
-    # meter's power variance: a vacant household's column has next to none, and
-    # unregularised its coefficients (noise over nothing) swamp everyone's.
-    centred = power - power.mean(axis=0)
-    gram = design.T @ design
-    ridge = 0.01 * float(np.mean(np.sum(centred**2, axis=0)))
+    # Left-out points are zeroed rather than cut (no second copy): they add nothing to
+    # the sums below, and the intercept's column counts only the kept ones.
+    np.subtract(master_volts[:, None], sag, out=sag)
+    sag[~keep] = 0.0
+    x = np.where(keep[:, None], energies, 0.0)
+    column_sums = x.sum(axis=0)
+    # Normal equations of [x, 1] (a p × p solve, not an SVD), with a ridge of 1 % of a
+    # typical meter's energy variance: a vacant household's column has next to none,
+    # and unregularised its coefficients (noise over nothing) swamp everyone's.
+    gram = np.empty((p + 1, p + 1))
+    gram[:p, :p] = x.T @ x
+    gram[:p, p] = gram[p, :p] = column_sums
+    gram[p, p] = count
+    variance = np.diag(gram)[:p] - column_sums**2 / count
+    ridge = 0.01 * float(np.mean(variance))
     gram[np.arange(p), np.arange(p)] += max(ridge, 1e-12)
-    coef = np.linalg.solve(gram, design.T @ sag)
+    rhs = np.empty((p + 1, sag.shape[1]))
+    rhs[:p] = x.T @ sag
+    rhs[p] = sag.sum(axis=0)
+    coef = np.linalg.solve(gram, rhs)
     c = np.zeros((p, p))
     c[:, read] = coef[:p]
     shared: FloatArray = (c + c.T) / 2
@@ -333,9 +338,11 @@ class _PerInterval:
 
     @staticmethod
     def of(blocks: Blocks) -> _PerInterval:
+        # Finite by construction: a block's ends are read by every meter, and each meter's
+        # own gaps inside it are interpolated.
         x, _ = blocks.per_interval()
         lengths = blocks.lengths.astype(np.int64)
-        return _PerInterval(np.nan_to_num(x), np.cumsum(lengths) - lengths)
+        return _PerInterval(x, np.cumsum(lengths) - lengths)
 
     def block_sums(self, values: FloatArray) -> FloatArray:
         out: FloatArray = np.add.reduceat(values, self.starts, axis=0)
@@ -633,8 +640,12 @@ def _topology_candidate(
     flow is small while its branches carry exports one way and loads the other.
     """
     if topology.shared_ohm is not None:
-        m = topology.shared_ohm
-        columns = per.block_sums(np.sum((per.x @ m) * per.x, axis=1))[:, None]
+        # y'·M·y for every interval: the one product of the fit as large as the data
+        # (intervals × meters × meters), in single precision (twice as fast; 1e-7 relative
+        # is far below what the registers' 0.001 kWh resolution leaves in a regressor).
+        x = per.x.astype(np.float32)
+        products = np.einsum("ij,ij->i", x @ topology.shared_ohm.astype(np.float32), x)
+        columns = per.block_sums(products.astype(np.float64))[:, None]
     elif topology.branches is not None:
         labels = np.unique(topology.branches[topology.branches >= 0])
         if len(labels) == 0:

@@ -241,7 +241,7 @@ def _voltage_topology(
         return None
     where = {m: i for i, m in enumerate(placed.meters)}
     columns = [where[m] for m in blk.meters]
-    return shared_resistance(blk.intervals / step_hours, volts[:, columns], volts[:, where[master]])
+    return shared_resistance(blk.intervals, volts, volts[:, where[master]], columns)
 
 
 def master_uncertainty_pct(rules: ElecRules, master_class: str | None) -> float:
