@@ -325,14 +325,23 @@ def report(runs: Sequence[FamilyRun], verbose: bool = False) -> None:
         states = s["beyond_states"]
         assert isinstance(states, Counter)
         median, coverage = float(str(s["median"])), float(str(s["coverage"]))
-        checks = (
-            median <= 0.2,
-            coverage >= 0.9,
+        none = int(str(s["evaluable"])) == 0  # nothing judged: the median and coverage goals
+        checks = (  # do not apply (the meters are unknown, with their reason)
+            None if none else median <= 0.2,
+            None if none else coverage >= 0.9,
             states.get("normal", 0) == 0,
             s["healthy_flagged"] == 0,
         )
-        marks = " ".join("PASS" if ok else "MISS" for ok in checks)
-        print(f"  {run.family:<11} {marks}")
+        marks = " ".join("n/a " if ok is None else "PASS" if ok else "MISS" for ok in checks)
+        why = ""
+        if none:
+            gates = Counter(r for d in run.districts for r in d.reasons)
+            why = (
+                "  (no meter evaluable; district gates failed: "
+                + (", ".join(f"{k} {v}" for k, v in gates.most_common()) or "none")
+                + ")"
+            )
+        print(f"  {run.family:<11} {marks}{why}")
     if not verbose:
         return
     for run in runs:
