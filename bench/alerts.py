@@ -78,7 +78,8 @@ from monitor.alerts.book import AlertBook, Change, Condition, conditions_of
 from monitor.alerts.notifier import Notifier
 from monitor.core.clock import format_ts
 from monitor.core.decision import Decision, Reason
-from monitor.core.rulebook import RuleBook, load_rules
+from monitor.core.ports import Publisher
+from monitor.core.rulebook import RuleBook, Severity, load_rules
 from monitor.evaluation.runner import EVALUATION_RULES
 from monitor.ingest.worker import IngestWorker
 from monitor.platform.config import Settings, load_settings
@@ -100,11 +101,12 @@ BASE_MS = 1772294400000  # 2026-03-01T00:00:00+08:00: the event time of every pa
 TICK_S = 2.0  # service.py: notifier.tick every 2 s
 ALERT_FILTER = "monitor/alerts/#"
 # Rules whose findings the synthetic meters carry, in turn (severities from rules.yaml).
-RULE_MIX = (
-    "elec.error_limit",
-    "elec.function_failure.stopped",
-    "elec.clock.offset",
-    "elec.tamper",
+# (rule, the severity its finding carries with config/rules.yaml)
+RULE_MIX: tuple[tuple[str, Severity], ...] = (
+    ("elec.error_limit", "major"),
+    ("elec.function_failure.stopped", "critical"),
+    ("elec.clock.offset", "minor"),
+    ("elec.tamper", "major"),
 )
 WARMUP = 20  # direct samples run and dropped before the measured ones
 ARRIVAL_TIMEOUT_S = 30.0
@@ -229,15 +231,15 @@ def subscriber(url: str) -> Iterator[Arrivals]:
 class PublishProbe:
     """`worker.publish`, noting when the notifier called it (the direct path's breakdown)."""
 
-    def __init__(self, publish: Callable[[str, bytes], None]) -> None:
+    def __init__(self, publish: Publisher) -> None:
         self._publish = publish
         self.last = math.nan
         self.calls = 0
 
-    def __call__(self, topic: str, payload: bytes) -> None:
+    def __call__(self, topic: str, payload: bytes, retain: bool) -> None:
         self.last = now()
         self.calls += 1
-        self._publish(topic, payload)
+        self._publish(topic, payload, retain)
 
 
 @dataclass
@@ -302,6 +304,7 @@ def decisions(prefix: str, start: int, n: int, book: RuleBook) -> list[Decision]
     as_of = format_ts(BASE_MS)
     out = []
     for i in range(start, start + n):
+        rule, severity = RULE_MIX[i % len(RULE_MIX)]
         out.append(
             Decision(
                 id=f"{prefix}{i:06d}",
@@ -311,7 +314,7 @@ def decisions(prefix: str, start: int, n: int, book: RuleBook) -> list[Decision]
                 due_on=None,
                 as_of=as_of,
                 rules_version=book.version,
-                reasons=[Reason(RULE_MIX[i % len(RULE_MIX)], 4.2, 3.5, "beyond the limit")],
+                reasons=[Reason(rule, 4.2, 3.5, "beyond the limit", severity)],
                 evidence={
                     "district": f"TA{i % 20:02d}",
                     "lot": f"WS-{i % 50:03d}",
@@ -326,7 +329,7 @@ def decisions(prefix: str, start: int, n: int, book: RuleBook) -> list[Decision]
 
 
 def conditions(prefix: str, start: int, n: int, book: RuleBook) -> list[Condition]:
-    return conditions_of(decisions(prefix, start, n, book), book.rules, BASE_MS)
+    return conditions_of(decisions(prefix, start, n, book), BASE_MS)
 
 
 def routed(changes: list[Change]) -> list[Change]:

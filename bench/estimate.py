@@ -68,15 +68,17 @@ import numpy.typing as npt
 from bench import families
 from bench.common import map_spawned
 from monitor.core.clock import format_ts
+from monitor.core.decision import Stamp
 from monitor.core.ports import Series, meter_series
 from monitor.core.registry import MeterRow, parse_rows
 from monitor.core.rulebook import load_rules
 from monitor.core.schema import ELEC_READING, Record
-from monitor.evaluation.runner import READING_FIELDS, Evaluator, fit_district, meter_decision
+from monitor.electricity.evaluate import READING_FIELDS, fit_district, meter_decision
+from monitor.evaluation.runner import Evaluator
 from monitor.ingest.telemetry import parse_message
 from monitor.ingest.worker import summarise_seen
 from monitor.platform.metrics import Metrics
-from monitor.simulate import Fleet, FleetSpec
+from monitor.simulate import Fleet, FleetSpec, MeterTruth
 from monitor.store.embedded import EmbeddedStore
 from monitor.store.state import SqliteState
 
@@ -272,9 +274,9 @@ def run_accuracy(task: AccuracyTask) -> AccuracyRun:
     masters: dict[str, float] = {}
     for meter, t in truth.items():
         if t.get("role") == "master":
-            masters[str(t["district"])] = _num(t["error_pct"])
-        elif "stopped" in _faults(t):
-            stopped_in[str(t["district"])] = meter
+            masters[t["district"]] = t["error_pct"]
+        elif "stopped" in t["faults"]:
+            stopped_in[t["district"]] = meter
     for meter, decision in sorted(result.meters.items()):
         facts = truth.get(meter)
         if facts is None or facts.get("role") != "customer":
@@ -291,10 +293,10 @@ def run_accuracy(task: AccuracyTask) -> AccuracyRun:
         run.meters.append(
             MeterOutcome(
                 meter=meter,
-                district=str(facts["district"]),
-                true_pct=_num(facts["error_pct"]),
+                district=facts["district"],
+                true_pct=facts["error_pct"],
                 vacant=bool(facts.get("vacant")),
-                faults=_faults(facts),
+                faults=tuple(facts["faults"]),
                 est_pct=float(est) if est is not None else None,
                 ci=ci_pair,
                 evaluable=bool(ev.get("evaluable")),
@@ -343,22 +345,11 @@ def scratch_dir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
 
 
-def _num(value: object) -> float:
-    if isinstance(value, int | float):
-        return float(value)
-    raise TypeError(f"expected a number, got {value!r}")
-
-
-def _fault_day(t: dict[str, object]) -> float | None:
+def _fault_day(t: MeterTruth) -> float | None:
     when = t.get("fault_ms")
-    if not isinstance(when, dict) or not when:
+    if not when:
         return None
-    return (min(int(v) for v in when.values()) - BASE_MS) / DAY_MS
-
-
-def _faults(t: dict[str, object]) -> tuple[str, ...]:
-    faults = t.get("faults")
-    return tuple(str(f) for f in faults) if isinstance(faults, list) else ()
+    return (min(when.values()) - BASE_MS) / DAY_MS
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -741,7 +732,7 @@ def speed_worker(task: SpeedTask) -> SpeedResult:
         d = synth_district(task.seed, index, task.meters, task.days, task.resolution_kwh)
         t1 = time.perf_counter()
         start = d.end_ms - int(rules.estimation.window_days * DAY_MS)
-        stamp = (format_ts(d.end_ms), book.version)
+        stamp = Stamp(format_ts(d.end_ms), book.version)
         dist = fit_district(d.name, d.series, d.master, rules, start, d.end_ms)
         t2 = time.perf_counter()
         for meter in sorted(set(d.series) | set(d.rows)):
@@ -955,7 +946,7 @@ def store_read(districts: int, seed: int) -> StoreReadResult:
                     meter_series(got, READING_FIELDS)
                 out.fetches.append(t2 - t1)
                 out.groups.append(time.perf_counter() - t2)
-            stamp = (format_ts(d.end_ms), book.version)
+            stamp = Stamp(format_ts(d.end_ms), book.version)
             t1 = time.perf_counter()
             dist = fit_district(d.name, series, d.master, rules, start, d.end_ms)
             decisions = [
@@ -965,7 +956,9 @@ def store_read(districts: int, seed: int) -> StoreReadResult:
             out.cores.append(time.perf_counter() - t1)
             t1 = time.perf_counter()
             state.save_decisions("meter", [x.as_dict() for x in decisions])
-            state.save_district(d.name, stamp[0], dist.report({x.id: x for x in decisions}, *stamp))
+            state.save_district(
+                d.name, stamp.as_of, dist.report({x.id: x for x in decisions}, stamp)
+            )
             out.saves.append(time.perf_counter() - t1)
         raw.close()
         store.close()

@@ -34,10 +34,11 @@ import numpy as np
 
 from bench.common import map_spawned
 from monitor.core.clock import format_ts
+from monitor.core.decision import Stamp
 from monitor.core.ports import Series
 from monitor.core.rulebook import load_rules
 from monitor.electricity.balance import FeederPlace
-from monitor.evaluation.runner import fit_district, meter_decision
+from monitor.electricity.evaluate import fit_district, meter_decision
 from monitor.simulate import FleetSpec
 from monitor.simulate.feeder import District, FeederEnergy, MeterSpec, from_model, meter_district
 
@@ -218,7 +219,7 @@ def evaluate(
     assert isinstance(rules, ElecRules)
     d = district
     start = d.end_ms - int(rules.estimation.window_days * DAY_MS)
-    stamp = (format_ts(d.end_ms), version)
+    stamp = Stamp(format_ts(d.end_ms), version)
     places = registry_places(d, told)
     dist = fit_district(d.name, d.series, d.master, rules, start, d.end_ms, places=places)
     for meter in sorted(d.true_pct):
@@ -259,38 +260,54 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None or value != value else f"{value:.{digits}f}"
 
 
-def summary(run: FamilyRun) -> dict[str, object]:
+@dataclass(frozen=True)
+class FamilySummary:
+    """The per-family figures (NaN where no meter was evaluable)."""
+
+    meters: int
+    evaluable: int
+    median: float
+    p95: float
+    coverage: float
+    beyond: int
+    beyond_states: Counter[str]
+    # Healthy meters the estimate made suspect (or replaced), and those a function
+    # rule flagged: on SimBench's commercial loads (G profiles, tens of kW) the
+    # household Imax·Un·24 h of the running-fast check is a test-bed artefact.
+    healthy_flagged: int
+    healthy_function: int
+    signed: float
+
+
+def summary(run: FamilyRun) -> FamilySummary:
     """The per-family figures."""
     ms = run.meters
     ev = [m for m in ms if m.evaluable]
     devs = np.array([m.abs_dev for m in ev])
     beyond = [m for m in ms if abs(m.true_pct) > LIMIT_PCT]
     healthy = [m for m in ms if abs(m.true_pct) < HEALTHY_PCT]
-    return {
-        "meters": len(ms),
-        "evaluable": len(ev),
-        "median": float(np.median(devs)) if len(devs) else math.nan,
-        "p95": float(np.percentile(devs, 95)) if len(devs) else math.nan,
-        "coverage": sum(m.covered for m in ev) / len(ev) if ev else math.nan,
-        "beyond": len(beyond),
-        "beyond_states": Counter(m.state for m in beyond),
-        # Healthy meters the estimate made suspect (or replaced), and those a function
-        # rule flagged: on SimBench's commercial loads (G profiles, tens of kW) the
-        # household Imax·Un·24 h of the running-fast check is a test-bed artefact.
-        "healthy_flagged": sum(
+    return FamilySummary(
+        meters=len(ms),
+        evaluable=len(ev),
+        median=float(np.median(devs)) if len(devs) else math.nan,
+        p95=float(np.percentile(devs, 95)) if len(devs) else math.nan,
+        coverage=sum(m.covered for m in ev) / len(ev) if ev else math.nan,
+        beyond=len(beyond),
+        beyond_states=Counter(m.state for m in beyond),
+        healthy_flagged=sum(
             m.rule.startswith("elec.error_limit")
             and (m.state == "suspect" or m.decision == "replace")
             for m in healthy
         ),
-        "healthy_function": sum(
+        healthy_function=sum(
             not m.rule.startswith("elec.error_limit")
             and (m.state in ("suspect", "faulty") or m.decision == "replace")
             for m in healthy
         ),
-        "signed": float(np.mean([m.est_pct - m.true_pct for m in ev if m.est_pct is not None]))
+        signed=float(np.mean([m.est_pct - m.true_pct for m in ev if m.est_pct is not None]))
         if ev
         else math.nan,
-    }
+    )
 
 
 def report(runs: Sequence[FamilyRun], verbose: bool = False) -> None:
@@ -302,18 +319,15 @@ def report(runs: Sequence[FamilyRun], verbose: bool = False) -> None:
     )
     for run in runs:
         s = summary(run)
-        states = s["beyond_states"]
-        assert isinstance(states, Counter)
-        meters, evaluable = int(str(s["meters"])), int(str(s["evaluable"]))
-        share = f"{100 * evaluable / meters:.1f} %" if meters else "-"
-        cov = s["coverage"]
+        states = s.beyond_states
+        share = f"{100 * s.evaluable / s.meters:.1f} %" if s.meters else "-"
         print(
-            f"{run.family:<11} {meters:>6} {share:>10} {_fmt(s['median']):>7} "  # type: ignore[arg-type]
-            f"{_fmt(s['p95']):>6} {s['signed']:>+7.3f} "  # type: ignore[str-format]
-            f"{(_fmt(100 * cov, 1) + ' %') if cov == cov else '-':>8}  "  # type: ignore[operator]
+            f"{run.family:<11} {s.meters:>6} {share:>10} {_fmt(s.median):>7} "
+            f"{_fmt(s.p95):>6} {s.signed:>+7.3f} "
+            f"{(_fmt(100 * s.coverage, 1) + ' %') if s.coverage == s.coverage else '-':>8}  "
             f"{states.get('suspect', 0) + states.get('faulty', 0):>7} "
             f"{states.get('watch', 0):>5} {states.get('unknown', 0):>6} {states.get('normal', 0):>6}"
-            f"  {s['healthy_flagged']} (function rules {s['healthy_function']})"
+            f"  {s.healthy_flagged} (function rules {s.healthy_function})"
         )
     print()
     print(
@@ -322,15 +336,12 @@ def report(runs: Sequence[FamilyRun], verbose: bool = False) -> None:
     )
     for run in runs:
         s = summary(run)
-        states = s["beyond_states"]
-        assert isinstance(states, Counter)
-        median, coverage = float(str(s["median"])), float(str(s["coverage"]))
-        none = int(str(s["evaluable"])) == 0  # nothing judged: the median and coverage goals
-        checks = (  # do not apply (the meters are unknown, with their reason)
-            None if none else median <= 0.2,
-            None if none else coverage >= 0.9,
-            states.get("normal", 0) == 0,
-            s["healthy_flagged"] == 0,
+        none = s.evaluable == 0  # nothing judged: the median and coverage goals do not
+        checks = (  # apply (the meters are unknown, with their reason)
+            None if none else s.median <= 0.2,
+            None if none else s.coverage >= 0.9,
+            s.beyond_states.get("normal", 0) == 0,
+            s.healthy_flagged == 0,
         )
         marks = " ".join("n/a " if ok is None else "PASS" if ok else "MISS" for ok in checks)
         why = ""

@@ -60,10 +60,11 @@ import numpy as np
 
 from bench.estimate import DAY_MS, RULES_PATH, SynthDistrict, scratch_dir, synth_district
 from monitor.core.clock import format_ts
+from monitor.core.decision import Stamp
 from monitor.core.ports import Series
 from monitor.core.rulebook import ElecRules, load_rules
 from monitor.core.schema import ELEC_READING
-from monitor.evaluation.runner import READING_FIELDS, fit_district, meter_decision
+from monitor.electricity.evaluate import READING_FIELDS, fit_district, meter_decision
 from monitor.platform.metrics import Metrics
 from monitor.store.embedded import EmbeddedStore
 from monitor.store.embedded.layout import table_columns as _columns
@@ -324,7 +325,7 @@ def embedded(args: argparse.Namespace, tmp: Path) -> None:
                 if drop is not None:
                     bare.execute(unpack, drop)
                 timings[name].add(fn, *fn_args)
-        stamp = (format_ts(end), book.version)
+        stamp = Stamp(format_ts(end), book.version)
         dist_args = (d, b, stamp)
         evaluate(rules, window, *dist_args)  # warm
         for _ in range(max(1, args.rounds // 2)):
@@ -398,7 +399,7 @@ def evaluate(
     window: int,
     d: SynthDistrict,
     series: dict[str, Series],
-    stamp: tuple[str, str],
+    stamp: Stamp,
 ) -> object:
     """The estimator core on one district: fit, then every meter's decision."""
     dist = fit_district(d.name, series, d.master, rules, d.end_ms - window, d.end_ms)

@@ -83,7 +83,7 @@ from bench.common import map_spawned
 from monitor.api.app import create_app
 from monitor.api.context import ApiContext
 from monitor.core.clock import format_ts
-from monitor.core.decision import Decision
+from monitor.core.decision import Decision, Stamp
 from monitor.core.ports import MeterPoint
 from monitor.core.registry import parse_rows
 from monitor.core.rulebook import RuleBook, load_rules
@@ -94,6 +94,7 @@ from monitor.ingest.worker import summarise_seen
 from monitor.platform.config import load_settings
 from monitor.platform.metrics import Metrics
 from monitor.simulate import Fleet, FleetSpec
+from monitor.simulate import MeterTruth as SimTruth
 from monitor.store.embedded import EmbeddedStore
 from monitor.store.state import SqliteState
 from monitor.taxi import evaluate as evaluate_taxi
@@ -325,7 +326,7 @@ class DailyMirror:
             if (codes := [p for p in ps if start <= p.ts_ms <= as_of_ms])
         }
         data = evaluate_taxi.TaxiData(trips, status, events, {})
-        stamp = (format_ts(as_of_ms), self._book.version)
+        stamp = Stamp(format_ts(as_of_ms), self._book.version)
         return evaluate_taxi.evaluate(
             self._store, self._state, self._config, rules, as_of_ms, stamp, data, self._fares
         )
@@ -439,22 +440,13 @@ def new_tariff_body(config: TariffBook, effective_ms: int, tz: tzinfo) -> dict[s
     return body
 
 
-def _num(value: object) -> float:
-    if not isinstance(value, int | float):
-        raise TypeError(f"expected a number, got {value!r}")
-    return float(value)
-
-
-def _items(value: object) -> list[object]:
-    return list(value) if isinstance(value, list | tuple) else []
-
-
-def _planted_onset(facts: dict[str, object], start_ms: int, effective_ms: int) -> int | None:
-    faults = _items(facts.get("faults"))
+def _planted_onset(facts: SimTruth, start_ms: int, effective_ms: int) -> int | None:
+    faults = facts["faults"]
     if not faults:
         return None
-    if "seal_break" in faults and facts.get("seal_break_ms") is not None:
-        return int(_num(facts["seal_break_ms"]))
+    seal_break_ms = facts.get("seal_break_ms")
+    if "seal_break" in faults and seal_break_ms is not None:
+        return seal_break_ms
     if "stale_tariff" in faults:
         return effective_ms  # it charges the old fare from the new tariff's effective time
     return start_ms
@@ -558,14 +550,14 @@ def run_fleet(task: FleetTask) -> FleetRun:
             if day == task.days:
                 run.final = {m: d.as_dict() for m, d in real.meters.items() if d.kind == "taxi"}
     truth = fleet.truth()
-    logs = {m: math.log1p(_num(t["error_pct"]) / 100) for m, t in truth.items()}
+    logs = {m: math.log1p(t["error_pct"] / 100) for m, t in truth.items()}
     centre = statistics.median(logs.values())
     for meter, facts in truth.items():
         onset = _planted_onset(facts, BASE_MS, effective)
         run.truth[meter] = MeterTruth(
             meter,
-            tuple(str(f) for f in _items(facts.get("faults"))),
-            _num(facts["error_pct"]),
+            tuple(facts["faults"]),
+            facts["error_pct"],
             100 * math.expm1(logs[meter] - centre),
             onset,
         )

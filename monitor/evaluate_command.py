@@ -22,6 +22,7 @@ import httpx
 
 from monitor.alerts.book import AlertBook, Change
 from monitor.alerts.notifier import Notifier
+from monitor.core.clock import HOUR_MS
 from monitor.core.decision import decision_from_dict
 from monitor.core.rulebook import load_rules
 from monitor.evaluation.report import print_evaluation, print_report
@@ -115,7 +116,7 @@ def run_here(
     data = settings.storage.data_dir
     store = open_store(settings.storage, Metrics())
     state = SqliteState(data / "state.sqlite")
-    alerts = AlertBook(data / "state.sqlite", int(settings.alerts.clear_after_h * 3_600_000))
+    alerts = AlertBook(data / "state.sqlite", int(settings.alerts.clear_after_h * HOUR_MS))
     address = broker_address(settings)
     link = PublishLink(address, f"monitor-evaluate-{os.getpid()}")
     reachable = link.connect(CONNECT_TIMEOUT_S)

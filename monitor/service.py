@@ -25,6 +25,7 @@ from monitor.alerts.offline import OFFLINE_RULES, offline_conditions
 from monitor.api.app import create_app
 from monitor.api.context import ApiContext
 from monitor.api.web import mount_web
+from monitor.core.clock import HOUR_MS
 from monitor.core.ports import StateStore, TelemetryStore
 from monitor.core.rulebook import RuleBook, load_rules
 from monitor.evaluation.runner import Evaluator, decision_publisher
@@ -81,6 +82,7 @@ class Service:
         self._scheduler = BackgroundScheduler(timezone=settings.scheduling.timezone)
         self._http: uvicorn.Server | None = None
         self._http_socket: socket.socket | None = None
+        self._http_thread: threading.Thread | None = None
         self._reported: dict[Path, int] = {}
         self._started = time.monotonic()
         self._ingest_rate = RateSampler()
@@ -111,7 +113,7 @@ class Service:
         worker.start()
         publish_decision = decision_publisher(worker.publish, s.mqtt.decisions_topic_root)
 
-        alerts = AlertBook(self.data_dir / "state.sqlite", int(s.alerts.clear_after_h * 3_600_000))
+        alerts = AlertBook(self.data_dir / "state.sqlite", int(s.alerts.clear_after_h * HOUR_MS))
 
         notifier = Notifier(s.alerts.routing, self.data_dir / "notify.sqlite", worker.publish)
 
@@ -302,12 +304,17 @@ class Service:
         """Serve the API from a background thread (tests, demo)."""
         thread = threading.Thread(target=self.serve_http, name="http", daemon=True)
         thread.start()
+        self._http_thread = thread
         return thread
 
     def stop(self) -> None:
         """Stop in reverse order: HTTP, scheduler, worker (drains), store, state, broker."""
         if self._http is not None:
             self._http.should_exit = True
+        if self._http_thread is not None:
+            # uvicorn closes its server on the way out; the socket must outlive that.
+            self._http_thread.join(timeout=10)
+            self._http_thread = None
         if self._http_socket is not None:
             self._http_socket.close()
             self._http_socket = None

@@ -51,7 +51,9 @@ class Publisher:
         )
         self.client.max_inflight_messages_set(1000)
         self.client.max_queued_messages_set(0)
-        self.client.reconnect_delay_set(0.1, 1)
+        # paho annotates whole seconds but sleeps any float: a tenth keeps a test's broker
+        # restart short.
+        self.client.reconnect_delay_set(0.1, 1)  # type: ignore[arg-type]
         # PUBACKs are tracked by mid: a message published while the broker restarts
         # reports "not connected" yet stays queued and is sent on reconnect.
         self._acked: set[int] = set()

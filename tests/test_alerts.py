@@ -7,15 +7,26 @@ import json
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from monitor.alerts.book import AlertBook, Change, Condition, TransitionError, severity_of
+from monitor.alerts.book import AlertBook, Change, Condition, TransitionError, conditions_of
 from monitor.api.app import create_app
 from monitor.api.context import ApiContext
 from monitor.core.clock import format_ts
+from monitor.core.decision import (
+    Decision,
+    Finding,
+    Reason,
+    Stamp,
+    decide_meter,
+    severity_for,
+)
+from monitor.core.ports import Series
 from monitor.core.rulebook import load_rules
 from monitor.core.schema import ELEC_READING, Record
+from monitor.electricity.rules import function_findings
 from monitor.evaluation.runner import Evaluator
 from monitor.ingest.worker import summarise_seen
 from monitor.platform.config import load_settings
@@ -28,6 +39,7 @@ from tests.services import Mosquitto
 REPO = Path(__file__).resolve().parent.parent
 RULES = load_rules(REPO / "config" / "rules.yaml").rules
 DAY = 86_400_000
+STAMP = Stamp(format_ts(BASE_MS), "test@1")
 
 
 def condition(subject: str = "E1", rule: str = "elec.error_limit", day: float = 0) -> Condition:
@@ -168,11 +180,84 @@ def test_a_restart_neither_loses_nor_refires(tmp_path: Path) -> None:
     assert [a["count"] for a in again.list("open", None, None, 0, 10)] == [2, 2]
 
 
-def test_severity_comes_from_the_rules_file() -> None:
-    assert severity_of("elec.function_failure.stopped", RULES) == "critical"
-    assert severity_of("elec.clock.offset", RULES) == "minor"
-    assert severity_of("taxi.seal.event", RULES) == "critical"
-    assert severity_of("lot.suspect_share", RULES) == RULES.elec.lot.severity
+def test_severity_is_the_rules_bounded_by_what_the_finding_calls_for() -> None:
+    assert severity_for("faulty", False, "major") == "critical"  # replaced: critical
+    assert severity_for("suspect", False, "major") == "major"  # the block's own
+    assert severity_for("suspect", True, "critical") == "critical"  # a broken seal
+    assert severity_for("normal", True, "major") == "major"  # a tamper inspection
+    assert severity_for("watch", False, "critical") == "minor"  # kept: minor at most
+    assert severity_for("watch", False, "info") == "info"
+    assert severity_for("unknown", False, "critical") == "info"  # too little data: none
+    assert severity_for("normal", False, "critical") == "info"
+
+
+def elec_decision(findings: list[Finding], evidence: dict[str, object] | None = None) -> Decision:
+    return decide_meter("E1", "elec", findings, None, None, evidence or {"district": "D1"}, STAMP)
+
+
+def test_a_register_drop_is_a_minor_alert_of_a_meter_kept_in_watch() -> None:
+    # 5 kWh after 23 022 kWh: the register was reset; the meter stays in service
+    energy = [23_020.0 + 0.5 * i for i in range(5)] + [5.0 + 0.5 * i for i in range(5)]
+    ts = np.arange(len(energy), dtype=np.int64) * 900_000
+    findings = function_findings(
+        Series(ts, {"energy_kwh": np.array(energy)}), RULES.elec.function_failure
+    )
+    d = elec_decision(findings)
+    assert (d.state, d.decision) == ("watch", "keep")
+    [c] = conditions_of([d], BASE_MS)
+    assert (c.rule, c.severity) == ("elec.function_failure.reset", "minor")
+    assert d.reasons[0].severity == "minor"  # the decision JSON says the same
+
+
+def test_findings_of_one_block_are_one_alert_at_the_worst_severity() -> None:
+    limit = Reason("taxi.distance.limit", 5.2, [-4.0, 1.0], "beyond the limit")
+    cusum = Reason("taxi.distance.cusum", 7.0, 5.0, "CUSUM alarm")
+    fare = Reason("taxi.fare.systematic", 1.0, 0.2, "every fare too high")
+    findings = [
+        Finding("suspect", cusum, rule_severity="major"),
+        Finding("faulty", limit, rule_severity="major"),
+        Finding("suspect", fare, inspect=True, rule_severity="major"),
+        Finding("unknown", Reason("taxi.distance.min_trips", 12, 30, "few trips")),
+    ]
+    d = decide_meter("T1", "taxi", findings, None, None, {}, STAMP)
+    found = {c.block: c for c in conditions_of([d], BASE_MS)}
+    assert set(found) == {"taxi.distance", "taxi.fare"}  # nothing for too few trips
+    distance = found["taxi.distance"]
+    assert (distance.rule, distance.severity) == ("taxi.distance.limit", "critical")
+    assert [r["rule"] for r in distance.evidence["reasons"]] == [
+        "taxi.distance.limit",
+        "taxi.distance.cusum",
+    ]
+    assert found["taxi.fare"].severity == "major"
+
+
+def test_an_unknown_meter_with_an_inspection_alerts_only_the_inspection() -> None:
+    # the taxi: fewer than 30 usable trips, and a stale tariff
+    findings = [
+        Finding("unknown", Reason("taxi.distance.min_trips", 12, 30, "few trips")),
+        Finding(
+            "suspect",
+            Reason("taxi.tariff.overdue", "SH-2026", "2026-03-03T00:00:00.000Z", "late"),
+            inspect=True,
+            rule_severity=RULES.taxi.tariff.severity,
+        ),
+    ]
+    d = decide_meter("T1", "taxi", findings, None, None, {}, STAMP)
+    assert [(c.rule, c.severity) for c in conditions_of([d], BASE_MS)] == [
+        ("taxi.tariff.overdue", "major")
+    ]
+
+
+def test_the_alert_follows_its_worst_rule_as_the_condition_grows(tmp_path: Path) -> None:
+    b = book(tmp_path)
+    guard = Finding("suspect", Reason("taxi.distance.guard_band", 0.9, [-3.0, 0.5], "out"))
+    limit = Finding("faulty", Reason("taxi.distance.limit", 2.0, [-4.0, 1.0], "beyond"))
+    first = decide_meter("T1", "taxi", [guard], None, None, {}, STAMP)
+    later = decide_meter("T1", "taxi", [limit, guard], None, None, {}, STAMP)
+    [opened] = b.observe(conditions_of([first], BASE_MS), BASE_MS)
+    [grown] = b.observe(conditions_of([later], BASE_MS + DAY), BASE_MS + DAY)
+    assert grown.action == "repeated" and grown.alert["id"] == opened.alert["id"]
+    assert (grown.alert["rule"], grown.alert["severity"]) == ("taxi.distance.limit", "critical")
 
 
 def test_changes_are_published_once_on_mqtt(tmp_path: Path, mosquitto: Mosquitto) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, timedelta, timezone
+from functools import partial
 
 import numpy as np
 import pytest
@@ -248,7 +249,8 @@ def test_still_blocks_with_an_unread_current_are_left_out_only_for_a_stopped_met
 
 # --- loss physics the estimator was not written for -------------------------------------
 
-TRUNK = {"fixed_kw": 0.4, "gamma": 0.01}  # line loss ≈ 9 %, loss-on-loss ≈ 0.5–1 %
+# A trunk feeder: line loss ≈ 9 %, loss-on-loss ≈ 0.5–1 %.
+trunk_feeder = partial(district, fixed_kw=0.4, gamma=0.01)
 
 
 @pytest.mark.parametrize("loss", ["customer", "trunk"])
@@ -258,7 +260,7 @@ def test_either_loss_physics_gives_unbiased_estimates(loss: str) -> None:
     both physics without being told which one made the data."""
     errors = [0.0, 0.02, -0.03, 0.01, -0.01, 0.004, 0.0, 0.015]
     for seed in (3, 4):
-        blk = district(errors, n=2000, seed=seed, noise=0.0005, loss=loss, **TRUNK)
+        blk = trunk_feeder(errors, n=2000, seed=seed, noise=0.0005, loss=loss)
         fit = fit_balance(blk, FitConfig(forgetting=1.0, ridge=1e-3))
         assert fit is not None
         deviations = [fit.meters[f"m{i}"].error_pct - 100 * e for i, e in enumerate(errors)]
@@ -274,7 +276,7 @@ def test_either_loss_physics_gives_unbiased_estimates(loss: str) -> None:
 def test_the_customer_loss_alone_is_biased_on_a_trunk_feeder() -> None:
     """What the test above guards against: only κ = 0 (the old regressor) is ~1 pp off."""
     errors = [0.0, 0.02, -0.03, 0.01, -0.01, 0.004, 0.0, 0.015]
-    blk = district(errors, n=2000, seed=3, noise=0.0005, loss="trunk", **TRUNK)
+    blk = trunk_feeder(errors, n=2000, seed=3, noise=0.0005, loss="trunk")
     only_customer = fit_balance(blk, FitConfig(forgetting=1.0, ridge=1e-3), kappas=(0.0,))
     assert only_customer is not None
     shift = np.mean(

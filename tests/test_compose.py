@@ -135,7 +135,10 @@ def dockerfile_env() -> dict[str, str]:
     env: dict[str, str] = {}
     for word, args in dockerfile_instructions():
         if word == "ENV":
-            env.update(item.split("=", 1) for item in shlex.split(args) if "=" in item)
+            for item in shlex.split(args):
+                name, eq, value = item.partition("=")
+                if eq:
+                    env[name] = value
     return env
 
 

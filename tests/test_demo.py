@@ -40,9 +40,12 @@ def test_publisher_crosses_the_message_id_wrap_without_loss(mosquitto: Mosquitto
     wait_for(lambda: publisher._client.is_connected(), 10, "the publisher connected")
     mosquitto.pause()
     try:
-        sender = threading.Thread(
-            target=lambda: [publisher.publish("wrap/t", b"%d" % i) for i in range(n)]
-        )
+
+        def send_all() -> None:
+            for i in range(n):
+                publisher.publish("wrap/t", b"%d" % i)
+
+        sender = threading.Thread(target=send_all)
         sender.start()
         # The window fills up (or, unbounded, everything is queued) while nothing is acked.
         wait_for(
@@ -144,7 +147,14 @@ def test_demo_loads_its_history_whole_and_shows_findings_on_the_first_pass(
         return next(k for k, t in truth.items() if fault in t.get("faults", []))
 
     assert meters[planted("stopped")]["state"] == "faulty"
-    assert meters[planted("beyond_limit")]["state"] == "suspect"
+    # Meters planted beyond the limit: never called normal; those whose interval clears the
+    # limit are suspect (the ones just past it may stay watch while their interval reaches
+    # back inside it), and the demo shows at least one.
+    beyond = [k for k, t in truth.items() if "beyond_limit" in t.get("faults", [])]
+    states = [meters[k]["state"] for k in beyond]
+    assert "normal" not in states and "suspect" in states, [
+        (k, truth[k]["error_pct"], get(f"/meters/{k}")["decision"]["evidence"]) for k in beyond
+    ]
     assert meters[planted("overcharge")]["state"] == "suspect"
     assert meters[planted("inflated_10pct")]["decision"] == "replace"
     assert all(d["gates_passed"] for d in get("/districts")["items"])

@@ -17,7 +17,10 @@ import pytest
 import yaml
 
 from monitor import docgen
+from monitor.core.catalogue import CATALOGUE
+from monitor.core.decision import SEVERITY_RANK, severity_for
 from monitor.core.registry import parse_csv
+from monitor.core.rulebook import load_rules
 from monitor.electricity.sampling import code_letter, iso2859_1_plan
 from monitor.ingest.telemetry import ELEC_EVENT_CODES, REASONS, TAXI_EVENT_CODES
 from monitor.taxi.tariff import TariffBook, charged_fare_cny, fare_cny
@@ -282,3 +285,31 @@ def _own_sample_size(letter: str) -> int:
     sizes = {"A": 2, "B": 3, "C": 5, "D": 8, "E": 13, "F": 20, "G": 32, "H": 50, "J": 80}
     sizes |= {"K": 125, "L": 200, "M": 315, "N": 500, "P": 800, "Q": 1250}
     return sizes[letter]
+
+
+def documented_rules() -> dict[str, str]:
+    """Rule name → alert severity column of decisions.md's rule table (`.x` continues the
+    first name of its cell)."""
+    rows = table((DOCS / "decisions.md").read_text(encoding="utf-8"), "rule")
+    out = {}
+    for row in rows:
+        names = code_names(row[0])
+        base = names[0].rsplit(".", 1)[0] if names else ""
+        for name in names:
+            out[base + name if name.startswith(".") else name] = row[-1]
+    return out
+
+
+def test_the_rule_table_is_the_catalogue_and_its_severities() -> None:
+    rules = load_rules(ROOT / "config" / "rules.yaml").rules
+    documented = documented_rules()
+    evaluation = {k: v for k, v in documented.items() if not k.startswith("offline.")}
+    assert set(evaluation) == set(CATALOGUE)
+    for name, entry in CATALOGUE.items():
+        group, block = entry.block.split(".")
+        configured = getattr(getattr(rules, group), block).severity
+        worst = max(
+            (severity_for(state, entry.inspect, configured) for state in entry.states),
+            key=lambda s: SEVERITY_RANK[s],
+        )
+        assert documented[name] == ("—" if worst == "info" else worst), name

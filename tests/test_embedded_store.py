@@ -208,9 +208,9 @@ def elec(meter: str, district: str, ts: int, **values: float) -> Record:
     return Record(ELEC_READING, meter, district, ts, dict(values))
 
 
-def as_lists(series: dict[str, Series]) -> dict[str, list[tuple[float, ...]]]:
+def as_lists(series: dict[str, Series]) -> dict[str, list[tuple[float | None, ...]]]:
     """Series → comparable rows (NaN → None)."""
-    out = {}
+    out: dict[str, list[tuple[float | None, ...]]] = {}
     for meter, s in series.items():
         cols = [s.values[f] for f in FIELDS]
         out[meter] = [
@@ -520,7 +520,7 @@ def test_meter_series_is_the_rows_column_by_column(
     s = meter_series(rows, ["a", "b"])
     assert s.ts_ms.dtype == np.int64 and s.ts_ms.tolist() == [r[0] for r in rows]
     for k, name in enumerate(("a", "b"), start=1):
-        want = [math.nan if r[k] is None else float(r[k]) for r in rows]  # type: ignore[arg-type]
+        want = [math.nan if (v := r[k]) is None else float(v) for r in rows]
         np.testing.assert_array_equal(s.values[name], np.array(want, dtype=np.float64))
 
 

@@ -34,7 +34,7 @@ from tests.services import InfluxStack, Mosquitto
 def settings(stack: InfluxStack, **kw: object) -> InfluxSettings:
     return InfluxSettings(
         url=stack.url, token=stack.token, org=stack.org, bucket=stack.bucket, retry_max_s=0.5, **kw
-    )  # type: ignore[arg-type]
+    )
 
 
 def rec(i: int, meter: str = "M1", kwh: float | None = None) -> Record:
@@ -231,12 +231,12 @@ _cell = st.one_of(st.none(), st.floats(allow_nan=False, width=64), st.integers(-
     )
 )
 def test_series_from_response_matches_the_points(
-    groups: list[tuple[str, list[tuple[int, object, object]], list[str]]],
+    groups: list[tuple[str, list[tuple[int, float | None, float | None]], list[str]]],
 ) -> None:
     """Any InfluxQL JSON answer (column order, meters over several series, nulls) → the
     Series a point-by-point reading gives."""
     series = []
-    want: dict[str, list[tuple[int, object, object]]] = {}
+    want: dict[str, list[tuple[int, float | None, float | None]]] = {}
     for meter, points, columns in groups:
         values = []
         for t, kwh, amps in points:
@@ -255,7 +255,7 @@ def test_series_from_response_matches_the_points(
         s = got[meter]
         assert s.ts_ms.tolist() == [p[0] for p in points]
         for k, name in enumerate(FIELDS, start=1):
-            expect = [math.nan if p[k] is None else float(p[k]) for p in points]  # type: ignore[arg-type]
+            expect = [math.nan if (v := p[k]) is None else float(v) for p in points]
             np.testing.assert_array_equal(s.values[name], expect)
 
 
@@ -308,9 +308,9 @@ def test_columns_answer_as_the_embedded_store(influxdb: InfluxStack, tmp_path: P
         window = (BASE_MS + 300_000, BASE_MS + 4 * 300_000)
         answers = []
         for store in (influx, embedded):
-            every = store.columns(TAXI_STATUS, STATUS, *window)
-            one = store.columns(TAXI_STATUS, STATUS, *window, meter="T1")
-            answers.append((comparable(every), comparable(one)))
+            of_all = store.columns(TAXI_STATUS, STATUS, *window)
+            of_t1 = store.columns(TAXI_STATUS, STATUS, *window, meter="T1")
+            answers.append((comparable(of_all), comparable(of_t1)))
         assert answers[0] == answers[1]
         every, one = answers[0]
         assert list(every) == ["T1", "T2"] and one == {"T1": every["T1"]}

@@ -5,17 +5,18 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
-from monitor.core.decision import Decision
+from monitor.alerts.book import conditions_of
+from monitor.core.decision import Decision, Stamp, State
 from monitor.core.registry import MeterRow
 from monitor.core.rulebook import load_rules
 from monitor.electricity.lots import SampleResult, Sampling, add_months, decide_lot
 
 RULES = load_rules(Path(__file__).resolve().parent.parent / "config" / "rules.yaml").rules.elec
-STAMP = ("2026-06-01T00:00:00.000Z", "test@1")
+STAMP = Stamp("2026-06-01T00:00:00.000Z", "test@1")
 
 
 def member(
-    i: int, state: str = "normal", error: float | None = 0.1, evaluable: bool = True
+    i: int, state: State = "normal", error: float | None = 0.1, evaluable: bool = True
 ) -> tuple[MeterRow, Decision]:
     row = MeterRow(
         meter_id=f"E{i:03d}",
@@ -32,7 +33,8 @@ def member(
         "keep",
         state,
         row.due_on,
-        *STAMP,  # type: ignore[arg-type]
+        STAMP.as_of,
+        STAMP.rules_version,
         evidence={"error_pct": error, "evaluable": evaluable},
     )
     return row, decision
@@ -111,3 +113,31 @@ def test_sample_results_accept_or_reject_against_ac_re() -> None:
 def test_add_months_clamps() -> None:
     assert add_months(date(2026, 3, 31), -1) == date(2026, 2, 28)
     assert add_months(date(2026, 1, 15), -12) == date(2025, 1, 15)
+
+
+def test_no_evaluable_meter_is_one_lack_of_evidence_and_no_alert() -> None:
+    members = [member(i, state="unknown", error=None, evaluable=False) for i in range(60)]
+    d = lot(members)
+    assert (d.decision, d.state) == ("resample", "unknown")
+    # not "too few evaluable" and "no error distribution": one reason, for one lack
+    assert [r.rule for r in d.reasons] == ["lot.evaluable_share"]
+    assert conditions_of([d], 0) == []  # sampled, shown on its page, not an incident
+
+
+def test_borderline_evidence_is_one_alert_for_the_lot() -> None:
+    members = [member(i, state="suspect" if i < 3 else "normal", error=2.5) for i in range(60)]
+    d = lot(members)
+    assert (d.decision, d.state) == ("resample", "suspect")
+    assert [r.rule for r in d.reasons] == ["lot.suspect_share", "lot.error_quantile"]
+    [c] = conditions_of([d], 0)
+    assert (c.kind, c.lot, c.rule, c.severity) == ("lot", "L1", "lot.suspect_share", "major")
+    assert [r["rule"] for r in c.evidence["reasons"]] == [r.rule for r in d.reasons]
+
+
+def test_faulty_meters_before_the_horizon_say_why_the_lot_is_watched() -> None:
+    members = [member(i, state="faulty" if i < 2 else "normal") for i in range(60)]
+    d = lot(members, as_of=date(2025, 6, 1))
+    assert (d.decision, d.state) == ("keep", "watch")
+    assert [r.rule for r in d.reasons] == ["lot.faulty_share", "lot.horizon"]
+    [c] = conditions_of([d], 0)
+    assert (c.rule, c.severity) == ("lot.faulty_share", "minor")

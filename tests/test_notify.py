@@ -127,18 +127,21 @@ def book(tmp_path: Path) -> Iterator[AlertBook]:
 
 
 class Published:
-    """A publish callable that records (topic, payload) and can fail its first calls."""
+    """A publish callable that records (topic, payload) and the retain flag of each
+    message, and can fail its first calls."""
 
     def __init__(self, fail_first: int = 0) -> None:
         self.fail_first = fail_first
         self.calls = 0
         self.messages: list[tuple[str, dict[str, Any]]] = []
+        self.retained: list[bool] = []
 
-    def __call__(self, topic: str, payload: bytes) -> None:
+    def __call__(self, topic: str, payload: bytes, retain: bool) -> None:
         self.calls += 1
         if self.calls <= self.fail_first:
             raise ConnectionError("broker unreachable")
         self.messages.append((topic, json.loads(payload)))
+        self.retained.append(retain)
 
     def topics(self) -> list[str]:
         return [t for t, _ in self.messages]
@@ -522,6 +525,7 @@ def test_mqtt_receiver_publishes_contract_shape_and_retries_a_failed_publish(
     [(topic, payload)] = out.messages
     assert topic == "monitor/alerts/critical/elec"
     assert payload == {**opened.alert, "action": "opened"}
+    assert out.retained == [False]  # an alert is an event (docs/mqtt.md): never retained
 
 
 def test_log_receiver_writes_one_line_per_notification(

@@ -9,11 +9,14 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from monitor.alerts.book import district_conditions
 from monitor.core.clock import DAY_MS
+from monitor.core.decision import Finding, Reason
 from monitor.core.ports import MeterPoint, Series
 from monitor.core.rulebook import FunctionFailureRule, load_rules
 from monitor.electricity import rules as elec
 from monitor.electricity.balance import MeterEstimate
+from monitor.electricity.evaluate import fit_district
 
 RULES = load_rules(Path(__file__).resolve().parent.parent / "config" / "rules.yaml").rules.elec
 STEP = 900_000
@@ -45,7 +48,7 @@ def estimate(error: float, half: float = 0.3, ratio: float = 500.0) -> MeterEsti
     )
 
 
-def states(findings: list[elec.Finding]) -> list[tuple[str, str]]:
+def states(findings: list[Finding]) -> list[tuple[str, str]]:
     return [(f.state, f.reason.rule) for f in findings]
 
 
@@ -73,7 +76,7 @@ def test_unknown_when_the_estimate_cannot_carry_a_judgement() -> None:
     assert states(blind) == [("unknown", "elec.estimation.observability")]
     wide = elec.estimate_findings(estimate(5.0, half=2.0), "2", 2.0, PASSING, RULES)
     assert states(wide) == [("unknown", "elec.estimation.ci_width")]
-    failed = elec.Gates(False, 0.9, 0.9, 2000, 3.0, [elec.Reason("x", 1, 2, "bad data")])
+    failed = elec.Gates(False, 0.9, 0.9, 2000, 3.0, [Reason("x", 1, 2, "bad data")])
     assert states(elec.estimate_findings(estimate(5.0), "2", 2.0, failed, RULES)) == [
         ("unknown", "elec.estimation.gates")
     ]
@@ -235,7 +238,7 @@ def test_an_exporting_prosumer_is_not_a_stopped_meter() -> None:
         np.arange(n, dtype=np.int64) * STEP,
         {
             "energy_kwh": np.full(n, 100.0),  # forward register still: all day export
-            "reverse_kwh": np.arange(n) * 0.5,
+            "reverse_kwh": np.arange(n, dtype=np.float64) * 0.5,
             "current_a": np.full(n, 8.0),
         },
     )
@@ -279,3 +282,41 @@ def test_the_running_fast_shortcut_finds_what_every_window_finds(
         assert found == []
     else:
         assert len(found) == 1 and found[0].reason.value == round(expected, 3)
+
+
+def district_of(loss_share: float, days: float = 2.0) -> dict[str, Series]:
+    """Two customers and a master that also feeds `loss_share` of what it supplies to losses."""
+    n = int(days * 96) + 1
+    rng = np.random.default_rng(3)
+    a = np.concatenate([[0.0], np.cumsum(rng.uniform(0.1, 0.4, n - 1))])
+    b = np.concatenate([[0.0], np.cumsum(rng.uniform(0.05, 0.6, n - 1))])
+    ts = np.arange(n, dtype=np.int64) * STEP
+    master = (a + b) / (1 - loss_share)
+    return {
+        "M": Series(ts, {"energy_kwh": master}),
+        "A": Series(ts, {"energy_kwh": a + 100}),
+        "B": Series(ts, {"energy_kwh": b + 50}),
+    }
+
+
+def test_only_a_line_loss_out_of_band_is_a_district_alert() -> None:
+    series_of = district_of(0.25)
+    end = int(series_of["M"].ts_ms[-1])
+    result = fit_district("D1", series_of, "M", RULES, 0, end)
+    assert result.gates is not None and not result.gates.passed
+    by_rule = {r.rule: r.severity for r in result.gates.failures}
+    # two days: too few intervals (too little data, no alert), and 25 % line loss
+    assert by_rule == {
+        "elec.estimation.min_intervals": "info",
+        "elec.estimation.line_loss": "major",
+    }
+    [c] = district_conditions({"D1": result.gates.failures}, end)
+    assert (c.kind, c.subject, c.rule, c.severity) == (
+        "district",
+        "D1",
+        "elec.estimation.line_loss",
+        "major",
+    )
+    plain = fit_district("D1", district_of(0.03), "M", RULES, 0, end)
+    assert plain.gates is not None and not plain.gates.passed
+    assert district_conditions({"D1": plain.gates.failures}, end) == []

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitor.core.clock import ms_to_datetime
-from monitor.core.decision import Finding, decide_meter
+from monitor.core.decision import Finding, Stamp, decide_meter
 from monitor.core.ports import Columns, MeterPoint, Series
 from monitor.core.rulebook import FareRule, TaxiRules, load_rules
 from monitor.taxi.cusum import CUSUM_Z_CLIP, Cusum, cusum, cusum_reference
@@ -138,7 +138,7 @@ def judge(
 
 
 def decision(findings: list[Finding], evidence: dict[str, Any]) -> tuple[str, str]:
-    d = decide_meter("T1", "taxi", findings, date(2026, 12, 1), None, evidence, "x", "r")
+    d = decide_meter("T1", "taxi", findings, date(2026, 12, 1), None, evidence, Stamp("x", "r"))
     return d.decision, d.state
 
 
@@ -298,7 +298,7 @@ def test_a_meter_just_outside_the_band_with_a_wide_interval_is_kept_not_extended
     assert rules_of(findings) == [("normal", "taxi.distance.unproven")]
     reason = findings[0].reason
     assert (reason.value, reason.threshold) == (0.7, [DIST.guard_low_pct, DIST.guard_high_pct])
-    assert f"95 % interval [{low:+.2f}, {high:+.2f}] %, 100 trips" in reason.detail
+    assert f"95 % interval {low:+.2f} % to {high:+.2f} %, 100 trips" in reason.detail
     assert "not extended" in reason.detail
     assert decision(findings, evidence) == ("keep", "normal")
     assert not extendable(findings)
@@ -318,7 +318,7 @@ def test_a_meter_whose_interval_clears_the_band_is_sent_to_verification() -> Non
     reason = findings[0].reason
     assert (reason.value, reason.threshold) == (0.8, [DIST.guard_low_pct, DIST.guard_high_pct])
     assert "with its whole interval" in reason.detail
-    assert f"[{low:+.2f}, {high:+.2f}] %" in reason.detail
+    assert f"{low:+.2f} % to {high:+.2f} %" in reason.detail
     assert decision(findings, evidence) == ("resample", "suspect")
     assert not extendable(findings)  # suspect: only a normal meter is extended
 
@@ -329,7 +329,7 @@ def test_an_estimate_beyond_the_limit_is_verified_however_noisy() -> None:
     low, high = evidence["error_ci_pct"]
     assert low < DIST.guard_high_pct and high > DIST.limit_high_pct
     assert rules_of(findings)[0] == ("suspect", "taxi.distance.guard_band")
-    assert "beyond the JJG 517 limit [-4, +1] % by the estimate" in findings[0].reason.detail
+    assert "beyond the JJG 517 limit -4 % to +1 % by the estimate" in findings[0].reason.detail
     assert decision(findings, evidence) == ("resample", "suspect")
 
 

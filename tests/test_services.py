@@ -108,7 +108,7 @@ def test_persistent_session_survives_broker_restart(
     client_kw: dict[str, Any] = {}
     connect_kw: dict[str, Any] = {}
     if protocol == mqtt.MQTTv5:
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho's Properties is untyped
         props.SessionExpiryInterval = 3600
         # clean_start=False already on the FIRST connect: mosquitto 2.0.11 keeps a v5
         # session opened with clean_start=True (paho's default, MQTT_CLEAN_START_FIRST_ONLY)

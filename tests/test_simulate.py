@@ -208,7 +208,7 @@ def test_customer_register_counts_its_error_times_true_energy(
     a, b = START + DAY, START + 2 * DAY
     for meter in chosen:
         registered = regs[meter][b]["energy_kwh"] - regs[meter][a]["energy_kwh"]
-        error = float(truth[meter]["error_pct"]) / 100  # type: ignore[arg-type]
+        error = float(truth[meter]["error_pct"]) / 100
         expected = (1 + error) * fleet.true_energy_kwh(meter, a, b)
         assert abs(registered - expected) < resolution + 1e-6, meter
 
@@ -223,13 +223,13 @@ def test_master_meter_balance_holds_without_noise(
     customers = [
         m for m, t in truth.items() if t.get("district") == "D01" and t["role"] == "customer"
     ]
-    fixed, gamma = float(master["fixed_loss_kw"]), float(master["gamma_per_kw"])  # type: ignore[arg-type]
+    fixed, gamma = float(master["fixed_loss_kw"]), float(master["gamma_per_kw"])
     for t in range(START + 19 * HOUR, START + 21 * HOUR, 900_000):  # the evening peak
         consumed = sum(fleet.true_energy_kwh(c, t, t + 900_000) for c in customers)
         inflow = consumed + fixed * hours + gamma * consumed**2 / hours
         assert fleet.true_energy_kwh("M01", t, t + 900_000) == pytest.approx(inflow, rel=1e-12)
         registered = regs["M01"][t + 900_000]["energy_kwh"] - regs["M01"][t]["energy_kwh"]
-        error = float(master["error_pct"]) / 100  # type: ignore[arg-type]
+        error = float(master["error_pct"]) / 100
         assert abs(registered - (1 + error) * inflow) < resolution + 1e-6
         assert 0 < (inflow - consumed) / inflow < 0.1  # line loss of a few percent
 
@@ -241,12 +241,12 @@ def test_errors_and_loads_are_as_planted(
     truth = fleet.truth()
     customers = {m: t for m, t in truth.items() if t["kind"] == "elec" and t["role"] == "customer"}
     for meter, t in customers.items():
-        error = abs(float(t["error_pct"]))  # type: ignore[arg-type]
-        assert (error > 3.5) == ("beyond_limit" in t["faults"]), meter  # type: ignore[operator]
+        error = abs(float(t["error_pct"]))
+        assert (error > 3.5) == ("beyond_limit" in t["faults"]), meter
         mean_amps = sum(r["current_a"] for r in regs[meter].values()) / len(regs[meter])
         assert (mean_amps < 0.5) == t["vacant"], meter  # vacant: below 0.1 Ib (Ib = 5 A)
     assert sum(bool(t["vacant"]) for t in customers.values()) >= 1
-    assert sum("beyond_limit" in t["faults"] for t in customers.values()) >= 2  # type: ignore[operator]
+    assert sum("beyond_limit" in t["faults"] for t in customers.values()) >= 2
 
 
 def test_planted_electricity_faults_show(
@@ -254,9 +254,9 @@ def test_planted_electricity_faults_show(
 ) -> None:
     (fleet, messages), regs = clean, clean_regs
     truth = fleet.truth()
-    by_fault = {f: m for m, t in truth.items() for f in t["faults"]}  # type: ignore[attr-defined]
+    by_fault = {f: m for m, t in truth.items() for f in t["faults"]}
     stopped = by_fault["stopped"]
-    since = truth[stopped]["fault_ms"]["stopped"]  # type: ignore[index]
+    since = truth[stopped]["fault_ms"]["stopped"]
     after = [r for t, r in sorted(regs[stopped].items()) if t >= since]
     assert len({r["energy_kwh"] for r in after}) == 1
     assert sum(r["current_a"] > 0.1 for r in after) > len(after) / 2
@@ -369,7 +369,7 @@ def test_fares_follow_the_tariff_except_for_the_overcharger(
         end = end or datetime.fromtimestamp(p["end_ts"] / 1000, fleet.spec.tz)
         tariff = fleet.tariffs[p["tariff_version"]]
         expected = charged_fare_cny(tariff, p["meter_km"], p["wait_s"], end)
-        overcharger = "overcharge" in truth[meter]["faults"]  # type: ignore[operator]
+        overcharger = "overcharge" in truth[meter]["faults"]
         assert (p["fare_cny"] != expected) == overcharger, (meter, p)
         if overcharger:
             assert p["fare_cny"] > expected
@@ -393,7 +393,7 @@ def test_distance_faults_show_in_the_gnss_ratio(clean: tuple[Fleet, list[SimMess
             continue
         assert gross == 0, meter
         shift = median(rs) / fleet_median - 1
-        planted = float(t["inflation_pct"]) / 100  # type: ignore[arg-type]
+        planted = float(t["inflation_pct"]) / 100
         assert abs(shift - planted) < 0.012, meter
 
 
@@ -404,7 +404,7 @@ def test_seal_break_shows_in_event_and_heartbeats(clean: tuple[Fleet, list[SimMe
     assert len(broken) == 1
     for meter, p in of(messages, "status"):
         since = broken.get(meter)
-        expected = "broken" if since is not None and ts_ms(p["ts"]) >= since else "intact"  # type: ignore[operator]
+        expected = "broken" if since is not None and ts_ms(p["ts"]) >= since else "intact"
         assert p["seal"] == expected
     events = [(m, ts_ms(p["ts"])) for m, p in of(messages, "event") if p["code"] == "seal_broken"]
     assert events == list(broken.items())
@@ -483,7 +483,7 @@ def test_spec_refuses_what_it_cannot_simulate() -> None:
 
 def test_small_fleets_leave_out_faults_that_do_not_fit() -> None:
     fleet = Fleet(FleetSpec(start_ms=START, districts=1, meters_per_district=(3, 3), taxis=2))
-    faults = [f for t in fleet.truth().values() for f in t["faults"]]  # type: ignore[attr-defined]
+    faults = [f for t in fleet.truth().values() for f in t["faults"]]
     assert len([f for f in faults if f.startswith("inflated")]) == 2
     assert len(list(fleet.messages(START, START + HOUR))) > 0
 

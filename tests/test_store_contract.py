@@ -39,7 +39,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TelemetryS
         stack: InfluxStack = request.getfixturevalue("influxdb")
         settings = InfluxSettings(
             url=stack.url, token=stack.token, org=stack.org, bucket=stack.bucket, retry_max_s=0.5
-        )  # type: ignore[call-arg]
+        )
         opened = InfluxStore(settings, tmp_path / "spool", Metrics())
     yield opened
     opened.close()

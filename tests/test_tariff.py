@@ -268,7 +268,7 @@ def test_invalid_bodies_are_refused(changes: dict[str, Any], message: str) -> No
 
 def test_tariff_is_frozen() -> None:
     with pytest.raises(ValidationError):
-        SH.charge_step = 0.5  # type: ignore[misc]
+        SH.charge_step = 0.5  # type: ignore[misc]  # frozen: the test is that runtime refuses it too
 
 
 def test_load_tariffs_reports_file_and_version(tmp_path: Path) -> None:

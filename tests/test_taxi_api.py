@@ -130,14 +130,15 @@ def test_a_rollout_written_in_utc_names_the_scheduling_zone(taxi: Taxi) -> None:
     command = json.loads(taxi.sent[0][1])
     assert command["tariff"]["timezone"] == "Asia/Shanghai"  # named before it is sent
     stored = taxi.state.tariff("SH-UTC")
-    assert stored is not None and stored[0]["timezone"] == "Asia/Shanghai"
+    assert stored is not None and stored.body["timezone"] == "Asia/Shanghai"
     tariff = taxi.evaluator.tariffs()["SH-UTC"]
     assert rate_set_at(tariff, ms_to_datetime(parse_ts("2026-07-02T03:32:00Z"))) is tariff.day
     explicit = taxi.client.post(
         "/api/tariffs/SH-TYO/rollout", json={**payload, "timezone": "Asia/Tokyo"}
     )
-    assert explicit.status_code == 201 and taxi.state.tariff("SH-TYO") is not None
-    assert taxi.state.tariff("SH-TYO")[0]["timezone"] == "Asia/Tokyo"  # type: ignore[index]
+    tokyo = taxi.state.tariff("SH-TYO")
+    assert explicit.status_code == 201 and tokyo is not None
+    assert tokyo.body["timezone"] == "Asia/Tokyo"
     bad = taxi.client.post("/api/tariffs/SH-BAD/rollout", json={**payload, "timezone": "+08"})
     assert bad.status_code == 422 and "timezone" in bad.json()["detail"]
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from monitor.core.clock import format_ts, ms_to_datetime
+from monitor.core.decision import Stamp
 from monitor.core.ports import MeterPoint
 from monitor.core.registry import MeterRow, parse_rows
 from monitor.core.rulebook import RuleBook, load_rules
@@ -145,7 +146,7 @@ def test_the_evaluator_decides_as_every_heartbeat_and_fresh_fare_checks_do(world
     for days_back in (2, 0):  # a first pass fills the caches, the second reuses them
         as_of = world.end_ms - 1 - days_back * 86_400_000
         start = evaluate_taxi.window_start(as_of, rules)
-        stamp = (format_ts(as_of), world.book.version)
+        stamp = Stamp(format_ts(as_of), world.book.version)
         data = evaluate_taxi.load(world.store, world.state, start, as_of)
         every: dict[str, list[MeterPoint]] = {}
         for point in world.store.points(TAXI_STATUS, start, as_of):
@@ -220,7 +221,7 @@ def test_only_meters_inside_the_band_are_extended(
             rules,
             state,
             as_of,
-            ("now", "rules"),
+            Stamp("now", "rules"),
         )
     finally:
         state.close()

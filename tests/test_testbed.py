@@ -71,7 +71,7 @@ def test_estimates_on_an_ac_feeder_are_near_the_truth_and_covered() -> None:
     project's simulator on a pandapower feeder, metered, estimated by `fit_district`."""
     from monitor.core.rulebook import load_rules
     from monitor.electricity.balance import FeederPlace
-    from monitor.evaluation.runner import fit_district
+    from monitor.electricity.evaluate import fit_district
 
     rules = load_rules(ROOT / "config" / "rules.yaml").rules.elec
     spec = FleetSpec(
@@ -108,7 +108,7 @@ def test_estimates_on_an_ac_feeder_are_near_the_truth_and_covered() -> None:
 
 def test_an_unmetered_night_load_on_an_ac_feeder_is_a_district_finding() -> None:
     from monitor.core.rulebook import load_rules
-    from monitor.evaluation.runner import fit_district, misfit_reason
+    from monitor.electricity.evaluate import fit_district, misfit_reason
 
     rules = load_rules(ROOT / "config" / "rules.yaml").rules.elec
     spec = FleetSpec(
@@ -131,10 +131,11 @@ def test_an_unmetered_night_load_on_an_ac_feeder_is_a_district_finding() -> None
         feeder = acflow.feeder_energy(net, name.upper(), spec.start_ms, p, 0.3 * p, 0 * p, night)
         d = meter_district(feeder, MeterSpec(), seed=3)
         found[name] = fit_district(d.name, d.series, d.master, rules, d.start_ms, d.end_ms)
-    reason = misfit_reason(found["dark"])
+    reason = misfit_reason(found["dark"], rules.estimation)
     assert reason is not None and reason.rule == "elec.estimation.misfit"
+    assert reason.severity == "major"  # a district alert
     assert "time of day" in reason.detail
-    assert misfit_reason(found["lit"]) is None
+    assert misfit_reason(found["lit"], rules.estimation) is None
 
 
 def test_the_meters_voltages_tell_the_feeders_topology() -> None:

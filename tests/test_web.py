@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -24,6 +26,8 @@ from monitor.alerts.book import AlertBook
 from monitor.api.app import create_app
 from monitor.api.context import ApiContext
 from monitor.api.web import mount_web
+from monitor.api.web.present import Present
+from monitor.core.explain import evidence_value, reason_sentence
 from monitor.core.registry import parse_rows
 from monitor.core.rulebook import load_rules
 from monitor.core.schema import Record
@@ -38,6 +42,7 @@ from monitor.store.state import SqliteState
 from monitor.taxi.tariff import load_tariffs
 from tests.helpers import received_live
 from tests.services import free_port
+from tests.test_explain import REPR
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "artifacts" / "web"
@@ -98,6 +103,10 @@ class Site:
         while not self.server.started and time.monotonic() < deadline:
             time.sleep(0.05)
         self.base = f"http://127.0.0.1:{self.port}"
+        # Two earlier daily passes, then the latest: the meter pages chart an error history.
+        for back in (2, 1):
+            as_of = START + (DAYS - back) * 86_400_000
+            self.api("POST", "/api/evaluate", params={"as_of": str(as_of)})
         self.api("POST", "/api/evaluate")
         body = yaml.safe_load((REPO / "config" / "tariffs.yaml").read_text())["SH-2022"]
         body = {**body, "effective_from": "2026-03-02T00:00:00+08:00"}
@@ -149,13 +158,27 @@ def browser(site: Site) -> Iterator[Any]:
 class Page:
     """A browser page that fails the test on any console error."""
 
-    def __init__(self, browser: Any, site: Site, path: str, width: int = 1280) -> None:
+    def __init__(
+        self, browser: Any, site: Site, path: str, width: int = 1280, status: int = 200
+    ) -> None:
         self.errors: list[str] = []
         self.page = browser.new_page(viewport={"width": width, "height": 900})
-        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        # A 404 page is asked for on purpose: its status line is not an error of the page.
+        expected = f"status of {status}" if status != 200 else None
+        self.page.on(
+            "console",
+            lambda m: (
+                self.errors.append(m.text)
+                if m.type == "error" and not (expected and expected in m.text)
+                else None
+            ),
+        )
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
         response = self.page.goto(site.base + path)
-        assert response is not None and response.status == 200, (path, response and response.status)
+        assert response is not None and response.status == status, (
+            path,
+            response and response.status,
+        )
 
     def text(self, testid: str) -> str:
         return str(self.page.get_by_test_id(testid).inner_text()).strip()
@@ -191,17 +214,45 @@ def test_meter_list_and_meter_page(site: Site, browser: Any) -> None:
     assert rows == len(suspects)
     listing.shot("meters")
     listing.done()
-    meter = suspects[0]["meter_id"]
+    # the list says why and how far off, in words with units
+    first = suspects[0]
+    why = first["reason"]
+    assert why is not None and first["error_pct"] is not None
+    meter = first["meter_id"]
+    again = Page(browser, site, "/meters?kind=elec&state=suspect")
+    assert again.text(f"why-{meter}") == reason_sentence(why)
+    assert again.text(f"error-{meter}") == evidence_value("error_pct", first["error_pct"])
+    again.done()
     p = Page(browser, site, f"/meters/{meter}")
     decision = site.api("GET", f"/api/meters/{meter}")["decision"]
     assert p.text("decision") == decision["decision"]
-    assert str(decision["evidence"]["error_pct"]) in p.text("evidence")
-    assert p.page.locator("svg.chart").count() == 1
+    error = decision["evidence"]["error_pct"]
+    assert f"error pct\n{evidence_value('error_pct', error)}" in p.text("evidence")
+    # every reason in words with units, no Python repr anywhere in the decision
+    for text in (p.text("reasons"), p.text("evidence")):
+        assert not REPR.search(text), text
+    # the register, then its estimated error on each of the three days it was evaluated,
+    # against the class limit
+    assert p.page.locator("[data-testid=main-chart] svg.chart").count() == 1
+    dots = p.page.locator("[data-testid=error-chart] circle.estimate")
+    unknown = p.page.locator("[data-testid=error-chart] rect.unknown")
+    assert dots.count() >= 1 and dots.count() + unknown.count() == 3
+    assert float(str(dots.last.get_attribute("data-value"))) == pytest.approx(error, abs=1e-3)
+    limits = p.page.locator("[data-testid=error-chart] g.level")
+    assert {float(str(g.get_attribute("data-level"))) for g in limits.all()} >= {3.5, -3.5}
     p.shot("meter-elec")
     p.done()
     taxi = next(m["meter_id"] for m in all_meters(site, kind="taxi") if m["decision"] == "replace")
     t = Page(browser, site, f"/meters/{taxi}")
-    assert t.page.locator("svg.chart circle").count() > 30  # one dot per trip
+    ratio = t.page.locator("[data-testid=main-chart] svg.chart")
+    assert ratio.locator("circle").count() > 30  # one dot per trip
+    # reference lines: 1 (GNSS), the fleet median and its guard band
+    evidence = site.api("GET", f"/api/meters/{taxi}")["decision"]["evidence"]
+    fleet = 1 + evidence["fleet_median_pct"] / 100
+    levels = sorted(
+        float(str(g.get_attribute("data-level"))) for g in ratio.locator("g.level").all()
+    )
+    assert levels == pytest.approx(sorted([1.0, fleet, fleet * 0.97, fleet * 1.005]), abs=1e-5)
     t.shot("meter-taxi")
     t.done()
 
@@ -321,9 +372,9 @@ def test_inbox_acknowledge_changes_the_alert(site: Site, browser: Any) -> None:
     assert step["event_time"] >= after["last_seen"] and step["recorded_at"]
     acked.page.locator(f"tr[data-alert='{first['id']}'] summary").click()
     history = acked.text(f"history-{first['id']}")
-    assert f"event time {step['event_time']} · recorded {step['recorded_at']} (wall clock)" in (
-        history
-    )
+    local = Present(ZoneInfo("Asia/Shanghai")).local  # the configured zone (the default)
+    expected = f"event time {local(step['event_time'])} · recorded {local(step['recorded_at'])}"
+    assert f"{expected} (wall clock)" in history
     acked.done()
 
 
@@ -371,3 +422,147 @@ def test_every_page_reads_on_a_tablet(site: Site, browser: Any) -> None:
             assert inner <= 0, inner
         p.shot(f"{name}-tablet")
         p.done()
+
+
+def test_a_stopped_meter_shows_the_current_that_proves_it(site: Site, browser: Any) -> None:
+    stopped = next(m for m, t in site.fleet.truth().items() if "stopped" in t.get("faults", []))
+    decision = site.api("GET", f"/api/meters/{stopped}")["decision"]
+    assert decision["reasons"][0]["rule"] == "elec.function_failure.stopped"
+    p = Page(browser, site, f"/meters/{stopped}")
+    current = p.page.locator("[data-testid=current-chart] svg.chart")
+    assert current.count() == 1 and current.locator("polyline").count() == 1
+    assert "current, A" in str(current.get_attribute("aria-label"))
+    assert "kWh unregistered" in p.text("reasons")
+    p.shot("meter-stopped")
+    p.done()
+
+
+def test_the_district_page_never_plots_more_than_the_whole_day(site: Site, browser: Any) -> None:
+    per_day = 96
+    for district in ("D01", "D02"):
+        body = site.api("GET", f"/api/districts/{district}")
+        p = Page(browser, site, f"/districts/{district}")
+        shares = [
+            float(str(c.get_attribute("data-value")))
+            for c in p.page.locator("[data-testid=covered-chart] circle.day").all()
+        ]
+        assert shares and max(shares) <= 100.0
+        counted = [d["intervals"] for d in body["line_loss_daily"]]
+        assert len(shares) == len(counted)
+        # a failed data gate is "failed", never a meter's state
+        gates = p.text("gates")
+        assert gates == ("passed" if body["gates"]["passed"] else "failed"), gates
+        assert "faulty" not in gates
+        # The fleet's missed readings merge intervals across midnight, so a day counts more
+        # intervals than it has: the case this page once plotted above 100 %.
+        assert max(counted) > per_day, counted
+        if max(counted) > per_day:
+            over = counted.index(max(counted))
+            circle = p.page.locator("[data-testid=covered-chart] circle.day").nth(over)
+            tip = str(circle.locator("xpath=..").locator("title").text_content())
+            assert "counts on the day it ends" in tip and shares[over] == 100.0
+        p.done()
+
+
+def test_unknown_pages_and_a_taxi_lot_answer_a_page(site: Site, browser: Any) -> None:
+    p = Page(browser, site, "/no-such-page", status=404)
+    assert p.text("error-status") == "Not found"
+    p.done()
+    taxi = all_meters(site, kind="taxi")[0]
+    m = Page(browser, site, f"/meters/{taxi['meter_id']}")
+    with m.page.expect_navigation():
+        m.page.get_by_test_id("registry-lot").click()
+    assert m.page.url.endswith(f"/meters?kind=taxi&lot={taxi['lot']}")
+    assert m.page.locator("[data-testid=meters] tr").count() > 1
+    m.done()
+    lot = Page(browser, site, f"/lots/{taxi['lot']}", status=404)
+    assert "has no decision" in lot.text("error-detail")
+    assert lot.page.get_by_test_id("error-hint").get_attribute("href") == (
+        "/meters?" + urlencode({"lot": taxi["lot"]})
+    )
+    lot.done()
+    # the API keeps its JSON errors
+    r = httpx.get(site.base + "/api/lots/NOPE")
+    assert r.status_code == 404 and r.json()["detail"]
+    r = httpx.get(site.base + "/no-such-page", headers={"accept": "application/json"})
+    assert r.status_code == 404 and r.json() == {"detail": "Not Found"}
+
+
+def test_api_docs_render_with_no_network_but_the_service(site: Site, browser: Any) -> None:
+    page = browser.new_page()
+    outside: list[str] = []
+
+    def only_local(route: Any) -> None:
+        if route.request.url.startswith(site.base):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_local)
+    response = page.goto(site.base + "/docs")
+    assert response is not None and response.status == 200
+    title = page.locator(".swagger-ui .info .title")
+    title.wait_for(timeout=20_000)
+    assert "meter-state monitor" in title.inner_text()
+    assert page.locator(".opblock").count() > 10  # the operations are listed
+    assert outside == []
+    page.close()
+
+
+@pytest.mark.parametrize("width", [1280, 1366, 1400])
+def test_the_inbox_fits_a_laptop_screen(site: Site, browser: Any, width: int) -> None:
+    p = Page(browser, site, "/alerts?status=open", width=width)
+    box = p.page.evaluate(
+        "(() => { const w = document.querySelector('.wrap');"
+        " return [w.scrollWidth - w.clientWidth, w.getBoundingClientRect().right]; })()"
+    )
+    assert box[0] <= 0, box
+    # every control of the act column inside its cell, and the cell inside the box (the
+    # table's rounded corners clip what sticks out, so a clipped control scrolls nowhere)
+    overhang = p.page.evaluate(
+        "[...document.querySelectorAll('form.act')].map(f => {"
+        " const cell = f.closest('td').getBoundingClientRect();"
+        " const right = Math.max(...[...f.querySelectorAll('input, select, button')]"
+        "   .map(e => e.getBoundingClientRect().right));"
+        " return [right - cell.right, cell.right]; })"
+    )
+    assert overhang and max(o[0] for o in overhang) <= 0, overhang
+    assert max(o[1] for o in overhang) <= box[1], (overhang, box)
+    # every alert message in words with units, times in the configured zone
+    for message in p.page.locator("td.message").all():
+        assert not REPR.search(message.inner_text().split("history")[0])
+    assert "+08:00" in p.page.locator("td .stack time").first.inner_text()
+    p.done()
+
+
+def test_tariffs_page_shows_the_tariff_in_force_and_its_rates(site: Site, browser: Any) -> None:
+    p = Page(browser, site, "/tariffs")
+    latest = max(a["last_ts"] for a in all_meters(site, kind="taxi") if a["last_ts"] is not None)
+    # SH-2026 (rolled out from 2026-03-02) is the newest tariff at the newest telemetry
+    assert latest > "2026-03-02"
+    row = p.page.get_by_test_id("tariff-SH-2026")
+    assert row.get_by_test_id("in-force").count() == 1
+    assert p.page.get_by_test_id("in-force").count() == 1
+    text = p.text("tariff-SH-2022")
+    assert "flag fall 14.00 CNY incl. 3 km, then 2.70 CNY/km" in text
+    assert "23:00–05:00: flag fall 18.00 CNY" in text
+    p.done()
+
+
+def test_pages_show_shares_in_percent_and_times_in_the_zone(site: Site, browser: Any) -> None:
+    lots = {m["lot"] for m in all_meters(site, kind="elec") if m["lot"]}
+    lot = sorted(lots)[0]
+    body = site.api("GET", f"/api/lots/{lot}")
+    p = Page(browser, site, f"/lots/{lot}")
+    indicators = p.text("indicators")
+    assert f"faulty share\n{evidence_value('faulty_share', body['evidence']['faulty_share'])}" in (
+        indicators
+    )
+    assert not REPR.search(indicators + p.text("reasons"))
+    assert p.page.locator("time").first.get_attribute("title") == f"{body['as_of']} (UTC)"
+    assert "+08:00" in p.page.locator("time").first.inner_text()
+    p.done()
+    o = Page(browser, site, "/")
+    assert "times in Asia/Shanghai" in o.page.locator("header").inner_text()
+    o.done()

@@ -1,6 +1,7 @@
-"""Alerts for supervision authorities: one alert per (rule, subject), with a lifecycle.
+"""Alerts for supervision authorities: one alert per actionable condition, with a lifecycle.
 
-Each evaluation pass turns its decisions into `Condition`s. `AlertBook.observe`
+Each evaluation pass turns its decisions into `Condition`s, one per subject and rules
+block among the reasons that carry an alert severity (`conditions_of`). `AlertBook.observe`
 folds them into the stored alerts: a new condition opens an alert, the same
 condition again raises its `count` and `last_seen` (no flood), a condition
 that has been absent for `clear_after_ms` of event time resolves its alert
@@ -22,15 +23,16 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from monitor.core.catalogue import block_of
 from monitor.core.clock import format_ts
-from monitor.core.decision import SEVERITY_OF_STATE, Decision
-from monitor.core.rulebook import Rules
+from monitor.core.decision import SEVERITY_RANK, Decision, Reason
+from monitor.core.explain import sentence
 
 Status = Literal["open", "acknowledged", "resolved"]
 SEVERITIES = ("critical", "major", "minor", "info")
@@ -50,10 +52,13 @@ class Condition:
     meter: str | None = None
     lot: str | None = None
     district: str | None = None
+    # One alert per subject and block (the rules.yaml block of an evaluation rule, see
+    # monitor.core.catalogue); empty: one per subject and rule.
+    block: str = ""
 
     @property
     def key(self) -> str:
-        return f"{self.rule}|{self.subject}"
+        return f"{self.block or self.rule}|{self.subject}"
 
 
 @dataclass(frozen=True)
@@ -68,74 +73,88 @@ class TransitionError(ValueError):
     """An acknowledge or resolve the alert's status does not allow."""
 
 
-def severity_of(rule: str, rules: Rules) -> str:
-    """The severity a rule name has in the rules file (its longest matching block)."""
-    parts = rule.split(".")
-    node: Any = rules
-    found = "major"
-    if parts[0] == "lot":
-        node, parts = rules.elec.lot, parts[1:]
-        found = node.severity
-    for part in parts:
-        node = getattr(node, part, None)
-        if node is None:
-            break
-        found = getattr(node, "severity", found)
-    return str(found)
+def conditions_of(decisions: Iterable[Decision], at_ms: int) -> list[Condition]:
+    """One condition per decision and rules block among its reasons that carry a severity.
 
-
-def conditions_of(decisions: Iterable[Decision], rules: Rules, at_ms: int) -> list[Condition]:
-    """One condition per finding of a decision that is not plain `normal`."""
+    A reason's `severity` is its finding's (`monitor.core.decision.severity_for`): `info`
+    — too little data, within the limits, covered by a work order — raises nothing.
+    The reasons of one block (a taxi's distance bias, CUSUM and gross trips; a seal
+    event and the heartbeats that report the same break; a lot's indicators) are one
+    condition: one actionable thing, at the severity of its worst reason.
+    """
     out = []
     for d in decisions:
-        # A meter's reasons are its findings once its state is watch or worse or it has
-        # an action (decide_meter lists findings first); `unknown` meters are not alerted
-        # one by one: their district's data-gate failure is (see `district_conditions`).
-        acts = d.decision in ("resample", "replace")
-        if not acts and SEVERITY_OF_STATE[d.state] < SEVERITY_OF_STATE["watch"]:
-            continue
-        # "Too little data" is an honest state, not a finding to alert on per meter.
-        for r in (r for r in d.reasons if not r.rule.startswith("elec.estimation")):
-            subject_lot = d.id if d.kind == "lot" else d.evidence.get("lot")
+        for block, reasons in _by_block(d.reasons).items():
+            out.append(_condition(d, block, reasons, at_ms))
+    return out
+
+
+def district_conditions(gates: dict[str, list[Reason]], at_ms: int) -> list[Condition]:
+    """One condition per district and block among its failed data gates that carry a
+    severity (a line loss outside its band; too little data is shown, not alerted)."""
+    out = []
+    for district, failures in gates.items():
+        for block, reasons in _by_block(failures).items():
+            worst = reasons[0]
             out.append(
                 Condition(
-                    rule=r.rule,
-                    kind=d.kind,
-                    subject=d.id,
-                    severity=severity_of(r.rule, rules),
-                    message=f"{d.id}: {r.detail} ({r.value} vs {r.threshold})",
+                    rule=worst.rule,
+                    kind="district",
+                    subject=district,
+                    severity=worst.severity,
+                    message=f"district {district}: " + _sentences(reasons),
                     at_ms=at_ms,
                     evidence={
-                        "decision": d.decision,
-                        "state": d.state,
-                        "value": r.value,
-                        "threshold": r.threshold,
-                        **_core(d.evidence),
+                        "value": worst.value,
+                        "threshold": worst.threshold,
+                        "reasons": [r.as_dict() for r in reasons],
                     },
-                    meter=None if d.kind == "lot" else d.id,
-                    lot=subject_lot,
-                    district=d.evidence.get("district"),
+                    district=district,
+                    block=block,
                 )
             )
     return out
 
 
-def district_conditions(gates: dict[str, list[Any]], rules: Rules, at_ms: int) -> list[Condition]:
-    """One condition per failed data gate of a district (district → failed reasons)."""
-    return [
-        Condition(
-            rule=r.rule,
-            kind="district",
-            subject=district,
-            severity=severity_of(r.rule, rules),
-            message=f"district {district}: {r.detail} ({r.value} vs {r.threshold})",
-            at_ms=at_ms,
-            evidence={"value": r.value, "threshold": r.threshold},
-            district=district,
-        )
-        for district, failures in gates.items()
-        for r in failures
-    ]
+def _by_block(reasons: Iterable[Reason]) -> dict[str, list[Reason]]:
+    """Reasons that raise an alert, by rules block, each block's most severe first."""
+    out: dict[str, list[Reason]] = {}
+    for r in reasons:
+        if SEVERITY_RANK[r.severity] > SEVERITY_RANK["info"]:
+            out.setdefault(block_of(r.rule), []).append(r)
+    return {
+        block: sorted(found, key=lambda r: -SEVERITY_RANK[r.severity])
+        for block, found in out.items()
+    }
+
+
+def _sentences(reasons: Sequence[Reason]) -> str:
+    """The reasons in words with units (monitor.core.explain), most severe first."""
+    return " ".join(sentence(r.rule, r.value, r.threshold, r.detail) for r in reasons)
+
+
+def _condition(d: Decision, block: str, reasons: list[Reason], at_ms: int) -> Condition:
+    worst = reasons[0]
+    return Condition(
+        rule=worst.rule,
+        kind=d.kind,
+        subject=d.id,
+        severity=worst.severity,
+        message=f"{d.id}: " + _sentences(reasons),
+        at_ms=at_ms,
+        evidence={
+            "decision": d.decision,
+            "state": d.state,
+            "value": worst.value,
+            "threshold": worst.threshold,
+            "reasons": [r.as_dict() for r in reasons],
+            **_core(d.evidence),
+        },
+        meter=None if d.kind == "lot" else d.id,
+        lot=d.id if d.kind == "lot" else d.evidence.get("lot"),
+        district=d.evidence.get("district"),
+        block=block,
+    )
 
 
 def _core(evidence: dict[str, Any]) -> dict[str, Any]:
@@ -286,8 +305,17 @@ class AlertBook:
             history.append(step("reopened", "system", c.message, c.at_ms, self._clock()))
         self._db.execute(
             "UPDATE alerts SET count = count + 1, last_seen = max(last_seen, ?), status = ?, "
-            "message = ?, evidence = ?, severity = ?, history = ? WHERE id = ?",
-            (c.at_ms, status, c.message, evidence, c.severity, json.dumps(history), a["id"]),
+            "rule = ?, message = ?, evidence = ?, severity = ?, history = ? WHERE id = ?",
+            (
+                c.at_ms,
+                status,
+                c.rule,
+                c.message,
+                evidence,
+                c.severity,
+                json.dumps(history),
+                a["id"],
+            ),
         )
         return Change(action, _json(self._one("id = ?", [a["id"]]) or ()))
 

@@ -42,6 +42,7 @@ from monitor.alerts.routing import (
     idempotency_key,
     member_key,
 )
+from monitor.core.ports import Publisher
 
 if TYPE_CHECKING:
     from monitor.alerts.book import Change
@@ -63,7 +64,7 @@ class Notifier:
         notifier.submit(book.observe(conditions, at_ms))
         delivered = notifier.tick()   # from the scheduler, every few seconds
 
-    `publish(topic, payload)` must raise when it could not hand the message on; the
+    `publish(topic, payload, retain)` must raise when it could not hand the message on; the
     row is then retried. It is required when a receiver is of type mqtt.
     """
 
@@ -71,7 +72,7 @@ class Notifier:
         self,
         routing: RoutingSettings,
         outbox_path: Path,
-        publish: Callable[[str, bytes], None] | None,
+        publish: Publisher | None,
         clock: Callable[[], float] = time.time,
         http: httpx.Client | None = None,
     ) -> None:

@@ -10,7 +10,6 @@ and the notifier retries or gives up by the receiver's settings.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -18,12 +17,11 @@ import httpx
 
 from monitor.alerts.outbox import Notification, compact_json
 from monitor.alerts.routing import Receiver, topic_for
+from monitor.core.ports import Publisher
 
 # The log receiver writes on `monitor.notify.<receiver name>`: the name operators
 # configure their log handlers with, kept when the module moved.
 LOG_LOGGER = "monitor.notify"
-
-Publish = Callable[[str, bytes], None]
 
 
 def retry_delay_s(receiver: Receiver, failures: int, retry_after_s: float | None) -> float:
@@ -72,7 +70,7 @@ class Delivery(Protocol):
 class MqttReceiver:
     """Publishes each alert of a notification on the receiver's topic template."""
 
-    def __init__(self, settings: Receiver, publish: Publish) -> None:
+    def __init__(self, settings: Receiver, publish: Publisher) -> None:
         self._settings = settings
         self._publish = publish
 
@@ -83,7 +81,8 @@ class MqttReceiver:
         try:
             for alert in row.alerts:
                 payload = compact_json({**alert, "action": row.action}).encode()
-                self._publish(topic_for(self._settings.topic, alert, row.action), payload)
+                # Not retained: an alert is an event; its current state is in the API.
+                self._publish(topic_for(self._settings.topic, alert, row.action), payload, False)
         except Exception as exc:  # whatever a publish callable raises: retry, never crash
             return Outcome("retry", f"{type(exc).__name__}: {exc}")
         return DONE
@@ -146,7 +145,7 @@ class LogReceiver:
 
 
 def make_receiver(
-    settings: Receiver, publish: Publish | None, http: httpx.Client | None
+    settings: Receiver, publish: Publisher | None, http: httpx.Client | None
 ) -> Delivery:
     """The receiver for one `alerts.routing.receivers` entry."""
     if settings.type == "mqtt":

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from monitor import __version__
 from monitor.api import alerts, evaluation, meters, ops, registry, taxi
 from monitor.api.context import ApiContext, jsonable
+from monitor.api.docs import add_docs
 
 
 def _readable(exc: RequestValidationError) -> str:
@@ -28,7 +29,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
         title="meter-state monitor",
         version=__version__,
         description="State evaluation of in-service electricity and taxi fare meters.",
+        docs_url=None,  # served by add_docs from packaged files, not a CDN
     )
+    add_docs(app)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:

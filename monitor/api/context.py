@@ -14,7 +14,7 @@ from fastapi import HTTPException
 
 from monitor.alerts.book import AlertBook, Change
 from monitor.core.clock import parse_ts
-from monitor.core.ports import StateStore, TelemetryStore
+from monitor.core.ports import Publisher, StateStore, TelemetryStore
 from monitor.core.rulebook import RuleBook
 from monitor.evaluation.runner import Evaluator, future_as_of
 from monitor.platform.config import Settings
@@ -32,7 +32,7 @@ class ApiContext:
     broker_connected: Callable[[], bool]
     evaluator: Evaluator
     rules: Callable[[], RuleBook]
-    publish: Callable[[str, bytes, bool], None] | None = None
+    publish: Publisher | None = None
     alerts: AlertBook | None = None
     notify: Callable[[Sequence[Change]], None] | None = None
     # The receive clock (epoch s): requests are validated against it, never decided by it.

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from monitor.api.context import ApiContext, decode_cursor, encode_cursor, time_param
-from monitor.core.clock import format_ts, parse_ts
+from monitor.core.clock import DAY_MS, HOUR_MS, format_ts, parse_ts
 from monitor.core.schema import (
     ID_PATTERN,
     TAXI_EVENT,
@@ -103,7 +103,7 @@ def _start_rollout(ctx: ApiContext, version: str, body: dict[str, Any]) -> dict[
         raise HTTPException(409, f"tariff {version!r} was already rolled out; use a new version")
     targets = _targets(ctx, meters)
     eff = parse_ts(tariff.effective_from.isoformat())
-    deadline = eff + int(ctx.rules().rules.taxi.tariff.deadline_h * 3_600_000)
+    deadline = eff + int(ctx.rules().rules.taxi.tariff.deadline_h * HOUR_MS)
     stored = tariff.model_dump(mode="json")
     ctx.state.save_tariff(version, stored, eff, deadline, targets)
     if ctx.publish is not None:
@@ -156,7 +156,7 @@ def rollout_progress_of(ctx: ApiContext, version: str, as_of_ms: int | None) -> 
     _, eff, deadline, meters = found
     plan = Rollout(version, eff, deadline, meters)
     as_of = as_of_ms if as_of_ms is not None else (ctx.state.latest_event_ts() or eff)
-    start = eff - 86_400_000  # a meter may apply ahead of the effective time
+    start = eff - DAY_MS  # a meter may apply ahead of the effective time
     seen = applied_at(
         version,
         ctx.store.points(TAXI_EVENT, start, as_of),

@@ -5,27 +5,57 @@ Rules produce `Finding`s (a state they imply, an action if any, and the reason);
 a suspect one or one with an inspection finding gets an on-site check
 (`resample`), an extended lot extends its healthy meters, and anything else is
 kept. Too little data is `unknown`, never `normal`.
+
+Every finding also has the alert severity it carries (`severity_for`), from one
+source: its rule block's `severity` in rules.yaml, bounded by what the finding
+calls for. The decision's reasons carry it, and alerts read it from there.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any, Literal
+
+from monitor.core.rulebook import Severity
 
 State = Literal["normal", "watch", "suspect", "faulty", "unknown"]
 Action = Literal["keep", "extend", "resample", "replace"]
 SEVERITY_OF_STATE = {"normal": 0, "unknown": 1, "watch": 2, "suspect": 3, "faulty": 4}
+SEVERITY_RANK: dict[str, int] = {"info": 0, "minor": 1, "major": 2, "critical": 3}
+
+
+def severity_for(state: State, inspect: bool, configured: Severity) -> Severity:
+    """The alert severity of a finding: its rule's configured severity, bounded by its state.
+
+    - `faulty` (the meter is replaced): `critical`, whatever the block says;
+    - `suspect`, or any finding that orders an inspection: the configured severity;
+    - `watch` (kept, in a warning band): the configured severity, at most `minor`;
+    - `unknown` and `normal`: `info`, which raises no alert ("not enough data" is a
+      state shown on the pages, not an incident).
+    """
+    if state == "faulty":
+        return "critical"
+    if state == "suspect" or inspect:
+        return configured
+    if state == "watch":
+        return configured if SEVERITY_RANK[configured] < SEVERITY_RANK["minor"] else "minor"
+    return "info"
 
 
 @dataclass(frozen=True)
 class Reason:
-    """Why: the rule, the measured value, the threshold it was held against, in words."""
+    """Why: the rule, the measured value, the threshold it was held against, in words.
+
+    `severity` is the alert severity of the finding behind it (`severity_for`);
+    `info` raises no alert.
+    """
 
     rule: str
     value: Any
     threshold: Any
     detail: str
+    severity: Severity = "info"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -33,20 +63,42 @@ class Reason:
             "value": self.value,
             "threshold": self.threshold,
             "detail": self.detail,
+            "severity": self.severity,
         }
 
 
 @dataclass(frozen=True)
 class Finding:
-    """What one rule concluded about one subject."""
+    """What one rule concluded about one subject.
+
+    `rule_severity` is the `severity` of the rule's block in rules.yaml; the finding's
+    own `severity` follows from it and the state (`severity_for`).
+    """
 
     state: State
     reason: Reason
     inspect: bool = False  # an on-site visit is due even if metrology is fine (tamper)
-    severity: str = "info"
+    rule_severity: Severity = "major"
+
+    @property
+    def severity(self) -> Severity:
+        """The alert severity this finding carries."""
+        return severity_for(self.state, self.inspect, self.rule_severity)
+
+    def stated(self) -> Reason:
+        """The reason, carrying this finding's severity (what a decision lists)."""
+        return replace(self.reason, severity=self.severity)
 
 
-@dataclass
+@dataclass(frozen=True)
+class Stamp:
+    """What every decision of one pass records: the event time it judged at and the rules."""
+
+    as_of: str  # RFC 3339 UTC (format_ts)
+    rules_version: str  # name@version+hash
+
+
+@dataclass(frozen=True)
 class Decision:
     """The decision JSON of docs/decisions.md for a meter or a lot."""
 
@@ -104,8 +156,7 @@ def decide_meter(
     due_on: date | None,
     lot_new_due_on: date | None,
     evidence: dict[str, Any],
-    as_of: str,
-    rules_version: str,
+    stamp: Stamp,
 ) -> Decision:
     """Combine a meter's findings into its decision."""
     state = worst_state(findings)
@@ -118,10 +169,10 @@ def decide_meter(
         state=state,
         due_on=due_on,
         new_due_on=lot_new_due_on if action == "extend" else None,
-        as_of=as_of,
-        rules_version=rules_version,
-        reasons=[f.reason for f in ordered if f.state != "normal" or f.inspect]
-        or [f.reason for f in ordered],
+        as_of=stamp.as_of,
+        rules_version=stamp.rules_version,
+        reasons=[f.stated() for f in ordered if f.state != "normal" or f.inspect]
+        or [f.stated() for f in ordered],
         evidence=evidence,
     )
 
@@ -149,7 +200,19 @@ def decision_from_dict(body: dict[str, Any]) -> Decision:
         new_due_on=date.fromisoformat(body["new_due_on"]) if body.get("new_due_on") else None,
         as_of=body["as_of"],
         rules_version=body["rules_version"],
-        reasons=[Reason(**r) for r in body.get("reasons", [])],
+        reasons=[_reason(r) for r in body.get("reasons", [])],
         evidence=dict(body.get("evidence", {})),
         extra={k: v for k, v in body.items() if k not in known},
+    )
+
+
+def _reason(body: dict[str, Any]) -> Reason:
+    """A stored reason; those stored before reasons carried a severity read as `info`."""
+    severity = body.get("severity")
+    return Reason(
+        body["rule"],
+        body.get("value"),
+        body.get("threshold"),
+        body.get("detail", ""),
+        severity if severity in SEVERITY_RANK else "info",
     )

@@ -71,6 +71,21 @@ class MeterPoint:
     values: dict[str, Any] = field(default_factory=dict)
 
 
+class Publisher(Protocol):
+    """Hands one MQTT message to the broker (the worker's connection, or a test's):
+    `publish(topic, payload, retain)`.
+
+    Positional-only, so any callable of that shape fits whatever it names its parameters
+    (a bound `publish` method, a test's recorder, a lambda), and `retain` has no default:
+    every caller says whether the broker keeps the message for later subscribers.
+
+    Raises `ConnectionError` when it cannot; the caller decides whether to retry
+    (the notifier's outbox) or to let the next pass refresh it (retained decisions).
+    """
+
+    def __call__(self, topic: str, payload: bytes, retain: bool, /) -> None: ...
+
+
 class TelemetryStore(Protocol):
     """Where validated telemetry is kept (embedded SQLite or InfluxDB)."""
 
@@ -173,6 +188,8 @@ class MeterSummary:
     messages: int
     state: str | None
     decision: str | None
+    error_pct: float | None = None  # the decision's estimated error, when it has one
+    reason: dict[str, Any] | None = None  # the decision's first (worst) reason
 
 
 @dataclass(frozen=True)
@@ -194,6 +211,16 @@ class DueMeter(NamedTuple):
     kind: str
     lot: str | None
     due_on: date
+
+
+class ErrorPoint(NamedTuple):
+    """A meter's estimated error as one pass of a day saw it (None: no judgeable estimate)."""
+
+    as_of: str
+    state: str
+    error_pct: float | None
+    low_pct: float | None
+    high_pct: float | None
 
 
 class SampleRow(NamedTuple):
@@ -288,7 +315,12 @@ class DecisionLog(Protocol):
         ...
 
     def save_decisions(self, scope: str, bodies: Iterable[dict[str, Any]]) -> None:
-        """Upsert decision JSONs (scope `meter` or `lot`) in one transaction."""
+        """Upsert decision JSONs (scope `meter` or `lot`) in one transaction; a meter's
+        estimated error joins its history (one point per meter and day)."""
+        ...
+
+    def error_history(self, meter_id: str, limit: int = 400) -> list[ErrorPoint]:
+        """A meter's estimated error per day of evaluation, oldest first (the last `limit`)."""
         ...
 
     def decisions_where(self, scope: str, decision: str, limit: int = 100) -> list[dict[str, Any]]:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from typing import Any
 
 import numpy as np
 
-from monitor.core.decision import Decision, Reason
+from monitor.core.decision import Decision, Reason, Stamp, State, severity_for
 from monitor.core.registry import MeterRow, add_years
 from monitor.core.rulebook import ErrorLimitRule, LotRule
 from monitor.electricity.sampling import Plan, draw_sample, judge, plan
@@ -109,7 +109,9 @@ def _clean(ind: dict[str, Any], rule: LotRule) -> list[Reason]:
         )
     q, mpe = ind["error_quantile_pct"], ind["mpe_pct"]
     if q is None or mpe is None or math.isnan(q):
-        out.append(_reason("lot.error_quantile", q, mpe, "no error distribution to judge"))
+        # With too few evaluable meters this is the same lack of evidence, said once.
+        if not any(r.rule == "lot.evaluable_share" for r in out):
+            out.append(_reason("lot.error_quantile", q, mpe, "no error distribution to judge"))
     elif q > rule.error_quantile_max_fraction * mpe:
         out.append(
             _reason(
@@ -129,28 +131,55 @@ def decide_lot(
     rule: LotRule,
     limits: ErrorLimitRule,
     sampling: Sampling | None,
-    stamp: tuple[str, str],
+    stamp: Stamp,
 ) -> Decision:
-    """The lot's decision at `as_of`; `stamp` is (as_of text, rules version)."""
+    """The lot's decision at `as_of` (the day of `stamp.as_of`).
+
+    Its reasons carry the severity of the lot's state under the lot rule's `severity`
+    (`severity_for`): a lot whose only problem is too little evidence is sampled, and
+    says so on its page, without raising an alert.
+    """
+    decided = _decide_lot(lot, members, as_of, rule, limits, sampling, stamp)
+    severity = severity_for(decided.state, False, rule.severity)
+    return replace(decided, reasons=[replace(r, severity=severity) for r in decided.reasons])
+
+
+def _decide_lot(
+    lot: str,
+    members: list[tuple[MeterRow, Decision]],
+    as_of: date,
+    rule: LotRule,
+    limits: ErrorLimitRule,
+    sampling: Sampling | None,
+    stamp: Stamp,
+) -> Decision:
     dues = [r.due_on for r, _ in members if r.due_on is not None]
     ind = indicators(members, limits)
     due = min(dues) if dues else None
-    base = Decision(lot, "lot", "keep", "unknown", due, stamp[0], stamp[1], evidence=ind)
+    base = Decision(
+        lot, "lot", "keep", "unknown", due, stamp.as_of, stamp.rules_version, evidence=ind
+    )
     if due is None:
-        base.reasons = [Reason("lot.due_on", None, None, "no due date in the registry")]
-        return base
+        return replace(
+            base, reasons=[Reason("lot.due_on", None, None, "no due date in the registry")]
+        )
     opens = add_months(due, -rule.horizon_months)
     if as_of < opens:
-        base.state = "normal" if ind["faulty_share"] <= rule.max_faulty_share else "watch"
-        base.reasons = [
-            Reason(
-                "lot.horizon",
-                as_of.isoformat(),
-                opens.isoformat(),
-                f"evaluated from {rule.horizon_months} months before the due date",
-            )
-        ]
-        return base
+        horizon = Reason(
+            "lot.horizon",
+            as_of.isoformat(),
+            opens.isoformat(),
+            f"evaluated from {rule.horizon_months} months before the due date",
+        )
+        if ind["faulty_share"] <= rule.max_faulty_share:
+            return replace(base, state="normal", reasons=[horizon])
+        faulty = _reason(
+            "lot.faulty_share",
+            ind["faulty_share"],
+            rule.max_faulty_share,
+            "faulty share above the extension line before the lot is due for a decision",
+        )
+        return replace(base, state="watch", reasons=[faulty, horizon])
     if ind["faulty_share"] > rule.reject_faulty_share:
         return _replace(
             base,
@@ -184,15 +213,12 @@ def decide_lot(
 
 
 def _extend(base: Decision, due: date, rule: LotRule, reasons: list[Reason]) -> Decision:
-    base.decision, base.state = "extend", "normal"
-    base.new_due_on = add_years(due, rule.extend_years)
-    base.reasons = reasons
-    return base
+    new_due = add_years(due, rule.extend_years)
+    return replace(base, decision="extend", state="normal", new_due_on=new_due, reasons=reasons)
 
 
 def _replace(base: Decision, reasons: list[Reason]) -> Decision:
-    base.decision, base.state, base.reasons = "replace", "faulty", reasons
-    return base
+    return replace(base, decision="replace", state="faulty", reasons=reasons)
 
 
 def _resample(
@@ -207,11 +233,15 @@ def _resample(
     # seed is recorded, so anyone can redo the draw.
     seed = f"{base.id}|{due.isoformat()}"
     drawn = draw_sample([r.meter_id for r, _ in members], p.sample_size, seed)
-    base.decision = "resample"
-    base.state = "suspect" if any(r.rule != "lot.evaluable_share" for r in reasons) else "unknown"
-    base.reasons = reasons
-    base.extra = {"plan": p.as_dict(), "seed": seed, "drawn": drawn, "sample_results": []}
-    return base
+    # Too little evidence alone leaves the lot `unknown`: sampled, not suspected.
+    state: State = "unknown" if all(_lacks_evidence(r) for r in reasons) else "suspect"
+    extra = {"plan": p.as_dict(), "seed": seed, "drawn": drawn, "sample_results": []}
+    return replace(base, decision="resample", state=state, reasons=reasons, extra=extra)
+
+
+def _lacks_evidence(r: Reason) -> bool:
+    """Too few meters with a usable estimate, or no error distribution: not enough data."""
+    return r.rule == "lot.evaluable_share" or (r.rule == "lot.error_quantile" and r.value is None)
 
 
 def _from_sample(base: Decision, sampling: Sampling, due: date, rule: LotRule) -> Decision:
@@ -236,7 +266,5 @@ def _from_sample(base: Decision, sampling: Sampling, due: date, rule: LotRule) -
     elif verdict == "reject":
         decided = _replace(base, [reason])
     else:
-        base.decision, base.state, base.reasons = "resample", "suspect", [reason]
-        decided = base
-    decided.extra = extra
-    return decided
+        decided = replace(base, decision="resample", state="suspect", reasons=[reason])
+    return replace(decided, extra=extra)

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from monitor.core.clock import DAY_MS, format_ts
-from monitor.core.decision import Finding, Reason
+from monitor.core.clock import DAY_MS, HOUR_MS, format_ts
+from monitor.core.decision import Finding, Reason, severity_for
 from monitor.core.ports import MeterPoint, Series
 from monitor.core.rulebook import (
     ClockRule,
@@ -21,6 +21,7 @@ from monitor.core.rulebook import (
     EstimationRule,
     EventRule,
     FunctionFailureRule,
+    Severity,
 )
 from monitor.electricity.balance import DistrictFit, MeterEstimate
 from monitor.electricity.intervals import Blocks, Grid, Placed
@@ -41,7 +42,13 @@ class Gates:
 def district_gates(
     placed: Placed, grid: Grid, blocks: Blocks, fit: DistrictFit | None, rule: EstimationRule
 ) -> Gates:
-    """Completeness, interval count and line-loss band; every failure is a reason."""
+    """Completeness, interval count, line-loss band, residual structure; every failure is
+    a reason.
+
+    Only a line loss outside its band and residuals that follow each other carry an alert
+    severity (incidents of the area: topology, theft, an unmetered load): the other gates
+    fail for too little data (shown on the district's page, not alerted).
+    """
     loss = fit.line_loss_pct if fit is not None else float("nan")
     completeness = placed.daily_completeness(grid)
     failures = []
@@ -55,7 +62,9 @@ def district_gates(
             )
         )
     if blocks.n_intervals < rule.min_intervals:
-        stopped = ", ".join(f"{m} ({n})" for m, n in sorted(blocks.stopped_intervals.items()))
+        stopped = ", ".join(
+            f"{m} ({n} intervals)" for m, n in sorted(blocks.stopped_intervals.items())
+        )
         failures.append(
             Reason(
                 "elec.estimation.min_intervals",
@@ -86,6 +95,8 @@ def district_gates(
                 [rule.line_loss_min_pct, rule.line_loss_max_pct],
                 "line loss outside the plausible band: topology or theft is the "
                 "likelier cause, every estimate in the district is suspect",
+                # The one failed gate that is an incident; the others say "too little data".
+                severity_for("suspect", False, rule.severity),
             )
         )
     structure = fit.residual_autocorrelation if fit is not None else float("nan")
@@ -99,6 +110,8 @@ def district_gates(
                 "loss model describes (an unmetered load, losses the models do not follow) "
                 "would be absorbed by the meters whose load looks like it"
                 + (f"; {fit.misfit}" if fit is not None and fit.misfit else ""),
+                # An incident of the area, as the line loss is: something draws unmetered.
+                severity_for("suspect", False, rule.severity),
             )
         )
     return Gates(
@@ -119,7 +132,7 @@ def mean_current_a(series: Series | None, un_v: float, step_hours: float) -> flo
         if len(read):
             return float(read.mean())
     energy = series.values["energy_kwh"]
-    hours = (series.ts_ms[-1] - series.ts_ms[0]) / 3_600_000
+    hours = (series.ts_ms[-1] - series.ts_ms[0]) / HOUR_MS
     if hours <= 0:
         return None
     return float((energy[-1] - energy[0]) / hours * 1000 / un_v)
@@ -180,7 +193,7 @@ def estimate_findings(
                 ),
             )
         ]
-    return [_judge_error(est, limit, lim.watch_fraction)]
+    return [_judge_error(est, limit, lim.watch_fraction, lim.severity)]
 
 
 def _band(error: float, limit: float, watch_fraction: float) -> str:
@@ -258,7 +271,9 @@ def _unobservable(
     return None
 
 
-def _judge_error(est: MeterEstimate, limit: float, watch_fraction: float) -> Finding:
+def _judge_error(
+    est: MeterEstimate, limit: float, watch_fraction: float, severity: Severity
+) -> Finding:
     low, high = est.error_ci_pct
     value = round(est.error_pct, 3)
     if high < -limit or low > limit:
@@ -271,7 +286,7 @@ def _judge_error(est: MeterEstimate, limit: float, watch_fraction: float) -> Fin
                 f"estimated error beyond ±{limit} % with its 95 % interval clear of the limit "
                 "(preliminary: on-site check)",
             ),
-            severity="major",
+            rule_severity=severity,
         )
     if abs(est.error_pct) > watch_fraction * limit:
         return Finding(
@@ -282,7 +297,7 @@ def _judge_error(est: MeterEstimate, limit: float, watch_fraction: float) -> Fin
                 round(watch_fraction * limit, 3),
                 "estimated error in the warning band",
             ),
-            severity="minor",
+            rule_severity=severity,
         )
     return Finding(
         "normal", Reason("elec.error_limit", value, limit, "within the in-service limit")
@@ -325,6 +340,7 @@ def _backwards(series: Series, rule: FunctionFailureRule) -> Finding | None:
                 before,
                 f"register reset at {format_ts(int(series.ts_ms[i + 1]))}; not summed across",
             ),
+            rule_severity=rule.severity,
         )
     return Finding(
         "faulty",
@@ -334,7 +350,7 @@ def _backwards(series: Series, rule: FunctionFailureRule) -> Finding | None:
             -rule.backwards_tolerance_kwh,
             f"forward register decreased at {format_ts(int(series.ts_ms[i + 1]))}",
         ),
-        severity="critical",
+        rule_severity=rule.severity,
     )
 
 
@@ -355,7 +371,7 @@ def _stopped(series: Series, rule: FunctionFailureRule) -> Finding | None:
     if voltage is None:
         voltage = np.full(len(current), rule.un_v)
     volts = np.where(np.isnan(voltage), rule.un_v, voltage)
-    hours = np.diff(series.ts_ms) / 3_600_000
+    hours = np.diff(series.ts_ms) / HOUR_MS
     flowing = np.minimum(current[1:], current[:-1]) > rule.stopped_min_current_a
     still = standing & flowing
     reverse = series.column("reverse_kwh")
@@ -374,7 +390,7 @@ def _stopped(series: Series, rule: FunctionFailureRule) -> Finding | None:
             "register unchanged while current flowed (kWh implied by "
             "current × voltage over the stopped run)",
         ),
-        severity="critical",
+        rule_severity=rule.severity,
     )
 
 
@@ -416,7 +432,7 @@ def _fast(series: Series, rule: FunctionFailureRule) -> Finding | None:
             round(limit, 3),
             "energy in a day beyond Imax·Un·24 h",
         ),
-        severity="critical",
+        rule_severity=rule.severity,
     )
 
 
@@ -441,7 +457,7 @@ def clock_findings(
                         rule.max_offset_s,
                         "meter clock offset beyond the limit",
                     ),
-                    severity="minor",
+                    rule_severity=rule.severity,
                 )
             )
     codes = sorted({str(e.values.get("code")) for e in events} & set(rule.events))
@@ -450,7 +466,7 @@ def clock_findings(
             Finding(
                 "watch",
                 Reason("elec.clock.events", codes, rule.events, "clock events reported"),
-                severity="minor",
+                rule_severity=rule.severity,
             )
         )
     return out
@@ -478,7 +494,7 @@ def event_findings(
                     "normal",
                     Reason(name, codes, rule.codes, f"inspection / theft case: {detail}"),
                     inspect=True,
-                    severity=rule.severity,
+                    rule_severity=rule.severity,
                 )
             )
         else:
@@ -486,7 +502,7 @@ def event_findings(
                 Finding(
                     "faulty",
                     Reason(name, codes, rule.codes, f"hardware failure: {detail}"),
-                    severity=rule.severity,
+                    rule_severity=rule.severity,
                 )
             )
     return out

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from monitor.core.clock import DAY_MS
 from monitor.core.decision import Decision
+from monitor.core.explain import sentence
 from monitor.core.rulebook import RuleBook
 from monitor.evaluation.runner import Evaluator
 
@@ -38,7 +39,11 @@ def _diff(
         after = (b.decision, b.state) if b else ("-", "-")
         if before != after:
             why = b.reasons[0] if b and b.reasons else None
-            reason = f"{why.rule}: {why.value} vs {why.threshold}" if why else ""
+            reason = (
+                f"{why.rule}: {sentence(why.rule, why.value, why.threshold, why.detail)}"
+                if why
+                else ""
+            )
             either = b or a
             kind = either.kind if either is not None else ""
             out.append(Difference(as_of, subject, kind, before, after, reason))

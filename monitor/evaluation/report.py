@@ -1,4 +1,8 @@
-"""Plain-text tables of an evaluation pass (the `monitor evaluate` output)."""
+"""Plain-text tables of an evaluation pass (the `monitor evaluate` output).
+
+Every reason of a decision is shown, in words with units (monitor.core.explain), one
+line each under its meter or lot.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from monitor.core.decision import Decision
+from monitor.core.explain import evidence_value, sentence
 from monitor.evaluation.runner import EvaluationResult
 
 
@@ -20,16 +25,31 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
-def _first_reason(d: Decision) -> str:
-    if not d.reasons:
-        return ""
-    r = d.reasons[0]
-    return f"{r.rule}: {r.value} vs {r.threshold}"
+def reason_lines(d: Decision) -> list[str]:
+    """Every reason of a decision, worst first: the rule, then the reason in words."""
+    return [f"{r.rule}: {sentence(r.rule, r.value, r.threshold, r.detail)}" for r in d.reasons]
+
+
+def _with_reasons(row: tuple[object, ...], d: Decision) -> list[tuple[object, ...]]:
+    """A decision's row with its first reason, then one row per further reason."""
+    lines = reason_lines(d) or [""]
+    blank = ("",) * len(row)
+    return [(*row, lines[0]), *((*blank, line) for line in lines[1:])]
+
+
+def _error(d: Decision) -> str:
+    error = d.evidence.get("error_pct")
+    return "" if error is None else evidence_value("error_pct", error)
 
 
 def _ci(d: Decision) -> str:
     ci = d.evidence.get("error_ci_pct")
-    return f"[{ci[0]}, {ci[1]}]" if ci and None not in ci else ""
+    return evidence_value("error_ci_pct", ci) if ci and None not in ci else ""
+
+
+def _counts(counts: dict[str, int]) -> str:
+    """{"keep": 3, "resample": 1} → "keep 3, resample 1"."""
+    return ", ".join(f"{k} {n}" for k, n in counts.items()) or "none"
 
 
 def worth_showing(d: Decision) -> bool:
@@ -54,39 +74,30 @@ def print_report(
     """The table of a pass from its summary and decisions (local, or from the API)."""
     out.write(f"as of {s['as_of']}  rules {s['rules_version']}\n")
     out.write(
-        f"meters {s['meters']}: decisions {s['meter_decisions']}, states {s['meter_states']}\n"
+        f"meters {s['meters']}: decisions {_counts(s['meter_decisions'])}; "
+        f"states {_counts(s['meter_states'])}\n"
     )
     out.write(
         f"districts {s['districts']} ({s['districts_passing_gates']} pass the data gates); "
-        f"lots {s['lots']}: {s['lot_decisions']}\n\n"
+        f"lots {s['lots']}: {_counts(s['lot_decisions'])}\n\n"
     )
     shown = [d for d in meters if verbose or worth_showing(d)]
     rows = [
-        (
-            d.id,
-            d.evidence.get("district"),
-            d.state,
-            d.decision,
-            d.evidence.get("error_pct"),
-            _ci(d),
-            _first_reason(d),
-        )
+        line
         for d in shown
+        for line in _with_reasons(
+            (d.id, d.evidence.get("district"), d.state, d.decision, _error(d), _ci(d)), d
+        )
     ]
-    out.write(
-        table(["meter", "district", "state", "decision", "error_pct", "95% CI", "reason"], rows)
-    )
+    out.write(table(["meter", "district", "state", "decision", "error", "95% CI", "why"], rows))
     out.write("\n\n")
     lot_rows = [
-        (
-            d.id,
-            d.due_on,
-            d.decision,
-            d.new_due_on,
-            d.extra.get("plan", {}).get("sample_size"),
-            _first_reason(d),
-        )
+        line
         for d in lots
+        for line in _with_reasons(
+            (d.id, d.due_on, d.decision, d.new_due_on, d.extra.get("plan", {}).get("sample_size")),
+            d,
+        )
     ]
-    out.write(table(["lot", "due_on", "decision", "new_due_on", "sample", "reason"], lot_rows))
+    out.write(table(["lot", "due_on", "decision", "new_due_on", "sample", "why"], lot_rows))
     out.write("\n")

@@ -17,7 +17,15 @@ import numpy as np
 import numpy.typing as npt
 
 from monitor.simulate.registry import Lot, customer_lots, master_lot, registry_row
-from monitor.simulate.spec import DAY_S, FleetSpec, Produced, SimMessage, rng_for, ts_json
+from monitor.simulate.spec import (
+    DAY_S,
+    FleetSpec,
+    MeterTruth,
+    Produced,
+    SimMessage,
+    rng_for,
+    ts_json,
+)
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -368,9 +376,9 @@ class ElecFleet:
             for m in self.meters()
         ]
 
-    def truth(self) -> dict[str, dict[str, object]]:
+    def truth(self) -> dict[str, MeterTruth]:
         """Per meter: role, district, lot, true error, planted faults and events so far."""
-        out: dict[str, dict[str, object]] = {}
+        out: dict[str, MeterTruth] = {}
         for m in self.meters():
             out[m.meter_id] = {
                 "kind": "elec",

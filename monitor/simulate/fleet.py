@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from monitor.simulate.delivery import Delivery, DeliveryCounts
 from monitor.simulate.elec import ElecFleet
 from monitor.simulate.registry import write_registry_csv
-from monitor.simulate.spec import FleetSpec, Produced, SimMessage, rng_for
+from monitor.simulate.spec import FleetSpec, MeterTruth, Produced, SimMessage, rng_for
 from monitor.simulate.taxi import TaxiFleet
 from monitor.taxi.tariff import Tariff, TariffBook, default_tariff_book
 
@@ -57,7 +57,7 @@ class Fleet:
         """The fleet's registry: one row per meter with exactly the columns of docs/registry.md."""
         return self.elec.registry_rows() + self.taxi.registry_rows()
 
-    def truth(self) -> dict[str, dict[str, object]]:
+    def truth(self) -> dict[str, MeterTruth]:
         """Ground truth per meter id: kind, error_pct, faults, events so far and more."""
         return {**self.elec.truth(), **self.taxi.truth()}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import Required, TypedDict
 
 import numpy as np
 
@@ -110,6 +111,34 @@ class SimMessage:
     event_ms: int
     topic: str
     payload: bytes
+
+
+class MeterTruth(TypedDict, total=False):
+    """What one simulated meter really is (`Fleet.truth()`): the answer the monitor's
+    decisions are checked against. A plain dict, so it prints and serialises as one."""
+
+    kind: Required[str]  # "elec" or "taxi"
+    lot: Required[str]
+    error_pct: Required[float]  # true error (taxi: distance error with any inflation)
+    faults: Required[list[str]]  # planted faults, by name
+    events: Required[list[dict[str, object]]]  # event payloads sent so far
+    # Electricity meters.
+    role: str  # "customer" or "master"
+    district: str
+    vacant: bool
+    fault_ms: dict[str, int]  # planted fault → when it began
+    fixed_loss_kw: float  # master meters: their district's loss model
+    gamma_per_kw: float
+    # Taxi meters.
+    plate: str
+    bias_pct: float
+    inflation_pct: float
+    seal_break_ms: int | None
+    pulse_injector: bool
+    overcharge: bool
+    stale_tariff: bool
+    n_trips: int
+    tariff_versions: list[str]
 
 
 @dataclass

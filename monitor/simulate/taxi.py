@@ -21,6 +21,7 @@ import numpy as np
 from monitor.simulate.registry import Lot, registry_row, start_date, taxi_lots
 from monitor.simulate.spec import (
     FleetSpec,
+    MeterTruth,
     Produced,
     SimMessage,
     local_day,
@@ -175,9 +176,9 @@ class TaxiFleet:
             for m in self.meters
         ]
 
-    def truth(self) -> dict[str, dict[str, object]]:
+    def truth(self) -> dict[str, MeterTruth]:
         """Per taxi meter: true distance error, planted faults, events and trips so far."""
-        out: dict[str, dict[str, object]] = {}
+        out: dict[str, MeterTruth] = {}
         for m in self.meters:
             out[m.meter_id] = {
                 "kind": "taxi",

@@ -29,6 +29,7 @@ from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 from numpy.typing import NDArray
 
+from monitor.core.clock import DAY_MS
 from monitor.core.ports import (
     Columns,
     MeterPoint,
@@ -62,7 +63,7 @@ def quote_literal(value: str) -> str:
 
 
 # `series` reads windows at least this long in `InfluxStore.series_parts` time ranges.
-SERIES_SPLIT_MS = 2 * 86_400_000
+SERIES_SPLIT_MS = 2 * DAY_MS
 # Bulk answers uncompressed: InfluxDB's gzip costs it more CPU than the query itself.
 _PLAIN = {"Accept-Encoding": "identity"}
 

@@ -13,12 +13,13 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterable, Mapping
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 from monitor.core.ports import (
     DueMeter,
+    ErrorPoint,
     MeterFilter,
     MeterSummary,
     Mismatch,
@@ -67,7 +68,14 @@ _SCHEMA = [
         messages INTEGER NOT NULL, first_ts INTEGER NOT NULL, last_ts INTEGER NOT NULL,
         last_received REAL NOT NULL, PRIMARY KEY (meter_id, topic_district))""",
     "CREATE INDEX IF NOT EXISTS registry_lot ON registry (lot)",
+    # A meter's estimated error, one row per (meter, UTC day of the pass): the last pass
+    # of a day stands for it, so a pass every few minutes does not grow it (meter pages).
+    """CREATE TABLE IF NOT EXISTS error_history (
+        meter_id TEXT NOT NULL, day TEXT NOT NULL, as_of TEXT NOT NULL, state TEXT NOT NULL,
+        error_pct REAL, low_pct REAL, high_pct REAL, PRIMARY KEY (meter_id, day))""",
 ]
+# Days of estimated errors kept per meter (a year and some, for the meter page's chart).
+ERROR_HISTORY_DAYS = 400
 
 
 _MISMATCH_UPSERT = """INSERT INTO district_mismatches VALUES (?, ?, ?, 1, ?, ?, ?)
@@ -327,7 +335,9 @@ class SqliteState:
         return json.loads(found[0][0]) if found else None
 
     def save_decisions(self, scope: str, bodies: Iterable[dict[str, Any]]) -> None:
-        """Upsert decision JSONs (scope `meter` or `lot`) in one transaction."""
+        """Upsert decision JSONs (scope `meter` or `lot`) in one transaction; a meter's
+        estimated error joins its history (`error_history`)."""
+        bodies_list = list(bodies)
         sql = """INSERT OR REPLACE INTO decisions
                  (subject, scope, kind, decision, state, as_of, rules_version, body)
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
@@ -342,12 +352,31 @@ class SqliteState:
                 b["rules_version"],
                 json.dumps(b, separators=(",", ":")),
             )
-            for b in bodies
+            for b in bodies_list
         ]
+        history = _error_rows(bodies_list) if scope == "meter" else []
         with self._lock:
             self._db.execute("BEGIN")
             self._db.executemany(sql, rows)
+            if history:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO error_history VALUES (?, ?, ?, ?, ?, ?, ?)", history
+                )
+                oldest = (
+                    date.fromisoformat(max(r[1] for r in history))
+                    - timedelta(days=ERROR_HISTORY_DAYS)
+                ).isoformat()
+                self._db.execute("DELETE FROM error_history WHERE day < ?", (oldest,))
             self._db.execute("COMMIT")
+
+    def error_history(self, meter_id: str, limit: int = ERROR_HISTORY_DAYS) -> list[ErrorPoint]:
+        """A meter's estimated error per day of evaluation, oldest first (the last `limit`)."""
+        rows = self._rows(
+            "SELECT as_of, state, error_pct, low_pct, high_pct FROM error_history "
+            "WHERE meter_id = ? ORDER BY day DESC LIMIT ?",
+            [meter_id, limit],
+        )
+        return [ErrorPoint(*r) for r in reversed(rows)]
 
     def save_district(self, district: str, as_of: str, body: dict[str, Any]) -> None:
         """Store a district's latest energy-balance result."""
@@ -552,7 +581,8 @@ class SqliteState:
             WITH ids AS (SELECT meter_id FROM registry UNION SELECT meter_id FROM seen)
             SELECT ids.meter_id, coalesce(r.kind, s.kind), r.meter_id IS NOT NULL,
                    coalesce(r.district, s.district), r.lot, s.last_ts, coalesce(s.messages, 0),
-                   d.state, d.decision
+                   d.state, d.decision, json_extract(d.body, '$.evidence.error_pct'),
+                   json_extract(d.body, '$.reasons[0]')
             FROM ids
             LEFT JOIN registry r ON r.meter_id = ids.meter_id
             LEFT JOIN seen s ON s.meter_id = ids.meter_id
@@ -562,7 +592,17 @@ class SqliteState:
         args.append(limit)
         return [
             MeterSummary(
-                row[0], row[1], bool(row[2]), row[3], row[4], row[5], row[6], row[7], row[8]
+                row[0],
+                row[1],
+                bool(row[2]),
+                row[3],
+                row[4],
+                row[5],
+                row[6],
+                row[7],
+                row[8],
+                row[9],
+                json.loads(row[10]) if row[10] else None,
             )
             for row in self._rows(sql, args)
         ]
@@ -574,6 +614,20 @@ class SqliteState:
                 self._flush_seen_locked()
             finally:
                 self._db.close()
+
+
+def _error_rows(bodies: Iterable[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """(meter, day, as_of, state, error, low, high) of each decision; no error when the
+    estimate could not carry a judgement (the chart shows the state, not a guess)."""
+    out = []
+    for b in bodies:
+        evidence = b.get("evidence") or {}
+        if "error_pct" not in evidence:
+            continue  # a kind without an error estimate
+        ci = evidence.get("error_ci_pct") or [None, None]
+        as_of = str(b["as_of"])
+        out.append((b["id"], as_of[:10], as_of, b["state"], evidence["error_pct"], *ci[:2]))
+    return out
 
 
 def _chunks(items: list[str], size: int) -> Iterable[list[str]]:

@@ -233,16 +233,23 @@ def bias_zone(bias: Bias, rule: DistanceRule) -> BiasZone:
     return "unproven"
 
 
+def band_text(low: float, high: float, digits: int | None = None) -> str:
+    """A band of percentages in words: "-3 % to +0.5 %" (no brackets in a reason)."""
+    if digits is None:
+        return f"{low:+g} % to {high:+g} %"
+    return f"{low:+.{digits}f} % to {high:+.{digits}f} %"
+
+
 def outside_why(bias: Bias, rule: DistanceRule) -> str:
     """Why a meter in the `outside` zone is there, in words for its reason."""
     low, high = bias.error_ci_pct
-    band = f"[{rule.guard_low_pct:g}, {rule.guard_high_pct:+g}] %"
+    band = band_text(rule.guard_low_pct, rule.guard_high_pct)
     if rule.guard_band_on == "estimate":
         return f"outside the guard band {band}"
     if low > rule.guard_high_pct or high < rule.guard_low_pct:
         return f"outside the guard band {band} with its whole interval"
     return (
-        f"beyond the JJG 517 limit [{rule.limit_low_pct:g}, {rule.limit_high_pct:+g}] % by the "
+        f"beyond the JJG 517 limit {band_text(rule.limit_low_pct, rule.limit_high_pct)} by the "
         f"estimate, though not with confidence, so outside the guard band {band}"
     )
 

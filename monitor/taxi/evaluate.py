@@ -11,10 +11,10 @@ from datetime import date, timedelta
 from typing import Protocol
 
 from monitor.core.clock import DAY_MS, format_ts, ms_to_datetime
-from monitor.core.decision import Decision, Finding, Reason, decide_meter
+from monitor.core.decision import Decision, Finding, Reason, Stamp, decide_meter
 from monitor.core.ports import MeterPoint, Presence, Registry, TaxiLedger, TelemetryStore
 from monitor.core.registry import MeterRow, add_years
-from monitor.core.rulebook import TaxiRules
+from monitor.core.rulebook import Severity, TaxiRules
 from monitor.core.schema import TAXI_EVENT, TAXI_STATUS, TAXI_TRIP
 from monitor.taxi.distance import extendable, fleet_median, fleet_sigma, log_ratios
 from monitor.taxi.fares import FareCache
@@ -127,8 +127,12 @@ def tariff_book(config: TariffBook, state: TaxiLedger) -> TariffBook:
     return book
 
 
-def overdue_findings(state: TaxiLedger, data: TaxiData, as_of_ms: int) -> dict[str, list[Finding]]:
-    """Meters that had not applied a rolled-out tariff by its deadline (at as_of)."""
+def overdue_findings(
+    state: TaxiLedger, data: TaxiData, as_of_ms: int, severity: Severity = "major"
+) -> dict[str, list[Finding]]:
+    """Meters that had not applied a rolled-out tariff by its deadline (at as_of).
+
+    `severity` is the tariff rule's (`taxi.tariff.severity`)."""
     out: dict[str, list[Finding]] = defaultdict(list)
     for version in state.tariff_bodies():
         found = state.tariff(version)
@@ -154,7 +158,7 @@ def overdue_findings(state: TaxiLedger, data: TaxiData, as_of_ms: int) -> dict[s
                             "under the tariff that should have applied",
                         ),
                         inspect=True,
-                        severity="major",
+                        rule_severity=severity,
                     )
                 )
     return out
@@ -178,7 +182,7 @@ def decide_taxis(
     rules: TaxiRules,
     state: TaxiState,
     as_of_ms: int,
-    stamp: tuple[str, str],
+    stamp: Stamp,
     fares: FareCache | None = None,
 ) -> dict[str, Decision]:
     """Decisions for every taxi meter.
@@ -192,7 +196,7 @@ def decide_taxis(
     ratios = {m: log_ratios(t, rules.distance).log_ratio for m, t in data.trips.items()}
     median = fleet_median(ratios, window)
     sigma = fleet_sigma(ratios, window) if ratios else None
-    overdue = overdue_findings(state, data, as_of_ms)
+    overdue = overdue_findings(state, data, as_of_ms, rules.tariff.severity)
     out = {}
     for meter in meters:
         findings, evidence = taxi_findings(
@@ -222,7 +226,7 @@ def decide_taxis(
             row.due_on if row else None,
             extension(row, as_of_ms, rules) if extendable(findings) else None,
             evidence,
-            *stamp,
+            stamp,
         )
     return out
 
@@ -238,7 +242,7 @@ def evaluate(
     config_tariffs: TariffBook,
     rules: TaxiRules,
     as_of_ms: int,
-    stamp: tuple[str, str],
+    stamp: Stamp,
     data: TaxiData | None = None,
     fares: FareCache | None = None,
 ) -> dict[str, Decision]:

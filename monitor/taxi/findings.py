@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from monitor.core.clock import DAY_MS, format_ts
+from monitor.core.clock import DAY_MS, HOUR_MS, format_ts
 from monitor.core.decision import Finding, Reason
 from monitor.core.ports import MeterPoint, Series
 from monitor.core.rulebook import DistanceRule, TaxiRules
@@ -33,6 +33,7 @@ from monitor.taxi.distance import (
     Bias,
     BiasZone,
     TripRatios,
+    band_text,
     bias_zone,
     distance_bias,
     log_ratios,
@@ -75,7 +76,7 @@ def _bias_findings(
         ]
     value = round(bias.error_pct, 3)
     low, high = bias.error_ci_pct
-    ci = f"{100 * rule.confidence:g} % interval [{low:+.2f}, {high:+.2f}] %, {bias.n_trips} trips"
+    ci = f"{100 * rule.confidence:g} % interval {band_text(low, high, 2)}, {bias.n_trips} trips"
     band = [rule.guard_low_pct, rule.guard_high_pct]
     limits = [rule.limit_low_pct, rule.limit_high_pct]
     zone = bias_zone(bias, rule)
@@ -88,9 +89,9 @@ def _bias_findings(
                     value,
                     limits,
                     f"distance error {value:+.2f} % beyond the JJG 517 limit "
-                    f"[{limits[0]:g}, {limits[1]:+g}] % with confidence ({ci})",
+                    f"{band_text(limits[0], limits[1])} with confidence ({ci})",
                 ),
-                severity="critical",
+                rule_severity=rule.severity,
             )
         ]
     if zone == "outside":
@@ -104,7 +105,7 @@ def _bias_findings(
                     band,
                     f"distance error {value:+.2f} % {why} ({ci}): on-site verification",
                 ),
-                severity=rule.severity,
+                rule_severity=rule.severity,
             )
         ]
     if zone == "unproven":
@@ -116,7 +117,7 @@ def _bias_findings(
                     value,
                     band,
                     f"distance error {value:+.2f} % outside the guard band "
-                    f"[{band[0]:g}, {band[1]:+g}] % by the estimate only: its {ci} reaches "
+                    f"{band_text(band[0], band[1])} by the estimate only: its {ci} reaches "
                     "back inside, so leaving the band is not proven; kept, not extended",
                 ),
             )
@@ -128,8 +129,7 @@ def _bias_findings(
                 "taxi.distance.bias",
                 value,
                 band,
-                f"distance error {value:+.2f} % inside the guard band "
-                f"[{band[0]:g}, {band[1]:+g}] % ({ci})",
+                f"distance error {value:+.2f} % inside the guard band {band_text(band[0], band[1])} ({ci})",
             ),
         )
     ]
@@ -152,7 +152,7 @@ def _cusum_finding(
             f"{result.direction} at usable trip #{result.alarm_index} ending {at}: the meter "
             f"started registering {moved} distance than GNSS",
         ),
-        severity=rule.severity,
+        rule_severity=rule.severity,
     )
 
 
@@ -166,10 +166,10 @@ def _gross_finding(gross_30d: int, ratios: TripRatios, rule: DistanceRule) -> Fi
             gross_30d,
             rule.gross_trips_per_month,
             f"{gross_30d} trips with meter/GNSS ≥ {rule.gross_ratio:g} in the last 30 days "
-            f"(last ending {format_ts(max(ratios.gross_end_ms))}): pulse injection or an "
-            "altered pulse constant?",
+            f"(last ending {format_ts(max(ratios.gross_end_ms))}), a sign of pulse injection "
+            "or an altered pulse constant",
         ),
-        severity=rule.severity,
+        rule_severity=rule.severity,
     )
 
 
@@ -190,7 +190,7 @@ def _fare_findings(summary: FareSummary, rules: TaxiRules) -> list[Finding]:
                     f"{', '.join(summary.mismatch_ids)})",
                 ),
                 inspect=True,
-                severity=rules.fare.severity if summary.systematic else "minor",
+                rule_severity=rules.fare.severity,
             )
         )
     if summary.n_version_mismatch and rules.tariff.enabled:
@@ -206,7 +206,7 @@ def _fare_findings(summary: FareSummary, rules: TaxiRules) -> list[Finding]:
                     "deadline (tariff not applied); re-priced under the tariff in force",
                 ),
                 inspect=True,
-                severity=rules.tariff.severity,
+                rule_severity=rules.tariff.severity,
             )
         )
     return out
@@ -332,7 +332,7 @@ def taxi_findings(
     past = [t for t in trips if t.end_ms <= as_of_ms]
     dist = _distance_rules(past, fleet_median, fleet_sigma, rules.distance, as_of_ms)
 
-    grace_ms = int(rules.tariff.deadline_h * 3_600_000)
+    grace_ms = int(rules.tariff.deadline_h * HOUR_MS)
     if fares is None:
         checks = [fare_check(t, tariffs, rules.fare, grace_ms=grace_ms) for t in past]
     else:

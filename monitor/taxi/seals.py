@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 from monitor.core.clock import format_ts
 from monitor.core.decision import Finding, Reason
 from monitor.core.ports import Columns, MeterPoint, Point, Series
-from monitor.core.rulebook import SealRule
+from monitor.core.rulebook import SealRule, Severity
 from monitor.taxi.trips import WorkOrder, optional_float
 
 # pulses_per_km is a float field; a change smaller than this relative amount is float
@@ -158,16 +158,12 @@ def _cover(
     return next((w for w in work_orders if w.overlaps(meter, start_ms, end_ms)), None)
 
 
-def _seal_finding(reason: Reason, cover: WorkOrder | None, severity: str) -> Finding:
-    """Critical and an inspection, unless a work order explains it."""
+def _seal_finding(reason: Reason, cover: WorkOrder | None, severity: Severity) -> Finding:
+    """An inspection at the seal rule's severity, unless a work order explains it."""
     if cover is None:
-        return Finding("suspect", reason, inspect=True, severity=severity)
+        return Finding("suspect", reason, inspect=True, rule_severity=severity)
     detail = f"{reason.detail}; covered by {cover.describe()}"
-    return Finding(
-        "normal",
-        Reason(reason.rule, reason.value, reason.threshold, detail),
-        severity="info",
-    )
+    return Finding("normal", Reason(reason.rule, reason.value, reason.threshold, detail))
 
 
 def _event_findings(
@@ -187,7 +183,7 @@ def _event_findings(
             "taxi.seal.event",
             code,
             rule.codes,
-            f"{code} event at {format_ts(event.ts_ms)}",
+            f"event {code} at {format_ts(event.ts_ms)}",
         )
         cover = _cover(meter, event.ts_ms, event.ts_ms, work_orders)
         out.append(_seal_finding(reason, cover, rule.severity))

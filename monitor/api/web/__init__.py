@@ -11,25 +11,29 @@ import csv
 import io
 import math
 from collections.abc import Iterable
-from datetime import date, timedelta
+from dataclasses import asdict
+from datetime import date, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from markupsafe import Markup, escape
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from monitor.api.context import ApiContext, decode_cursor, encode_cursor
 from monitor.api.evaluation import district_summary
 from monitor.api.meters import identify_meter
 from monitor.api.taxi import rollout_progress_of
 from monitor.api.web import charts
-from monitor.core.clock import DAY_MS, format_ts, ms_to_datetime
+from monitor.api.web.present import Present
+from monitor.core.clock import DAY_MS, HOUR_MS, format_ts, ms_to_datetime, parse_ts
 from monitor.core.ports import MeterFilter, MeterPoint
-from monitor.core.schema import ELEC_EVENT, ELEC_READING, TAXI_EVENT, TAXI_TRIP
+from monitor.core.rulebook import DistanceRule, ElecRules
+from monitor.core.schema import ELEC_EVENT, ELEC_READING, TAXI_EVENT, TAXI_TRIP, Measurement
 from monitor.taxi.fares import fare_check
 from monitor.taxi.trips import Trip, trips_from_points
 
@@ -39,11 +43,24 @@ HERE = Path(__file__).parent
 def mount_web(app: FastAPI, ctx: ApiContext) -> None:
     """Add the pages and their static files to the API application."""
     pages = Jinja2Templates(directory=HERE / "templates")
-    pages.env.filters["breakable"] = _breakable
+    Present(ctx.settings.scheduling.zone).install(pages.env)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     def render(request: Request, name: str, **data: Any) -> HTMLResponse:
         return pages.TemplateResponse(request, name, data)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def errors(request: Request, exc: StarletteHTTPException) -> Response:
+        # A person's browser gets a page; the API and its clients keep the JSON error.
+        if not wants_page(request):
+            return await http_exception_handler(request, exc)
+        return pages.TemplateResponse(
+            request,
+            "error.html",
+            {"status": exc.status_code, "detail": exc.detail, "hint": _hint(request.url.path)},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def overview(request: Request) -> HTMLResponse:
@@ -64,7 +81,7 @@ def mount_web(app: FastAPI, ctx: ApiContext) -> None:
         )
         rows = ctx.state.list_meters(f, decode_cursor(cursor) if cursor else None, 101)
         items = [
-            {**r.__dict__, "last_ts": format_ts(r.last_ts) if r.last_ts else None}
+            {**asdict(r), "last_ts": format_ts(r.last_ts) if r.last_ts else None}
             for r in rows[:100]
         ]
         nxt = _next_page(request, rows[99].meter_id) if len(rows) > 100 else None
@@ -86,7 +103,7 @@ def mount_web(app: FastAPI, ctx: ApiContext) -> None:
     def district(request: Request, district: str, sort: str = "meter") -> HTMLResponse:
         body = ctx.state.district(district)
         if body is None:
-            raise HTTPException(404, f"district {district!r} has not been evaluated")
+            raise HTTPException(404, f"District {district} has not been evaluated yet.")
         return render(request, "district.html", **_district(ctx, body, sort))
 
     @app.get("/lots/{lot}", response_class=HTMLResponse, include_in_schema=False)
@@ -118,7 +135,8 @@ def mount_web(app: FastAPI, ctx: ApiContext) -> None:
         if kind != "taxi":
             raise HTTPException(404, f"{meter!r} is not a taxi meter; only taxi trips have fares")
         end = seen["last_ts"] if seen else 0
-        rows = _fare_rows(ctx, _trips(ctx, meter, end - 60 * DAY_MS, end))
+        days = ctx.rules().rules.taxi.distance.window_days
+        rows = _fare_rows(ctx, _trips(ctx, meter, end - int(days * DAY_MS), end))
         cols = ["ended", "trip", "km", "wait_s", "tariff", "in_force", "reported", "expected"]
         header = [
             *cols,
@@ -169,8 +187,46 @@ def mount_web(app: FastAPI, ctx: ApiContext) -> None:
         return render(
             request,
             "tariffs.html",
+            tariffs=_tariffs(ctx),
             rollouts=[rollout_progress_of(ctx, v, None) for v in ctx.state.tariff_versions()],
         )
+
+
+def _tariffs(ctx: ApiContext) -> list[dict[str, Any]]:
+    """Every tariff trips are priced under, newest first, the one in force at the newest
+    telemetry time marked: its rates as the fare rule applies them."""
+    book = ctx.evaluator.tariffs()
+    as_of = ctx.state.latest_event_ts()
+    found = book.in_force(ms_to_datetime(as_of)) if as_of is not None else None
+    current = found[0] if found else None
+    return [
+        {
+            "version": version,
+            "in_force": version == current,
+            "effective_from": tariff.effective_from.isoformat(),
+            "tariff": tariff,
+        }
+        for version, tariff in reversed(book.items())
+    ]
+
+
+def wants_page(request: Request) -> bool:
+    """Whether an error should be a page: a browser asking for HTML, outside the API."""
+    path = request.url.path
+    api = path.startswith(("/api/", "/docs/assets/")) or path in ("/healthz", "/metrics")
+    return not api and "text/html" in request.headers.get("accept", "")
+
+
+def _hint(path: str) -> dict[str, str] | None:
+    """Where to look instead, for a page that has nothing to show."""
+    if path.startswith("/lots/"):
+        lot = path.split("/")[2]
+        return {"href": "/meters?" + urlencode({"lot": lot}), "text": f"the meters of lot {lot}"}
+    if path.startswith("/districts/"):
+        return {"href": "/districts", "text": "the evaluated districts"}
+    if path.startswith("/meters/"):
+        return {"href": "/meters", "text": "the meter list"}
+    return None
 
 
 def _csv_response(filename: str, header: list[str], rows: Iterable[Iterable[object]]) -> Response:
@@ -238,32 +294,126 @@ def _due_soon(
 
 def _meter(ctx: ApiContext, meter: str) -> dict[str, Any]:
     kind, registry, seen = identify_meter(ctx, meter)
+    decision = ctx.state.decision("meter", meter)
     m = {
         "meter_id": meter,
         "kind": kind,
         "registry": registry.as_dict() if registry else None,
-        "decision": ctx.state.decision("meter", meter),
+        "decision": decision,
     }
+    rules = ctx.rules().rules
+    zone = ctx.settings.scheduling.zone
+    # The window the meter's rules read: what its decision rests on.
+    days = rules.elec.estimation.window_days if kind == "elec" else rules.taxi.distance.window_days
     end = seen["last_ts"] if seen else 0
-    start = end - 60 * DAY_MS
+    start = end - int(days * DAY_MS)
+    page: dict[str, Any] = {"m": m, "days": f"{days:g}", "fares": None}
     if kind == "elec":
-        pts = ctx.store.history(ELEC_READING, meter, ["energy_kwh"], start, end + 1, 100_000)
-        chart = charts.series(
-            [
-                (p.ts_ms, float(p.values["energy_kwh"]))
-                for p in pts
-                if p.values.get("energy_kwh") is not None
-            ],
-            "register, kWh",
+        page |= _elec_charts(ctx, meter, start, end)
+        events = ELEC_EVENT
+        accuracy = registry.accuracy_class if registry else None
+        page["error_chart"] = charts.estimates(
+            _error_points(ctx, meter),
+            "estimated error, % (95 % interval)",
+            _elec_levels(rules.elec, accuracy),
+            zone,
         )
-        title, events = "Register (last 60 days)", ELEC_EVENT
-        fares = None
     else:
         trips = _trips(ctx, meter, start, end)
-        ratios = [(t.end_ms, t.meter_km / t.gps_km) for t in trips if t.gps_km and t.gps_km >= 3]
-        chart = charts.series(ratios, "meter km / GNSS km per trip", dots=True)
-        title, events = "Meter / GNSS distance ratio per trip (trips ≥ 3 km)", TAXI_EVENT
-        fares = _fare_checks(ctx, trips)
+        page |= _taxi_chart(trips, decision, rules.taxi.distance, zone)
+        page["fares"] = _fare_checks(ctx, trips)
+        page["error_chart"] = charts.estimates(
+            _error_points(ctx, meter),
+            "distance error δ against the fleet, % (95 % interval)",
+            _taxi_levels(rules.taxi.distance),
+            zone,
+        )
+        events = TAXI_EVENT
+    page["timeline"] = _timeline(ctx, meter, events, start, end)
+    return page
+
+
+def _elec_charts(ctx: ApiContext, meter: str, start: int, end: int) -> dict[str, Any]:
+    """The register and, where the meter reports it, the current over the same days: a
+    register standing still while current flows is a stopped meter (the rule's proof)."""
+    zone = ctx.settings.scheduling.zone
+    fields = ["energy_kwh", "current_a"]
+    pts = ctx.store.history(ELEC_READING, meter, fields, start, end + 1, 100_000)
+
+    def column(name: str) -> list[tuple[int, float]]:
+        return [(p.ts_ms, float(p.values[name])) for p in pts if p.values.get(name) is not None]
+
+    current = column("current_a")
+    return {
+        "chart": charts.series(column("energy_kwh"), "register, kWh", zone=zone),
+        "chart_title": "Register",
+        "current_chart": charts.series(current, "current, A", zone=zone) if current else None,
+    }
+
+
+def _taxi_chart(
+    trips: list[Trip], decision: dict[str, Any] | None, rule: DistanceRule, zone: tzinfo
+) -> dict[str, Any]:
+    """Meter / GNSS distance per trip long enough to judge, against 1, the fleet median
+    and the guard band around it (δ is the meter's median against the fleet's)."""
+    ratios = [
+        (t.end_ms, t.meter_km / t.gps_km)
+        for t in trips
+        if t.gps_km and t.gps_km >= rule.min_trip_km
+    ]
+    levels = [charts.Level(1.0, "GNSS = meter", charts.GREY, left=True)]
+    median_pct = ((decision or {}).get("evidence") or {}).get("fleet_median_pct")
+    if median_pct is not None:
+        fleet = 1 + median_pct / 100
+        levels += [
+            charts.Level(fleet, "fleet median", charts.BLUE, left=True),
+            charts.Level(fleet * (1 + rule.guard_low_pct / 100), "guard band", charts.AMBER),
+            charts.Level(fleet * (1 + rule.guard_high_pct / 100), "guard band", charts.AMBER),
+        ]
+    return {
+        "chart": charts.series(
+            ratios, "meter km / GNSS km per trip", dots=True, levels=levels, zone=zone
+        ),
+        "chart_title": f"Meter / GNSS distance ratio per trip (trips ≥ {rule.min_trip_km:g} km)",
+        "current_chart": None,
+    }
+
+
+def _error_points(
+    ctx: ApiContext, meter: str
+) -> list[tuple[int, float | None, float | None, float | None, str]]:
+    return [
+        (parse_ts(p.as_of), p.error_pct, p.low_pct, p.high_pct, p.state)
+        for p in ctx.state.error_history(meter)
+    ]
+
+
+def _elec_levels(rules: ElecRules, accuracy_class: str | None) -> list[charts.Level]:
+    limit = rules.error_limit.in_service_limit_pct.get(accuracy_class or "")
+    if limit is None:
+        return []
+    watch = rules.error_limit.watch_fraction * limit
+    return [
+        charts.Level(limit, f"limit +{limit:g} %", charts.RED),
+        charts.Level(-limit, f"limit −{limit:g} %", charts.RED),
+        charts.Level(watch, "watch", charts.AMBER),
+        charts.Level(-watch, "watch", charts.AMBER),
+    ]
+
+
+def _taxi_levels(rule: DistanceRule) -> list[charts.Level]:
+    return [
+        charts.Level(rule.limit_high_pct, "JJG 517 limit", charts.RED),
+        charts.Level(rule.limit_low_pct, "JJG 517 limit", charts.RED),
+        charts.Level(rule.guard_high_pct, "guard band", charts.AMBER),
+        charts.Level(rule.guard_low_pct, "guard band", charts.AMBER),
+    ]
+
+
+def _timeline(
+    ctx: ApiContext, meter: str, events: Measurement, start: int, end: int
+) -> list[dict[str, Any]]:
+    """The meter's events and alerts, newest first."""
     timeline = [
         {
             "ts": format_ts(p.ts_ms),
@@ -284,13 +434,7 @@ def _meter(ctx: ApiContext, meter: str) -> dict[str, Any]:
                 }
             )
     timeline.sort(key=lambda e: e["ts"], reverse=True)
-    return {
-        "m": m,
-        "chart": chart,
-        "chart_title": title,
-        "timeline": timeline[:200],
-        "fares": fares,
-    }
+    return timeline[:200]
 
 
 def _trips(ctx: ApiContext, meter: str, start: int, end: int) -> list[Trip]:
@@ -303,7 +447,7 @@ def _fare_rows(ctx: ApiContext, trips: list[Trip]) -> list[dict[str, Any]]:
     """Every trip re-priced as the fare rule does: wrong fares first, then wrong versions."""
     rules = ctx.rules().rules.taxi
     tariffs = ctx.evaluator.tariffs()
-    grace_ms = int(rules.tariff.deadline_h * 3_600_000)
+    grace_ms = int(rules.tariff.deadline_h * HOUR_MS)
     rows: list[dict[str, Any]] = []
     for t in trips:
         c = fare_check(t, tariffs, rules.fare, grace_ms=grace_ms)
@@ -371,10 +515,19 @@ def _district(ctx: ApiContext, body: dict[str, Any], sort: str) -> dict[str, Any
     loss, covered = [], []
     for d in daily:
         day = date.fromisoformat(d["day"])
-        share = 100 * d["intervals"] / per_day
+        # A block of intervals (merged across a missed reading) counts on the day it ends,
+        # so a day after a gap across midnight can count a few more than it has: at most
+        # the whole day is usable, and the tooltip says what was counted.
+        share = min(100.0, 100 * d["intervals"] / per_day)
+        counted = f"{d['intervals']} of {per_day:.0f} intervals usable"
+        if d["intervals"] > per_day:
+            counted = (
+                f"{d['intervals']} intervals counted in a {per_day:.0f}-interval day (a block "
+                "across midnight counts on the day it ends): the whole day usable"
+            )
         tip = (
-            f"{d['day']}: line loss {_pct(d['line_loss_pct'])}, {d['intervals']} of "
-            f"{per_day:.0f} intervals usable, {d['supplied_kwh']:.1f} kWh supplied"
+            f"{d['day']}: line loss {_pct(d['line_loss_pct'])}, {counted}, "
+            f"{d['supplied_kwh']:.1f} kWh supplied"
         )
         loss.append((day, d["line_loss_pct"], tip))
         covered.append((day, share, tip))
@@ -389,11 +542,6 @@ def _district(ctx: ApiContext, body: dict[str, Any], sort: str) -> dict[str, Any
     }
 
 
-def _breakable(name: object) -> Markup:
-    """A dotted rule name that may wrap after each dot, and nowhere else."""
-    return Markup(".<wbr>").join(escape(part) for part in str(name).split("."))
-
-
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f} %"
 
@@ -401,5 +549,9 @@ def _pct(value: float | None) -> str:
 def _lot(ctx: ApiContext, lot: str) -> dict[str, Any]:
     body = ctx.state.decision("lot", lot)
     if body is None:
-        raise HTTPException(404, f"lot {lot!r} has no decision yet")
+        raise HTTPException(
+            404,
+            f"Lot {lot} has no decision: lots of electricity meters are decided by every "
+            "evaluation pass; a taxi lot or an unknown one has none.",
+        )
     return body
