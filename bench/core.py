@@ -1,7 +1,9 @@
 """The estimator core's speed beside a baseline commit's, measured in the same run.
 
     .venv/bin/python -m bench.core --baseline main            # 12 districts × 5 rounds
-    .venv/bin/python -m bench.core --baseline 19e9a16 --districts 20 --rounds 7
+    .venv/bin/python -m bench.core --baseline b757432 --districts 20 --rounds 7
+
+The baseline must have `monitor/electricity/evaluate.py` and `Stamp` (main from b757432 on).
 
 The core is what a pass spends per district once the readings are read: `fit_district`
 and `meter_decision` for every meter. The districts are `bench.estimate.synth_district`
@@ -54,9 +56,10 @@ def export(ref: str, into: Path) -> Path:
 def worker(path: Path, rules_path: Path, repeat: int) -> dict[str, Any]:
     """Time the core on the pickled districts with whichever `monitor` is first on the path."""
     from monitor.core.clock import format_ts
+    from monitor.core.decision import Stamp
     from monitor.core.registry import MeterRow
     from monitor.core.rulebook import load_rules
-    from monitor.evaluation.runner import fit_district, meter_decision
+    from monitor.electricity.evaluate import fit_district, meter_decision
 
     book = load_rules(rules_path)
     rules = book.rules.elec
@@ -66,7 +69,7 @@ def worker(path: Path, rules_path: Path, repeat: int) -> dict[str, Any]:
 
     def run(d: dict[str, Any]) -> tuple[float, float, float, float]:
         start = d["end_ms"] - int(rules.estimation.window_days * DAY_MS)
-        stamp = (format_ts(d["end_ms"]), book.version)
+        stamp = Stamp(format_ts(d["end_ms"]), book.version)
         c0, w0 = time.process_time(), time.perf_counter()
         dist = fit_district(d["name"], d["series"], d["master"], rules, start, d["end_ms"])
         c1, w1 = time.process_time(), time.perf_counter()

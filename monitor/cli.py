@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+from monitor.core.ports import AuditEntry, AuditLog
 from monitor.core.yamlfile import ConfigError
 from monitor.platform.config import Settings, config_dir_from_env, load_settings
 from monitor.platform.listen import StartupError
 
 log = logging.getLogger("monitor")
+# An operator's API token for commands that ask the running service (docs/cli.md).
+TOKEN_VAR = "MONITOR_API_TOKEN"
 
 
 def _settings(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
@@ -52,7 +57,7 @@ def cmd_simulate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 def cmd_registry_import(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """Load registry rows from CSV into the state store (all or nothing)."""
-    from monitor.core.registry import parse_csv
+    from monitor.core.registry import parse_csv, region_conflicts
     from monitor.store.state import SqliteState
 
     settings = _settings(args, env)
@@ -63,12 +68,156 @@ def cmd_registry_import(args: argparse.Namespace, env: Mapping[str, str]) -> int
         print(f"{len(parsed.errors)} row(s) refused; nothing imported", file=sys.stderr)
         return 1
     state = SqliteState(settings.storage.data_dir / "state.sqlite")
+    audit = _audit(settings)
     try:
+        conflicts = region_conflicts(state.registry_rows(), parsed.rows)
+        if conflicts:
+            for conflict in conflicts:
+                print(f"{args.file}: {conflict}", file=sys.stderr)
+            print("nothing imported", file=sys.stderr)
+            return 1
         added, updated = state.upsert_meters(parsed.rows)
+        detail = {"file": str(args.file), "added": added, "updated": updated}
+        audit.append(AuditEntry(_cli_actor(), "cli", "registry.import", "registry", detail))
     finally:
+        audit.close()
         state.close()
     print(f"imported {len(parsed.rows)} meter(s): {added} added, {updated} updated")
     return 0
+
+
+def _audit(settings: Settings) -> AuditLog:
+    from monitor import __version__
+    from monitor.store.audit import SqliteAudit
+
+    return SqliteAudit(settings.storage.data_dir / "state.sqlite", __version__)
+
+
+def _cli_actor() -> str:
+    """Who ran a command, for the audit log: the operating-system account."""
+    return f"{getpass.getuser()} (command line)"
+
+
+def cmd_audit_verify(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """Walk the audit log's hash chain; name the first broken link (exit 1) or say it holds."""
+    from monitor.core.audit import ChainCheck
+
+    settings = _settings(args, env)
+    audit = _audit(settings)
+    try:
+        anchor = audit.anchor()
+        check = ChainCheck(anchor)
+        after = anchor.seq if anchor else 0
+        broken = None
+        while broken is None:
+            rows = audit.rows(after, 10_000)
+            for row in rows:
+                broken = check.feed(row)
+                if broken is not None:
+                    break
+            if not rows:
+                break
+            after = rows[-1].seq
+        broken = broken or check.finish(audit.head())
+    finally:
+        audit.close()
+    if broken is not None:
+        print(f"audit chain broken at {broken}", file=sys.stderr)
+        return 1
+    print(f"audit chain intact: {check.checked} record(s) checked")
+    return 0
+
+
+def cmd_access_token(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """Make a new random API token: print it once, with the sha256 the access file keeps."""
+    import secrets
+
+    from monitor.platform.access import token_hash
+
+    token = secrets.token_urlsafe(32)
+    print(f"token:  {token}\nsha256: {token_hash(token)}")
+    return 0
+
+
+def cmd_access_hash(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """Print the sha256 of a token read from standard input (for the access file)."""
+    from monitor.platform.access import token_hash
+
+    token = sys.stdin.readline().strip()
+    if not token:
+        print("no token on standard input", file=sys.stderr)
+        return 1
+    print(token_hash(token))
+    return 0
+
+
+def cmd_mqtt_acl(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """Write a Mosquitto acl_file from the registry: each meter publishes only under its own
+    topics and reads only its own commands; the worker reads telemetry and publishes results."""
+    from monitor.platform.mqtt_acl import acl_text
+    from monitor.store.state import SqliteState
+
+    settings = _settings(args, env)
+    state = SqliteState(settings.storage.data_dir / "state.sqlite")
+    try:
+        rows = state.registry_rows()
+    finally:
+        state.close()
+    text = acl_text(rows, args.worker, settings.mqtt.topic_root, args.mode)
+    _write_or_print(args.out, text, 0o644)
+    if args.out:
+        print(f"{args.out}: {len(rows)} meter(s) and the worker {args.worker!r}", file=sys.stderr)
+    return 0
+
+
+def cmd_mqtt_passwords(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """Make a password for every registered meter and the worker: a Mosquitto password_file
+    (hashed) and a CSV of user,password to provision the meters with (keep it secret)."""
+    from monitor.platform.mqtt_acl import new_passwords, password_file
+    from monitor.store.state import SqliteState
+
+    settings = _settings(args, env)
+    state = SqliteState(settings.storage.data_dir / "state.sqlite")
+    try:
+        users = [args.worker, *(r.meter_id for r in state.registry_rows())]
+    finally:
+        state.close()
+    secrets_ = new_passwords(users)
+    _write_or_print(Path(args.out), password_file(secrets_), 0o600)
+    lines = "user,password\n" + "".join(f"{u},{p}\n" for u, p in secrets_.items())
+    _write_or_print(Path(args.credentials), lines, 0o600)
+    print(f"{args.out}: {len(users)} account(s); passwords in {args.credentials}", file=sys.stderr)
+    return 0
+
+
+def _write_or_print(path: Path | None, text: str, mode: int) -> None:
+    if path is None:
+        sys.stdout.write(text)
+        return
+    path.write_text(text, encoding="utf-8")
+    path.chmod(mode)
+
+
+def _mqtt_commands(sub: Any, command: Any, with_config: Any) -> None:
+    mqtt = command(sub, "mqtt", "broker accounts and topic rights").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    acl = with_config(command(mqtt, "acl", cmd_mqtt_acl.__doc__))
+    acl.add_argument("--out", type=Path, default=None, help="write here (default: stdout)")
+    acl.add_argument("--worker", default="monitor", help="the worker's broker user name")
+    acl.add_argument(
+        "--mode",
+        choices=["registry", "pattern"],
+        default="registry",
+        help="registry: one block per registered meter, its district pinned (regenerate after "
+        "registry changes); pattern: %%u patterns, any meter with an account, own topics only",
+    )
+    acl.set_defaults(func=cmd_mqtt_acl)
+    pw = with_config(command(mqtt, "passwords", cmd_mqtt_passwords.__doc__))
+    pw.add_argument("--out", required=True, help="the Mosquitto password_file to write")
+    pw.add_argument("--credentials", required=True, help="CSV of user,password to write")
+    pw.add_argument("--worker", default="monitor", help="the worker's broker user name")
+    pw.set_defaults(func=cmd_mqtt_passwords)
 
 
 def cmd_evaluate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
@@ -80,7 +229,8 @@ def cmd_evaluate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     settings = _settings(args, env)
     req = Request(args.as_of, args.force, args.all)
     url = args.api or api_url(settings)
-    code = ask_service(url.rstrip("/"), req, sys.stdout, sys.stderr)
+    token = env.get(TOKEN_VAR) or None
+    code = ask_service(url.rstrip("/"), req, sys.stdout, sys.stderr, token)
     if code is not None:
         return code
     if args.api:
@@ -152,6 +302,27 @@ def cmd_rules_check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return 0
 
 
+def cmd_rules_promote(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """Make the candidate rules (uploaded, else config/rules.candidate.yaml) the rules in force.
+
+    Writes the rules file (a running service takes it at its next reload check) and
+    records the promotion: who, when, from and to which version, what changed.
+    """
+    from monitor.evaluation.shadow import CandidateError, RulesDesk
+
+    settings = _settings(args, env)
+    desk = RulesDesk(settings.rules_file, settings.storage.data_dir)
+    try:
+        done = desk.promote(args.actor, args.comment or "")
+    except CandidateError as exc:
+        print(f"not promoted: {exc}", file=sys.stderr)
+        return 1
+    print(f"promoted {done.source}: {done.from_version} → {done.to_version}")
+    for line in done.changes:
+        print(f"  {line}")
+    return 0
+
+
 EXIT_CODES = """\
 exit codes:
   0    done
@@ -178,9 +349,12 @@ CSV columns (header row required; meter_id and kind required, the rest may be em
   period_years    verification period in years (1..30): the due date is
                   verified_on (else installed_on) + period_years
   plate           taxi only: the vehicle's plate
+  region          the region the meter belongs to (empty: the default region); a district
+                  and a lot belong to one region
   feeder_branch   elec only, optional: the low-voltage cable the household hangs on
   feeder_distance_m  elec only, with feeder_branch: cable metres from the transformer
-Rows are upserted by meter_id; a file with any bad row imports nothing.
+Rows are upserted by meter_id; a file with any bad row, or one that would split a
+district or lot across regions, imports nothing.
 """
 
 
@@ -267,8 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--api",
         default=None,
         metavar="URL",
-        help="the running service to ask (default: http:// + api.http of the config); "
-        "when none answers at the default, the pass runs in this process",
+        help="the running service to ask (default: http:// + api.http of the config; with an "
+        "access file in force, an operator token in $MONITOR_API_TOKEN); when none answers "
+        "at the default, the pass runs in this process",
     )
     ev.set_defaults(func=cmd_evaluate)
 
@@ -286,6 +461,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--since", type=int, default=7, help="days of history to replay, one pass a day"
     )
     back.set_defaults(func=cmd_rules_backtest)
+    promote = with_config(command(rules, "promote", cmd_rules_promote.__doc__))
+    promote.add_argument("--actor", required=True, help="who promotes (recorded)")
+    promote.add_argument("--comment", default=None, help="why (recorded)")
+    promote.set_defaults(func=cmd_rules_promote)
+
+    audit = command(sub, "audit", "the hash-chained audit log").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    verify = with_config(command(audit, "verify", cmd_audit_verify.__doc__))
+    verify.set_defaults(func=cmd_audit_verify)
+
+    access = command(sub, "access", "API tokens for the access file").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    command(access, "token", cmd_access_token.__doc__).set_defaults(func=cmd_access_token)
+    command(access, "hash", cmd_access_hash.__doc__).set_defaults(func=cmd_access_hash)
+    _mqtt_commands(sub, command, with_config)
     return parser
 
 

@@ -37,7 +37,7 @@ def openapi_schema() -> JsonSchema:
     from monitor.api.context import ApiContext
     from monitor.platform.config import Settings
 
-    parts: dict[str, Any] = {f.name: None for f in dataclasses.fields(ApiContext)}
+    parts: dict[str, Any] = {f.name: None for f in dataclasses.fields(ApiContext) if f.init}
     parts["settings"] = Settings()
     schema: JsonSchema = create_app(ApiContext(**parts)).openapi()
     return schema
@@ -145,10 +145,10 @@ def render_api(schema: JsonSchema) -> str:
     by_tag: dict[str, list[tuple[str, str, JsonSchema]]] = {}
     for method, path, op in _operations(schema):
         by_tag.setdefault(op.get("tags", ["other"])[0], []).append((method, path, op))
-    out = ["| method and path | what |", "|---|---|"]
+    out = ["| method and path | what | roles |", "|---|---|---|"]
     for method, path, op in _operations(schema):
         first = str(op.get("description") or op.get("summary", "")).split("\n\n")[0]
-        out.append(f"| `{method} {path}` | {_cell(first)} |")
+        out.append(f"| `{method} {path}` | {_cell(first)} | {_roles(method, path)} |")
     for tag, ops in by_tag.items():
         out += ["", f"### {tag}"]
         for method, path, op in ops:
@@ -156,8 +156,21 @@ def render_api(schema: JsonSchema) -> str:
             out += ["", f"#### `{method} {path}`", ""]
             out += [str(op.get("description") or op.get("summary", "")).strip(), ""]
             out += _parameters(schema, op) + _body(schema, op)
-            out.append(f"Success: `{success}`.")
+            out.append(f"Success: `{success}`. Roles: {_roles(method, path)}.")
     return "\n".join(out)
+
+
+def _roles(method: str, path: str) -> str:
+    """Who may call a route with an access file in force (api/guard.py)."""
+    from monitor.api.guard import PUBLIC, ROUTE_RULES
+
+    rule = ROUTE_RULES.get((method, path))
+    if rule is None:
+        return "none (no rule)"
+    if rule is PUBLIC:
+        return "open to all"
+    roles = ", ".join(sorted(rule.roles))
+    return roles + (" (scope `*`)" if rule.whole_fleet else "")
 
 
 # -- the command line ------------------------------------------------------------------

@@ -11,6 +11,7 @@ service to deliver when it starts.
 
 from __future__ import annotations
 
+import getpass
 import os
 import time
 from collections import Counter
@@ -20,10 +21,12 @@ from typing import Any, TextIO
 
 import httpx
 
+from monitor import __version__
 from monitor.alerts.book import AlertBook, Change
 from monitor.alerts.notifier import Notifier
 from monitor.core.clock import HOUR_MS
 from monitor.core.decision import decision_from_dict
+from monitor.core.ports import AuditEntry
 from monitor.core.rulebook import load_rules
 from monitor.evaluation.report import print_evaluation, print_report
 from monitor.evaluation.runner import Evaluator, decision_publisher, future_as_of
@@ -31,6 +34,7 @@ from monitor.platform.config import Settings, split_host_port
 from monitor.platform.metrics import Metrics
 from monitor.platform.mqtt import BrokerAddress, PublishLink, parse_broker_url
 from monitor.store import open_store
+from monitor.store.audit import SqliteAudit
 from monitor.store.state import SqliteState
 from monitor.taxi.tariff import load_tariffs
 
@@ -60,8 +64,11 @@ def api_url(settings: Settings) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def ask_service(url: str, req: Request, out: TextIO, err: TextIO) -> int | None:
-    """Have the running service evaluate; None when no service answers at `url`."""
+def ask_service(
+    url: str, req: Request, out: TextIO, err: TextIO, token: str | None = None
+) -> int | None:
+    """Have the running service evaluate; None when no service answers at `url`.
+    `token`: an operator's API token, when the service has an access file."""
     params: dict[str, Any] = {"decisions": "all" if req.verbose else "findings"}
     if req.as_of is not None:
         params["as_of"] = req.as_of
@@ -69,7 +76,8 @@ def ask_service(url: str, req: Request, out: TextIO, err: TextIO) -> int | None:
         params["force"] = "true"
     timeout = httpx.Timeout(PASS_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
     try:
-        r = httpx.post(f"{url}/api/evaluate", params=params, timeout=timeout)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        r = httpx.post(f"{url}/api/evaluate", params=params, timeout=timeout, headers=headers)
     except (httpx.ConnectError, httpx.ConnectTimeout):
         return None
     if r.status_code != 200:
@@ -88,6 +96,16 @@ def ask_service(url: str, req: Request, out: TextIO, err: TextIO) -> int | None:
     return 0
 
 
+def _audit_run(settings: Settings, summary: dict[str, Any]) -> None:
+    """The pass run here is a change like any other: one audit record, by the OS account."""
+    audit = SqliteAudit(settings.storage.data_dir / "state.sqlite", __version__)
+    try:
+        actor = f"{getpass.getuser()} (command line)"
+        audit.append(AuditEntry(actor, "cli", "evaluation.run", "fleet", summary))
+    finally:
+        audit.close()
+
+
 def _detail(r: httpx.Response) -> str:
     try:
         return str(r.json().get("detail", r.text))
@@ -98,7 +116,7 @@ def _detail(r: httpx.Response) -> str:
 def broker_address(settings: Settings) -> BrokerAddress:
     """The configured broker, or where the embedded one listens when the service runs."""
     if settings.mqtt.url:
-        return parse_broker_url(settings.mqtt.url)
+        return parse_broker_url(settings.mqtt.url, *settings.mqtt.tls_files())
     host, port = split_host_port(settings.mqtt.embedded)
     return BrokerAddress("127.0.0.1" if host in ("0.0.0.0", "") else host, port)
 
@@ -141,7 +159,9 @@ def run_here(
         as_of = _as_of(req, evaluator, clock, err)
         if as_of is None:
             return 1
-        print_evaluation(evaluator.run(as_of, book), out, verbose=req.verbose)
+        result = evaluator.run(as_of, book)
+        _audit_run(settings, result.summary())
+        print_evaluation(result, out, verbose=req.verbose)
         delivered = _deliver(notifier) if reachable else 0
         pending = notifier.pending()
     finally:

@@ -18,25 +18,32 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from fastapi import FastAPI
 
+from monitor import __version__
 from monitor.alerts.book import AlertBook, Change
 from monitor.alerts.mismatch import MISMATCH_RULES, mismatch_conditions
 from monitor.alerts.notifier import Notifier
 from monitor.alerts.offline import OFFLINE_RULES, offline_conditions
 from monitor.api.app import create_app
 from monitor.api.context import ApiContext
+from monitor.api.guard import unruled_routes
 from monitor.api.web import mount_web
-from monitor.core.clock import HOUR_MS
-from monitor.core.ports import StateStore, TelemetryStore
+from monitor.core.clock import HOUR_MS, format_ts
+from monitor.core.ports import AuditEntry, AuditLog, StateStore, TelemetryStore
+from monitor.core.regions import RegionIndex
 from monitor.core.rulebook import RuleBook, load_rules
+from monitor.evaluation.export import exporter
 from monitor.evaluation.runner import Evaluator, decision_publisher
+from monitor.evaluation.shadow import RulesDesk
 from monitor.ingest.worker import IngestWorker
+from monitor.platform.access import AccessBook, load_access_or_none
 from monitor.platform.broker import EmbeddedBroker
-from monitor.platform.config import Settings, split_host_port
-from monitor.platform.listen import listen_socket
+from monitor.platform.config import Settings, is_loopback, split_host_port
+from monitor.platform.listen import StartupError, listen_socket
 from monitor.platform.metrics import Metrics, RateSampler
 from monitor.platform.mqtt import BrokerAddress, parse_broker_url
 from monitor.platform.reload import HotFile
 from monitor.store import open_store
+from monitor.store.audit import SqliteAudit
 from monitor.store.state import SqliteState
 from monitor.taxi.tariff import TariffBook, load_tariffs
 
@@ -56,6 +63,8 @@ class Components:
     evaluator: Evaluator
     alerts: AlertBook
     notifier: Notifier
+    access: HotFile[AccessBook | None]
+    audit: AuditLog
     broker: EmbeddedBroker | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -95,8 +104,10 @@ class Service:
     def start(self) -> Components:
         """Start everything but the HTTP server; config files are validated first."""
         s = self.settings
+        check_exposure(s)
         rules = HotFile(s.rules_file, load_rules)
         tariffs = HotFile(s.tariffs_file, partial(load_tariffs, zone=s.scheduling.timezone))
+        access = HotFile(s.access_file, load_access_or_none)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         broker, address, mqtt = None, None, s.mqtt
         if s.mqtt.url is None:
@@ -106,7 +117,7 @@ class Service:
             # amqtt speaks MQTT 3.1.1 and has no shared subscriptions.
             mqtt = s.mqtt.model_copy(update={"protocol": "3.1.1", "shared_group": None})
         else:
-            address = parse_broker_url(s.mqtt.url)
+            address = parse_broker_url(s.mqtt.url, *s.mqtt.tls_files())
         store = open_store(s.storage, self.metrics)
         state = SqliteState(self.data_dir / "state.sqlite")
         worker = IngestWorker(mqtt, address, store, state, self.metrics, self.clock, s.ingest)
@@ -114,6 +125,7 @@ class Service:
         publish_decision = decision_publisher(worker.publish, s.mqtt.decisions_topic_root)
 
         alerts = AlertBook(self.data_dir / "state.sqlite", int(s.alerts.clear_after_h * HOUR_MS))
+        audit = SqliteAudit(self.data_dir / "state.sqlite", __version__)
 
         notifier = Notifier(s.alerts.routing, self.data_dir / "notify.sqlite", worker.publish)
 
@@ -121,6 +133,9 @@ class Service:
             notifier.submit(changes)
             self._wake_notifier()
 
+        desk = RulesDesk(
+            s.rules_file, self.data_dir, in_force=lambda: rules.current, reload=rules.check
+        )
         evaluator = Evaluator(
             store,
             state,
@@ -129,10 +144,26 @@ class Service:
             alerts,
             notify,
             zone=s.scheduling.zone,
+            export=exporter(
+                store, s.scheduling.zone, lambda: RegionIndex.from_rows(state.registry_rows())
+            ),
+            shadow=desk,
         )
         self.parts = Components(
-            address, store, state, worker, rules, tariffs, evaluator, alerts, notifier, broker
+            address,
+            store,
+            state,
+            worker,
+            rules,
+            tariffs,
+            evaluator,
+            alerts,
+            notifier,
+            access,
+            audit,
+            broker,
         )
+        self.parts.extra["rules_desk"] = desk
         self._scheduler.add_job(
             self._deliver, "interval", seconds=2, id="notify", max_instances=1, coalesce=True
         )
@@ -152,7 +183,23 @@ class Service:
         self._scheduler.add_job(
             self._reload, "interval", seconds=s.scheduling.rules_reload_s, id="reload"
         )
+        self._scheduler.add_job(
+            self.purge_audit,
+            "interval",
+            hours=24,
+            id="audit-retention",
+            next_run_time=datetime.now(UTC),
+        )
         self._scheduler.start()
+        if access.current is None:
+            log.warning(
+                "open mode: no access file (%s), every page and change is open to anyone "
+                "who reaches %s; this is allowed on a loopback address only",
+                s.access_file,
+                s.api.http,
+            )
+        else:
+            log.info("access file %s: %d token(s)", s.access_file, len(access.current.names))
         log.info(
             "rules %s, %d tariff(s); telemetry store %s; broker %s",
             rules.current.version,
@@ -165,9 +212,18 @@ class Service:
     def _reload(self) -> None:
         if self.parts is None:
             return
-        for hot in (self.parts.rules, self.parts.tariffs):
+        parts = self.parts
+        hots: tuple[tuple[str, HotFile[Any], Callable[[Any], dict[str, Any]]], ...] = (
+            ("rules.reload", parts.rules, lambda book: {"version": book.version}),
+            ("tariffs.reload", parts.tariffs, lambda book: {"versions": sorted(book)}),
+            ("access.reload", parts.access, _access_summary),
+        )
+        for action, hot, summary in hots:
+            before = summary(hot.current)
             changed = hot.check()
             if changed:
+                detail = {"file": str(hot.path), "before": before, "after": summary(hot.current)}
+                parts.audit.append(AuditEntry("service", "system", action, hot.path.name, detail))
                 self.metrics.config_reloads.labels(file=hot.path.name, result="ok").inc()
             elif hot.last_error is not None and hot.failures > self._reported.get(hot.path, 0):
                 self._reported[hot.path] = hot.failures
@@ -183,7 +239,17 @@ class Service:
             return None
         summary = self.parts.evaluator.run(as_of, self.parts.rules.current).summary()
         log.info("evaluation as of %s: %s", summary["as_of"], summary["meter_decisions"])
+        self.parts.audit.append(
+            AuditEntry("service (schedule)", "system", "evaluation.run", "fleet", summary)
+        )
         return summary
+
+    def purge_audit(self) -> int:
+        """Drop audit records older than `audit.retention_days` (daily); returns how many."""
+        if self.parts is None:
+            return 0
+        keep_ms = int(self.settings.audit.retention_days * 86_400_000)
+        return self.parts.audit.purge(format_ts(int(time.time() * 1000) - keep_ms))
 
     def schedule_evaluation(self, every_s: float) -> None:
         """Also evaluate every `every_s` seconds (the demo's short schedule), beside the cron."""
@@ -276,15 +342,22 @@ class Service:
             parts.alerts,
             self._notify,
             self.clock,
+            rules_desk=parts.extra.get("rules_desk"),
+            access=lambda: parts.access.current,
+            audit=parts.audit,
         )
         app = create_app(ctx)
         mount_web(app, ctx)
+        missing = unruled_routes(app)
+        if missing:  # a route nobody may call is a bug, found here rather than by a user
+            raise RuntimeError(f"routes without an access rule (api/guard.py): {missing}")
         return app
 
     def bind_http(self) -> None:
         """Take the API's port now: a port in use is refused (StartupError, one line)
         before the broker and the worker start, and no banner claims otherwise."""
         if self._http_socket is None:
+            check_exposure(self.settings)
             host, port = split_host_port(self.settings.api.http)
             self._http_socket = listen_socket(
                 host, port, "the API", "set MONITOR_HTTP to a free host:port"
@@ -326,7 +399,34 @@ class Service:
         self.parts.worker.stop()
         self.parts.store.close()
         self.parts.alerts.close()
+        self.parts.audit.close()
         self.parts.state.close()
         if self.parts.broker is not None:
             self.parts.broker.stop()
         self.parts = None
+
+
+def check_exposure(settings: Settings) -> None:
+    """Refuse (StartupError) to serve a non-loopback address in open mode, or to start
+    with an access file named that is not there."""
+    host, port = split_host_port(settings.api.http)
+    path = settings.access_file
+    if settings.api.access_file is not None and not path.exists():
+        raise StartupError(
+            f"the access file {path} (MONITOR_ACCESS_FILE / api.access_file) does not exist"
+        )
+    if not path.exists() and not is_loopback(host):
+        raise StartupError(
+            f"refusing to serve {host}:{port} without an access file: anyone who reaches it "
+            "could acknowledge alerts, post sample results and replace the registry. Create "
+            f"{path} (tokens, roles, scopes: docs/configuration.md#access) or point "
+            "MONITOR_ACCESS_FILE at one, or listen on 127.0.0.1 (MONITOR_HTTP) for open mode"
+        )
+
+
+def _access_summary(book: AccessBook | None) -> dict[str, Any]:
+    """What the audit log keeps of an access file: who may do what (no hashes)."""
+    if book is None:
+        return {"open_mode": True}
+    tokens = [{"name": t.name, "role": t.role, "scope": t.scope} for t in book.spec.tokens]
+    return {"tokens": tokens, "oidc": book.spec.oidc is not None}

@@ -161,10 +161,25 @@ class Mosquitto:
     it every second while it runs (which covers a crash/SIGKILL, up to the last second).
     """
 
-    def __init__(self, workdir: Path, *, port: int | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        port: int | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
+        password_file: Path | None = None,
+        acl_file: Path | None = None,
+        require_certificate: bool = False,
+    ) -> None:
+        """`tls` = (CA, server certificate, server key): the listener speaks only TLS;
+        with `password_file` anonymous clients are refused; `acl_file` limits topics."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.host = "127.0.0.1"
+        self.tls = tls
+        self.password_file = password_file
+        self.acl_file = acl_file
+        self.require_certificate = require_certificate
         self.port = port or free_port()
         self._fixed_port = port is not None
         self.conf = self.workdir / "mosquitto.conf"
@@ -176,16 +191,30 @@ class Mosquitto:
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
     @property
     def running(self) -> bool:
         return self._proc.running
 
+    def _access_lines(self) -> list[str]:
+        lines = []
+        if self.tls is not None:
+            ca, cert, key = self.tls
+            lines += [f"cafile {ca}", f"certfile {cert}", f"keyfile {key}"]
+            lines.append(f"require_certificate {str(self.require_certificate).lower()}")
+        if self.password_file is not None:
+            lines += ["allow_anonymous false", f"password_file {self.password_file}"]
+        else:
+            lines.append("allow_anonymous true")
+        if self.acl_file is not None:
+            lines.append(f"acl_file {self.acl_file}")
+        return lines
+
     def _write_conf(self) -> None:
         lines = [
             f"listener {self.port} {self.host}",
-            "allow_anonymous true",
+            *self._access_lines(),
             "persistence true",
             f"persistence_location {self.persistence_dir}",
             "persistence_file mosquitto.db",

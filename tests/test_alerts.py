@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +24,10 @@ from monitor.core.decision import (
     decide_meter,
     severity_for,
 )
-from monitor.core.ports import Series
+from monitor.core.ports import MeterPoint, Series
 from monitor.core.rulebook import load_rules
 from monitor.core.schema import ELEC_READING, Record
+from monitor.electricity import rules as rules_elec
 from monitor.electricity.rules import function_findings
 from monitor.evaluation.runner import Evaluator
 from monitor.ingest.worker import summarise_seen
@@ -64,7 +66,9 @@ def book(tmp: Path) -> AlertBook:
 def test_a_condition_repeated_a_thousand_times_is_one_alert(tmp_path: Path) -> None:
     b = book(tmp_path)
     actions = [
-        c.action for i in range(1000) for c in b.observe([condition(day=i / DAY)], BASE_MS + i)
+        c.action
+        for i in range(1000)
+        for c in b.observe([replace(condition(), at_ms=BASE_MS + i)], BASE_MS + i)
     ]
     assert actions[0] == "opened" and set(actions[1:]) == {"repeated"}
     alerts = b.list(None, None, None, 0, 10)
@@ -332,3 +336,104 @@ def test_inbox_api(tmp_path: Path) -> None:
     assert wrong.status_code == 422 and "kind" in wrong.text
     state.close()
     store.close()
+
+
+# --- counts that count occurrences -----------------------------------------------------
+
+
+def _cover_events(first: int, n: int, meter: str = "E1") -> list[MeterPoint]:
+    """`n` cover_open events a minute apart from minute `first`."""
+    return [
+        MeterPoint(meter, BASE_MS + (first + i) * 60_000, {"code": "cover_open"}) for i in range(n)
+    ]
+
+
+def _tamper_conditions(events: list[MeterPoint], as_of_ms: int) -> list[Condition]:
+    """A meter's tamper finding through the rules and the decision, as a pass makes it."""
+    findings = rules_elec.event_findings(events, RULES.elec.tamper, RULES.elec.hardware, as_of_ms)
+    stamp = Stamp(format_ts(as_of_ms), "t")
+    d = decide_meter("E1", "elec", findings, None, None, {"lot": "L1", "district": "D1"}, stamp)
+    return conditions_of([d], as_of_ms)
+
+
+def test_fifty_events_in_one_pass_count_fifty_and_once_across_passes(tmp_path: Path) -> None:
+    b = book(tmp_path)
+    events = _cover_events(0, 50)
+    [opened] = b.observe(_tamper_conditions(events + events[:10], BASE_MS + DAY), BASE_MS + DAY)
+    alert = opened.alert
+    assert alert["count"] == 50  # the 10 delivered twice are the same events
+    assert alert["first_seen"] == format_ts(BASE_MS)
+    assert alert["last_seen"] == format_ts(BASE_MS + 49 * 60_000)
+    assert "50 event(s)" in alert["message"]
+    # The next pass finds the same 50 again (they stay findings for a year) and 2 new ones.
+    later = events + _cover_events(100, 2)
+    [again] = b.observe(_tamper_conditions(later, BASE_MS + 2 * DAY), BASE_MS + 2 * DAY)
+    assert again.action == "repeated" and again.alert["count"] == 52
+    assert again.alert["last_seen"] == format_ts(BASE_MS + 101 * 60_000)
+    # The same pass repeated counts nothing new.
+    [same] = b.observe(_tamper_conditions(later, BASE_MS + 2 * DAY), BASE_MS + 2 * DAY)
+    assert same.alert["count"] == 52
+
+
+def test_a_state_condition_counts_its_passes_each_as_of_once(tmp_path: Path) -> None:
+    b = book(tmp_path)
+    for day in (0, 1, 1, 2):  # the pass of day 1 run twice
+        b.observe([condition(day=day)], BASE_MS + day * DAY)
+    [alert] = b.list(None, None, None, 0, 10)
+    assert alert["count"] == 3
+    assert (alert["first_seen"], alert["last_seen"]) == (
+        format_ts(BASE_MS),
+        format_ts(BASE_MS + 2 * DAY),
+    )
+
+
+def test_one_condition_per_event_is_one_alert_counting_each(tmp_path: Path) -> None:
+    # taxi.seal.event gives one finding per event: one alert, one count per distinct event.
+    def seal(ts: int) -> Condition:
+        return Condition(
+            "taxi.seal.event",
+            "taxi",
+            "T1",
+            "critical",
+            "seal",
+            BASE_MS + DAY,
+            {},
+            meter="T1",
+            occurrences=((f"seal_broken@{ts}", ts),),
+        )
+
+    changes = book(tmp_path).observe(
+        [seal(BASE_MS), seal(BASE_MS + 5), seal(BASE_MS)], BASE_MS + DAY
+    )
+    assert len(changes) == 1 and changes[0].alert["count"] == 2
+
+
+def test_a_resolved_event_alert_reopens_only_on_a_new_event(tmp_path: Path) -> None:
+    b = book(tmp_path)
+    events = _cover_events(0, 3)
+    [opened] = b.observe(_tamper_conditions(events, BASE_MS + DAY), BASE_MS + DAY)
+    b.act(opened.alert["id"], "resolve", "inspector.li", "case closed", BASE_MS + DAY)
+    [still] = b.observe(_tamper_conditions(events, BASE_MS + 2 * DAY), BASE_MS + 2 * DAY)
+    assert still.action == "repeated" and still.alert["status"] == "resolved"
+    more = events + _cover_events(2000, 1)
+    [back] = b.observe(_tamper_conditions(more, BASE_MS + 3 * DAY), BASE_MS + 3 * DAY)
+    assert back.action == "reopened" and back.alert["count"] == 4
+
+
+def test_an_alert_counted_by_passes_before_is_recounted_by_its_events(tmp_path: Path) -> None:
+    # Stored by the version that counted passes: 7 passes over 50 events, resolved.
+    b = book(tmp_path)
+    events = _cover_events(0, 50)
+    b.observe(_tamper_conditions(events, BASE_MS + DAY), BASE_MS + DAY)
+    db = sqlite3.connect(tmp_path / "state.sqlite")
+    db.execute("DELETE FROM alert_occurrences")
+    db.execute(
+        "UPDATE alerts SET count = 7, first_seen = ?, last_seen = ?, status = 'resolved'",
+        (BASE_MS + DAY, BASE_MS + 7 * DAY),
+    )
+    db.commit()
+    db.close()
+    [recounted] = b.observe(_tamper_conditions(events, BASE_MS + 8 * DAY), BASE_MS + 8 * DAY)
+    alert = recounted.alert
+    assert alert["count"] == 50 and alert["first_seen"] == format_ts(BASE_MS)
+    assert alert["status"] == "resolved"  # old events found again do not reopen it

@@ -51,6 +51,7 @@ class Api:
             Evaluator(self.store, self.state),
             lambda: book,
         )
+        self.ctx = ctx
         self.client = TestClient(create_app(ctx))
 
     def ingest(self, records: list[Record]) -> None:

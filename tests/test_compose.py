@@ -228,8 +228,27 @@ def influx_init(services: dict[str, Any]) -> dict[str, str]:
 def test_monitor_env_names_are_known_to_the_code(
     services: dict[str, Any], known_variables: set[str]
 ) -> None:
-    unknown = set(environment(services["monitor"])) - known_variables
+    env = environment(services["monitor"])
+    unknown = set(env) - known_variables - _generic_keys(env)
     assert not unknown, f"monitor env has variables the code does not read: {unknown}"
+
+
+def _generic_keys(env: dict[str, str]) -> set[str]:
+    """MONITOR_<SECTION>__<KEY> variables whose key the settings have (generic rule)."""
+    config = config_module()
+    found = set()
+    for name in env:
+        paths = list(config.env_overrides({name: "x"}))
+        if paths and name not in config.ENV_ALIASES:
+            node: Any = config.Settings.model_fields
+            for key in paths[0]:
+                field = node.get(str(key)) if isinstance(node, dict) else None
+                if field is None:
+                    break
+                node = getattr(field.annotation, "model_fields", {})
+            else:
+                found.add(name)
+    return found
 
 
 def test_monitor_sets_every_documented_variable(services: dict[str, Any]) -> None:
@@ -318,10 +337,10 @@ def test_monitor_influx_url_names_the_influxdb_service(
     assert condition == "service_healthy"
 
 
-def grafana_datasource(kind: str) -> dict[str, Any]:
+def grafana_datasource(uid: str) -> dict[str, Any]:
     sources = load_yaml(GRAFANA_DATASOURCES)["datasources"]
-    found = [s for s in sources if s["type"] == kind]
-    assert len(found) == 1, f"expected one {kind} datasource in {GRAFANA_DATASOURCES}"
+    found = [s for s in sources if s["uid"] == uid]
+    assert len(found) == 1, f"expected one datasource {uid} in {GRAFANA_DATASOURCES}"
     return dict(found[0])
 
 
@@ -329,7 +348,7 @@ def test_grafana_influx_datasource_equals_the_monitor_settings(
     services: dict[str, Any], monitor_env: dict[str, str]
 ) -> None:
     grafana_env = resolved_environment(services["grafana"])
-    source = grafana_datasource("influxdb")
+    source = grafana_datasource("monitor-influxdb")
     assert source["jsonData"]["version"] == "Flux"
     assert source["url"] == monitor_env["MONITOR_INFLUX_URL"]
     values = {
@@ -342,8 +361,42 @@ def test_grafana_influx_datasource_equals_the_monitor_settings(
         assert resolve(raw, grafana_env) == monitor_env[var], var
 
 
+def test_grafana_influxql_datasource_reads_the_monitors_bucket(
+    services: dict[str, Any], monitor_env: dict[str, str]
+) -> None:
+    grafana_env = resolved_environment(services["grafana"])
+    source = grafana_datasource("monitor-influxql")
+    assert source["type"] == "influxdb" and "version" not in source["jsonData"]  # InfluxQL
+    assert source["url"] == monitor_env["MONITOR_INFLUX_URL"]
+    # InfluxDB 2 serves InfluxQL on a bucket's virtual DBRP mapping: database = bucket.
+    for raw in (source["database"], source["jsonData"]["dbName"]):
+        assert resolve(raw, grafana_env) == monitor_env["MONITOR_INFLUX_BUCKET"]
+    assert source["jsonData"]["httpHeaderName1"] == "Authorization"
+    token = resolve(source["secureJsonData"]["httpHeaderValue1"], grafana_env)
+    assert token == f"Token {monitor_env['MONITOR_INFLUX_TOKEN']}"
+
+
+def test_grafana_provisions_the_dashboards(services: dict[str, Any]) -> None:
+    provider = load_yaml(ROOT / "deploy/grafana/provisioning/dashboards/monitor.yml")
+    (only,) = provider["providers"]
+    path = only["options"]["path"]
+    sources = {target: source for source, target in mounts(services["grafana"])}
+    assert (
+        sources["/etc/grafana/provisioning/dashboards"]
+        == "./deploy/grafana/provisioning/dashboards"
+    )
+    assert sources[path] == "./deploy/grafana/dashboards"
+    assert sorted(p.name for p in (ROOT / "deploy/grafana/dashboards").glob("*.json"))
+    uids = {s["uid"] for s in load_yaml(GRAFANA_DATASOURCES)["datasources"]}
+    for board in (ROOT / "deploy/grafana/dashboards").glob("*.json"):
+        body = json.loads(board.read_text("utf-8"))
+        for panel in body["panels"]:
+            for target in panel["targets"]:
+                assert target["datasource"]["uid"] in uids, (board.name, panel["title"])
+
+
 def test_grafana_prometheus_datasource(services: dict[str, Any]) -> None:
-    url = urlsplit(grafana_datasource("prometheus")["url"])
+    url = urlsplit(grafana_datasource("monitor-prometheus")["url"])
     assert url.hostname == "prometheus"
     assert url.port in container_ports(services["prometheus"])
 
@@ -355,7 +408,9 @@ def test_mqtt_url_names_mosquitto_and_its_listener(
     services: dict[str, Any], monitor_env: dict[str, str]
 ) -> None:
     url = urlsplit(monitor_env["MONITOR_MQTT_URL"])
-    assert url.scheme == "mqtt"
+    assert url.scheme == "mqtts", "the worker reaches the broker over TLS"
+    assert url.username == "monitor", "on its own least-rights account"
+    assert monitor_env["MONITOR_MQTT__CA_FILE"].startswith("/app/mqtt-ca/")
     assert url.hostname == "mosquitto" and "mosquitto" in services
     listeners = {int(v.split()[0]) for k, v in mosquitto_settings() if k == "listener"}
     assert url.port in listeners
@@ -551,3 +606,11 @@ def test_mosquitto_data_is_a_volume(services: dict[str, Any]) -> None:
 )
 def test_resolve(raw: str, env: dict[str, str], expected: str) -> None:
     assert resolve(raw, env) == expected
+
+
+def test_mosquitto_takes_tls_logins_and_the_acl_only() -> None:
+    settings = mosquitto_settings()
+    keys = dict(settings)
+    assert keys["allow_anonymous"] == "false"
+    assert {"cafile", "certfile", "keyfile", "password_file", "acl_file"} <= set(keys)
+    assert [v for k, v in settings if k == "listener"] == ["8883"], "no plain listener"

@@ -30,6 +30,7 @@ def test_contract_variables_override_the_file() -> None:
         "MONITOR_HTTP": "0.0.0.0:9000",
         "MONITOR_DATA_DIR": "/tmp/x",
         "MONITOR_EMBEDDED_MQTT": "0.0.0.0:1999",
+        "MONITOR_ACCESS_FILE": "/etc/monitor/access.yaml",
     }
     s = load_settings(REPO / "config", env)
     assert s.mqtt.url == "mqtt://user:pw@broker:1884"
@@ -43,6 +44,7 @@ def test_contract_variables_override_the_file() -> None:
     assert s.api.http == "0.0.0.0:9000"
     assert s.storage.data_dir == Path("/tmp/x")
     assert s.mqtt.embedded == "0.0.0.0:1999"
+    assert s.access_file == Path("/etc/monitor/access.yaml")
     assert set(env) == set(ENV_ALIASES)
 
 

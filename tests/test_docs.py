@@ -21,7 +21,7 @@ from monitor.core.catalogue import CATALOGUE
 from monitor.core.decision import SEVERITY_RANK, severity_for
 from monitor.core.registry import parse_csv
 from monitor.core.rulebook import load_rules
-from monitor.electricity.sampling import code_letter, iso2859_1_plan
+from monitor.electricity.sampling import LQS, code_letter, iso2859_1_plan, iso2859_2_plan
 from monitor.ingest.telemetry import ELEC_EVENT_CODES, REASONS, TAXI_EVENT_CODES
 from monitor.taxi.tariff import TariffBook, charged_fare_cny, fare_cny
 
@@ -270,6 +270,27 @@ def test_sampling_tables_are_the_plans_the_code_draws() -> None:
                 # A plan whose sample reaches the lot size inspects every meter.
                 assert plan.sample_size == min(wanted, lot), (letter, aql)
                 assert plan.inspect_all == (wanted >= lot), (letter, aql)
+
+
+def test_limiting_quality_table_is_the_plans_the_code_draws() -> None:
+    text = section(
+        DOCS / "metrology.md", "### Sampling plans: ISO 2859-2 procedure A (limiting quality)"
+    )
+    header, *rows = tables(text)[0]
+    assert header[0] == "lot size"
+    assert [float(h.removeprefix("LQ ").removesuffix(" %")) for h in header[1:]] == list(LQS)
+    assert len(rows) == 13
+    for row in rows:
+        bounds = row[0].replace(" ", "").replace(">", "").split("–")
+        # Both ends of the range (the open-ended last row: its first lot and a large one).
+        lots = [int(bounds[0]) + (1 if len(bounds) == 1 else 0)]
+        lots.append(int(bounds[1]) if len(bounds) == 2 else 10**7)
+        for lq, cell in zip(LQS, row[1:], strict=True):
+            n, ac = (int(v) for v in cell.split("/"))
+            for lot in lots:
+                plan = iso2859_2_plan(lot, lq)
+                assert (plan.accept, plan.reject) == (ac, ac + 1), (lot, lq)
+                assert plan.sample_size == min(n, lot), (lot, lq)
 
 
 _UPPER = {"A": 8, "B": 15, "C": 25, "D": 50, "E": 90, "F": 150, "G": 280, "H": 500}

@@ -121,7 +121,7 @@ def test_meters_beyond_the_limit_are_suspect_and_healthy_ones_are_not_replaced(
     assert any(world.truth[m]["district"] not in disturbed for m in beyond)
     suspects = 0
     for meter in beyond:
-        got = (decisions[meter]["state"], decisions[meter]["decision"])
+        got: tuple[str, str] = (decisions[meter]["state"], decisions[meter]["decision"])
         if world.truth[meter]["district"] in disturbed:
             assert got == ("unknown", "keep"), (meter, decisions[meter])
             continue

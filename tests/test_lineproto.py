@@ -30,3 +30,17 @@ def test_trip_has_no_district_tag() -> None:
 
 def test_tag_escaping() -> None:
     assert escape_tag("a b,c=d") == r"a\ b\,c\=d"
+
+
+def test_result_points_leave_out_what_is_unknown() -> None:
+    from monitor.core.schema import METER_STATE
+    from monitor.store.lineproto import output_line
+
+    line = output_line(
+        METER_STATE,
+        {"meter": "E 1", "kind": "elec", "district": None, "region": ""},
+        {"state": "normal", "evaluable": True, "error_pct": float("nan"), "n": 480},
+        1000,
+    )
+    assert line == 'meter_state,meter=E\\ 1,kind=elec state="normal",evaluable=1i,n=480i 1000'
+    assert output_line(METER_STATE, {"meter": "E1"}, {"error_pct": None}, 1000) is None

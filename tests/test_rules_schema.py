@@ -51,3 +51,53 @@ def test_inconsistent_bands_and_unknown_aql_are_refused() -> None:
         parse_rules(text.replace("aql: 1.0", "aql: 4.0"), "x")
     with pytest.raises(ConfigError, match="invalid YAML"):
         parse_rules("elec: [", "x")
+
+
+def _with_lot_plan(text: str, plan_yaml: str) -> str:
+    """The shipped rules with the lot plan block replaced by `plan_yaml` (indented lines)."""
+    # The shipped lot plan block: `plan:` up to and including `family_plans: []`.
+    old = text[text.index("    plan:  ") : text.index("    family_plans: []\n") + 21]
+    assert old in text
+    return text.replace(old, plan_yaml)
+
+
+def test_a_limiting_quality_plan_and_family_plans_are_read() -> None:
+    text = _with_lot_plan(
+        RULES.read_text(),
+        "    plan: {kind: iso2859-2, lq: 5.0}\n"
+        "    family_plans:\n"
+        "      - family: {accuracy_class: '1'}\n"
+        "        plan: {kind: iso2859-1, aql: 0.65}\n"
+        "      - family: {manufacturer: ACME, model: DDZY-1}\n"
+        "        plan: {kind: iso2859-2, lq: 3.15}\n",
+    )
+    lot = parse_rules(text, "x").rules.elec.lot
+    assert (lot.plan.kind, lot.plan.quality_pct) == ("iso2859-2", 5.0)
+    assert lot.plan_for("ACME", "DDZY-1", "2").quality_pct == 3.15
+    assert lot.plan_for("ACME", "DDZY-1", "1").quality_pct == 0.65  # first match wins
+    assert lot.plan_for("ACME", "DDZY-2", "2").quality_pct == 5.0
+    assert lot.plan_for(None, None, None).kind == "iso2859-2"
+
+
+@pytest.mark.parametrize(
+    ("plan_yaml", "message"),
+    [
+        ("    plan: {kind: iso2859-2}\n", "iso2859-2 needs an lq"),
+        ("    plan: {kind: iso2859-2, lq: 4.0}\n", "iso2859-2 needs an lq"),
+        ("    plan: {kind: iso2859-2, lq: 5.0, aql: 1.0}\n", "aql belongs to iso2859-1"),
+        ("    plan: {kind: iso2859-1, lq: 5.0}\n", "lq belongs to iso2859-2"),
+        ("    plan: {kind: iso3951-1, aql: 1.0}\n", "iso2859-1"),
+        (
+            "    family_plans:\n      - family: {}\n        plan: {kind: iso2859-1}\n",
+            "names at least one of",
+        ),
+    ],
+)
+def test_a_plan_without_its_quality_level_is_refused(plan_yaml: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_rules(_with_lot_plan(RULES.read_text(), plan_yaml), "x")
+
+
+def test_an_iso2859_1_plan_without_aql_takes_one_percent() -> None:
+    text = _with_lot_plan(RULES.read_text(), "    plan: {kind: iso2859-1}\n")
+    assert parse_rules(text, "x").rules.elec.lot.plan.quality_pct == 1.0

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -164,10 +167,9 @@ def test_plan_refuses_empty_lots(lot_size: int) -> None:
         plan("iso2859-1", lot_size, 1.0)
 
 
-@pytest.mark.parametrize("kind", ["iso2859-2", "iso3951-1"])
-def test_planned_kinds_are_not_implemented_yet(kind: str) -> None:
-    with pytest.raises(NotImplementedError, match=rf"{kind}.*not implemented.*iso2859-1"):
-        plan(kind, 1000, 1.0)
+def test_variables_plans_are_not_implemented_yet() -> None:
+    with pytest.raises(NotImplementedError, match=r"iso3951-1.*not implemented.*iso2859-2"):
+        plan("iso3951-1", 1000, 1.0)
 
 
 def test_unknown_kind_is_named() -> None:
@@ -185,13 +187,20 @@ def test_plan_is_frozen_and_serialisable() -> None:
         "lot_size": 1000,
         "code_letter": "J",
         "aql": 1.0,
+        "lq": None,
         "sample_size": 80,
         "accept": 2,
         "reject": 3,
         "inspect_all": False,
         "source": p.source,
+        "name": "ISO 2859-1 level II normal, AQL 1 %",
     }
-    assert Plan(**json.loads(json.dumps(d))) == p
+    assert Plan.from_dict(json.loads(json.dumps(d))) == p
+
+
+def test_a_plan_recorded_before_lq_existed_reads_back() -> None:
+    old = {k: v for k, v in iso2859_1_plan(1000, 1.0).as_dict().items() if k not in {"lq", "name"}}
+    assert Plan.from_dict(old) == iso2859_1_plan(1000, 1.0)
 
 
 # --- draw_sample -------------------------------------------------------------------
@@ -294,3 +303,206 @@ def test_judge_inspect_all_plan_needs_the_whole_lot() -> None:
 def test_judge_refuses_impossible_counts(nonconforming: int, inspected: int) -> None:
     with pytest.raises(ValueError):
         judge(J, nonconforming, inspected)
+
+
+# --- ISO 2859-2 procedure A (limiting quality) -----------------------------------------
+
+LQ_COLUMNS = (2.0, 3.15, 5.0, 8.0, 12.5, 20.0, 31.5)
+
+# The docs/metrology.md table, row by row: (smallest lot, largest lot) and n/Ac per LQ
+# column. 10 000 000 stands in for "any larger lot".
+LQ_TABLE: tuple[tuple[tuple[int, int], tuple[tuple[int, int], ...]], ...] = (
+    ((16, 25), ((50, 0), (50, 0), (28, 0), (17, 0), (13, 0), (9, 0), (6, 0))),
+    ((26, 50), ((50, 0), (50, 0), (28, 0), (22, 0), (15, 0), (10, 0), (6, 0))),
+    ((51, 90), ((50, 0), (44, 0), (34, 0), (24, 0), (16, 0), (10, 0), (8, 0))),
+    ((91, 150), ((80, 0), (55, 0), (38, 0), (26, 0), (18, 0), (13, 0), (13, 1))),
+    ((151, 280), ((95, 0), (65, 0), (42, 0), (28, 0), (20, 0), (20, 1), (13, 1))),
+    ((281, 500), ((105, 0), (80, 0), (50, 0), (32, 0), (32, 1), (20, 1), (20, 3))),
+    ((501, 1_200), ((125, 0), (125, 1), (80, 1), (50, 1), (32, 1), (32, 3), (32, 5))),
+    ((1_201, 3_200), ((200, 1), (125, 1), (125, 3), (80, 3), (50, 3), (50, 5), (50, 10))),
+    ((3_201, 10_000), ((200, 1), (200, 3), (200, 5), (125, 5), (80, 5), (80, 10), (80, 18))),
+    (
+        (10_001, 35_000),
+        ((315, 3), (315, 5), (315, 10), (200, 10), (125, 10), (125, 18), (80, 18)),
+    ),
+    (
+        (35_001, 150_000),
+        ((500, 5), (500, 10), (500, 18), (315, 18), (200, 18), (125, 18), (80, 18)),
+    ),
+    (
+        (150_001, 500_000),
+        ((800, 10), (800, 18), (500, 18), (315, 18), (200, 18), (125, 18), (80, 18)),
+    ),
+    (
+        (500_001, 10_000_000),
+        ((1250, 18), (800, 18), (500, 18), (315, 18), (200, 18), (125, 18), (80, 18)),
+    ),
+)
+
+LQ_CELLS = [
+    pytest.param(lot, lq, n, ac, id=f"lot{lot}-lq{lq}")
+    for (smallest, largest), cells in LQ_TABLE
+    for lq, (n, ac) in zip(LQ_COLUMNS, cells, strict=True)
+    for lot in (smallest, largest)
+]
+
+
+@pytest.mark.parametrize(("lot_size", "lq", "n", "ac"), LQ_CELLS)
+def test_every_lq_cell_at_both_ends_of_its_row(lot_size: int, lq: float, n: int, ac: int) -> None:
+    p = sampling.iso2859_2_plan(lot_size, lq)
+    assert (p.kind, p.lot_size, p.lq, p.aql, p.code_letter) == ("iso2859-2", lot_size, lq, None, "")
+    assert (p.accept, p.reject) == (ac, ac + 1)
+    assert p.inspect_all is (n >= lot_size)
+    assert p.sample_size == min(n, lot_size)
+    assert f"n={n}, Ac {ac}" in p.source and "ISO 2859-2 procedure A" in p.source
+    assert plan("iso2859-2", lot_size, lq) == p
+
+
+def test_the_lq_test_table_covers_every_row_and_column() -> None:
+    assert len(LQ_CELLS) == 13 * 7 * 2
+    assert sampling.LQS == LQ_COLUMNS
+    # The rows tile the lot sizes from 16 up without a gap.
+    for ((_, largest), _), ((smallest, _), _) in itertools.pairwise(LQ_TABLE):
+        assert smallest == largest + 1
+
+
+LARGE_LOT_CELLS = [
+    pytest.param(largest, lq, id=f"lot{largest}-lq{lq}")
+    for (smallest, largest), _ in LQ_TABLE
+    if smallest >= 281
+    for lq in LQ_COLUMNS
+]
+
+
+@pytest.mark.parametrize(("lot_size", "lq"), LARGE_LOT_CELLS)
+def test_large_lots_are_accepted_at_their_lq_with_probability_at_most_013(
+    lot_size: int, lq: float
+) -> None:
+    # The standard's design: at the LQ a lot is accepted at most ~10 % of the time
+    # (0.13 the bound the table's rounding keeps). Binomial, the large-lot model; a
+    # mistyped n or Ac in the table breaks it.
+    p = sampling.iso2859_2_plan(lot_size, lq)
+    assert sampling.binomial_pa(p.sample_size, p.accept, lq / 100) <= 0.13
+
+
+def test_a_mistyped_cell_would_break_the_property() -> None:
+    # The test above can fail: n=125, Ac 3 at LQ 2 % (instead of 200/1) accepts far too often.
+    assert sampling.binomial_pa(125, 3, 0.02) > 0.13
+
+
+@pytest.mark.parametrize(
+    ("lot_size", "lq", "n", "inspect_all"),
+    [
+        (1, 5.0, 1, True),
+        (10, 31.5, 6, False),
+        (15, 20.0, 9, False),
+        (8, 20.0, 8, True),
+    ],
+)
+def test_lots_below_the_table_take_its_first_row(
+    lot_size: int, lq: float, n: int, inspect_all: bool
+) -> None:
+    p = sampling.iso2859_2_plan(lot_size, lq)
+    assert (p.sample_size, p.accept, p.inspect_all) == (n, 0, inspect_all)
+    assert "below the table" in p.source
+
+
+@pytest.mark.parametrize("lq", [1.0, 4.0, 10.0, 0.0, float("nan")])
+def test_unknown_lq_names_the_allowed_ones(lq: float) -> None:
+    with pytest.raises(ValueError, match=r"2, 3\.15, 5, 8, 12\.5, 20, 31\.5"):
+        plan("iso2859-2", 1000, lq)
+
+
+def test_lq_plan_name() -> None:
+    assert plan("iso2859-2", 1000, 3.15).name == "ISO 2859-2 procedure A, LQ 3.15 %"
+
+
+# --- operating characteristic ----------------------------------------------------------
+
+
+def _exact_hypergeometric(lot: int, n: int, ac: int, bad: int) -> Fraction:
+    total = math.comb(lot, n)
+    return sum(
+        (Fraction(math.comb(bad, k) * math.comb(lot - bad, n - k), total) for k in range(ac + 1)),
+        Fraction(0),
+    )
+
+
+@pytest.mark.parametrize(
+    ("lot", "n", "ac", "bad"),
+    [
+        (20, 9, 0, 4),
+        (50, 10, 0, 10),
+        (90, 50, 0, 2),
+        (150, 13, 1, 47),
+        (30, 30, 0, 1),
+        (30, 30, 2, 2),
+        (25, 6, 0, 0),
+        (40, 22, 0, 40),
+    ],
+)
+def test_hypergeometric_is_the_exact_count(lot: int, n: int, ac: int, bad: int) -> None:
+    exact = _exact_hypergeometric(lot, n, ac, bad)
+    assert sampling.hypergeometric_pa(lot, n, ac, bad) == pytest.approx(float(exact), rel=1e-9)
+
+
+def test_binomial_against_the_sum_of_terms() -> None:
+    exact = sum(math.comb(125, k) * 0.0315**k * 0.9685 ** (125 - k) for k in range(2))
+    assert sampling.binomial_pa(125, 1, 0.0315) == pytest.approx(exact, rel=1e-12)
+    assert sampling.binomial_pa(125, 1, 0.0) == 1.0
+    assert sampling.binomial_pa(125, 1, 1.0) == 0.0
+
+
+def test_small_lots_are_hypergeometric_large_lots_binomial() -> None:
+    small = sampling.iso2859_2_plan(60, 5.0)  # n=34 of 60
+    pa, model = sampling.acceptance_probability(small, 0.05)
+    assert model == "hypergeometric"
+    # 5 % of 60 is 3 meters: exactly the hypergeometric with D = 3.
+    assert pa == pytest.approx(float(_exact_hypergeometric(60, 34, 0, 3)))
+    large = sampling.iso2859_2_plan(5000, 5.0)  # n=200 of 5000
+    pa, model = sampling.acceptance_probability(large, 0.05)
+    assert model == "binomial" and pa == pytest.approx(sampling.binomial_pa(200, 5, 0.05))
+
+
+def test_between_whole_meters_the_curve_is_interpolated() -> None:
+    p = sampling.iso2859_2_plan(60, 5.0)
+    at2 = sampling.hypergeometric_pa(60, 34, 0, 2)
+    at3 = sampling.hypergeometric_pa(60, 34, 0, 3)
+    pa, _ = sampling.acceptance_probability(p, 2.5 / 60)
+    assert pa == pytest.approx((at2 + at3) / 2)
+
+
+@given(
+    lot=st.integers(min_value=1, max_value=4000),
+    column=st.sampled_from(LQ_COLUMNS),
+    a=st.floats(min_value=0, max_value=1),
+    b=st.floats(min_value=0, max_value=1),
+)
+def test_the_oc_curve_falls_as_the_lot_gets_worse(
+    lot: int, column: float, a: float, b: float
+) -> None:
+    p = sampling.iso2859_2_plan(lot, column)
+    low, high = sorted((a, b))
+    pa_low, _ = sampling.acceptance_probability(p, low)
+    pa_high, _ = sampling.acceptance_probability(p, high)
+    assert 0.0 <= pa_high <= pa_low + 1e-12 <= 1.0 + 1e-12
+
+
+def test_inspecting_the_whole_lot_is_certain() -> None:
+    p = sampling.iso2859_2_plan(20, 2.0)  # n=50 ≥ 20: every meter
+    assert sampling.acceptance_probability(p, 0.0)[0] == 1.0
+    assert sampling.acceptance_probability(p, 1 / 20)[0] == 0.0
+
+
+def test_operating_characteristic_names_the_plans_quality_level() -> None:
+    lq = sampling.operating_characteristic(sampling.iso2859_2_plan(1000, 5.0), 0.01)
+    assert set(lq) == {"model", "pa_at_lq", "estimated_nonconforming_pct", "pa_at_estimate"}
+    assert lq["model"] == "binomial" and lq["pa_at_lq"] <= 0.13
+    assert lq["estimated_nonconforming_pct"] == 1.0 and lq["pa_at_estimate"] > 0.8
+    aql = sampling.operating_characteristic(iso2859_1_plan(1000, 1.0), None)
+    assert aql["pa_at_aql"] > 0.9 and aql["pa_at_estimate"] is None
+
+
+def test_shares_outside_zero_to_one_are_refused() -> None:
+    with pytest.raises(ValueError, match="within 0 and 1"):
+        sampling.acceptance_probability(iso2859_1_plan(1000, 1.0), 1.5)

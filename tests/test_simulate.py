@@ -34,6 +34,7 @@ COLUMNS = (  # docs/registry.md, in order
     "verified_on",
     "period_years",
     "plate",
+    "region",
 )
 REQUIRED = {  # docs/mqtt.md, the bold fields
     ("elec", "reading"): {"ts", "energy_kwh"},

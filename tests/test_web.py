@@ -32,6 +32,7 @@ from monitor.core.registry import parse_rows
 from monitor.core.rulebook import load_rules
 from monitor.core.schema import Record
 from monitor.evaluation.runner import Evaluator
+from monitor.evaluation.shadow import RulesDesk
 from monitor.ingest.telemetry import parse_message
 from monitor.ingest.worker import summarise_seen
 from monitor.platform.config import load_settings
@@ -69,7 +70,12 @@ class Site:
         self.state = SqliteState(tmp / "state.sqlite")
         self.store = EmbeddedStore(tmp / "telemetry.sqlite", Metrics())
         self.alerts = AlertBook(tmp / "state.sqlite", 2 * 86_400_000)
-        self.state.upsert_meters(parse_rows(fleet.registry_rows()).rows)
+        # Two regions: the electricity fleet's and the taxis' (districts and lots stay whole).
+        rows = [
+            {**r, "region": "east" if r["kind"] == "elec" else "west"}
+            for r in fleet.registry_rows()
+        ]
+        self.state.upsert_meters(parse_rows(rows).rows)
         records = [
             r
             for m in fleet.messages(START, START + DAYS * 86_400_000)
@@ -79,7 +85,16 @@ class Site:
         self.state.note_seen(summarise_seen(records, received_live(records)))
         tariffs = load_tariffs(REPO / "config" / "tariffs.yaml")
         book = load_rules(REPO / "config" / "rules.yaml")
-        evaluator = Evaluator(self.store, self.state, tariffs=lambda: tariffs, alerts=self.alerts)
+        # A candidate beside the rules in force: a stricter class-2 limit, in shadow.
+        self.desk = RulesDesk(tmp / "config" / "rules.yaml", tmp / "data", in_force=lambda: book)
+        self.desk.upload(
+            (REPO / "config" / "rules.yaml")
+            .read_text(encoding="utf-8")
+            .replace('in_service_limit_pct: {"2": 3.5', 'in_service_limit_pct: {"2": 1.0')
+        )
+        evaluator = Evaluator(
+            self.store, self.state, tariffs=lambda: tariffs, alerts=self.alerts, shadow=self.desk
+        )
         ctx = ApiContext(
             load_settings(tmp / "none", {}),
             self.state,
@@ -90,6 +105,7 @@ class Site:
             lambda: book,
             lambda t, p, r: None,
             self.alerts,
+            rules_desk=self.desk,
         )
         app = create_app(ctx)
         mount_web(app, ctx)
@@ -339,6 +355,8 @@ def test_lot_form_records_results_and_changes_the_decision(site: Site, browser: 
     )
     p = Page(browser, site, f"/lots/{lot['id']}")
     assert int(p.text("sample-size")) == lot["plan"]["sample_size"]
+    assert p.text("plan-name") == lot["plan"]["name"]
+    assert float(p.text("pa-level")) == lot["oc"]["pa_at_aql"]
     csv_text = httpx.get(site.base + f"/lots/{lot['id']}/sample.csv").text
     assert len(csv_text.strip().splitlines()) == lot["plan"]["sample_size"] + 1
     p.shot("lot-before")
@@ -387,6 +405,106 @@ def test_tariff_page_matches_the_api(site: Site, browser: Any) -> None:
     p.done()
 
 
+def test_regions_side_by_side_and_the_lists_by_region(site: Site, browser: Any) -> None:
+    regions = site.api("GET", "/api/regions")["items"]
+    assert [r["region"] for r in regions] == ["east", "west"]
+    p = Page(browser, site, "/regions")
+    for r in regions:
+        name = r["region"]
+        assert int(p.text(f"meters-{name}")) == r["meters"]
+        assert int(p.text(f"districts-{name}")) == r["districts"]
+        for state, n in r["meter_states"].items():
+            if state != "undecided":
+                assert int(p.text(f"state-{state}-{name}")) == n
+        for severity, n in r["open_alerts"].items():
+            assert int(p.text(f"alerts-{severity}-{name}")) == n
+    p.shot("regions")
+    with p.page.expect_navigation():
+        p.page.get_by_test_id("meters-west").click()
+    rows = p.page.locator("[data-testid=meters] tr").count() - 1
+    assert rows == len(all_meters(site, region="west")) == regions[1]["meters"]
+    assert p.page.get_by_test_id("region").input_value() == "west"
+    p.done()
+    alerts = Page(browser, site, "/alerts?status=open&region=west")
+    shown = alerts.page.locator("[data-testid=alerts] tr[data-alert]").count()
+    assert shown == sum(regions[1]["open_alerts"].values())
+    alerts.done()
+    east = site.api("GET", "/api/districts", params={"region": "east"})["items"]
+    assert len(east) == regions[0]["districts"] == 2
+    assert site.api("GET", "/api/districts", params={"region": "west"})["items"] == []  # taxis
+    districts = Page(browser, site, "/districts?region=east")
+    assert districts.page.locator("[data-testid=districts] tr").count() - 1 == len(east)
+    districts.done()
+
+
+def test_shadow_page_shows_the_candidates_differences(site: Site, browser: Any) -> None:
+    body = site.api("GET", "/api/rules/shadow", params={"limit": 1000})
+    assert body["items"]
+    p = Page(browser, site, "/rules/shadow")
+    assert p.text("candidate") == body["candidate_version"]
+    for change, n in body["counts"].items():
+        assert int(p.text(f"count-{change}")) == n
+    rows = p.page.locator("[data-testid=differences] tr[data-subject]")
+    assert rows.count() == min(200, len(body["items"]))
+    first = body["items"][0]
+    row = p.page.locator(f"tr[data-subject='{first['id']}']")
+    cells = row.locator("td")
+    for i, side in ((1, first["current"]), (2, first["candidate"])):
+        text = cells.nth(i).inner_text()
+        assert side["decision"] in text
+        assert all(r["rule"] in text for r in side["reasons"])
+    p.shot("shadow")
+    change = next(iter(body["counts"]))
+    with p.page.expect_navigation():
+        p.page.get_by_role("link", name=change, exact=True).click()
+    shown = p.page.locator("[data-testid=differences] tr[data-subject]").count()
+    assert shown == body["counts"][change]
+    p.done()
+
+
+def test_impact_page_and_csv_compare_two_versions(site: Site, browser: Any) -> None:
+    # A lot whose sample the laboratory passed is extended (if the lot form's test has not
+    # done it already): then the report has extensions to count.
+    for lot in {m["lot"] for m in all_meters(site, kind="elec") if m["lot"]}:
+        body = site.api("GET", f"/api/lots/{lot}")
+        if body["decision"] == "resample" and body.get("drawn"):
+            results = [{"meter": m, "error_pct": 0.3, "passed": True} for m in body["drawn"]]
+            site.api("POST", f"/api/lots/{lot}/sample-results", json=results)
+            break
+    params = {"compare": "candidate", "start": "2020-01-01", "end": "2040-12-31"}
+    body = site.api("GET", "/api/impact", params=params)
+    assert body["report"]["replacements_avoided"] > 0
+    p = Page(browser, site, "/impact?" + "&".join(f"{k}={v}" for k, v in params.items()))
+    table = p.page.locator("[data-testid=impact] tr[data-figure]")
+    shown = {
+        table.nth(i).locator("td").first.inner_text(): [
+            table.nth(i).locator("td").nth(j).inner_text() for j in (1, 2, 3)
+        ]
+        for i in range(table.count())
+    }
+    a, b = body["report"], body["compare"]
+    assert shown["replacements avoided"] == [
+        str(a["replacements_avoided"]),
+        str(b["replacements_avoided"]),
+        str(b["replacements_avoided"] - a["replacements_avoided"]),
+    ]
+    assert shown["meter-years gained"][:2] == [
+        str(a["meter_years_gained"]),
+        str(b["meter_years_gained"]),
+    ]
+    risk = "expected meters beyond the limit left in service"
+    assert float(shown[risk][0]) == a["residual_risk"]["expected_beyond_limit"]
+    p.shot("impact")
+    href = p.page.get_by_test_id("csv").get_attribute("href")
+    figures = table.count()
+    p.done()
+    rows = list(csv.reader(io.StringIO(httpx.get(site.base + str(href)).text)))
+    assert rows[0] == ["figure", a["rules_version"], b["rules_version"], "difference"]
+    by_figure = {r[0]: r[1:] for r in rows[1:]}
+    assert by_figure["replacements avoided"][:2] == shown["replacements avoided"][:2]
+    assert len(rows) - 1 == figures
+
+
 def test_every_page_reads_on_a_tablet(site: Site, browser: Any) -> None:
     """At tablet portrait width (820 px) no page scrolls sideways; wide tables scroll in
     their own box, charts scale down, and the forms stay usable."""
@@ -402,6 +520,9 @@ def test_every_page_reads_on_a_tablet(site: Site, browser: Any) -> None:
         "lot": f"/lots/{elec['lot']}",
         "alerts": "/alerts",
         "tariffs": "/tariffs",
+        "regions": "/regions",
+        "shadow": "/rules/shadow",
+        "impact": "/impact?compare=candidate",
     }
     for name, path in pages.items():
         p = Page(browser, site, path, width=820)

@@ -15,6 +15,13 @@ each step's `recorded_at` is the wall clock when it was written (an audit
 time, never an input). A person's step happens at the newest telemetry time
 (never before the alert's own last sighting), so the history reads in order on
 either clock.
+
+`count` is the number of occurrences the alert stands for. An event rule's
+condition carries its distinct events (`occurrences`): each is counted once,
+however many passes find it again and however often it was delivered, and
+`first_seen`/`last_seen` are the earliest and latest of their event times. A
+state condition (beyond the limit, offline) occurs once per evaluation pass:
+its count is the passes that found it, each `as_of` once.
 """
 
 from __future__ import annotations
@@ -24,14 +31,14 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from monitor.core.catalogue import block_of
 from monitor.core.clock import format_ts
-from monitor.core.decision import SEVERITY_RANK, Decision, Reason
+from monitor.core.decision import SEVERITY_RANK, Decision, Occurrence, Reason
 from monitor.core.explain import sentence
 
 Status = Literal["open", "acknowledged", "resolved"]
@@ -55,6 +62,9 @@ class Condition:
     # One alert per subject and block (the rules.yaml block of an evaluation rule, see
     # monitor.core.catalogue); empty: one per subject and rule.
     block: str = ""
+    # An event rule's distinct events (key, event ms); empty: a state condition, which
+    # occurs once per pass at `at_ms`.
+    occurrences: tuple[Occurrence, ...] = ()
 
     @property
     def key(self) -> str:
@@ -154,7 +164,31 @@ def _condition(d: Decision, block: str, reasons: list[Reason], at_ms: int) -> Co
         lot=d.id if d.kind == "lot" else d.evidence.get("lot"),
         district=d.evidence.get("district"),
         block=block,
+        occurrences=_occurrences(reasons, at_ms),
     )
+
+
+def _occurrences(reasons: Sequence[Reason], at_ms: int) -> tuple[Occurrence, ...]:
+    """The events of a block's event reasons; none when all are states (counted by pass).
+
+    A block that holds both (a clock offset beside clock events) counts its events and,
+    for the state beside them, this pass.
+    """
+    events = tuple(o for r in reasons for o in r.occurrences)
+    if not events or all(r.occurrences for r in reasons):
+        return events
+    return (*events, (f"pass@{at_ms}", at_ms))
+
+
+def _merge(conditions: Iterable[Condition]) -> dict[str, Condition]:
+    """One condition per key: the last one's message and evidence, every occurrence."""
+    out: dict[str, Condition] = {}
+    for c in conditions:
+        before = out.get(c.key)
+        if before is not None and (before.occurrences or c.occurrences):
+            c = replace(c, occurrences=(*before.occurrences, *c.occurrences))
+        out[c.key] = c
+    return out
 
 
 def _core(evidence: dict[str, Any]) -> dict[str, Any]:
@@ -185,6 +219,11 @@ _COLS = (
     "evidence",
     "history",
 )
+# The distinct events an event rule's alert stands for, each once (alerts.count is how
+# many rows it has). A state condition's alert has none: its count is its passes.
+_OCCURRENCES = """CREATE TABLE IF NOT EXISTS alert_occurrences (
+    alert_id INTEGER NOT NULL, occurrence TEXT NOT NULL, at_ms INTEGER NOT NULL,
+    PRIMARY KEY (alert_id, occurrence))"""
 
 
 def step(action: str, actor: str, comment: str, event_ms: int, recorded_s: float) -> dict[str, Any]:
@@ -241,6 +280,7 @@ class AlertBook:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(_SCHEMA)
+        self._db.execute(_OCCURRENCES)
         self._db.execute("CREATE INDEX IF NOT EXISTS alerts_status ON alerts (status, severity)")
         self._db.execute("CREATE INDEX IF NOT EXISTS alerts_meter ON alerts (meter)")
         self._lock = threading.Lock()
@@ -257,21 +297,22 @@ class AlertBook:
     ) -> list[Change]:
         """Fold one pass's conditions in.
 
-        Only alerts whose rule starts with a `scope` prefix can be cleared by their
-        absence: the evaluation pass does not speak for offline detection and vice versa.
+        Conditions with the same key (one per event, say) are one alert's: their
+        occurrences are merged. Only alerts whose rule starts with a `scope` prefix can
+        be cleared by their absence: the evaluation pass does not speak for offline
+        detection and vice versa.
         """
         changes: list[Change] = []
-        seen = set()
+        merged = _merge(conditions)
         with self._lock:
             self._db.execute("BEGIN")
-            for c in conditions:
-                seen.add(c.key)
-                changes.append(self._upsert(c))
-            changes += self._clear(seen, at_ms, scope)
+            for c in merged.values():
+                changes.append(self._upsert(c, at_ms))
+            changes += self._clear(set(merged), at_ms, scope)
             self._db.execute("COMMIT")
         return changes
 
-    def _upsert(self, c: Condition) -> Change:
+    def _upsert(self, c: Condition, pass_ms: int) -> Change:
         row = self._one("key = ?", [c.key])
         evidence = json.dumps(c.evidence, default=str)
         if row is None:
@@ -295,29 +336,62 @@ class AlertBook:
                     history,
                 ),
             )
-            return Change("opened", _json(self._one("id = ?", [cur.lastrowid]) or ()))
+            alert_id = int(cur.lastrowid or 0)
+            if c.occurrences:  # a state condition's first pass is the 1 it opened with
+                self._count(alert_id, c, pass_ms)
+            return Change("opened", _json(self._one("id = ?", [alert_id]) or ()))
         a = dict(zip(_COLS, row, strict=True))
+        later = self._count(int(a["id"]), c, pass_ms)
         history = json.loads(a["history"])
         action: Literal["repeated", "reopened"] = "repeated"
         status = a["status"]
-        if status == "resolved":
+        if status == "resolved" and later:
+            # Back only with something new: an event already counted, still inside the
+            # rule's lookback, does not reopen what a person or the system resolved.
             action, status = "reopened", "open"
             history.append(step("reopened", "system", c.message, c.at_ms, self._clock()))
         self._db.execute(
-            "UPDATE alerts SET count = count + 1, last_seen = max(last_seen, ?), status = ?, "
-            "rule = ?, message = ?, evidence = ?, severity = ?, history = ? WHERE id = ?",
-            (
-                c.at_ms,
-                status,
-                c.rule,
-                c.message,
-                evidence,
-                c.severity,
-                json.dumps(history),
-                a["id"],
-            ),
+            "UPDATE alerts SET status = ?, rule = ?, message = ?, evidence = ?, severity = ?, "
+            "history = ? WHERE id = ?",
+            (status, c.rule, c.message, evidence, c.severity, json.dumps(history), a["id"]),
         )
         return Change(action, _json(self._one("id = ?", [a["id"]]) or ()))
+
+    def _count(self, alert_id: int, c: Condition, pass_ms: int) -> bool:
+        """Add the condition's new occurrences and take count, first and last seen from
+        them; whether one came after the alert's last sighting (what reopens it).
+
+        A state condition is one occurrence per pass: counted when the pass's time
+        (`pass_ms`, its `as_of`) is after the alert's `last_seen` (a pass repeated at the
+        same `as_of` is the same pass).
+        An event counted once is never counted again, and an event older than the
+        alert's last sighting (delivered late, or found again after an upgrade from
+        counts by pass) is counted without reopening it.
+        """
+        if not c.occurrences:
+            cur = self._db.execute(
+                "UPDATE alerts SET count = count + 1, last_seen = ? WHERE id = ? AND last_seen < ?",
+                (pass_ms, alert_id, pass_ms),
+            )
+            return cur.rowcount > 0
+        row = self._db.execute("SELECT last_seen FROM alerts WHERE id = ?", (alert_id,)).fetchone()
+        known = {
+            key
+            for (key,) in self._db.execute(
+                "SELECT occurrence FROM alert_occurrences WHERE alert_id = ?", (alert_id,)
+            )
+        }
+        fresh = dict(o for o in c.occurrences if o[0] not in known)
+        self._db.executemany(
+            "INSERT INTO alert_occurrences (alert_id, occurrence, at_ms) VALUES (?, ?, ?)",
+            [(alert_id, key, at) for key, at in fresh.items()],
+        )
+        self._db.execute(
+            "UPDATE alerts SET (count, first_seen, last_seen) = (SELECT count(*), min(at_ms), "
+            "max(at_ms) FROM alert_occurrences WHERE alert_id = ?) WHERE id = ?",
+            (alert_id, alert_id),
+        )
+        return any(at > int(row[0]) for at in fresh.values())
 
     def _clear(self, seen: set[str], at_ms: int, scope: tuple[str, ...]) -> list[Change]:
         out = []

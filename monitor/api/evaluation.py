@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from monitor.api.context import (
@@ -14,8 +14,11 @@ from monitor.api.context import (
     refuse_future_as_of,
     time_param,
 )
+from monitor.api.regions import RegionCache, known_region
+from monitor.api.scope import caller, require, scoped_page
 from monitor.core.ports import SampleRow
 from monitor.evaluation.report import worth_showing
+from monitor.evaluation.runner import stamped
 
 
 def district_summary(body: dict[str, Any]) -> dict[str, Any]:
@@ -50,11 +53,13 @@ class SampleResultIn(BaseModel):
 def router(ctx: ApiContext) -> APIRouter:
     """The routes of this module over one context."""
     r = APIRouter()
+    regions = RegionCache(ctx.state)
 
     page_max = ctx.settings.api.page_max
 
     @r.post("/api/evaluate", tags=["evaluation"])
     def evaluate(
+        request: Request,
         as_of: str | None = None,
         force: bool = Query(False, description="evaluate an as_of after the receive clock"),
         decisions: Literal["none", "findings", "all"] = Query(
@@ -77,33 +82,49 @@ def router(ctx: ApiContext) -> APIRouter:
             raise HTTPException(409, "no telemetry yet and no as_of given: nothing to evaluate")
         result = ctx.evaluator.run(as_of_ms, ctx.rules())
         summary = result.summary()
+        ctx.record(request, "evaluation.run", "fleet", {"as_of": as_of, "force": force, **summary})
         if decisions != "none":
             meters = result.meters.values()
             summary["decisions"] = {
-                "meters": [d.as_dict() for d in meters if decisions == "all" or worth_showing(d)],
-                "lots": [d.as_dict() for d in result.lots.values()],
+                "meters": [stamped(d) for d in meters if decisions == "all" or worth_showing(d)],
+                "lots": [stamped(d) for d in result.lots.values()],
             }
         return summary
 
     @r.get("/api/districts", tags=["evaluation"])
     def districts(
+        request: Request,
         gates: Literal["passed", "failed"] | None = None,
+        region: str | None = None,
         limit: int = Query(ctx.settings.api.page_default, ge=1, le=page_max),
         cursor: str | None = None,
     ) -> dict[str, Any]:
         """Evaluated transformer areas by name: gates, line loss, how many meters are evaluable."""
         passed = None if gates is None else gates == "passed"
-        after = decode_cursor(cursor) if cursor else None
-        rows = ctx.state.list_districts(after, limit + 1, passed)
-        items = [district_summary(b) for b in rows[:limit]]
-        more = len(rows) > limit
+        index = regions()
+        wanted = known_region(index, region)
+        who = caller(request)
+
+        def keep(body: dict[str, Any]) -> bool:
+            name = body["district"]
+            in_region = wanted is None or index.of("district", name) == wanted
+            return in_region and ctx.scopes.district(who, name)
+
+        rows, more = scoped_page(
+            lambda after, n: ctx.state.list_districts(after, n, passed),
+            keep,
+            lambda body: str(body["district"]),
+            decode_cursor(cursor) if cursor else None,
+            limit,
+        )
+        items = [district_summary(b) for b in rows]
         return {"items": items, "next": encode_cursor(items[-1]["district"]) if more else None}
 
     @r.get("/api/districts/{district}", tags=["evaluation"])
-    def district(district: str) -> dict[str, Any]:
+    def district(request: Request, district: str) -> dict[str, Any]:
         """Energy-balance result of a transformer area: per-meter errors, line loss, fit."""
         body = ctx.state.district(district)
-        if body is None:
+        if body is None or not ctx.scopes.district(caller(request), district):
             raise HTTPException(
                 404,
                 f"district {district!r} has not been evaluated "
@@ -112,10 +133,10 @@ def router(ctx: ApiContext) -> APIRouter:
         return body
 
     @r.get("/api/lots/{lot}", tags=["evaluation"])
-    def lot(lot: str) -> dict[str, Any]:
+    def lot(request: Request, lot: str) -> dict[str, Any]:
         """Lot decision with its indicators, sampling plan, drawn meters and sample results."""
         body = ctx.state.decision("lot", lot)
-        if body is None:
+        if body is None or not ctx.scopes.lot(caller(request), lot):
             raise HTTPException(
                 404,
                 f"lot {lot!r} has no decision (unknown lot, or no evaluation "
@@ -124,11 +145,14 @@ def router(ctx: ApiContext) -> APIRouter:
         return body
 
     @r.post("/api/lots/{lot}/sample-results", tags=["evaluation"])
-    def sample_results(lot: str, results: list[SampleResultIn]) -> dict[str, Any]:
+    def sample_results(request: Request, lot: str, results: list[SampleResultIn]) -> dict[str, Any]:
         """Laboratory results for drawn meters; the lot is re-judged against its plan's Ac/Re."""
         body = ctx.state.decision("lot", lot)
-        if body is None:
-            raise HTTPException(404, f"lot {lot!r} has no decision yet")
+        require(
+            body is not None and ctx.scopes.lot(caller(request), lot),
+            f"lot {lot!r} has no decision yet",
+        )
+        assert body is not None
         drawn = set(body.get("drawn") or [])
         if not drawn:
             raise HTTPException(
@@ -142,7 +166,18 @@ def router(ctx: ApiContext) -> APIRouter:
         )
         decided = ctx.evaluator.rejudge_lot(lot, ctx.rules())
         assert decided is not None
-        return decided.as_dict()
+        after = stamped(decided)
+        ctx.record(
+            request,
+            "samples.record",
+            f"lot:{lot}",
+            {
+                "results": [r.model_dump() for r in results],
+                "before": {"decision": body["decision"], "state": body["state"]},
+                "after": {"decision": after["decision"], "state": after["state"]},
+            },
+        )
+        return after
 
     return r
 

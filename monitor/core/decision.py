@@ -43,12 +43,18 @@ def severity_for(state: State, inspect: bool, configured: Severity) -> Severity:
     return "info"
 
 
+Occurrence = tuple[str, int]
+"""One distinct event a finding rests on: (key unique for its subject, event time ms)."""
+
+
 @dataclass(frozen=True)
 class Reason:
     """Why: the rule, the measured value, the threshold it was held against, in words.
 
     `severity` is the alert severity of the finding behind it (`severity_for`);
-    `info` raises no alert.
+    `info` raises no alert. `occurrences` are the distinct events an event rule found
+    (empty for a state condition); alerts count them (docs/decisions.md, what `count`
+    counts). They stay out of the decision JSON: the detail says how many there were.
     """
 
     rule: str
@@ -56,6 +62,7 @@ class Reason:
     threshold: Any
     detail: str
     severity: Severity = "info"
+    occurrences: tuple[Occurrence, ...] = field(default=(), compare=False, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -202,6 +202,7 @@ class MeterFilter:
     state: str | None = None
     decision: str | None = None
     registered: bool | None = None
+    region: str | None = None
 
 
 class DueMeter(NamedTuple):
@@ -537,3 +538,68 @@ def text_or_float_columns(
         else:
             values[name] = _floats(col)
     return Columns(np.array(columns[0], dtype=np.int64), values)
+
+
+# --- the audit log: append-only, hash-chained (core/audit.py seals and verifies) -------
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """A state change to record: who (name and role), what action, on what, and the
+    change itself (before/after, or the request body)."""
+
+    actor: str
+    role: str
+    action: str
+    subject: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class AuditRow(NamedTuple):
+    """One stored audit record: its sequence number, its canonical JSON body (which
+    names the previous record's hash) and the SHA-256 of that body."""
+
+    seq: int
+    body: str
+    hash: str
+
+
+class AuditAnchor(NamedTuple):
+    """Where the chain starts after old records were purged: the last purged record."""
+
+    seq: int
+    hash: str
+
+
+class AuditLog(Protocol):
+    """The audit log: records are appended and read back, never changed.
+
+    An implementation only stores rows; `core.audit` builds and checks them, so every
+    backend chains the same way. `append` must be atomic against other appenders (the
+    head it chains to is the newest row when it commits).
+    """
+
+    def append(self, entry: AuditEntry) -> AuditRow:
+        """Seal `entry` onto the chain's head and store it; returns the stored row."""
+        ...
+
+    def rows(self, after_seq: int, limit: int) -> list[AuditRow]:
+        """Stored rows with seq > after_seq, by seq."""
+        ...
+
+    def anchor(self) -> AuditAnchor | None:
+        """The last purged record, or None when nothing was ever purged."""
+        ...
+
+    def head(self) -> AuditAnchor | None:
+        """The newest record as the log itself keeps it (a truncation check)."""
+        ...
+
+    def purge(self, before: str) -> int:
+        """Remove records written before `before` (RFC 3339 UTC), moving the anchor;
+        returns how many. The purge itself is then appended as a record."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection."""
+        ...

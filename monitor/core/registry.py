@@ -28,8 +28,11 @@ COLUMNS = (
     "plate",
     "feeder_branch",
     "feeder_distance_m",
+    "region",
 )
 REQUIRED_COLUMNS = ("meter_id", "kind")
+DEFAULT_REGION = "default"
+"""The region of a row that names none: one region for a registry without regions."""
 
 
 class MeterRow(BaseModel):
@@ -54,6 +57,7 @@ class MeterRow(BaseModel):
     # to its connection point. The estimator's per-branch loss model uses them.
     feeder_branch: str | None = Field(None, min_length=1, max_length=128)
     feeder_distance_m: float | None = Field(None, ge=0, le=100_000)
+    region: str | None = Field(None, pattern=ID_PATTERN.pattern)
 
     @model_validator(mode="after")
     def _kind_rules(self) -> MeterRow:
@@ -74,6 +78,11 @@ class MeterRow(BaseModel):
     def effective_role(self) -> str | None:
         """Electricity meters are customers unless marked master."""
         return (self.role or "customer") if self.kind == "elec" else None
+
+    @property
+    def effective_region(self) -> str:
+        """The row's region, or the default one."""
+        return self.region or DEFAULT_REGION
 
     @property
     def due_on(self) -> date | None:
@@ -156,9 +165,34 @@ def parse_rows(items: Iterable[Mapping[str, Any]], first_line: int = 1) -> Parse
     return ParsedRows(rows, errors)
 
 
+def region_conflicts(existing: Iterable[MeterRow], incoming: Iterable[MeterRow]) -> list[str]:
+    """Districts and lots that would span two regions once `incoming` replaces its rows.
+
+    A district (transformer area) and a lot each belong to one region: the access
+    scopes and the per-region reports rest on it. A row without a region is in the
+    default one.
+    """
+    rows = {r.meter_id: r for r in existing}
+    rows |= {r.meter_id: r for r in incoming}
+    found: dict[tuple[str, str], dict[str, str]] = {}
+    for row in rows.values():
+        for what, name in (("district", row.district), ("lot", row.lot)):
+            if name:
+                found.setdefault((what, name), {}).setdefault(row.effective_region, row.meter_id)
+    return [
+        f"{what} {name} would span regions "
+        + ", ".join(f"{region} ({meter} …)" for region, meter in sorted(regions.items()))
+        + ": give all its meters one region"
+        for (what, name), regions in sorted(found.items())
+        if len(regions) > 1
+    ]
+
+
 def parse_csv(text: str) -> ParsedRows:
     """Parse registry CSV (the columns of docs/registry.md; a subset is fine if it has meter_id and kind)."""
-    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff")))
+    # newline="": the csv module handles line ends itself (a bare \r inside a field
+    # is data, not an error).
+    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff"), newline=""))
     header = [h.strip() for h in (reader.fieldnames or [])]
     unknown = [h for h in header if h not in COLUMNS]
     missing = [c for c in REQUIRED_COLUMNS if c not in header]

@@ -19,7 +19,6 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
@@ -32,6 +31,7 @@ from monitor.core.yamlfile import (
 )
 
 AQLS = (0.65, 1.0, 1.5, 2.5)
+LQS = (2.0, 3.15, 5.0, 8.0, 12.5, 20.0, 31.5)
 Severity = Literal["critical", "major", "minor", "info"]
 
 
@@ -139,18 +139,69 @@ class EventRule(Rule):
 
 
 class SamplingPlan(_Block):
-    """How a lot in doubt is sampled."""
+    """How a lot in doubt is sampled: ISO 2859-1 by AQL, or ISO 2859-2 procedure A by LQ."""
 
-    kind: Literal["iso2859-1"] = "iso2859-1"
+    kind: Literal["iso2859-1", "iso2859-2"] = "iso2859-1"
     inspection_level: Literal["II"] = "II"
-    aql: float = Field(1.0, description="acceptance quality limit, percent nonconforming")
+    aql: float | None = Field(
+        None,
+        description="acceptance quality limit, percent nonconforming (iso2859-1; default 1.0)",
+    )
+    lq: float | None = Field(
+        None, description="limiting quality, percent nonconforming (iso2859-2, required)"
+    )
 
-    @field_validator("aql")
-    @classmethod
-    def _known_aql(cls, value: float) -> float:
-        if value not in AQLS:
-            raise ValueError(f"AQL {value} has no column in the table; use one of {AQLS}")
-        return value
+    @model_validator(mode="after")
+    def _quality_level(self) -> SamplingPlan:
+        if self.kind == "iso2859-1":
+            if self.lq is not None:
+                raise ValueError("lq belongs to iso2859-2 plans; iso2859-1 takes an aql")
+            if self.aql is not None and self.aql not in AQLS:
+                raise ValueError(f"AQL {self.aql} has no column in the table; use one of {AQLS}")
+        else:
+            if self.aql is not None:
+                raise ValueError("aql belongs to iso2859-1 plans; iso2859-2 takes an lq")
+            if self.lq not in LQS:
+                raise ValueError(f"iso2859-2 needs an lq with a column in the table: one of {LQS}")
+        return self
+
+    @property
+    def quality_pct(self) -> float:
+        """The AQL or LQ the plan is indexed by (an ISO 2859-1 plan's AQL defaults to 1.0)."""
+        if self.kind == "iso2859-2":
+            assert self.lq is not None
+            return self.lq
+        return self.aql if self.aql is not None else 1.0
+
+
+class LotFamily(_Block):
+    """Which lots a family plan applies to: every field given must match the lot's meters."""
+
+    manufacturer: str | None = None
+    model: str | None = None
+    accuracy_class: str | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> LotFamily:
+        if self.manufacturer is None and self.model is None and self.accuracy_class is None:
+            raise ValueError("a family names at least one of manufacturer, model, accuracy_class")
+        return self
+
+    def matches(self, manufacturer: str | None, model: str | None, cls: str | None) -> bool:
+        """Whether a lot of this manufacturer, model and class belongs to the family."""
+        wanted = (
+            (self.manufacturer, manufacturer),
+            (self.model, model),
+            (self.accuracy_class, cls),
+        )
+        return all(want is None or want == have for want, have in wanted)
+
+
+class FamilyPlan(_Block):
+    """The sampling plan of one family of lots."""
+
+    family: LotFamily
+    plan: SamplingPlan
 
 
 class LotRule(Rule):
@@ -165,6 +216,19 @@ class LotRule(Rule):
     error_quantile: float = Field(0.95, gt=0, lt=1)
     error_quantile_max_fraction: float = Field(0.5, gt=0, le=1)
     plan: SamplingPlan = SamplingPlan()
+    family_plans: list[FamilyPlan] = Field(
+        default_factory=list,
+        description="plans for families of lots (first match wins); other lots take `plan`",
+    )
+
+    def plan_for(
+        self, manufacturer: str | None, model: str | None, accuracy_class: str | None
+    ) -> SamplingPlan:
+        """The plan of the first family the lot belongs to, else the default plan."""
+        for family in self.family_plans:
+            if family.family.matches(manufacturer, model, accuracy_class):
+                return family.plan
+        return self.plan
 
     @model_validator(mode="after")
     def _order(self) -> LotRule:

@@ -123,3 +123,83 @@ class Record:
     district: str
     ts_ms: int
     values: dict[str, float | int | str]
+
+
+@dataclass(frozen=True)
+class OutputMeasurement:
+    """A measurement the service writes about its own results (InfluxDB only).
+
+    Evaluation passes write these beside the telemetry so that dashboards (Grafana,
+    deploy/grafana/) can chart decisions and estimates over time. A point's time is
+    the pass's `as_of` (a day's start for daily figures): a pass repeated at the same
+    `as_of` overwrites its points. `region` is a tag too, so a dashboard can filter by
+    it; the registry can change a meter's region, which then starts a new series, as a
+    move between regions should.
+    """
+
+    name: str
+    tags: tuple[str, ...]
+    fields: dict[str, FieldType]
+
+
+METER_STATE = OutputMeasurement(
+    "meter_state",
+    tags=("meter", "kind", "district", "lot", "region"),
+    fields={
+        "state": "str",
+        "decision": "str",
+        "severity": "int",  # 0 normal, 1 unknown, 2 watch, 3 suspect, 4 faulty
+        "error_pct": "float",
+        "error_ci_low_pct": "float",
+        "error_ci_high_pct": "float",
+        "evaluable": "int",
+        "n": "int",  # intervals (electricity) or trips (taxi) the estimate rests on
+        "fare_mismatches": "int",
+        "gross_trips": "int",
+    },
+)
+LOT_STATE = OutputMeasurement(
+    "lot_state",
+    tags=("lot", "region"),
+    fields={
+        "state": "str",
+        "decision": "str",
+        "meters": "int",
+        "faulty_share": "float",
+        "evaluable_share": "float",
+        "estimated_nonconforming_share": "float",
+        "pa_at_estimate": "float",
+    },
+)
+DISTRICT_BALANCE = OutputMeasurement(
+    "district_balance",
+    tags=("district", "region"),
+    fields={
+        "gates_passed": "int",
+        "line_loss_pct": "float",
+        "completeness": "float",
+        "n_intervals": "int",
+        "customers": "int",
+        "evaluable": "int",
+        "fixed_loss_kw": "float",
+        "residual_rms_pct": "float",
+    },
+)
+DISTRICT_LOSS_DAILY = OutputMeasurement(
+    "district_loss_daily",
+    tags=("district", "region"),
+    fields={"line_loss_pct": "float", "supplied_kwh": "float", "intervals": "int"},
+)
+FLEET_SUMMARY = OutputMeasurement(
+    "fleet_summary",
+    tags=("kind", "region"),
+    fields={
+        "meters": "int",
+        **{f"state_{s}": "int" for s in ("normal", "unknown", "watch", "suspect", "faulty")},
+        **{f"decision_{d}": "int" for d in ("keep", "extend", "resample", "replace")},
+    },
+)
+OUTPUT_MEASUREMENTS: dict[str, OutputMeasurement] = {
+    m.name: m
+    for m in (METER_STATE, LOT_STATE, DISTRICT_BALANCE, DISTRICT_LOSS_DAILY, FLEET_SUMMARY)
+}

@@ -6,14 +6,21 @@ import math
 from collections import Counter
 from dataclasses import dataclass, replace
 from datetime import date
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 
 from monitor.core.decision import Decision, Reason, Stamp, State, severity_for
 from monitor.core.registry import MeterRow, add_years
-from monitor.core.rulebook import ErrorLimitRule, LotRule
-from monitor.electricity.sampling import Plan, draw_sample, judge, plan
+from monitor.core.rulebook import ErrorLimitRule, LotRule, SamplingPlan
+from monitor.electricity.sampling import (
+    Plan,
+    draw_sample,
+    judge,
+    operating_characteristic,
+    plan,
+)
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,52 @@ def add_months(day: date, months: int) -> date:
         except ValueError:
             continue
     raise AssertionError("unreachable")
+
+
+def _beyond_mpe_probability(evidence: dict[str, Any], mpe_pct: float, z: float) -> float | None:
+    """P(|error| > MPE) of one meter from its estimate and interval, or None without one.
+
+    A normal around the estimate whose standard deviation is the interval's half-width
+    over z (the interval's two-sided quantile): an estimate of 1.9 ± 0.4 % against an
+    MPE of 2 % is about as likely beyond as within.
+    """
+    error, ci = evidence.get("error_pct"), evidence.get("error_ci_pct")
+    if not evidence.get("evaluable") or error is None or not ci or None in ci:
+        return None
+    sd = max((ci[1] - ci[0]) / 2 / z, 1e-9)
+    dist = NormalDist(error, sd)
+    return dist.cdf(-mpe_pct) + 1.0 - dist.cdf(mpe_pct)
+
+
+def estimated_nonconforming_share(
+    members: list[tuple[MeterRow, Decision]],
+    limits: ErrorLimitRule,
+    confidence: float = 0.95,
+) -> float | None:
+    """The lot's expected share of meters that would fail verification (error beyond MPE).
+
+    Faulty meters count as nonconforming; a meter with an estimate counts with its
+    probability of being beyond its class's MPE; the others (no usable estimate) are
+    taken to be like the estimated ones. None when no meter has an estimate and none
+    is faulty: the share is not known, and no guess is made.
+    """
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    faulty, probabilities, others = 0, [], 0
+    for row, d in members:
+        mpe = limits.verification_mpe_pct.get(row.accuracy_class or "")
+        p = None if mpe is None else _beyond_mpe_probability(d.evidence, mpe, z)
+        if d.state == "faulty":
+            faulty += 1
+        elif p is not None:
+            probabilities.append(p)
+        else:
+            others += 1
+    if not probabilities and others:
+        return None
+    if not members:
+        return None
+    mean = sum(probabilities) / len(probabilities) if probabilities else 0.0
+    return (faulty + sum(probabilities) + others * mean) / len(members)
 
 
 def indicators(members: list[tuple[MeterRow, Decision]], limits: ErrorLimitRule) -> dict[str, Any]:
@@ -132,14 +185,17 @@ def decide_lot(
     limits: ErrorLimitRule,
     sampling: Sampling | None,
     stamp: Stamp,
+    confidence: float = 0.95,
 ) -> Decision:
     """The lot's decision at `as_of` (the day of `stamp.as_of`).
 
     Its reasons carry the severity of the lot's state under the lot rule's `severity`
     (`severity_for`): a lot whose only problem is too little evidence is sampled, and
-    says so on its page, without raising an alert.
+    says so on its page, without raising an alert. `confidence` is the two-sided level
+    of the meters' error intervals (the estimation rule's), which the lot's estimated
+    nonconforming share reads them at.
     """
-    decided = _decide_lot(lot, members, as_of, rule, limits, sampling, stamp)
+    decided = _decide_lot(lot, members, as_of, rule, limits, sampling, stamp, confidence)
     severity = severity_for(decided.state, False, rule.severity)
     return replace(decided, reasons=[replace(r, severity=severity) for r in decided.reasons])
 
@@ -152,9 +208,12 @@ def _decide_lot(
     limits: ErrorLimitRule,
     sampling: Sampling | None,
     stamp: Stamp,
+    confidence: float,
 ) -> Decision:
     dues = [r.due_on for r, _ in members if r.due_on is not None]
     ind = indicators(members, limits)
+    share = estimated_nonconforming_share(members, limits, confidence)
+    ind["estimated_nonconforming_share"] = None if share is None else round(share, 4)
     due = min(dues) if dues else None
     base = Decision(
         lot, "lot", "keep", "unknown", due, stamp.as_of, stamp.rules_version, evidence=ind
@@ -193,7 +252,7 @@ def _decide_lot(
             ],
         )
     if sampling is not None and sampling.due_on == due.isoformat():
-        return _from_sample(base, sampling, due, rule)
+        return _from_sample(base, sampling, due, rule, share)
     blockers = _clean(ind, rule)
     if not blockers:
         return _extend(
@@ -209,7 +268,7 @@ def _decide_lot(
                 )
             ],
         )
-    return _resample(base, members, due, rule, blockers)
+    return _resample(base, members, due, rule, blockers, share)
 
 
 def _extend(base: Decision, due: date, rule: LotRule, reasons: list[Reason]) -> Decision:
@@ -221,21 +280,49 @@ def _replace(base: Decision, reasons: list[Reason]) -> Decision:
     return replace(base, decision="replace", state="faulty", reasons=reasons)
 
 
+def lot_family(members: list[tuple[MeterRow, Decision]]) -> tuple[str | None, ...]:
+    """(manufacturer, model, accuracy class) of a lot: what most of its meters say."""
+
+    def most(values: list[str | None]) -> str | None:
+        known = Counter(v for v in values if v)
+        return known.most_common(1)[0][0] if known else None
+
+    rows = [r for r, _ in members]
+    return (
+        most([r.manufacturer for r in rows]),
+        most([r.model for r in rows]),
+        most([r.accuracy_class for r in rows]),
+    )
+
+
+def lot_plan(members: list[tuple[MeterRow, Decision]], rule: LotRule) -> Plan:
+    """The sampling plan the rules give this lot's family, sized to the lot."""
+    chosen: SamplingPlan = rule.plan_for(*lot_family(members))
+    return plan(chosen.kind, len(members), chosen.quality_pct)
+
+
 def _resample(
     base: Decision,
     members: list[tuple[MeterRow, Decision]],
     due: date,
     rule: LotRule,
     reasons: list[Reason],
+    share: float | None,
 ) -> Decision:
-    p = plan(rule.plan.kind, len(members), rule.plan.aql)
+    p = lot_plan(members, rule)
     # Seeded by lot and due date: re-evaluating draws the same meters, and the
     # seed is recorded, so anyone can redo the draw.
     seed = f"{base.id}|{due.isoformat()}"
     drawn = draw_sample([r.meter_id for r, _ in members], p.sample_size, seed)
     # Too little evidence alone leaves the lot `unknown`: sampled, not suspected.
     state: State = "unknown" if all(_lacks_evidence(r) for r in reasons) else "suspect"
-    extra = {"plan": p.as_dict(), "seed": seed, "drawn": drawn, "sample_results": []}
+    extra = {
+        "plan": p.as_dict(),
+        "oc": operating_characteristic(p, share),
+        "seed": seed,
+        "drawn": drawn,
+        "sample_results": [],
+    }
     return replace(base, decision="resample", state=state, reasons=reasons, extra=extra)
 
 
@@ -244,12 +331,15 @@ def _lacks_evidence(r: Reason) -> bool:
     return r.rule == "lot.evaluable_share" or (r.rule == "lot.error_quantile" and r.value is None)
 
 
-def _from_sample(base: Decision, sampling: Sampling, due: date, rule: LotRule) -> Decision:
-    p = Plan(**sampling.plan)
+def _from_sample(
+    base: Decision, sampling: Sampling, due: date, rule: LotRule, share: float | None
+) -> Decision:
+    p = Plan.from_dict(sampling.plan)
     bad = sum(1 for r in sampling.results if not r.passed)
     verdict = judge(p, bad, len(sampling.results))
     extra = {
-        "plan": sampling.plan,
+        "plan": p.as_dict(),
+        "oc": operating_characteristic(p, share),
         "drawn": sampling.drawn,
         "verdict": verdict,
         "sample_results": [r.__dict__ for r in sampling.results],

@@ -460,16 +460,30 @@ def clock_findings(
                     rule_severity=rule.severity,
                 )
             )
-    codes = sorted({str(e.values.get("code")) for e in events} & set(rule.events))
-    if codes:
+    hits = [e for e in events if str(e.values.get("code")) in rule.events]
+    if hits:
+        codes = sorted({str(e.values.get("code")) for e in hits})
         out.append(
             Finding(
                 "watch",
-                Reason("elec.clock.events", codes, rule.events, "clock events reported"),
+                Reason(
+                    "elec.clock.events",
+                    codes,
+                    rule.events,
+                    "clock events reported",
+                    occurrences=event_occurrences(hits),
+                ),
                 rule_severity=rule.severity,
             )
         )
     return out
+
+
+def event_occurrences(events: Sequence[MeterPoint]) -> tuple[tuple[str, int], ...]:
+    """The distinct events of one meter as occurrences: a duplicate (same time and code)
+    is one event (at-least-once delivery)."""
+    keys = {(e.ts_ms, str(e.values.get("code"))) for e in events}
+    return tuple((f"{code}@{ts}", ts) for ts, code in sorted(keys))
 
 
 def event_findings(
@@ -487,24 +501,16 @@ def event_findings(
         if not hits:
             continue
         codes = sorted({str(e.values["code"]) for e in hits})
-        detail = f"{len(hits)} event(s), last at {format_ts(max(e.ts_ms for e in hits))}"
+        occurrences = event_occurrences(hits)
+        detail = f"{len(occurrences)} event(s), last at {format_ts(max(e.ts_ms for e in hits))}"
         if name == "elec.tamper":
-            out.append(
-                Finding(
-                    "normal",
-                    Reason(name, codes, rule.codes, f"inspection / theft case: {detail}"),
-                    inspect=True,
-                    rule_severity=rule.severity,
-                )
-            )
+            detail = f"inspection / theft case: {detail}"
+            reason = Reason(name, codes, rule.codes, detail, occurrences=occurrences)
+            out.append(Finding("normal", reason, inspect=True, rule_severity=rule.severity))
         else:
-            out.append(
-                Finding(
-                    "faulty",
-                    Reason(name, codes, rule.codes, f"hardware failure: {detail}"),
-                    rule_severity=rule.severity,
-                )
-            )
+            detail = f"hardware failure: {detail}"
+            reason = Reason(name, codes, rule.codes, detail, occurrences=occurrences)
+            out.append(Finding("faulty", reason, rule_severity=rule.severity))
     return out
 
 

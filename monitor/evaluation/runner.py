@@ -14,8 +14,9 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, tzinfo
-from typing import Any
+from typing import Any, Protocol
 
+from monitor import __version__
 from monitor.alerts.book import AlertBook, Change, conditions_of, district_conditions
 from monitor.core.clock import DAY_MS, format_ts, ms_to_datetime, parse_ts
 from monitor.core.decision import (
@@ -81,6 +82,16 @@ class EvaluationResult:
         }
 
 
+class ShadowHook(Protocol):
+    """Candidate rules evaluated beside the ones in force (`evaluation.shadow.RulesDesk`)."""
+
+    def candidate(self) -> RuleBook | None:
+        """The candidate rules, or None."""
+
+    def observe(self, current: EvaluationResult, candidate: EvaluationResult) -> None:
+        """One recorded pass and the candidate's dry run at the same `as_of`."""
+
+
 class Evaluator:
     """Runs evaluation passes over the store and records decisions in the state.
 
@@ -96,8 +107,14 @@ class Evaluator:
         alerts: AlertBook | None = None,
         notify: Callable[[Sequence[Change]], None] | None = None,
         zone: tzinfo = UTC,
+        export: Callable[[EvaluationResult], None] | None = None,
+        shadow: ShadowHook | None = None,
     ) -> None:
+        # Candidate rules a recorded pass also evaluates, as a dry run.
+        self._shadow = shadow
         self._zone = zone
+        # Each recorded pass, handed on as it is (e.g. to InfluxDB for the dashboards).
+        self._export = export
         # Fare checks carried from one pass to the next (exact: see FareCache).
         self._taxi_fares = FareCache()
         self._alerts = alerts
@@ -139,10 +156,21 @@ class Evaluator:
         if extended:
             meters = self._meters(registry, districts, events, rules, stamp, extended)
         meters |= self._taxis(as_of_ms, book, stamp)
+        result = EvaluationResult(as_of, book.version, meters, lots, districts)
         if record:
             self._record(meters, lots, districts, stamp)
             self._raise_alerts(meters, lots, districts, as_of_ms, book.rules.elec.estimation)
-        return EvaluationResult(as_of, book.version, meters, lots, districts)
+            if self._export is not None:
+                self._export(result)
+            self._run_shadow(result, as_of_ms, book)
+        return result
+
+    def _run_shadow(self, result: EvaluationResult, as_of_ms: int, book: RuleBook) -> None:
+        """The candidate rules' dry run at the same `as_of`, handed to the shadow hook."""
+        candidate = self._shadow.candidate() if self._shadow is not None else None
+        if self._shadow is None or candidate is None or candidate.version == book.version:
+            return
+        self._shadow.observe(result, self._run(as_of_ms, candidate, False))
 
     def _districts(
         self, registry: dict[str, MeterRow], rules: ElecRules, start: int, end: int
@@ -217,6 +245,7 @@ class Evaluator:
                 rules.error_limit,
                 sampling,
                 Stamp(format_ts(as_of_ms), book.version),
+                rules.estimation.confidence,
             )
         return out
 
@@ -277,8 +306,9 @@ class Evaluator:
             rules.error_limit,
             self._sampling(lot),
             Stamp(previous["as_of"], book.version),
+            rules.estimation.confidence,
         )
-        self._state.save_decisions("lot", [decided.as_dict()])
+        self._state.save_decisions("lot", [stamped(decided)])
         return decided
 
     def _sampling(self, lot: str) -> Sampling | None:
@@ -301,14 +331,20 @@ class Evaluator:
         districts: dict[str, DistrictResult],
         stamp: Stamp,
     ) -> None:
-        meter_bodies = [d.as_dict() for d in meters.values()]
+        meter_bodies = [stamped(d) for d in meters.values()]
         self._state.save_decisions("meter", meter_bodies)
-        self._state.save_decisions("lot", [d.as_dict() for d in lots.values()])
+        self._state.save_decisions("lot", [stamped(d) for d in lots.values()])
         for name, dist in districts.items():
             self._state.save_district(name, stamp.as_of, dist.report(meters, stamp))
         if self._publish is not None:
             for body in meter_bodies:
                 self._publish(f"{body['kind']}/{body['id']}", body)
+
+
+def stamped(decision: Decision) -> dict[str, Any]:
+    """A decision's JSON with the software version that made it (the rules version is
+    already in it): what is stored, published and shown."""
+    return {**decision.as_dict(), "software_version": __version__}
 
 
 def decision_publisher(publish: Publisher, root: str) -> Publish:

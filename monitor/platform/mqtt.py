@@ -25,14 +25,24 @@ class BrokerAddress:
     tls: bool = False
     username: str | None = None
     password: str | None = None
+    # TLS: the CA the broker's certificate must chain to (None: the system's), and an
+    # optional client certificate. The host name is always verified.
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
 
     @property
     def url(self) -> str:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
-def parse_broker_url(url: str) -> BrokerAddress:
-    """`mqtt://[user:pass@]host:port` or `mqtts://…` → BrokerAddress."""
+def parse_broker_url(
+    url: str,
+    ca_file: str | None = None,
+    cert_file: str | None = None,
+    key_file: str | None = None,
+) -> BrokerAddress:
+    """`mqtt://[user:pass@]host:port` or `mqtts://…` → BrokerAddress (TLS files for mqtts)."""
     parts = urlsplit(url if "://" in url else f"mqtt://{url}")
     tls = parts.scheme in ("mqtts", "ssl")
     if not parts.hostname:
@@ -43,6 +53,9 @@ def parse_broker_url(url: str) -> BrokerAddress:
         tls=tls,
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
+        ca_file=ca_file if tls else None,
+        cert_file=cert_file if tls else None,
+        key_file=key_file if tls else None,
     )
 
 
@@ -65,7 +78,13 @@ def make_client(
     if address.username:
         client.username_pw_set(address.username, address.password)
     if address.tls:
-        client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
+        client.tls_set(
+            ca_certs=address.ca_file,
+            certfile=address.cert_file,
+            keyfile=address.key_file,
+            cert_reqs=ssl.CERT_REQUIRED,
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
     return client
 
 

@@ -108,6 +108,7 @@ def registry_row(
         "verified_on": (verified_on or lot.verified_on).isoformat(),
         "period_years": str(lot.period_years),
         "plate": plate,
+        "region": "",  # one region: the default
     }
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Mapping
 
-from monitor.core.schema import Record
+from monitor.core.schema import OutputMeasurement, Record
 
 _TAG_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": "", "\r": ""})
 _MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "\n": "", "\r": ""})
@@ -46,3 +47,29 @@ def to_line(record: Record) -> str:
 def to_lines(records: Iterable[Record]) -> list[str]:
     """Many records as lines."""
     return [to_line(r) for r in records]
+
+
+def output_line(
+    measurement: OutputMeasurement,
+    tags: Mapping[str, str | None],
+    fields: Mapping[str, float | int | str | bool | None],
+    ts_ms: int,
+) -> str | None:
+    """One point of a result measurement; tags and fields that are None are left out.
+
+    None when no field is left (line protocol needs one). NaN and infinities have no
+    line-protocol form and are left out like None.
+    """
+    tag_text = "".join(
+        f",{name}={escape_tag(tag)}" for name in measurement.tags if (tag := tags.get(name))
+    )
+    parts = []
+    for name, kind in measurement.fields.items():
+        value = fields.get(name)
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+            continue
+        parts.append(f"{name}={_field(int(value) if isinstance(value, bool) else value, kind)}")
+    if not parts:
+        return None
+    name = measurement.name.translate(_MEASUREMENT_ESCAPES)
+    return f"{name}{tag_text} {','.join(parts)} {int(ts_ms)}"

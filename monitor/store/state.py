@@ -30,7 +30,7 @@ from monitor.core.ports import (
     TariffRollout,
     WorkOrderRow,
 )
-from monitor.core.registry import COLUMNS, MeterRow, add_years
+from monitor.core.registry import COLUMNS, DEFAULT_REGION, MeterRow, add_years
 from monitor.core.schema import Record
 
 _SCHEMA = [
@@ -139,11 +139,12 @@ class SqliteState:
         self._db.execute("CREATE INDEX IF NOT EXISTS registry_due ON registry (due_on)")
 
     def _add_registry_columns(self) -> None:
-        """Registry columns added since a file was made (the feeder's topology): empty."""
+        """Registry columns added since a file was made (region, the feeder's topology): empty."""
         cols = {r[1] for r in self._db.execute("PRAGMA table_info(registry)")}
         for column in COLUMNS:
             if column not in cols:
                 self._db.execute(f"ALTER TABLE registry ADD COLUMN {column}")
+        self._db.execute("CREATE INDEX IF NOT EXISTS registry_region ON registry (region)")
 
     def _rows(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -577,6 +578,13 @@ class SqliteState:
                 args.append(value)
         if flt.registered is not None:
             where.append("r.meter_id IS NOT NULL" if flt.registered else "r.meter_id IS NULL")
+        if flt.region is not None:
+            # An unregistered meter is in the region of the district it was heard in.
+            where.append(
+                "coalesce(r.region, (SELECT x.region FROM registry x WHERE x.district = "
+                "coalesce(r.district, s.district) AND x.region IS NOT NULL LIMIT 1), ?) = ?"
+            )
+            args += [DEFAULT_REGION, flt.region]
         sql = f"""
             WITH ids AS (SELECT meter_id FROM registry UNION SELECT meter_id FROM seen)
             SELECT ids.meter_id, coalesce(r.kind, s.kind), r.meter_id IS NOT NULL,

@@ -184,6 +184,7 @@ def _event_findings(
             code,
             rule.codes,
             f"event {code} at {format_ts(event.ts_ms)}",
+            occurrences=((f"{code}@{event.ts_ms}", event.ts_ms),),
         )
         cover = _cover(meter, event.ts_ms, event.ts_ms, work_orders)
         out.append(_seal_finding(reason, cover, rule.severity))
@@ -244,6 +245,7 @@ def _ppk_findings(
             old,
             f"pulse constant changed from {old:g} to {new:g} between heartbeats at "
             f"{format_ts(before.ts_ms)} and {format_ts(after.ts_ms)}",
+            occurrences=((f"pulses_per_km@{after.ts_ms}", after.ts_ms),),
         )
         # The change happened somewhere between the two heartbeats.
         cover = _cover(meter, before.ts_ms, after.ts_ms, work_orders)

@@ -24,16 +24,32 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from monitor.api.context import ApiContext, decode_cursor, encode_cursor
+from monitor.api.context import ApiContext, decode_cursor, decode_seq_cursor, encode_cursor
 from monitor.api.evaluation import district_summary
+from monitor.api.guard import (
+    ACT_ALERTS,
+    POST_SAMPLES,
+    READ_ALERTS,
+    READ_AUDIT,
+    READ_TAXI,
+    csrf_token,
+    may,
+)
 from monitor.api.meters import identify_meter
+from monitor.api.regions import RegionCache
+from monitor.api.scope import caller, scoped_page
 from monitor.api.taxi import rollout_progress_of
-from monitor.api.web import charts
+from monitor.api.web import charts, login
+from monitor.api.web import impact as impact_pages
+from monitor.api.web import regions as region_pages
+from monitor.api.web import rules as rules_pages
 from monitor.api.web.present import Present
+from monitor.core.audit import record_json
 from monitor.core.clock import DAY_MS, HOUR_MS, format_ts, ms_to_datetime, parse_ts
 from monitor.core.ports import MeterFilter, MeterPoint
 from monitor.core.rulebook import DistanceRule, ElecRules
 from monitor.core.schema import ELEC_EVENT, ELEC_READING, TAXI_EVENT, TAXI_TRIP, Measurement
+from monitor.platform.access import Principal
 from monitor.taxi.fares import fare_check
 from monitor.taxi.trips import Trip, trips_from_points
 
@@ -42,15 +58,24 @@ HERE = Path(__file__).parent
 
 def mount_web(app: FastAPI, ctx: ApiContext) -> None:
     """Add the pages and their static files to the API application."""
-    pages = Jinja2Templates(directory=HERE / "templates")
+    pages = Jinja2Templates(directory=HERE / "templates", context_processors=[_session])
     Present(ctx.settings.scheduling.zone).install(pages.env)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     def render(request: Request, name: str, **data: Any) -> HTMLResponse:
         return pages.TemplateResponse(request, name, data)
 
+    regions = RegionCache(ctx.state)
+    region_pages.mount(app, ctx, render, regions)
+    rules_pages.mount(app, ctx, render)
+    impact_pages.mount(app, ctx, render, _csv_response)
+    login.add_routes(app, ctx, pages)
+
     @app.exception_handler(StarletteHTTPException)
     async def errors(request: Request, exc: StarletteHTTPException) -> Response:
+        # A page asked for without a session goes to the login; the API answers 401.
+        if exc.status_code == 401 and not request.url.path.startswith("/api/"):
+            return login.redirect_to_login(request)
         # A person's browser gets a page; the API and its clients keep the JSON error.
         if not wants_page(request):
             return await http_exception_handler(request, exc)
@@ -64,7 +89,7 @@ def mount_web(app: FastAPI, ctx: ApiContext) -> None:
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def overview(request: Request) -> HTMLResponse:
-        return render(request, "overview.html", **_overview(ctx))
+        return render(request, "overview.html", **_overview(ctx, caller(request)))
 
     @app.get("/meters", response_class=HTMLResponse, include_in_schema=False)
     def meters(
@@ -74,45 +99,80 @@ def mount_web(app: FastAPI, ctx: ApiContext) -> None:
         decision: str = "",
         district: str = "",
         lot: str = "",
+        region: str = "",
         cursor: str = "",
     ) -> HTMLResponse:
         f = MeterFilter(
-            kind or None, district or None, lot or None, state or None, decision or None
+            kind or None,
+            district or None,
+            lot or None,
+            state or None,
+            decision or None,
+            region=region or None,
         )
-        rows = ctx.state.list_meters(f, decode_cursor(cursor) if cursor else None, 101)
+        who = caller(request)
+        rows, more = scoped_page(
+            lambda after, n: ctx.state.list_meters(f, after, n),
+            lambda row: ctx.scopes.listed_meter(who, row.meter_id, row.district, row.lot),
+            lambda row: row.meter_id,
+            decode_cursor(cursor) if cursor else None,
+            100,
+        )
         items = [
-            {**asdict(r), "last_ts": format_ts(r.last_ts) if r.last_ts else None}
-            for r in rows[:100]
+            {**asdict(r), "last_ts": format_ts(r.last_ts) if r.last_ts else None} for r in rows
         ]
-        nxt = _next_page(request, rows[99].meter_id) if len(rows) > 100 else None
-        return render(request, "meters.html", items=items, next=nxt, f=f)
+        nxt = _next_page(request, rows[-1].meter_id) if more else None
+        return render(
+            request, "meters.html", items=items, next=nxt, f=f, regions=regions().regions()
+        )
 
     @app.get("/meters/{meter}", response_class=HTMLResponse, include_in_schema=False)
     def meter(request: Request, meter: str) -> HTMLResponse:
-        return render(request, "meter.html", **_meter(ctx, meter))
+        return render(request, "meter.html", **_meter(ctx, meter, caller(request)))
 
     @app.get("/districts", response_class=HTMLResponse, include_in_schema=False)
-    def districts(request: Request, gates: str = "", cursor: str = "") -> HTMLResponse:
+    def districts(
+        request: Request, gates: str = "", region: str = "", cursor: str = ""
+    ) -> HTMLResponse:
         passed = {"passed": True, "failed": False}.get(gates)
-        rows = ctx.state.list_districts(decode_cursor(cursor) if cursor else None, 101, passed)
-        items = [district_summary(b) for b in rows[:100]]
-        nxt = _next_page(request, items[-1]["district"]) if len(rows) > 100 else None
-        return render(request, "districts.html", items=items, next=nxt, gates=gates)
+        index = regions()
+        who = caller(request)
+        rows, more = scoped_page(
+            lambda after, n: ctx.state.list_districts(after, n, passed),
+            lambda body: (
+                (not region or index.of("district", body["district"]) == region)
+                and ctx.scopes.district(who, body["district"])
+            ),
+            lambda body: str(body["district"]),
+            decode_cursor(cursor) if cursor else None,
+            100,
+        )
+        items = [district_summary(b) for b in rows]
+        nxt = _next_page(request, items[-1]["district"]) if more else None
+        return render(
+            request,
+            "districts.html",
+            items=items,
+            next=nxt,
+            gates=gates,
+            region=region,
+            regions=index.regions(),
+        )
 
     @app.get("/districts/{district}", response_class=HTMLResponse, include_in_schema=False)
     def district(request: Request, district: str, sort: str = "meter") -> HTMLResponse:
         body = ctx.state.district(district)
-        if body is None:
+        if body is None or not ctx.scopes.district(caller(request), district):
             raise HTTPException(404, f"District {district} has not been evaluated yet.")
         return render(request, "district.html", **_district(ctx, body, sort))
 
     @app.get("/lots/{lot}", response_class=HTMLResponse, include_in_schema=False)
     def lot(request: Request, lot: str) -> HTMLResponse:
-        return render(request, "lot.html", d=_lot(ctx, lot))
+        return render(request, "lot.html", d=_lot(ctx, lot, caller(request)))
 
     @app.get("/lots/{lot}/sample.csv", include_in_schema=False)
-    def lot_csv(lot: str) -> Response:
-        d = _lot(ctx, lot)
+    def lot_csv(request: Request, lot: str) -> Response:
+        d = _lot(ctx, lot, caller(request))
         rows = []
         for meter_id in d.get("drawn") or []:
             row = ctx.state.get_meter(meter_id)
@@ -130,8 +190,8 @@ def mount_web(app: FastAPI, ctx: ApiContext) -> None:
         return _csv_response(f"{lot}-sample.csv", header, rows)
 
     @app.get("/meters/{meter}/fares.csv", include_in_schema=False)
-    def fares_csv(meter: str) -> Response:
-        kind, _, seen = identify_meter(ctx, meter)
+    def fares_csv(request: Request, meter: str) -> Response:
+        kind, _, seen = identify_meter(ctx, meter, caller(request))
         if kind != "taxi":
             raise HTTPException(404, f"{meter!r} is not a taxi meter; only taxi trips have fares")
         end = seen["last_ts"] if seen else 0
@@ -164,32 +224,76 @@ def mount_web(app: FastAPI, ctx: ApiContext) -> None:
         severity: str = "",
         kind: str = "",
         district: str = "",
+        region: str = "",
         cursor: str = "",
     ) -> HTMLResponse:
-        if ctx.alerts is None:
+        alerts = ctx.alerts
+        if alerts is None:
             raise HTTPException(503, "alerts are not kept by this instance")
-        after = int(decode_cursor(cursor)) if cursor else 0
-        rows = ctx.alerts.list(
-            status or None,
-            severity or None,
-            None,
-            after,
-            101,
-            kind=kind or None,
-            district=district or None,
+        index = regions()
+        who = caller(request)
+        rows, more = scoped_page(
+            lambda after, n: alerts.list(
+                status or None,
+                severity or None,
+                None,
+                int(after or 0),
+                n,
+                kind=kind or None,
+                district=district or None,
+            ),
+            lambda alert: (
+                (
+                    not region
+                    or index.in_region(region, alert["meter"], alert["lot"], alert["district"])
+                )
+                and ctx.scopes.alert(who, alert)
+            ),
+            lambda alert: str(alert["id"]),
+            str(decode_seq_cursor(cursor)),
+            100,
         )
-        nxt = _next_page(request, str(rows[99]["id"])) if len(rows) > 100 else None
+        nxt = _next_page(request, str(rows[-1]["id"])) if more else None
         f = {"status": status, "severity": severity, "kind": kind, "district": district}
-        return render(request, "alerts.html", items=rows[:100], next=nxt, f=f)
+        f |= {"region": region}
+        return render(request, "alerts.html", items=rows, next=nxt, f=f, regions=index.regions())
 
     @app.get("/tariffs", response_class=HTMLResponse, include_in_schema=False)
     def tariffs(request: Request) -> HTMLResponse:
-        return render(
-            request,
-            "tariffs.html",
-            tariffs=_tariffs(ctx),
-            rollouts=[rollout_progress_of(ctx, v, None) for v in ctx.state.tariff_versions()],
-        )
+        who = caller(request)
+        rollouts = []
+        for version in ctx.state.tariff_versions():
+            try:
+                rollouts.append(rollout_progress_of(ctx, version, None, who))
+            except HTTPException:  # none of its meters in the caller's scope
+                continue
+        return render(request, "tariffs.html", tariffs=_tariffs(ctx), rollouts=rollouts)
+
+    @app.get("/audit", response_class=HTMLResponse, include_in_schema=False)
+    def audit(request: Request, cursor: str = "") -> HTMLResponse:
+        if ctx.audit is None:
+            raise HTTPException(503, "no audit log is kept by this instance")
+        rows = ctx.audit.rows(decode_seq_cursor(cursor), 101)
+        nxt = _next_page(request, str(rows[99].seq)) if len(rows) > 100 else None
+        return render(request, "audit.html", items=[record_json(r) for r in rows[:100]], next=nxt)
+
+
+def _session(request: Request) -> dict[str, Any]:
+    """What every page shows of the session: open mode, who is signed in, the CSRF token."""
+    who = caller(request)
+    session = request.cookies.get(login.COOKIE, "")
+    return {
+        "who": who,
+        "open_mode": who.open_mode,
+        "csrf": csrf_token(session) if session else "",
+        "can": {
+            "alerts": may(who, READ_ALERTS),
+            "tariffs": may(who, READ_TAXI),
+            "audit": may(who, READ_AUDIT),
+            "act_alerts": may(who, ACT_ALERTS),
+            "samples": may(who, POST_SAMPLES),
+        },
+    }
 
 
 def _tariffs(ctx: ApiContext) -> list[dict[str, Any]]:
@@ -257,17 +361,26 @@ def _metric(ctx: ApiContext, name: str) -> float:
     return total
 
 
-def _overview(ctx: ApiContext) -> dict[str, Any]:
+def _overview(ctx: ApiContext, who: Principal) -> dict[str, Any]:
     as_of = ctx.state.latest_event_ts()
     received = ctx.state.last_received()
-    due, more = _due_soon(ctx, as_of)
+    if who.everywhere:
+        due, more = _due_soon(ctx, as_of)
+        by_severity = ctx.alerts.open_by_severity() if ctx.alerts else {}
+        fleet = {
+            "kinds": ctx.state.kind_counts(),
+            "counts": ctx.state.decision_counts(),
+            "lots": ctx.state.decisions_where("lot", "resample"),
+        }
+    else:
+        due, more = _due_soon(ctx, as_of, who=who)
+        by_severity = _open_alerts_in_scope(ctx, who) if may(who, READ_ALERTS) else {}
+        fleet = _scoped_counts(ctx, who)
     return {
         "as_of": format_ts(as_of) if as_of else None,
-        "kinds": ctx.state.kind_counts(),
-        "counts": ctx.state.decision_counts(),
-        "open_alerts": sum(ctx.alerts.open_by_severity().values()) if ctx.alerts else 0,
-        "alerts_by_severity": ctx.alerts.open_by_severity() if ctx.alerts else {},
-        "lots": ctx.state.decisions_where("lot", "resample"),
+        **fleet,
+        "open_alerts": sum(by_severity.values()),
+        "alerts_by_severity": by_severity,
         "due": due,
         "due_more": more,
         "health": {
@@ -280,20 +393,69 @@ def _overview(ctx: ApiContext) -> dict[str, Any]:
     }
 
 
+def _scoped_counts(ctx: ApiContext, who: Principal) -> dict[str, Any]:
+    """Kinds, (kind, state, decision) counts and lots to decide, of the caller's scope."""
+    mine, _ = scoped_page(
+        lambda after, n: ctx.state.list_meters(MeterFilter(), after, n),
+        lambda row: ctx.scopes.listed_meter(who, row.meter_id, row.district, row.lot),
+        lambda row: row.meter_id,
+        None,
+        10_000_000,
+    )
+    kinds: dict[str, int] = {}
+    counts: dict[tuple[str, str, str], int] = {}
+    for row in mine:
+        kinds[row.kind] = kinds.get(row.kind, 0) + 1
+        if row.state is not None and row.decision is not None:
+            key = (row.kind, row.state, row.decision)
+            counts[key] = counts.get(key, 0) + 1
+    lots = ctx.state.decisions_where("lot", "resample", 10_000)
+    return {
+        "kinds": kinds,
+        "counts": [
+            {"kind": k, "state": s, "decision": d, "n": n}
+            for (k, s, d), n in sorted(counts.items())
+        ],
+        "lots": [b for b in lots if ctx.scopes.lot(who, str(b["id"]))][:100],
+    }
+
+
+def _open_alerts_in_scope(ctx: ApiContext, who: Principal) -> dict[str, int]:
+    alerts = ctx.alerts
+    if alerts is None:
+        return {}
+    found, _ = scoped_page(
+        lambda after, n: alerts.list("open", None, None, int(after or 0), n),
+        lambda alert: ctx.scopes.alert(who, alert),
+        lambda alert: str(alert["id"]),
+        None,
+        10_000_000,
+    )
+    out: dict[str, int] = {}
+    for alert in found:
+        out[alert["severity"]] = out.get(alert["severity"], 0) + 1
+    return out
+
+
 def _due_soon(
-    ctx: ApiContext, as_of: int | None, shown: int = 50
+    ctx: ApiContext, as_of: int | None, shown: int = 50, who: Principal | None = None
 ) -> tuple[list[dict[str, Any]], int]:
     if as_of is None:
         return [], 0
     today = ms_to_datetime(as_of).date()
     horizon = today + timedelta(days=365)
-    rows, total = ctx.state.due_by(horizon, shown)
+    if who is None:
+        rows, total = ctx.state.due_by(horizon, shown)
+    else:
+        every, _ = ctx.state.due_by(horizon, 10_000_000)
+        rows = [r for r in every if ctx.scopes.meter(who, r.meter_id)]
+        total, rows = len(rows), rows[:shown]
     items = [{"meter_id": m, "kind": kind, "lot": lot, "due_on": due} for m, kind, lot, due in rows]
     return items, total - len(items)
 
 
-def _meter(ctx: ApiContext, meter: str) -> dict[str, Any]:
-    kind, registry, seen = identify_meter(ctx, meter)
+def _meter(ctx: ApiContext, meter: str, who: Principal) -> dict[str, Any]:
+    kind, registry, seen = identify_meter(ctx, meter, who)
     decision = ctx.state.decision("meter", meter)
     m = {
         "meter_id": meter,
@@ -329,7 +491,7 @@ def _meter(ctx: ApiContext, meter: str) -> dict[str, Any]:
             zone,
         )
         events = TAXI_EVENT
-    page["timeline"] = _timeline(ctx, meter, events, start, end)
+    page["timeline"] = _timeline(ctx, meter, events, start, end, who)
     return page
 
 
@@ -411,9 +573,9 @@ def _taxi_levels(rule: DistanceRule) -> list[charts.Level]:
 
 
 def _timeline(
-    ctx: ApiContext, meter: str, events: Measurement, start: int, end: int
+    ctx: ApiContext, meter: str, events: Measurement, start: int, end: int, who: Principal
 ) -> list[dict[str, Any]]:
-    """The meter's events and alerts, newest first."""
+    """The meter's events and alerts (for roles that read alerts), newest first."""
     timeline = [
         {
             "ts": format_ts(p.ts_ms),
@@ -423,7 +585,7 @@ def _timeline(
         }
         for p in ctx.store.history(events, meter, ["code", "detail"], start, end + 1, 10_000)
     ]
-    if ctx.alerts is not None:
+    if ctx.alerts is not None and may(who, READ_ALERTS):
         for a in ctx.alerts.list(None, None, None, 0, 1000, meter=meter):
             timeline.append(
                 {
@@ -546,9 +708,9 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f} %"
 
 
-def _lot(ctx: ApiContext, lot: str) -> dict[str, Any]:
+def _lot(ctx: ApiContext, lot: str, who: Principal) -> dict[str, Any]:
     body = ctx.state.decision("lot", lot)
-    if body is None:
+    if body is None or not ctx.scopes.lot(who, lot):
         raise HTTPException(
             404,
             f"Lot {lot} has no decision: lots of electricity meters are decided by every "

@@ -1,6 +1,14 @@
 // Small helpers: every action goes through the same JSON API the pages read.
+// A signed-in session proves each change came from its own page with the CSRF token
+// the page was rendered with (the session cookie alone is not enough).
+function csrfToken() {
+  const meta = document.querySelector("meta[name=csrf-token]");
+  return meta ? meta.content : "";
+}
 async function postJson(url, body) {
-  const r = await fetch(url, {method: "POST", headers: {"Content-Type": "application/json"},
+  const r = await fetch(url, {method: "POST", credentials: "same-origin",
+                              headers: {"Content-Type": "application/json",
+                                        "X-CSRF-Token": csrfToken()},
                               body: JSON.stringify(body)});
   const data = await r.json().catch(() => ({}));
   if (!r.ok) { throw new Error(data.detail || r.statusText); }
