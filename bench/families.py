@@ -27,7 +27,7 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,9 @@ import numpy as np
 from bench.common import map_spawned
 from monitor.core.clock import format_ts
 from monitor.core.decision import Stamp
+from monitor.core.ports import Series
 from monitor.core.rulebook import load_rules
+from monitor.electricity.balance import FeederPlace
 from monitor.electricity.evaluate import fit_district, meter_decision
 from monitor.simulate import FleetSpec
 from monitor.simulate.feeder import District, FeederEnergy, MeterSpec, from_model, meter_district
@@ -59,9 +61,12 @@ FAMILIES = {
     "ac": "AC power flow, SimBench LV grids, no PV",
     "ac-pv": "AC power flow, SimBench LV grids, 30 % PV prosumers",
     "ac-light": "AC power flow, SimBench LV grids, 30 % PV + unmetered street lighting",
-    "ac+topo": "AC power flow, no PV, the registry knowing each meter's place on the feeder",
-    "ac-pv+topo": "AC power flow, 30 % PV, the registry knowing each meter's place",
+    "ac+branch": "AC power flow, no PV, the registry knowing each meter's feeder branch",
+    "ac+topo": "AC power flow, no PV, the registry knowing each meter's branch and distance",
+    "ac-pv+topo": "AC power flow, 30 % PV, the registry knowing each meter's branch and distance",
 }
+# What the registry tells the estimator of the feeder, by family suffix.
+REGISTRY_TOPOLOGY = {"+branch": "branch", "+topo": "branch and distance"}
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,7 @@ class FamilyTask:
     seed: int
     cache: str
     districts: int  # own/trunk: districts simulated
+    voltages: bool = True  # False: the meters report no voltage (nothing to learn it from)
 
 
 @dataclass(frozen=True)
@@ -124,7 +130,7 @@ class FamilyRun:
 
 def energies(task: FamilyTask) -> list[FeederEnergy]:
     """The feeders of a family."""
-    family = task.family.removesuffix("+topo")
+    family = _physics(task.family)
     if family in ("own", "trunk"):
         spec = FleetSpec(
             start_ms=BASE_MS,
@@ -152,6 +158,18 @@ def energies(task: FamilyTask) -> list[FeederEnergy]:
     return out
 
 
+def _physics(family: str) -> str:
+    """The family's physics, without what the registry is told."""
+    for suffix in REGISTRY_TOPOLOGY:
+        family = family.removesuffix(suffix)
+    return family
+
+
+def _told(family: str) -> str:
+    """What the registry tells of the feeder in this family ("" nothing)."""
+    return next((v for k, v in REGISTRY_TOPOLOGY.items() if family.endswith(k)), "")
+
+
 def run_family(task: FamilyTask) -> FamilyRun:
     """Build the family's districts, meter them, evaluate each with the core."""
     book = load_rules(RULES_PATH)
@@ -162,30 +180,48 @@ def run_family(task: FamilyTask) -> FamilyRun:
     out.build_s = time.perf_counter() - t0
     for k, energy in enumerate(feeders):
         district = meter_district(energy, MeterSpec(), seed=task.seed * 1000 + k)
+        if not task.voltages:
+            district = replace(district, series=_without_voltages(district.series))
         t1 = time.perf_counter()
-        evaluate(district, book.version, rules, out, task.family.endswith("+topo"))
+        evaluate(district, book.version, rules, out, _told(task.family))
         out.core_s += time.perf_counter() - t1
     return out
 
 
+def _without_voltages(series: dict[str, Series]) -> dict[str, Series]:
+    return {
+        m: Series(s.ts_ms, {k: v for k, v in s.values.items() if k != "voltage_v"})
+        for m, s in series.items()
+    }
+
+
+def registry_places(d: District, told: str) -> dict[str, FeederPlace] | None:
+    """What a registry's `feeder_branch` (and `feeder_distance_m`) would say of `d`."""
+    e = d.energy
+    if not told or not any(e.branch):
+        return None
+    metres = e.distance_m if told == "branch and distance" else None
+    return {
+        f"{d.name}-{h}": FeederPlace(b, float(metres[i]) if metres is not None else None)
+        for i, (h, b) in enumerate(zip(e.households, e.branch, strict=True))
+    }
+
+
 def evaluate(
-    district: District, version: str, rules: object, out: FamilyRun, topology: bool = False
+    district: District, version: str, rules: object, out: FamilyRun, told: str = ""
 ) -> None:
     """fit_district + meter_decision on one district; rows appended to `out`.
 
-    `topology`: hand the estimator the feeder's shared path resistances, as a registry
-    that knew each meter's place on the feeder could."""
+    `told`: what the registry says of where each meter hangs ("branch", "branch and
+    distance"; "" nothing), handed to the estimator as the Evaluator does from it."""
     from monitor.core.rulebook import ElecRules
 
     assert isinstance(rules, ElecRules)
     d = district
     start = d.end_ms - int(rules.estimation.window_days * DAY_MS)
     stamp = Stamp(format_ts(d.end_ms), version)
-    shared = d.energy.shared_ohm
-    topo = None
-    if topology and shared is not None and shared.size:
-        topo = ([f"{d.name}-{h}" for h in d.energy.households], shared)
-    dist = fit_district(d.name, d.series, d.master, rules, start, d.end_ms, topology=topo)
+    places = registry_places(d, told)
+    dist = fit_district(d.name, d.series, d.master, rules, start, d.end_ms, places=places)
     for meter in sorted(d.true_pct):
         decision = meter_decision(meter, d.rows.get(meter), dist, [], rules, stamp, None)
         ev = decision.evidence
@@ -300,14 +336,23 @@ def report(runs: Sequence[FamilyRun], verbose: bool = False) -> None:
     )
     for run in runs:
         s = summary(run)
-        checks = (
-            s.median <= 0.2,
-            s.coverage >= 0.9,
+        none = s.evaluable == 0  # nothing judged: the median and coverage goals do not
+        checks = (  # apply (the meters are unknown, with their reason)
+            None if none else s.median <= 0.2,
+            None if none else s.coverage >= 0.9,
             s.beyond_states.get("normal", 0) == 0,
             s.healthy_flagged == 0,
         )
-        marks = " ".join("PASS" if ok else "MISS" for ok in checks)
-        print(f"  {run.family:<11} {marks}")
+        marks = " ".join("n/a " if ok is None else "PASS" if ok else "MISS" for ok in checks)
+        why = ""
+        if none:
+            gates = Counter(r for d in run.districts for r in d.reasons)
+            why = (
+                "  (no meter evaluable; district gates failed: "
+                + (", ".join(f"{k} {v}" for k, v in gates.most_common()) or "none")
+                + ")"
+            )
+        print(f"  {run.family:<11} {marks}{why}")
     if not verbose:
         return
     for run in runs:
@@ -349,9 +394,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--verbose", action="store_true", help="a line per district")
+    parser.add_argument(
+        "--no-voltages",
+        action="store_true",
+        help="meters report no voltage: no topology to learn, only the registry's",
+    )
     args = parser.parse_args(argv)
     names = args.family or list(FAMILIES)
-    tasks = [FamilyTask(f, args.seed, str(args.cache), args.districts) for f in names]
+    tasks = [
+        FamilyTask(f, args.seed, str(args.cache), args.districts, not args.no_voltages)
+        for f in names
+    ]
     t0 = time.perf_counter()
     runs = map_spawned(run_family, tasks, max(1, min(args.processes, len(tasks))))
     report(runs, verbose=args.verbose)

@@ -367,6 +367,8 @@ CSV columns (header row required; meter_id and kind required, the rest may be em
   plate           taxi only: the vehicle's plate
   region          the region the meter belongs to (empty: the default region); a district
                   and a lot belong to one region
+  feeder_branch   elec only, optional: the low-voltage cable the household hangs on
+  feeder_distance_m  elec only, with feeder_branch: cable metres from the transformer
 Rows are upserted by meter_id; a file with any bad row, or one that would split a
 district or lot across regions, imports nothing.
 """

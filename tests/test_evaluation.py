@@ -119,14 +119,22 @@ def test_meters_beyond_the_limit_are_suspect_and_healthy_ones_are_not_replaced(
         if t["kind"] == "elec" and t["role"] == "customer" and t["faults"] == ["beyond_limit"]
     ]
     assert any(world.truth[m]["district"] not in disturbed for m in beyond)
+    suspects = 0
     for meter in beyond:
-        expected = (
-            ("unknown", "keep")
-            if world.truth[meter]["district"] in disturbed
-            else ("suspect", "resample")
-        )
-        got = (decisions[meter]["state"], decisions[meter]["decision"])
-        assert got == expected, (meter, world.truth[meter]["error_pct"], decisions[meter])
+        got: tuple[str, str] = (decisions[meter]["state"], decisions[meter]["decision"])
+        if world.truth[meter]["district"] in disturbed:
+            assert got == ("unknown", "keep"), (meter, decisions[meter])
+            continue
+        # Beyond the limit: suspect, unless its absolute interval, which carries the master's
+        # class (±0.57 pp for 0.5S), still reaches inside the limit (a 4.3 % meter): then
+        # watch, never normal.
+        assert got in (("suspect", "resample"), ("watch", "keep")), (meter, decisions[meter])
+        if got[0] == "watch":
+            ev = world.client.get(f"/api/meters/{meter}").json()["decision"]["evidence"]
+            low, high = ev["error_ci_pct"]
+            assert low <= 3.5 <= high or low <= -3.5 <= high, (meter, ev)
+        suspects += got[0] == "suspect"
+    assert suspects >= 3
     for meter, truth in world.truth.items():
         if truth["kind"] == "elec" and not truth["faults"]:
             assert decisions[meter]["decision"] != "replace", meter
@@ -238,12 +246,13 @@ def test_backtest_lists_what_a_rules_change_would_change_and_stores_nothing(worl
     candidate = parse_rules(text.replace("watch_fraction: 0.6", "watch_fraction: 0.2"), "cand.yaml")
     assert backtest(world.evaluator, current, current, world.last_ms, 1) == []
     diffs = backtest(world.evaluator, current, candidate, world.last_ms, 1)
-    # a wider warning band turns normal meters into watch; the action stays the same
-    assert diffs and all(
-        d.before[1] == "normal" and d.after[1] == "watch" and d.before[0] == d.after[0]
-        for d in diffs
-    )
-    assert all(d.reason.startswith("elec.error_limit.watch") for d in diffs)
+    # A wider warning band turns normal meters into watch — or unknown, where the plausible
+    # loss models put the estimate on both sides of the new watch line; the action stays.
+    assert diffs and all(d.before[1] == "normal" and d.before[0] == d.after[0] for d in diffs)
+    assert any(d.after[1] == "watch" for d in diffs)
+    for d in diffs:
+        rule = "elec.error_limit.watch" if d.after[1] == "watch" else "elec.estimation.loss_model"
+        assert d.after[1] in ("watch", "unknown") and d.reason.startswith(rule), d
     assert {d.as_of for d in diffs} <= {
         format_ts(world.last_ms - 86_400_000),
         format_ts(world.last_ms),
@@ -276,3 +285,37 @@ def test_findings_raise_one_alert_each_and_a_second_pass_only_counts(world: Worl
     # one alert per subject and rules block
     blocks = [(a["meter"] or a["lot"] or a["district"], block_of(a["rule"])) for a in after]
     assert len(blocks) == len(set(blocks))
+
+
+def test_the_registrys_feeder_branches_reach_the_estimator(tmp_path: Path) -> None:
+    """A pass hands each district's `feeder_branch` / `feeder_distance_m` to the balance:
+    its loss models then include the registry's topology."""
+    fleet = Fleet(
+        FleetSpec(start_ms=START, districts=1, meters_per_district=(24, 24), taxis=0, seed=3)
+    )
+    store = EmbeddedStore(tmp_path / "telemetry.sqlite", Metrics())
+    state = SqliteState(tmp_path / "state.sqlite")
+    rows = []
+    for k, row in enumerate(parse_rows(fleet.registry_rows()).rows):
+        if row.kind == "elec" and row.effective_role == "customer":
+            row = row.model_copy(
+                update={"feeder_branch": f"L{k % 3}", "feeder_distance_m": 20.0 * (k // 3 + 1)}
+            )
+        rows.append(row)
+    state.upsert_meters(rows)
+    records = [
+        r
+        for m in fleet.messages(START, START + 10 * 86_400_000)
+        if isinstance(r := parse_message(m.topic, m.payload), Record)
+    ]
+    store.write(records)
+    state.note_seen(summarise_seen(records, received_live(records)))
+    result = Evaluator(store, state).run(
+        max(r.ts_ms for r in records), load_rules(REPO / "config" / "rules.yaml"), record=False
+    )
+    (district,) = result.districts.values()
+    assert district.fit is not None
+    models = [m for m in district.fit.plausible_models if "(registry)" in m]
+    assert models and all("topology" in m for m in models)
+    store.close()
+    state.close()

@@ -30,6 +30,7 @@ from monitor.core.ports import MeterPoint, Series
 from monitor.core.rulebook import load_rules
 from monitor.electricity import rules as elec
 from monitor.electricity.evaluate import fit_district, misfit_reason
+from monitor.electricity.intervals import Blocks, Grid, Placed
 from monitor.electricity.lots import SampleResult, Sampling
 from monitor.evaluation.report import print_report
 from monitor.store.state import SqliteState
@@ -179,6 +180,15 @@ def elec_reasons() -> list[Reason]:
     )
     misfit = misfit_reason(lit, RULES.elec.estimation)
     assert misfit is not None
+    # ...and one whose residuals follow each other (street lighting switched by dusk)
+    n = 400
+    placed = Placed(["M", "a"], np.zeros((n, 2)), 2 * n, 2 * n)
+    blk = Blocks(
+        ["a"], np.ones((n - 1, 1)), np.ones(n - 1), np.ones(n - 1, np.int64), np.arange(1, n)
+    )
+    structured = replace(fitted.fit, residual_autocorrelation=0.45, misfit="a night load")
+    grid = Grid(0, e.STEP, n, 0)
+    reasons += elec.district_gates(placed, grid, blk, structured, RULES.elec.estimation).failures
     return [*reasons, misfit]
 
 

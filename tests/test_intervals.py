@@ -4,10 +4,19 @@ register drops are cut, no energy is invented or lost."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.electricity.intervals import Grid, MeterSeries, blocks, place_on_grid
+from monitor.electricity.balance import line_loss_pct
+from monitor.electricity.intervals import (
+    Grid,
+    MeterSeries,
+    _snap,
+    blocks,
+    fill_linear,
+    place_on_grid,
+)
 
 STEP = 900_000
 
@@ -93,14 +102,40 @@ def test_no_energy_invented_or_lost(
     assert np.isclose(blk.master.sum(), regs[-1, 0] - regs[0, 0])
 
 
-def test_master_squares_use_its_known_sub_spans() -> None:
+def test_interval_energies_spread_a_meters_own_gap_only() -> None:
+    """The loss terms are squares of interval energies: each meter's are exact where it was
+    read at both ends, and its own gap's energy is spread over that gap only, never over a
+    neighbour's; the intervals of a block add up to the block's energy."""
     g = grid(4)
     master = series({0: 0.0, STEP: 1.0, 3 * STEP: 5.0})  # y0 = 1, then 4 over two intervals
-    a = series({0: 0.0, 3 * STEP: 3.0})  # only the block ends: one block of three intervals
+    a = series({0: 0.0, 2 * STEP: 2.0, 3 * STEP: 3.0})  # 2 over two intervals, then 1
     blk = blocks(place_on_grid({"M": master, "A": a}, g), "M", g)
     assert blk.lengths.tolist() == [3]
-    # exact 1² for the known interval, then 4 spread evenly over two: 2² + 2²
-    assert blk.master_sq.tolist() == [1.0 + 4.0 + 4.0]
+    x, y0 = blk.per_interval()
+    assert y0.tolist() == [1.0, 2.0, 2.0]
+    assert x[:, 0].tolist() == [1.0, 1.0, 1.0]
+    assert x.sum(axis=0).tolist() == blk.energy.sum(axis=0).tolist()
+    assert y0.sum() == blk.master.sum()
+
+
+def test_an_areas_line_loss_is_over_what_entered_its_network_from_any_side() -> None:
+    """A sunny day: the prosumer's export feeds the neighbour and the master sends the rest
+    up. Over the master's net energy the loss reads many times what the cables lost of the
+    energy they carried; over the gross supply (master forward + exports) it does not."""
+    g = grid(3)
+    ts = np.arange(3, dtype=np.int64) * STEP
+    # Interval 1: the master supplies 10.2, A uses 10 (0.2 lost). Interval 2: P exports 10,
+    # A uses 5, the master sends 4.8 back up (0.2 lost).
+    master = MeterSeries(ts, np.array([0.0, 10.2, 10.2]), reverse_kwh=np.array([0.0, 0.0, 4.8]))
+    pv = MeterSeries(ts, np.zeros(3), reverse_kwh=np.array([0.0, 0.0, 10.0]))
+    a = MeterSeries(ts, np.array([0.0, 10.0, 15.0]))
+    blk = blocks(place_on_grid({"M": master, "P": pv, "A": a}, g), "M", g)
+    assert blk.supply().tolist() == [10.2, 10.0]
+    assert line_loss_pct(blk) == pytest.approx(100 * 0.4 / 20.2)  # net: 0.4 / 5.4 = 7.4 %
+    plain = MeterSeries(ts, np.array([0.0, 10.2, 15.4]))
+    no_pv = blocks(place_on_grid({"M": plain, "A": a}, g), "M", g)
+    assert no_pv.supplied is None
+    np.testing.assert_allclose(no_pv.supply(), [10.2, 5.2])
 
 
 def test_a_prosumers_energy_is_forward_minus_reverse() -> None:
@@ -117,3 +152,43 @@ def test_a_prosumers_energy_is_forward_minus_reverse() -> None:
     dropped = MeterSeries(ts, pv.energy_kwh, reverse_kwh=np.array([0, 0.4, 0.1, 0.2]))
     cut = blocks(place_on_grid({"M": master, "P": dropped, "A": plain}, g), "M", g)
     assert cut.register_drops == {"P": 1} and len(cut.lengths) == 2
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    readings=st.lists(
+        st.lists(st.tuples(st.integers(-STEP, 12 * STEP), st.floats(0, 1e4)), max_size=30),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_placing_many_meters_at_once_is_placing_each_alone(
+    readings: list[list[tuple[int, float]]],
+) -> None:
+    """The vectorised placement (in order, one reading per boundary) and the sorted one
+    (duplicates, disorder: the closest wins) put every meter where `_snap` alone would."""
+    g = grid(10)
+    series = {f"m{i}": MeterSeries.of(rows) for i, rows in enumerate(readings)}
+    placed = place_on_grid(series, g)
+    received = 0
+    for i, name in enumerate(sorted(series)):
+        s = series[name]
+        expected = np.full(g.n, np.nan)
+        if len(s.ts_ms):
+            ks, idx = _snap(s.ts_ms, g)
+            expected[ks] = s.energy_kwh[idx]
+            received += len(ks)
+        np.testing.assert_array_equal(placed.registers[:, i], expected)
+    assert placed.received == received and placed.expected == g.n * len(series)
+
+
+def test_fill_linear_interpolates_inside_each_columns_reads_only() -> None:
+    nan = np.nan
+    values = np.array(
+        [[nan, 0.0, 1.0], [1.0, nan, nan], [nan, 4.0, nan], [3.0, nan, nan], [nan, 5.0, 7.0]]
+    )
+    np.testing.assert_array_equal(
+        fill_linear(values),
+        [[nan, 0.0, 1.0], [1.0, 2.0, 2.5], [2.0, 4.0, 4.0], [3.0, 4.5, 5.5], [nan, 5.0, 7.0]],
+    )
+    assert np.isnan(values[1, 1])  # a copy unless asked to fill in place

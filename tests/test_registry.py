@@ -117,3 +117,59 @@ def test_state_answers_meters_due_soonest_first_also_from_an_older_file(tmp_path
         assert total == 3  # B (2027-05-01) is due too, beyond the limit
         assert state.due_by(date(2026, 2, 27), limit=10) == ([], 0)
         state.close()
+
+
+def test_where_a_meter_hangs_on_its_feeder_is_optional() -> None:
+    text = (
+        "meter_id,kind,district,feeder_branch,feeder_distance_m\n"
+        "E1,elec,TA1,L2,135.5\n"
+        "E2,elec,TA1,L2,\n"
+        "E3,elec,TA1,,\n"
+        "E4,elec,TA1,,40\n"
+        "T1,taxi,,L1,\n"
+        "E5,elec,TA1,L1,-3\n"
+    )
+    parsed = parse_csv(text)
+    assert [(r.meter_id, r.feeder_branch, r.feeder_distance_m) for r in parsed.rows] == [
+        ("E1", "L2", 135.5),
+        ("E2", "L2", None),
+        ("E3", None, None),
+    ]
+    lines = {e.line: e.reason for e in parsed.errors}
+    assert set(lines) == {5, 6, 7}
+    assert "needs the feeder_branch" in lines[5]
+    assert "electricity meters only" in lines[6]
+    assert "feeder_distance_m" in lines[7]
+
+
+def test_a_state_file_from_before_the_feeder_columns_keeps_its_rows(tmp_path: Path) -> None:
+    old = tmp_path / "old.sqlite"
+    before = [c for c in COLUMNS if not c.startswith("feeder_")]
+    db = sqlite3.connect(old)
+    db.execute(
+        f"CREATE TABLE registry ({', '.join(c + (' TEXT PRIMARY KEY' if c == 'meter_id' else '') for c in before)}, "
+        "due_on TEXT)"
+    )
+    db.execute("INSERT INTO registry (meter_id, kind, district) VALUES ('E1', 'elec', 'D1')")
+    db.commit()
+    db.close()
+    state = SqliteState(old)
+    row = state.get_meter("E1")
+    assert row is not None and row.district == "D1" and row.feeder_branch is None
+    state.upsert_meters(
+        parse_rows(
+            [
+                {
+                    "meter_id": "E2",
+                    "kind": "elec",
+                    "district": "D1",
+                    "feeder_branch": "L1",
+                    "feeder_distance_m": 80,
+                }
+            ]
+        ).rows
+    )
+    again = state.get_meter("E2")
+    assert again is not None and (again.feeder_branch, again.feeder_distance_m) == ("L1", 80.0)
+    assert {r.meter_id for r in state.registry_rows()} == {"E1", "E2"}
+    state.close()

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from monitor.alerts.book import district_conditions
+from monitor.core.clock import DAY_MS
 from monitor.core.decision import Finding, Reason
 from monitor.core.ports import MeterPoint, Series
-from monitor.core.rulebook import load_rules
+from monitor.core.rulebook import FunctionFailureRule, load_rules
 from monitor.electricity import rules as elec
 from monitor.electricity.balance import MeterEstimate
 from monitor.electricity.evaluate import fit_district
@@ -77,6 +81,54 @@ def test_unknown_when_the_estimate_cannot_carry_a_judgement() -> None:
         ("unknown", "elec.estimation.gates")
     ]
     assert states(elec.estimate_findings(None, "2", 2.0, PASSING, RULES))[0][0] == "unknown"
+
+
+def test_the_masters_class_does_not_make_a_meter_unobservable() -> None:
+    """The master's Type B is one uncertainty for the whole district: it widens the
+    absolute interval the limit is judged on, not the meter's own resolution."""
+    resolved = replace(estimate(2.5, half=1.6), relative_ci_pct=(1.2, 3.8))
+    assert states(elec.estimate_findings(resolved, "2", 2.0, PASSING, RULES)) == [
+        ("watch", "elec.error_limit.watch")
+    ]
+    blurred = replace(resolved, relative_ci_pct=(0.8, 4.2))
+    assert states(elec.estimate_findings(blurred, "2", 2.0, PASSING, RULES)) == [
+        ("unknown", "elec.estimation.ci_width")
+    ]
+
+
+def test_residuals_that_follow_each_other_fail_the_districts_gates() -> None:
+    """A slowly changing component no loss model describes is not noise: the district's
+    estimates are not judged, and the gate says why."""
+    from monitor.electricity.balance import DistrictFit
+    from monitor.electricity.intervals import Blocks, Grid, Placed
+
+    n = 400
+    placed = Placed(["M", "a"], np.zeros((n, 2)), 2 * n, 2 * n)
+    blk = Blocks(
+        ["a"], np.ones((n - 1, 1)), np.ones(n - 1), np.ones(n - 1, np.int64), np.arange(1, n)
+    )
+    grid = Grid(0, STEP, n, 0)
+    for rho, passed in ((-0.35, True), (0.45, False)):
+        fit = DistrictFit(
+            {},
+            0.1,
+            1e-4,
+            3.0,
+            0.05,
+            0.99,
+            n - 1,
+            n - 1,
+            500.0,
+            misfit="the fixed loss changes with the time of day",
+            residual_autocorrelation=rho,
+        )
+        gates = elec.district_gates(placed, grid, blk, fit, RULES.estimation)
+        assert gates.passed is passed
+        if not passed:
+            (failure,) = gates.failures
+            assert failure.rule == "elec.estimation.residual_structure"
+            assert failure.value == 0.45 and failure.threshold == 0.1
+            assert "time of day" in failure.detail
 
 
 def test_running_backwards_versus_reset() -> None:
@@ -195,6 +247,41 @@ def test_an_exporting_prosumer_is_not_a_stopped_meter() -> None:
     assert states(elec.function_findings(stuck, ff)) == [
         ("faulty", "elec.function_failure.stopped")
     ]
+
+
+def _fast_by_every_window(s: Series, rule: FunctionFailureRule) -> float | None:
+    """The running-fast figure by brute force: every reading's following day."""
+    ts, energy = s.ts_ms, s.values["energy_kwh"]
+    worst = None
+    for a in range(len(ts)):
+        b = int(np.searchsorted(ts, ts[a] + DAY_MS))
+        if b < len(ts):
+            rate = (energy[b] - energy[a]) * DAY_MS / (ts[b] - ts[a])
+            worst = rate if worst is None else max(worst, rate)
+    limit = rule.imax_a * rule.un_v * 24 / 1000
+    return worst if worst is not None and worst > limit else None
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    steps=st.lists(st.floats(0.0, 4.5), min_size=2, max_size=400),
+    gaps=st.lists(st.integers(1, 3), min_size=400, max_size=400),
+)
+def test_the_running_fast_shortcut_finds_what_every_window_finds(
+    steps: list[float], gaps: list[int]
+) -> None:
+    """Meters whose fastest step is within the limit are cleared without looking at
+    windows; the others are judged on every window, as before the shortcut."""
+    ts = np.concatenate([[0], np.cumsum(np.array(gaps[: len(steps) - 1]) * STEP)]).astype(np.int64)
+    energy = np.concatenate([[100.0], 100.0 + np.cumsum(steps[1:])])
+    s = Series(ts, {"energy_kwh": energy})
+    rule = RULES.function_failure
+    expected = _fast_by_every_window(s, rule)
+    found = [f for f in elec.function_findings(s, rule) if f.reason.rule.endswith(".fast")]
+    if expected is None:
+        assert found == []
+    else:
+        assert len(found) == 1 and found[0].reason.value == round(expected, 3)
 
 
 def district_of(loss_share: float, days: float = 2.0) -> dict[str, Series]:

@@ -117,6 +117,29 @@ def test_upserting_the_same_rows_again_changes_nothing_but_the_version(state: St
     assert state.registry_rows() == sorted(rows, key=lambda r: r.meter_id)
 
 
+def test_regions_and_feeder_topology_come_back_as_written(backend: Reopen) -> None:
+    state, other = backend(), backend()
+    rows = [
+        elec("E1", region="north", feeder_branch="B1", feeder_distance_m=120.5),
+        elec("E2", region="north"),
+        taxi("T1", region="south"),
+    ]
+    state.upsert_meters(rows)
+    assert other.registry_rows() == rows
+    assert other.get_meter("E1") == rows[0]
+
+
+def test_the_fleet_list_filters_by_region_an_unregistered_meter_by_its_district(
+    state: StateStore,
+) -> None:
+    state.upsert_meters([elec("E1", "TA1", region="north"), elec("E3", "TA2"), taxi("T1")])
+    state.note_seen({"E2": SeenUpdate("elec", "TA1", 2, 7, 4, 1.0)})  # heard in TA1
+    north = state.list_meters(MeterFilter(region="north"), None, 9)
+    assert [m.meter_id for m in north] == ["E1", "E2"]
+    default = state.list_meters(MeterFilter(region="default"), None, 9)
+    assert [m.meter_id for m in default] == ["E3", "T1"]
+
+
 def test_registry_districts_are_the_electricity_meters_with_a_district(state: StateStore) -> None:
     state.upsert_meters([elec("E1", "TA1"), elec("E2", "TA2"), taxi("T1")])
     assert state.registry_districts() == {"E1": "TA1", "E2": "TA2"}

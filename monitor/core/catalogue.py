@@ -43,13 +43,15 @@ CATALOGUE: dict[str, RuleEntry] = {
         "elec.estimation.solvable",
     ),
     # A line loss outside its band is an incident of the district (topology or theft), and
-    # so is structure in its residuals no plain loss model explains (a night load, …).
+    # so is structure in its residuals no plain loss model explains (a night load, …), and
+    # residuals that follow each other (an unmetered load no loss model describes).
     **_entries(
         "elec.estimation",
         "district",
         ("suspect",),
         "elec.estimation.line_loss",
         "elec.estimation.misfit",
+        "elec.estimation.residual_structure",
     ),
     **_entries(
         "elec.estimation",

@@ -143,6 +143,9 @@ PHRASES: dict[str, Phrase] = {
     "elec.estimation.line_loss": lambda v, t: (
         f"line loss {_pct(v)}, plausible band {span(t, _pct)}"
     ),
+    "elec.estimation.residual_structure": lambda v, t: (
+        f"residuals' lag-1 autocorrelation {number(v)}, at most {number(t)}"
+    ),
     "elec.estimation.light_load": lambda v, t: (
         f"mean current {quantity(v, 'A')}, at least {quantity(t, 'A')}"
     ),
@@ -264,7 +267,14 @@ _SUFFIX_UNITS = (
 
 # Percentages with a sign that means something (over- or under-registering).
 _SIGNED_PCT = frozenset(
-    ("error_pct", "error_ci_pct", "reference_pct", "fleet_median_pct", "loss_model_range_pct")
+    (
+        "error_pct",
+        "error_ci_pct",
+        "error_ci_relative_pct",
+        "reference_pct",
+        "fleet_median_pct",
+        "loss_model_range_pct",
+    )
 )
 
 

@@ -27,6 +27,8 @@ COLUMNS = (
     "period_years",
     "plate",
     "region",
+    "feeder_branch",
+    "feeder_distance_m",
 )
 REQUIRED_COLUMNS = ("meter_id", "kind")
 DEFAULT_REGION = "default"
@@ -50,6 +52,11 @@ class MeterRow(BaseModel):
     verified_on: date | None = None
     period_years: int | None = Field(None, ge=1, le=30)
     plate: str | None = None
+    # Where the meter hangs on its transformer area's low-voltage feeder (optional): the
+    # cable leaving the transformer's board, and the cable length from the transformer
+    # to its connection point. The estimator's per-branch loss model uses them.
+    feeder_branch: str | None = Field(None, min_length=1, max_length=128)
+    feeder_distance_m: float | None = Field(None, ge=0, le=100_000)
     region: str | None = Field(None, pattern=ID_PATTERN.pattern)
 
     @model_validator(mode="after")
@@ -57,10 +64,14 @@ class MeterRow(BaseModel):
         if self.kind == "elec":
             if self.plate:
                 raise ValueError("plate is for taxi meters only")
+            if self.feeder_distance_m is not None and not self.feeder_branch:
+                raise ValueError("feeder_distance_m needs the feeder_branch it is measured along")
             if not self.district:
                 raise ValueError("an electricity meter needs its district (transformer area)")
         elif self.role is not None:
             raise ValueError("role is for electricity meters only")
+        elif self.feeder_branch or self.feeder_distance_m is not None:
+            raise ValueError("feeder_branch and feeder_distance_m are for electricity meters only")
         return self
 
     @property

@@ -69,6 +69,13 @@ class EstimationRule(Rule):
         description="β posterior correlation with another meter's above "
         "which the two are not observable apart (collinear loads)",
     )
+    max_residual_autocorrelation: float = Field(
+        0.1,
+        gt=-1,
+        le=1,
+        description="lag-1 autocorrelation of the balance's residuals above which they hold "
+        "a slowly changing component no loss model describes: every estimate is unknown",
+    )
     window_days: float = Field(30.0, gt=0, le=366)
     interval_s: int = Field(900, ge=60)
     confidence: float = Field(0.95, gt=0.5, lt=1)

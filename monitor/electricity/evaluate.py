@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, tzinfo
 from typing import Any
@@ -34,11 +34,14 @@ from monitor.electricity import rules as rules_elec
 from monitor.electricity.balance import (
     DailyLoss,
     DistrictFit,
+    FeederPlace,
     FitConfig,
     MeterEstimate,
+    Topology,
     daily_line_loss,
     day_hours,
     fit_balance,
+    registry_topology,
     shared_resistance,
 )
 from monitor.electricity.intervals import (
@@ -111,6 +114,7 @@ class DistrictResult:
                 "i2r_gamma_per_kw": fit.gamma_per_kw,
                 "line_loss_pct": _r(fit.line_loss_pct),
                 "residual_rms_pct": _r(fit.residual_rms_pct),
+                "residual_autocorrelation": _r(fit.residual_autocorrelation),
                 "r_squared": _r(fit.r_squared, 6),
                 "n_blocks": fit.n_blocks,
                 "n_intervals": fit.n_intervals,
@@ -150,16 +154,16 @@ def fit_district(
     end_ms: int,
     zone: tzinfo = UTC,
     master_class: str | None = None,
-    topology: tuple[Sequence[str], NDArray[np.float64]] | None = None,
+    places: Mapping[str, FeederPlace] | None = None,
 ) -> DistrictResult:
     """Place readings on the grid, form blocks, fit the balance, check the gates.
 
     `zone` sets where the days of the daily line loss begin (the utility's local day)
     and the quarters of the day a night load is looked for in; `master_class` (the
     registry's) sets the master's Type B uncertainty unless the rules fix it.
-    `topology` (meters, the resistance any two of their paths share) adds the loss model
-    that follows the feeder's branches; the registry does not hold it yet, the test
-    bed does (bench.families).
+    `places` (the registry's `feeder_branch`, `feeder_distance_m` per meter) adds the
+    loss model that puts each household's loss where its cable is; the meters' own
+    voltages add another; the data choose between them and the plain ones.
     """
     if master is None or master not in series:
         note = (
@@ -200,19 +204,14 @@ def fit_district(
         est.interval_s / 3600,
         master_uncertainty_pct(rules, master_class),
     )
-    shared, source = None, "registry"
-    if topology is not None:
-        where = {m: i for i, m in enumerate(topology[0])}
-        idx = np.array([where.get(m, -1) for m in blk.meters])
-        known = idx >= 0
-        shared = np.zeros((len(idx), len(idx)))
-        shared[np.ix_(known, known)] = topology[1][np.ix_(idx[known], idx[known])]
-    else:
-        shared = _voltage_topology(placed, master, blk, est.interval_s / 3600)
-        source = "voltages"
-    fit = fit_balance(
-        blk, cfg, day_hours(blk, grid, zone), shared_ohm=shared, topology_source=source
-    )
+    topologies = []
+    told = registry_topology(blk.meters, places) if places else None
+    if told is not None:
+        topologies.append(told)
+    learnt = _voltage_topology(placed, master, blk)
+    if learnt is not None:
+        topologies.append(Topology("voltages", shared_ohm=learnt))
+    fit = fit_balance(blk, cfg, day_hours(blk, grid, zone), topologies=topologies)
     gates = rules_elec.district_gates(placed, grid, blk, fit, est)
     estimates = fit.meters if fit is not None else {}
     daily = daily_line_loss(blk, grid, zone)
@@ -228,16 +227,14 @@ def fit_district(
     )
 
 
-def _voltage_topology(
-    placed: Placed, master: str, blk: Blocks, step_hours: float
-) -> NDArray[np.float64] | None:
+def _voltage_topology(placed: Placed, master: str, blk: Blocks) -> NDArray[np.float64] | None:
     """The feeder's shared resistances as the meters' voltages tell them (`shared_resistance`)."""
     volts = placed.voltages
-    if volts is None or not blk.meters:
+    if volts is None or blk.intervals is None or not blk.meters:
         return None
     where = {m: i for i, m in enumerate(placed.meters)}
-    columns = volts[:, [where[m] for m in blk.meters]]
-    return shared_resistance(blk, columns, volts[:, where[master]], step_hours)
+    columns = [where[m] for m in blk.meters]
+    return shared_resistance(blk.intervals, volts, volts[:, where[master]], columns)
 
 
 def master_uncertainty_pct(rules: ElecRules, master_class: str | None) -> float:
@@ -338,12 +335,18 @@ def _evidence(
         else {
             "error_pct": _r(est.error_pct),
             "error_ci_pct": [_r(v) for v in est.error_ci_pct],
+            "error_ci_relative_pct": [_r(v) for v in est.relative_ci_pct],
         }
     )
     return {
         # An estimate that cannot carry a judgement is not shown as the meter's error.
         "error_pct": estimate["error_pct"] if estimate and evaluable else None,
         "error_ci_pct": estimate["error_ci_pct"] if estimate and evaluable else None,
+        # The interval without the master's Type B (common to the district): how well the
+        # data resolve this meter against the master; `error_ci_pct` is the absolute one.
+        "error_ci_relative_pct": estimate["error_ci_relative_pct"]
+        if estimate and evaluable
+        else None,
         "unresolved_estimate": estimate if estimate and not evaluable else None,
         "n_intervals": est.n_intervals if est else (gates.n_intervals if gates else 0),
         "evaluable": evaluable,

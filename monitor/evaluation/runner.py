@@ -28,6 +28,7 @@ from monitor.core.decision import (
 from monitor.core.ports import MeterPoint, Publisher, StateStore, TelemetryStore
 from monitor.core.registry import MeterRow
 from monitor.core.rulebook import ElecRules, EstimationRule, RuleBook
+from monitor.electricity.balance import FeederPlace
 from monitor.electricity.evaluate import (
     DistrictResult,
     fit_district,
@@ -291,6 +292,11 @@ class Evaluator:
         names = {r.district for r in registry.values() if r.district}
         names |= {s.district for s in self._state.all_seen("elec").values() if s.district}
         masters = {r.district: r for r in registry.values() if r.effective_role == "master"}
+        # Where the registry places each meter on its feeder (optional columns).
+        places: dict[str, dict[str, FeederPlace]] = defaultdict(dict)
+        for r in registry.values():
+            if r.district and r.feeder_branch:
+                places[r.district][r.meter_id] = FeederPlace(r.feeder_branch, r.feeder_distance_m)
         out = {}
         for name in sorted(names):
             series = load_district(self._store, name, start, end)
@@ -304,6 +310,7 @@ class Evaluator:
                 end,
                 self._zone,
                 row.accuracy_class if row else None,
+                places.get(name),
             )
         return out
 

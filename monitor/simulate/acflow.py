@@ -27,6 +27,7 @@ records the largest difference in its facts).
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import warnings
@@ -53,7 +54,7 @@ GRIDS = (
 )
 STEPS_PER_DAY = 96
 METER_OWN_W = 1.5  # a static meter's own consumption, drawn upstream of its register
-VERSION = 3  # bump when the generated physics changes: cached feeders are then redrawn
+VERSION = 4  # bump when what is generated changes: cached feeders are redrawn (4: cable lengths)
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class Network:
     distance_ohm: FloatArray  # series resistance from the transformer to each load
     branch: list[str]  # the cable leaving the transformer each load hangs on
     shared_ohm: FloatArray  # (loads, loads) resistance of the path two loads share
+    distance_m: FloatArray  # cable length from the transformer to each load
 
 
 def load_grid(code: str) -> Any:
@@ -120,7 +122,7 @@ def network(net: Any) -> Network:
     start, _ = net._pd2ppc_lookups["branch"]["trafo"]
     trafo_yt = np.asarray(internal["Yt"][start].todense(), dtype=np.complex128).ravel()
     trafo_lv = int(lookup[int(net.trafo.lv_bus.iloc[0])])
-    distance, branch, shared = _topology(net)
+    distance, branch, shared, metres = _topology(net)
     others = np.array([b for b in range(len(ybus)) if b != ref], dtype=np.int64)
     return Network(
         base_mva=float(net._ppc["baseMVA"]),
@@ -134,32 +136,37 @@ def network(net: Any) -> Network:
         distance_ohm=distance,
         branch=branch,
         shared_ohm=shared,
+        distance_m=metres,
     )
 
 
-def _topology(net: Any) -> tuple[FloatArray, list[str], FloatArray]:
-    """Each load's cable resistance from the transformer, the first cable on its way, and
-    the resistance any two loads' paths share: (d_i + d_j − d_ij)/2 on a radial feeder."""
+def _topology(net: Any) -> tuple[FloatArray, list[str], FloatArray, FloatArray]:
+    """Each load's cable resistance from the transformer, the first cable on its way, the
+    resistance any two loads' paths share ((d_i + d_j − d_ij)/2 on a radial feeder), and
+    each load's cable length in metres from the transformer (what a registry would know)."""
     import networkx as nx
 
     graph = nx.Graph()
     for idx, line in net.line.iterrows():
         r = float(line.r_ohm_per_km * line.length_km / max(int(line.parallel), 1))
-        graph.add_edge(int(line.from_bus), int(line.to_bus), r=r, name=f"L{idx}")
+        graph.add_edge(
+            int(line.from_bus), int(line.to_bus), r=r, m=1000.0 * line.length_km, name=f"L{idx}"
+        )
     root = int(net.trafo.lv_bus.iloc[0])
     dist: dict[int, float] = nx.single_source_dijkstra_path_length(graph, root, weight="r")
     paths: dict[int, list[int]] = nx.single_source_dijkstra_path(graph, root, weight="r")
-    out_r, out_b = [], []
+    out_r, out_b, out_m = [], [], []
     for bus in net.load.bus.to_numpy().tolist():
         out_r.append(dist.get(int(bus), math.nan))
         path = paths.get(int(bus), [root])
         out_b.append(graph.edges[path[0], path[1]]["name"] if len(path) > 1 else "busbar")
+        out_m.append(sum(graph.edges[a, b]["m"] for a, b in itertools.pairwise(path)))
     buses = [int(b) for b in net.load.bus.to_numpy().tolist()]
     between = {b: nx.single_source_dijkstra_path_length(graph, b, weight="r") for b in set(buses)}
     d = np.asarray(out_r)
     pair = np.array([[between[a].get(b, math.nan) for b in buses] for a in buses])
     shared = (d[:, None] + d[None, :] - pair) / 2
-    return d, out_b, shared
+    return d, out_b, shared, np.asarray(out_m, dtype=np.float64)
 
 
 def solve_voltages(
@@ -349,6 +356,7 @@ def feeder_energy(
         distance_ohm=nw.distance_ohm,
         branch=nw.branch,
         shared_ohm=nw.shared_ohm,
+        distance_m=nw.distance_m,
         volts=volts,
         facts={
             "iterations": float(iterations),
@@ -402,6 +410,7 @@ def cached(
                 distance_ohm=z["distance_ohm"],
                 branch=[str(b) for b in z["branch"]],
                 shared_ohm=z["shared_ohm"],
+                distance_m=z["distance_m"],
                 volts=z["volts"] if z["volts"].size else None,
                 facts=dict(zip(z["fact_names"].tolist(), z["fact_values"].tolist(), strict=True)),
             )
@@ -419,6 +428,7 @@ def cached(
         distance_ohm=energy.distance_ohm,
         branch=np.array(energy.branch),
         shared_ohm=energy.shared_ohm if energy.shared_ohm is not None else np.zeros((0, 0)),
+        distance_m=energy.distance_m if energy.distance_m is not None else np.zeros(0),
         volts=energy.volts if energy.volts is not None else np.zeros((0, 0)),
         fact_names=np.array(list(energy.facts)),
         fact_values=np.array(list(energy.facts.values()), dtype=np.float64),

@@ -36,8 +36,9 @@ class FeederEnergy:
     back (PV), `master_kwh` the net energy into the area at the transformer (negative
     when the area exports). `distance_ohm` is each household's series resistance from the
     transformer (NaN when the physics has no topology), `branch` the cable leaving the
-    transformer it hangs on, `shared_ohm` how much of their paths two households share:
-    what a registry that knows the topology could say.
+    transformer it hangs on, `distance_m` the cable length to it (what a registry's
+    `feeder_branch` and `feeder_distance_m` would say), `shared_ohm` how much of their
+    paths two households share.
     """
 
     name: str
@@ -52,6 +53,7 @@ class FeederEnergy:
     facts: dict[str, float] = field(default_factory=dict)
     shared_ohm: FloatArray | None = None  # (n, n) resistance of the path two households share
     volts: FloatArray | None = None  # (T, n + 1) voltage at each household, then the master
+    distance_m: FloatArray | None = None  # cable length from the transformer to each household
 
     @property
     def steps(self) -> int:

@@ -118,7 +118,7 @@ class SqliteState:
         for stmt in _SCHEMA:
             self._db.execute(stmt)
         self._add_due_column()
-        self._add_region_column()
+        self._add_registry_columns()
         self._seen = SeenBuffer()  # meters seen, not yet in `seen` (see note_records)
 
     def health(self) -> StateHealth:
@@ -143,11 +143,12 @@ class SqliteState:
             self._db.execute("COMMIT")
         self._db.execute("CREATE INDEX IF NOT EXISTS registry_due ON registry (due_on)")
 
-    def _add_region_column(self) -> None:
-        """The optional `region` (files from before it: every row in the default region)."""
+    def _add_registry_columns(self) -> None:
+        """Registry columns added since a file was made (region, the feeder's topology): empty."""
         cols = {r[1] for r in self._db.execute("PRAGMA table_info(registry)")}
-        if "region" not in cols:
-            self._db.execute("ALTER TABLE registry ADD COLUMN region TEXT")
+        for column in COLUMNS:
+            if column not in cols:
+                self._db.execute(f"ALTER TABLE registry ADD COLUMN {column}")
         self._db.execute("CREATE INDEX IF NOT EXISTS registry_region ON registry (region)")
 
     def _rows(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:

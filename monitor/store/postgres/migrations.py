@@ -170,9 +170,11 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         5,
-        "registry regions, alert occurrences, the audit log",
+        "registry regions and feeder topology, alert occurrences, the audit log",
         (
             'ALTER TABLE registry ADD COLUMN region text COLLATE "C"',
+            'ALTER TABLE registry ADD COLUMN feeder_branch text COLLATE "C"',
+            "ALTER TABLE registry ADD COLUMN feeder_distance_m double precision",
             "CREATE INDEX registry_region ON registry (region)",
             # A staged decision's events (its reasons' occurrences), which alerts count.
             'ALTER TABLE pass_decisions ADD COLUMN occurrences text COLLATE "C"',
