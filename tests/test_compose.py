@@ -639,6 +639,11 @@ def test_the_kubernetes_workers_use_variables_the_code_reads(known_variables: se
     client_id = env["MONITOR_MQTT__CLIENT_ID"]["valueFrom"]["fieldRef"]["fieldPath"]
     assert client_id == "metadata.name"
     assert "MONITOR_STATE_URL" in env and "MONITOR_MQTT__SHARED_GROUP" in env
+    # listening beyond loopback needs an access file: one mounted from a volume there
+    access = Path(env["MONITOR_ACCESS_FILE"]["value"])
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"] for v in sts["spec"]["template"]["spec"]["volumes"]}
+    assert mounts.get(str(access.parent)) in volumes
     # a database outage must not restart a worker that still stores telemetry
     assert "tcpSocket" in container["livenessProbe"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
