@@ -132,8 +132,8 @@ def run_here(
     book = load_rules(settings.rules_file)
     tariffs = load_tariffs(settings.tariffs_file, settings.scheduling.timezone)
     data = settings.storage.data_dir
-    store = open_store(settings.storage, Metrics())
     state = SqliteState(data / "state.sqlite")
+    store = open_store(settings.storage, Metrics(), marks=state)
     alerts = AlertBook(data / "state.sqlite", int(settings.alerts.clear_after_h * HOUR_MS))
     address = broker_address(settings)
     link = PublishLink(address, f"monitor-evaluate-{os.getpid()}")

@@ -118,8 +118,10 @@ class Service:
             mqtt = s.mqtt.model_copy(update={"protocol": "3.1.1", "shared_group": None})
         else:
             address = parse_broker_url(s.mqtt.url, *s.mqtt.tls_files())
-        store = open_store(s.storage, self.metrics)
         state = SqliteState(self.data_dir / "state.sqlite")
+        # The store marks the (district, day)s each batch wrote in the state, once readable:
+        # what lets a pass re-read only those days (`summaries=state` below).
+        store = open_store(s.storage, self.metrics, marks=state)
         worker = IngestWorker(mqtt, address, store, state, self.metrics, self.clock, s.ingest)
         worker.start()
         publish_decision = decision_publisher(worker.publish, s.mqtt.decisions_topic_root)
