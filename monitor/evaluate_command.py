@@ -33,6 +33,7 @@ from monitor.evaluation.runner import Evaluator, decision_publisher, future_as_o
 from monitor.platform.config import Settings, split_host_port
 from monitor.platform.metrics import Metrics
 from monitor.platform.mqtt import BrokerAddress, PublishLink, parse_broker_url
+from monitor.service import day_summaries
 from monitor.store import open_store
 from monitor.store.audit import SqliteAudit
 from monitor.store.state import SqliteState
@@ -154,6 +155,7 @@ def run_here(
         alerts,
         notify,
         zone=settings.scheduling.zone,
+        summaries=state if day_summaries(settings) else None,
     )
     try:
         as_of = _as_of(req, evaluator, clock, err)

@@ -69,6 +69,23 @@ class Components:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def day_summaries(settings: Settings) -> bool:
+    """Whether passes may keep day summaries: every writer of readings to the telemetry
+    store must mark this state, which workers sharing InfluxDB with a state file each do
+    not (a day another worker wrote would never be re-read)."""
+    s = settings
+    if not s.scheduling.day_summaries:
+        return False
+    if s.mqtt.shared_group and s.storage.backend == "influxdb":
+        log.warning(
+            "day summaries off: workers of the shared group %s write to one InfluxDB and "
+            "each marks only its own state",
+            s.mqtt.shared_group,
+        )
+        return False
+    return True
+
+
 class Service:
     """One monitor process.
 
@@ -150,6 +167,7 @@ class Service:
                 store, s.scheduling.zone, lambda: RegionIndex.from_rows(state.registry_rows())
             ),
             shadow=desk,
+            summaries=state if day_summaries(s) else None,
         )
         self.parts = Components(
             address,
