@@ -37,10 +37,13 @@ REPO = Path(__file__).resolve().parent.parent
 START = 1772294400000
 DAY = 86_400_000
 RULES_TEXT = (REPO / "config" / "rules.yaml").read_text(encoding="utf-8")
-# A stricter in-service limit for class 2: more meters suspect, so keep → resample.
+# A stricter lot policy: the 95th percentile of a lot's |error| within a tenth of the MPE
+# (0.2 % for class 2) instead of half. A tighter in-service limit alone would not do: the
+# estimates' intervals (which carry the master meter's class) straddle a 1 % limit.
 STRICT = RULES_TEXT.replace(
-    'in_service_limit_pct: {"2": 3.5, "1": 1.75}', 'in_service_limit_pct: {"2": 1.0, "1": 1.75}'
+    "error_quantile_max_fraction: 0.5 ", "error_quantile_max_fraction: 0.1 "
 )
+CHANGE = "elec.lot.error_quantile_max_fraction: 0.5 → 0.1"
 
 
 @dataclass
@@ -139,7 +142,7 @@ def test_the_candidate_is_a_dry_run_beside_every_pass(env: Desk) -> None:
     )
     assert r.status_code == 200, r.text
     candidate = r.json()["version"]
-    assert r.json()["changes"] == ["elec.error_limit.in_service_limit_pct.2: 3.5 → 1.0"]
+    assert r.json()["changes"] == [CHANGE]
     assert env.client.get("/api/rules/shadow").status_code == 409  # no pass since
     again = evaluate(env)
     # Nothing of the candidate's reached the state, the alerts or the broker.
@@ -159,7 +162,7 @@ def test_the_candidate_is_a_dry_run_beside_every_pass(env: Desk) -> None:
         body["candidate_version"] == candidate
         and body["rules_version"] == baseline["rules_version"]
     )
-    # The stricter limit makes meters suspect: resampled where they were kept or extended.
+    # The stricter lot policy resamples lots (and their meters) that were extended.
     assert sum(n for c, n in body["counts"].items() if c.endswith("→resample")) > 0
     assert sum(body["counts"].values()) == len(body["items"])
     dry = env.evaluator.run(START + 5 * DAY, load_rules_text(env, STRICT), record=False)
@@ -208,7 +211,7 @@ def test_promotion_is_one_recorded_action(env: Desk) -> None:
     assert r.status_code == 200, r.text
     done = r.json()
     assert (done["actor"], done["to_version"], done["changes"]) == (
-        "ops.zhang", version, ["elec.error_limit.in_service_limit_pct.2: 3.5 → 1.0"],
+        "ops.zhang", version, [CHANGE],
     )  # fmt: skip
     assert (env.config / "rules.yaml").read_text(encoding="utf-8") == STRICT
     assert env.client.get("/api/rules").json()["in_force"]["version"] == version
@@ -238,7 +241,7 @@ def test_the_cli_promotes_the_config_candidate(tmp_path: Path) -> None:
     ]
     out = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
     assert out.returncode == 0, out.stderr
-    assert "3.5 → 1.0" in out.stdout
+    assert "0.5 → 0.1" in out.stdout
     assert (config / "rules.yaml").read_text(encoding="utf-8") == STRICT
     [logged] = [
         json.loads(line) for line in (data / "rules-promotions.jsonl").read_text().splitlines()

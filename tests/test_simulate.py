@@ -35,6 +35,8 @@ COLUMNS = (  # docs/registry.md, in order
     "period_years",
     "plate",
     "region",
+    "feeder_branch",
+    "feeder_distance_m",
 )
 REQUIRED = {  # docs/mqtt.md, the bold fields
     ("elec", "reading"): {"ts", "energy_kwh"},

@@ -26,9 +26,9 @@ COLUMNS = (
     "verified_on",
     "period_years",
     "plate",
+    "region",
     "feeder_branch",
     "feeder_distance_m",
-    "region",
 )
 REQUIRED_COLUMNS = ("meter_id", "kind")
 DEFAULT_REGION = "default"

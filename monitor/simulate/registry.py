@@ -109,6 +109,8 @@ def registry_row(
         "period_years": str(lot.period_years),
         "plate": plate,
         "region": "",  # one region: the default
+        "feeder_branch": "",  # the simulator's districts have no cable topology
+        "feeder_distance_m": "",
     }
 
 
