@@ -597,8 +597,10 @@ class Bench:
         settings = self._settings("bench-worker-embedded", None)
         self.queue_for([(settings.session_id, settings.subscription)])
         data = self._fresh("worker-embedded")
-        store = EmbeddedStore(data / "telemetry.sqlite", Metrics())
-        worker, state = self._worker(settings, store, data)
+        state = self._state(data)
+        # As the service opens it: each batch's (district, day)s marked in the state.
+        store = EmbeddedStore(data / "telemetry.sqlite", Metrics(), marks=state)
+        worker = self._worker(settings, store, state)
         clock = self._clock()
         start = clock()
         worker.start()
@@ -623,8 +625,9 @@ class Bench:
         target = InfluxSettings(
             url=influx.url, token=INFLUX_TOKEN, org=INFLUX_ORG, bucket=f"{db}/{INFLUX_RP}"
         )
-        store = InfluxStore(target, data / "spool", Metrics())
-        worker, state = self._worker(settings, store, data)
+        state = self._state(data)
+        store = InfluxStore(target, data / "spool", Metrics(), state)
+        worker = self._worker(settings, store, state)
         clock = self._clock(influx.pids)
         start = clock()
         worker.start()
@@ -648,13 +651,16 @@ class Bench:
     def _settings(self, client_id: str, group: str | None) -> MqttSettings:
         return mqtt_settings(self.broker.url, client_id, group, self.protocol, self.overrides)
 
-    def _worker(
-        self, settings: MqttSettings, store: TelemetryStore, data: Path
-    ) -> tuple[IngestWorker, SqliteState]:
+    def _state(self, data: Path) -> SqliteState:
         state = SqliteState(data / "state.sqlite")
         register_fleet(state, meters_of(self.messages))
+        return state
+
+    def _worker(
+        self, settings: MqttSettings, store: TelemetryStore, state: SqliteState
+    ) -> IngestWorker:
         cls = ProfiledWorker if self.profile else IngestWorker
-        return cls(settings, self.address, store, state, Metrics()), state
+        return cls(settings, self.address, store, state, Metrics())
 
     def _finish(self, worker: IngestWorker, store: TelemetryStore, state: SqliteState) -> int:
         worker.stop()
@@ -769,8 +775,9 @@ def child_main(
     """One worker process: build, report ready, run on `go`, publish progress, stop."""
     logging.basicConfig(level=logging.WARNING)
     data = Path(spec.data_dir)
-    store = EmbeddedStore(data / "telemetry.sqlite", Metrics())
     backend = open_state(StateSettings(url=spec.state_url), data, spec.client_id)
+    marks = None if backend.shared else backend.state
+    store = EmbeddedStore(data / "telemetry.sqlite", Metrics(), marks=marks)
     register_fleet(backend.state, spec.meters)
     settings = mqtt_settings(
         spec.broker_url, spec.client_id, spec.group, spec.protocol, spec.overrides

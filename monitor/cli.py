@@ -253,9 +253,9 @@ def cmd_rules_backtest(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     settings = _settings(args, env)
     current = load_rules(settings.rules_file)
     candidate = load_rules(Path(args.file)) if args.file else current
-    store = open_store(settings.storage, Metrics())
     backend = open_state(settings.state, settings.storage.data_dir, "monitor-backtest")
     state = backend.state
+    store = open_store(settings.storage, Metrics(), marks=None if backend.shared else state)
     try:
         book_of_tariffs = load_tariffs(settings.tariffs_file, settings.scheduling.timezone)
         evaluator = Evaluator(

@@ -32,6 +32,7 @@ from monitor.evaluation.runner import Evaluator, decision_publisher, future_as_o
 from monitor.platform.config import Settings, split_host_port
 from monitor.platform.metrics import Metrics
 from monitor.platform.mqtt import BrokerAddress, PublishLink, parse_broker_url
+from monitor.service import day_summaries
 from monitor.store import open_store
 from monitor.store.backends import open_state
 from monitor.taxi.tariff import load_tariffs
@@ -126,9 +127,10 @@ def run_here(
     book = load_rules(settings.rules_file)
     tariffs = load_tariffs(settings.tariffs_file, settings.scheduling.timezone)
     data = settings.storage.data_dir
-    store = open_store(settings.storage, Metrics())
     backend = open_state(settings.state, data, f"monitor-evaluate-{os.getpid()}")
     state = backend.state
+    # Marks only into an embedded state (as the service: see service.day_summaries).
+    store = open_store(settings.storage, Metrics(), marks=None if backend.shared else state)
     alerts = AlertBook(backend.alerts, int(settings.alerts.clear_after_h * HOUR_MS))
     address = broker_address(settings)
     link = PublishLink(address, f"monitor-evaluate-{os.getpid()}")
@@ -149,6 +151,7 @@ def run_here(
         alerts,
         notify,
         zone=settings.scheduling.zone,
+        summaries=state if day_summaries(settings) else None,
     )
     if backend.database is not None:
         # The cluster's state: take part in its pass as a worker would (a running pass

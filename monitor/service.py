@@ -86,6 +86,29 @@ class Components:
         return str(self.extra.get("worker_id", "monitor"))
 
 
+def day_summaries(settings: Settings) -> bool:
+    """Whether passes may keep day summaries: every writer of readings to the telemetry
+    store must mark this state, which workers sharing InfluxDB with a state file each do
+    not (a day another worker wrote would never be re-read)."""
+    s = settings
+    if not s.scheduling.day_summaries:
+        return False
+    if s.state.url is not None:
+        # On the shared state a mark would put the database on the ingest path (an outage
+        # would hold telemetry back), and a cluster's partitioned pass reads each
+        # district's window in full.
+        log.info("day summaries off: the state is shared (state.url)")
+        return False
+    if s.mqtt.shared_group and s.storage.backend == "influxdb":
+        log.warning(
+            "day summaries off: workers of the shared group %s write to one InfluxDB and "
+            "each marks only its own state",
+            s.mqtt.shared_group,
+        )
+        return False
+    return True
+
+
 class Service:
     """One monitor process.
 
@@ -136,9 +159,12 @@ class Service:
             mqtt = s.mqtt.model_copy(update={"protocol": "3.1.1", "shared_group": None})
         else:
             address = parse_broker_url(s.mqtt.url, *s.mqtt.tls_files())
-        store = open_store(s.storage, self.metrics)
         backend = open_state(s.state, self.data_dir, mqtt.session_id)
         state = backend.state
+        summaries = day_summaries(s)
+        # The store marks the (district, day)s each batch wrote in the state, once readable:
+        # what lets a pass re-read only those days (`summaries=state` below).
+        store = open_store(s.storage, self.metrics, marks=state if summaries else None)
         worker = IngestWorker(
             mqtt, address, store, backend.ingest, self.metrics, self.clock, s.ingest
         )
@@ -175,6 +201,7 @@ class Service:
                 store, s.scheduling.zone, lambda: RegionIndex.from_rows(state.registry_rows())
             ),
             shadow=desk,
+            summaries=state if summaries else None,
         )
         self.parts = Components(
             address,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from monitor.core.clock import DAY_MS
 from monitor.core.schema import ELEC_READING, TAXI_STATUS, TAXI_TRIP, Record
 from monitor.ingest.worker import IngestWorker, summarise_seen
 from monitor.platform.config import Settings, load_settings
@@ -44,8 +45,9 @@ class Rig:
         env |= {f"MONITOR_MQTT__{key.upper()}": value for key, value in mqtt.items()}
         self.settings: Settings = load_settings(data / "no-config", env)
         self.metrics = Metrics()
-        self.store = EmbeddedStore(data / "telemetry.sqlite", self.metrics)
         self.state = SqliteState(data / "state.sqlite")
+        # As the service opens it: the store marks the days it wrote in the state.
+        self.store = EmbeddedStore(data / "telemetry.sqlite", self.metrics, marks=self.state)
         self.worker = IngestWorker(
             self.settings.mqtt, parse_broker_url(broker.url), self.store, self.state, self.metrics
         )
@@ -144,6 +146,25 @@ MALFORMED: list[tuple[str, bytes, str]] = [
     ("meters/gas/TA1/M1/reading", b"{}", "unknown_topic"),
     ("meters/taxi/T1/event", b'{"ts": 1772294400000, "code": "nope"}', "invalid_payload"),
 ]
+
+
+def test_ingest_marks_the_district_days_it_wrote_late_and_duplicates_too(
+    rig: Rig, mosquitto: Mosquitto
+) -> None:
+    pub = Publisher(mosquitto.url)
+    day0 = BASE_MS // DAY_MS  # BASE_MS is 16:00 UTC: reading 32 is the next UTC day
+    for i in (0, 1, 40):
+        pub.send(*reading(i))
+    wait_for(lambda: rig.worker.processed >= 3, what="three readings")
+    assert rig.state.marked_days("TA1", 0, 10**9) == {day0, day0 + 1}
+    rig.state.save_day_summaries("TA1", {day0: b"", day0 + 1: b""}, rig.state.mark_sequence())
+    pub.send(*reading(1))  # a duplicate
+    topic, late = reading(-170, meter="M2", district="TB")  # late: two days back
+    pub.send(topic, late | {"seq": 1})
+    wait_for(lambda: rig.worker.processed >= 5, what="two more")
+    assert rig.state.marked_days("TA1", 0, 10**9) == {day0}
+    assert rig.state.marked_days("TB", 0, 10**9) == {day0 - 2}
+    pub.close()
 
 
 def test_a_thousand_malformed_messages_each_dead_lettered(rig: Rig, mosquitto: Mosquitto) -> None:

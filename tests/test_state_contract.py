@@ -8,6 +8,7 @@ Each test takes `state` (a `StateStore`, parametrised over the implementations) 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
@@ -358,3 +359,51 @@ def test_the_fleet_list_joins_registry_presence_and_decisions(state: StateStore)
 def test_health_reports_a_reachable_store(state: StateStore) -> None:
     health = state.health()
     assert health.available and health.backend == state.backend
+
+
+# --- changed days and day summaries (incremental passes) -------------------------------
+
+
+def test_summaries_clear_only_the_marks_they_hold_in_either_store(backend: Reopen) -> None:
+    state, other = backend(), backend()
+    state.mark_days({("TA1", 10), ("TA1", 11)})
+    before = other.mark_sequence()
+    assert before > 0
+    state.mark_days({("TA1", 11)})  # written again after the pass read `before`
+    other.save_day_summaries("TA1", {10: b"a", 11: b"a"}, before)
+    assert state.marked_days("TA1", 0, 100) == {11}
+    assert state.day_summaries("TA1", 0, 100) == {10: b"a", 11: b"a"}
+    # A pass that read earlier saves later: it does not replace what is newer.
+    state.save_day_summaries("TA1", {11: b"new"}, state.mark_sequence())
+    other.save_day_summaries("TA1", {11: b"old"}, before)
+    assert state.day_summaries("TA1", 11, 11) == {11: b"new"}
+    assert state.marked_days("TA1", 0, 100) == set()
+    state.mark_days({("TA1", 3), ("TB", 12)})
+    assert other.forget_days(11) == 1
+    assert state.day_summaries("TA1", 0, 100) == {11: b"new"}
+    assert state.marked_days("TA1", 0, 100) == set() and state.marked_days("TB", 0, 99) == {12}
+
+
+def test_marks_from_two_writers_at_once_each_get_their_own_number(backend: Reopen) -> None:
+    writers = [backend(), backend()]
+    errors: list[BaseException] = []
+
+    def mark(state: StateStore, district: str) -> None:
+        try:
+            for day in range(40):
+                state.mark_days({(district, day)})
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=mark, args=(w, d))
+        for w, d in zip(writers, ("TA", "TB"), strict=True)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    reader = backend()
+    assert reader.mark_sequence() == 80  # one number per batch, none lost or shared
+    assert reader.marked_days("TA", 0, 99) == set(range(40)) == reader.marked_days("TB", 0, 99)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import date
@@ -13,8 +13,9 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from monitor.core.clock import DAY_MS
 from monitor.core.registry import MeterRow
-from monitor.core.schema import Measurement, Record
+from monitor.core.schema import ELEC_READING, Measurement, Record
 
 
 @dataclass(frozen=True)
@@ -455,6 +456,58 @@ class DistrictGuard(Protocol):
         ...
 
 
+class DayMarks(Protocol):
+    """Which (district, UTC day)s got electricity readings: what a telemetry store reports
+    once a batch it accepted is readable (the evaluation re-summarises those days)."""
+
+    def mark_days(self, days: Collection[tuple[str, int]]) -> None:
+        """Mark (district, UTC day number = ts_ms // DAY_MS) pairs as written, durably and
+        all under one new sequence number (one write per batch); raise if it cannot."""
+        ...
+
+
+def written_days(records: Iterable[Record]) -> set[tuple[str, int]]:
+    """The (district, UTC day) pairs a batch writes electricity readings to: what a store
+    marks once the batch is readable (late and duplicate readings too)."""
+    return {
+        (r.district, r.ts_ms // DAY_MS)
+        for r in records
+        if r.measurement.name == ELEC_READING.name and r.district
+    }
+
+
+class DaySummaries(DayMarks, Protocol):
+    """What an evaluation pass kept of each (district, complete UTC day), and the marks
+    that say which of them changed since (`evaluation.days`).
+
+    A summary saved with `upto` = the `mark_sequence()` read before its data was read
+    holds every reading marked up to it: marks ≤ `upto` of its day are cleared with it,
+    a later mark stays and makes the day stale again.
+    """
+
+    def mark_sequence(self) -> int:
+        """The sequence number of the newest mark (0 before any)."""
+        ...
+
+    def marked_days(self, district: str, first: int, last: int) -> set[int]:
+        """The district's marked days in [first, last]."""
+        ...
+
+    def day_summaries(self, district: str, first: int, last: int) -> dict[int, bytes]:
+        """The district's stored day summaries in [first, last], by day."""
+        ...
+
+    def save_day_summaries(self, district: str, bodies: Mapping[int, bytes], upto: int) -> None:
+        """Store day summaries built from reads after `mark_sequence()` was `upto` (one
+        built from an older read never replaces a newer one) and clear those days' marks
+        ≤ `upto`, in one transaction."""
+        ...
+
+    def forget_days(self, before: int) -> int:
+        """Drop summaries and marks of days before `before`; returns summaries dropped."""
+        ...
+
+
 class IngestState(Presence, DistrictGuard, Protocol):
     """What the ingest worker needs of the state."""
 
@@ -481,6 +534,7 @@ class StateStore(
     Presence,
     DistrictGuard,
     DecisionLog,
+    DaySummaries,
     LotSamples,
     TaxiLedger,
     FleetQueries,

@@ -25,11 +25,20 @@ from monitor.core.decision import (
     Stamp,
     decision_from_dict,
 )
-from monitor.core.ports import MeterPoint, Publisher, StateStore, TelemetryStore
+from monitor.core.ports import (
+    DaySummaries,
+    MeterPoint,
+    Publisher,
+    Series,
+    StateStore,
+    TelemetryStore,
+)
 from monitor.core.registry import MeterRow
 from monitor.core.rulebook import ElecRules, EstimationRule, RuleBook
 from monitor.electricity.balance import FeederPlace
+from monitor.electricity.days import load_district_days
 from monitor.electricity.evaluate import (
+    READING_FIELDS,
     DistrictResult,
     fit_district,
     load_district,
@@ -136,7 +145,12 @@ class Evaluator:
         zone: tzinfo = UTC,
         export: ResultExport | None = None,
         shadow: ShadowHook | None = None,
+        summaries: DaySummaries | None = None,
     ) -> None:
+        # Day summaries (`electricity.days`): a district's complete days that no store
+        # marked as written since are taken from them instead of the telemetry store.
+        # Only where every writer of readings marks (stores opened with the state).
+        self._summaries = summaries
         # Candidate rules a recorded pass also evaluates, as a dry run.
         self._shadow = shadow
         self._zone = zone
@@ -243,6 +257,10 @@ class Evaluator:
         lookback = max(rules.tamper.lookback_days, rules.hardware.lookback_days) * DAY_MS
         events = load_events(self._store, min(start, as_of_ms - int(lookback)), as_of_ms)
         districts = self._districts(registry, rules, start, as_of_ms)
+        if record and self._summaries is not None:
+            # Days before the window are read by no pass from now on (a backtest to an
+            # earlier `as_of` reads and keeps them again).
+            self._summaries.forget_days(start // DAY_MS)
         stamp = Stamp(as_of, book.version)
         meters = self._meters(registry, districts, events, rules, stamp, lot_extension={})
         lots = self._lots(registry, meters, as_of_ms, book)
@@ -298,8 +316,10 @@ class Evaluator:
             if r.district and r.feeder_branch:
                 places[r.district][r.meter_id] = FeederPlace(r.feeder_branch, r.feeder_distance_m)
         out = {}
+        # Read before any day is: what a day read from now on holds (see DaySummaries).
+        upto = self._summaries.mark_sequence() if self._summaries is not None else 0
         for name in sorted(names):
-            series = load_district(self._store, name, start, end)
+            series = self._load(name, start, end, upto)
             row = masters.get(name)
             out[name] = fit_district(
                 name,
@@ -313,6 +333,16 @@ class Evaluator:
                 places.get(name),
             )
         return out
+
+    def _load(self, district: str, start: int, end: int, upto: int) -> dict[str, Series]:
+        """A district's readings in [start, end]: from the day summaries and the days that
+        changed, or all from the telemetry store (identical Series either way)."""
+        if self._summaries is None:
+            return load_district(self._store, district, start, end)
+        series, _ = load_district_days(
+            self._store, self._summaries, district, start, end, upto, READING_FIELDS
+        )
+        return series
 
     def _meters(
         self,

@@ -295,6 +295,13 @@ class SchedulingSettings(_Section):
         description="IANA zone of the cron line, of local days (daily loss) and of "
         "tariffs that name none",
     )
+    day_summaries: bool = Field(
+        True,
+        description="passes read from the telemetry store only the days written since the "
+        "last pass (and keep the others in the state); off: every pass reads its whole "
+        "window. Only where every writer of readings marks this state: off by itself when "
+        "workers share InfluxDB (mqtt.shared_group), each with its own state file",
+    )
 
     @field_validator("timezone")
     @classmethod

@@ -13,6 +13,7 @@ addresses a 1.x database and retention policy.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -32,12 +33,14 @@ from numpy.typing import NDArray
 from monitor.core.clock import DAY_MS
 from monitor.core.ports import (
     Columns,
+    DayMarks,
     MeterPoint,
     Point,
     Series,
     StoreHealth,
     meter_series,
     text_or_float_columns,
+    written_days,
 )
 from monitor.core.schema import Measurement, Record
 from monitor.platform.config import InfluxSettings
@@ -95,9 +98,19 @@ class InfluxStore:
     # Time ranges a long `series` window is read in, concurrently (1: one query).
     series_parts = 2
 
-    def __init__(self, settings: InfluxSettings, spool_dir: Path, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: InfluxSettings,
+        spool_dir: Path,
+        metrics: Metrics,
+        marks: DayMarks | None = None,
+    ) -> None:
+        """`marks` hears of the (district, day)s of electricity readings of every batch
+        once InfluxDB has accepted it (also a batch replayed from the spool after a
+        restart): the days incremental passes re-read."""
         assert settings.url, "validated by StorageSettings"
         self._s = settings
+        self._marks = marks
         self._metrics = metrics
         self._dropped = 0
         self._spool = Spool(spool_dir, int(settings.spool_max_mb * 1024 * 1024), self._drop)
@@ -127,7 +140,10 @@ class InfluxStore:
         """Journal the batch to the spool (durable on return) and wake the flusher."""
         if not records:
             return
-        self._spool.append(to_lines(records))
+        # The batch's days travel with it in the spool and are marked once InfluxDB has
+        # it (`_flush`): marked now, a pass could summarise a day before it is readable.
+        days = written_days(records) if self._marks is not None else set()
+        self._spool.append(to_lines(records), json.dumps(sorted(days)) if days else "")
         counts: dict[str, int] = {}
         for r in records:
             counts[r.measurement.name] = counts.get(r.measurement.name, 0) + 1
@@ -161,11 +177,12 @@ class InfluxStore:
 
     def _flush(self, segments: list[Segment]) -> bool:
         points = sum(s.points for s in segments)
+        body, notes = Spool.load(segments)
         try:
             self._writer.write(
                 bucket=self._s.bucket,
                 org=self._s.org,
-                record=Spool.read(segments),
+                record=body,
                 write_precision=cast(WritePrecision, WritePrecision.MS),
             )
         except ApiException as exc:
@@ -173,16 +190,34 @@ class InfluxStore:
                 log.error(
                     "InfluxDB refused %d points for good (%s): %s", points, exc.status, exc.body
                 )
+                if not self._mark(notes):  # a partial write may have stored some of them
+                    return self._failed("written days not marked")
                 self._drop(points)
                 self._spool.remove(segments)
                 return True
             return self._failed(f"InfluxDB answered {exc.status}: {exc.reason}")
         except Exception as exc:  # network errors come in many urllib3 shapes
             return self._failed(f"InfluxDB unreachable: {exc.__class__.__name__}: {exc}")
+        # Marked before the segments go: a crash in between sends them (and marks) again.
+        if not self._mark(notes):
+            return self._failed("written days not marked")
         self._spool.remove(segments)
         self._metrics.flushed.inc(points)
         self._metrics.buffered.set(self._spool.points)
         self._last_error = ""
+        return True
+
+    def _mark(self, notes: list[str]) -> bool:
+        """Mark the days the flushed segments wrote; False when the marks could not be
+        stored (the segments stay, and are sent and marked again)."""
+        if self._marks is None or not notes:
+            return True
+        days = {(district, int(day)) for note in notes for district, day in json.loads(note)}
+        try:
+            self._marks.mark_days(days)
+        except Exception:
+            log.exception("could not mark %d written day(s)", len(days))
+            return False
         return True
 
     def _failed(self, reason: str) -> bool:

@@ -74,9 +74,16 @@ class Spool:
         with self._lock:
             return sum(s.size for s in self._segments)
 
-    def append(self, lines: list[str]) -> None:
-        """Write a batch durably (fsync'd file and folder) before returning."""
-        data = ("\n".join(lines) + "\n").encode("utf-8")
+    def append(self, lines: list[str], note: str = "") -> None:
+        """Write a batch durably (fsync'd file and folder) before returning.
+
+        A `note` (one line of text: what the batch wrote, for whoever must hear of it once
+        it is flushed) is kept in the same file, as a first line starting with `#`.
+        """
+        if "\n" in note:
+            raise ValueError("a segment's note is one line")
+        head = f"#{note}\n" if note else ""
+        data = (head + "\n".join(lines) + "\n").encode("utf-8")
         with self._lock:
             seq = self._next
             self._next += 1
@@ -125,7 +132,19 @@ class Spool:
     @staticmethod
     def read(segments: list[Segment]) -> str:
         """The segments' lines as one body."""
-        return "".join(s.path.read_text(encoding="utf-8") for s in segments)
+        return Spool.load(segments)[0]
+
+    @staticmethod
+    def load(segments: list[Segment]) -> tuple[str, list[str]]:
+        """The segments' lines as one body, and the notes of those that have one."""
+        body, notes = [], []
+        for seg in segments:
+            text = seg.path.read_text(encoding="utf-8")
+            if text.startswith("#"):
+                note, _, text = text.partition("\n")
+                notes.append(note[1:])
+            body.append(text)
+        return "".join(body), notes
 
     def remove(self, segments: list[Segment]) -> None:
         """Forget segments that InfluxDB has accepted (or that were refused for good)."""

@@ -12,7 +12,7 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,15 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS error_history (
         meter_id TEXT NOT NULL, day TEXT NOT NULL, as_of TEXT NOT NULL, state TEXT NOT NULL,
         error_pct REAL, low_pct REAL, high_pct REAL, PRIMARY KEY (meter_id, day))""",
+    # (district, UTC day)s with electricity readings written since their summary was
+    # built (`mark_days`), each under the sequence number of its newest mark.
+    """CREATE TABLE IF NOT EXISTS day_marks (
+        district TEXT NOT NULL, day INTEGER NOT NULL, seq INTEGER NOT NULL,
+        PRIMARY KEY (district, day))""",
+    # What a pass keeps of each (district, complete UTC day): `evaluation.days`.
+    """CREATE TABLE IF NOT EXISTS day_summaries (
+        district TEXT NOT NULL, day INTEGER NOT NULL, upto INTEGER NOT NULL, body BLOB NOT NULL,
+        PRIMARY KEY (district, day))""",
 ]
 # Days of estimated errors kept per meter (a year and some, for the meter page's chart).
 ERROR_HISTORY_DAYS = 400
@@ -297,6 +306,90 @@ class SqliteState:
                 "SELECT count(*) FROM seen WHERE meter_id NOT IN (SELECT meter_id FROM registry)"
             )[0][0]
         )
+
+    # -- changed days and day summaries (incremental passes) ----------------
+
+    def mark_days(self, days: Collection[tuple[str, int]]) -> None:
+        """Mark (district, UTC day)s as written, under one new sequence number."""
+        if not days:
+            return
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.execute(
+                    "INSERT INTO meta VALUES ('day_mark_seq', 1) "
+                    "ON CONFLICT(key) DO UPDATE SET value = value + 1"
+                )
+                (seq,) = self._db.execute(
+                    "SELECT value FROM meta WHERE key = 'day_mark_seq'"
+                ).fetchone()
+                self._db.executemany(
+                    "INSERT INTO day_marks VALUES (?, ?, ?) "
+                    "ON CONFLICT(district, day) DO UPDATE SET seq = excluded.seq",
+                    [(d, day, seq) for d, day in sorted(days)],
+                )
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                raise
+
+    def mark_sequence(self) -> int:
+        """The sequence number of the newest mark (0 before any)."""
+        with self._lock:
+            found = self._db.execute("SELECT value FROM meta WHERE key = 'day_mark_seq'").fetchone()
+        return int(found[0]) if found else 0
+
+    def marked_days(self, district: str, first: int, last: int) -> set[int]:
+        """The district's marked days in [first, last]."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT day FROM day_marks WHERE district = ? AND day BETWEEN ? AND ?",
+                (district, first, last),
+            ).fetchall()
+        return {int(r[0]) for r in rows}
+
+    def day_summaries(self, district: str, first: int, last: int) -> dict[int, bytes]:
+        """The district's stored day summaries in [first, last], by day."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT day, body FROM day_summaries WHERE district = ? AND day BETWEEN ? AND ?",
+                (district, first, last),
+            ).fetchall()
+        return {int(day): bytes(body) for day, body in rows}
+
+    def save_day_summaries(self, district: str, bodies: Mapping[int, bytes], upto: int) -> None:
+        """Store day summaries read after mark `upto` and clear their marks ≤ `upto`."""
+        if not bodies:
+            return
+        days = sorted(bodies)
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(
+                    "INSERT INTO day_summaries VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(district, day) DO UPDATE SET upto = excluded.upto, "
+                    "body = excluded.body WHERE excluded.upto >= day_summaries.upto",
+                    [(district, day, upto, bodies[day]) for day in days],
+                )
+                self._db.executemany(
+                    "DELETE FROM day_marks WHERE district = ? AND day = ? AND seq <= ?",
+                    [(district, day, upto) for day in days],
+                )
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                raise
+
+    def forget_days(self, before: int) -> int:
+        """Drop summaries and marks of days before `before`; returns summaries dropped."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            gone = self._db.execute("DELETE FROM day_summaries WHERE day < ?", (before,)).rowcount
+            self._db.execute("DELETE FROM day_marks WHERE day < ?", (before,))
+            self._db.execute("COMMIT")
+        return int(gone)
 
     # -- decisions ---------------------------------------------------------
 

@@ -27,12 +27,14 @@ import numpy as np
 from monitor.core.clock import DAY_MS
 from monitor.core.ports import (
     Columns,
+    DayMarks,
     MeterPoint,
     Point,
     Series,
     StoreHealth,
     meter_series,
     text_or_float_columns,
+    written_days,
 )
 from monitor.core.schema import MEASUREMENTS, Measurement, Record
 from monitor.platform.metrics import Metrics
@@ -73,9 +75,13 @@ class EmbeddedStore:
         metrics: Metrics,
         synchronous: str = "NORMAL",
         pack_rows: int = PACK_ROWS,
+        marks: DayMarks | None = None,
     ) -> None:
+        """`marks` hears of the (district, day)s of electricity readings of every batch,
+        once committed (`core.ports.written_days`): what incremental passes re-read."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self._metrics = metrics
+        self._marks = marks
         self._pack_rows = pack_rows  # rows per packing write transaction
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -128,6 +134,13 @@ class EmbeddedStore:
         self._error = ""
         for name, rows in groups.items():
             self._metrics.written.labels(measurement=name).inc(len(rows))
+        if self._marks is not None:
+            # After the commit: a mark never names a day before its readings are readable.
+            # Should it fail, `write` raises and the caller writes the batch again (the
+            # rows replace themselves), so no acknowledged reading goes unmarked.
+            days = written_days(records)
+            if days:
+                self._marks.mark_days(days)
 
     def _unpack(self, name: str, rows: list[tuple[object, ...]]) -> None:
         """Drop the day blocks of the (meter, day)s these rows were written to.

@@ -233,6 +233,23 @@ MIGRATIONS: tuple[Migration, ...] = (
                 at timestamptz NOT NULL DEFAULT now())""",
         ),
     ),
+    Migration(
+        7,
+        "changed days and day summaries (incremental passes)",
+        (
+            # One row: the newest mark's number. A marker takes the next under the row's
+            # lock, held to its commit, so numbers become visible in order (a reader that
+            # saw n has seen every mark <= n).
+            "CREATE TABLE day_mark_seq (id integer PRIMARY KEY CHECK (id = 1), value bigint)",
+            "INSERT INTO day_mark_seq VALUES (1, 0)",
+            """CREATE TABLE day_marks (
+                district text COLLATE "C" NOT NULL, day integer NOT NULL, seq bigint NOT NULL,
+                PRIMARY KEY (district, day))""",
+            """CREATE TABLE day_summaries (
+                district text COLLATE "C" NOT NULL, day integer NOT NULL, upto bigint NOT NULL,
+                body bytea NOT NULL, PRIMARY KEY (district, day))""",
+        ),
+    ),
 )
 
 

@@ -14,7 +14,7 @@ import itertools
 import json
 import threading
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from datetime import date, timedelta
 from typing import Any
 
@@ -543,6 +543,64 @@ class PostgresState:
             )
             for r in rows
         ]
+
+    # -- changed days and day summaries (incremental passes) ----------------
+
+    def mark_days(self, days: Collection[tuple[str, int]]) -> None:
+        """Mark (district, UTC day)s as written, under one new sequence number."""
+        if not days:
+            return
+        with self._db.transaction() as conn:
+            found = conn.execute(
+                "UPDATE day_mark_seq SET value = value + 1 WHERE id = 1 RETURNING value"
+            ).fetchone()
+            seq = int(found[0]) if found else 0
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO day_marks VALUES (%s, %s, %s) "
+                    "ON CONFLICT (district, day) DO UPDATE SET seq = excluded.seq",
+                    [(d, day, seq) for d, day in sorted(days)],
+                )
+
+    def mark_sequence(self) -> int:
+        found = self._db.one("SELECT value FROM day_mark_seq WHERE id = 1")
+        return int(found[0]) if found else 0
+
+    def marked_days(self, district: str, first: int, last: int) -> set[int]:
+        rows = self._db.rows(
+            "SELECT day FROM day_marks WHERE district = %s AND day BETWEEN %s AND %s",
+            [district, first, last],
+        )
+        return {int(r[0]) for r in rows}
+
+    def day_summaries(self, district: str, first: int, last: int) -> dict[int, bytes]:
+        rows = self._db.rows(
+            "SELECT day, body FROM day_summaries WHERE district = %s AND day BETWEEN %s AND %s",
+            [district, first, last],
+        )
+        return {int(day): bytes(body) for day, body in rows}
+
+    def save_day_summaries(self, district: str, bodies: Mapping[int, bytes], upto: int) -> None:
+        if not bodies:
+            return
+        days = sorted(bodies)
+        with self._db.transaction() as conn, conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO day_summaries AS s VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (district, day) DO UPDATE SET upto = excluded.upto, "
+                "body = excluded.body WHERE excluded.upto >= s.upto",
+                [(district, day, upto, bodies[day]) for day in days],
+            )
+            cur.executemany(
+                "DELETE FROM day_marks WHERE district = %s AND day = %s AND seq <= %s",
+                [(district, day, upto) for day in days],
+            )
+
+    def forget_days(self, before: int) -> int:
+        with self._db.transaction() as conn:
+            gone = conn.execute("DELETE FROM day_summaries WHERE day < %s", (before,)).rowcount
+            conn.execute("DELETE FROM day_marks WHERE day < %s", (before,))
+        return int(gone)
 
     def close(self) -> None:
         """Write the meters seen still in memory (when the database is there)."""
