@@ -246,6 +246,7 @@ def cmd_rules_backtest(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from monitor.evaluation.report import table
     from monitor.evaluation.runner import Evaluator
     from monitor.platform.metrics import Metrics
+    from monitor.service import day_summaries
     from monitor.store import open_store
     from monitor.store.backends import open_state
     from monitor.taxi.tariff import load_tariffs
@@ -258,8 +259,15 @@ def cmd_rules_backtest(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     store = open_store(settings.storage, Metrics(), marks=None if backend.shared else state)
     try:
         book_of_tariffs = load_tariffs(settings.tariffs_file, settings.scheduling.timezone)
+        # Both rule books replay the same days: from the day summaries (which hold each
+        # day's readings, not anything a rule derived from them, so any rules change may
+        # use them), read from the store only where a day changed or has none yet.
         evaluator = Evaluator(
-            store, state, tariffs=lambda: book_of_tariffs, zone=settings.scheduling.zone
+            store,
+            state,
+            tariffs=lambda: book_of_tariffs,
+            zone=settings.scheduling.zone,
+            summaries=state if day_summaries(settings) else None,
         )
         latest = evaluator.default_as_of()
         if latest is None:

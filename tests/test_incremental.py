@@ -301,3 +301,63 @@ def test_summaries_are_off_where_a_writer_would_not_mark_this_state(tmp_path: Pa
     assert on({}) and on(influx) and on(shared)  # one writer, or each with its own store
     assert not on(influx | shared)  # workers sharing InfluxDB, each marking its own state
     assert not on(off)
+
+
+def test_rules_backtest_replays_from_the_day_summaries_and_finds_what_a_full_read_finds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from monitor.cli import main
+
+    small = (
+        (REPO / "config" / "rules.yaml")
+        .read_text(encoding="utf-8")
+        .replace("window_days: 30 ", "window_days: 3 ")
+        .replace("min_intervals: 300 ", "min_intervals: 20 ")
+        .replace("min_completeness: 0.99 ", "min_completeness: 0.5 ")
+    )
+    candidate = small.replace("watch_fraction: 0.6", "watch_fraction: 0.05")
+    assert candidate != small != (REPO / "config" / "rules.yaml").read_text(encoding="utf-8")
+    config, data = tmp_path / "config", tmp_path / "data"
+    config.mkdir()
+    (config / "rules.yaml").write_text(small, encoding="utf-8")
+    (config / "tariffs.yaml").write_bytes((REPO / "config" / "tariffs.yaml").read_bytes())
+    (tmp_path / "candidate.yaml").write_text(candidate, encoding="utf-8")
+    state = SqliteState(data / "state.sqlite")
+    store = EmbeddedStore(data / "telemetry.sqlite", Metrics(), marks=state)
+    district = "TA1"
+    records = list(readings(district, 11).values())
+    state.upsert_meters(
+        MeterRow.model_validate(
+            {"meter_id": m, "kind": "elec", "district": district}
+            | ({"role": "master", "accuracy_class": "0.5S"} if m == "M0" else {})
+            | ({} if m == "M0" else {"role": "customer", "accuracy_class": "2"})
+        )
+        for m in METERS
+    )
+    store.write(records)
+    state.note_records(records, (START + DAYS * DAY_MS) / 1000)  # received as they came
+    state.flush_seen()
+    store.close()
+    state.close()
+
+    def backtest(summaries: bool) -> tuple[str, int]:
+        env = {
+            "MONITOR_CONFIG": str(config),
+            "MONITOR_DATA_DIR": str(data),
+            "MONITOR_SCHEDULING__DAY_SUMMARIES": str(summaries).lower(),
+        }
+        assert (
+            main(["rules", "backtest", str(tmp_path / "candidate.yaml"), "--since", "1"], env) == 0
+        )
+        kept = SqliteState(data / "state.sqlite")
+        days = len(kept.day_summaries(district, 0, 10**9))
+        kept.close()
+        return capsys.readouterr().out, days
+
+    full, none_kept = backtest(False)
+    assert none_kept == 0 and "decision(s) differ" in full
+    assert " 0 decision(s) differ" not in full  # the candidate changes something to compare
+    from_days, kept = backtest(True)
+    assert kept > 0  # the replay made (and read) the summaries
+    assert from_days == full
+    assert backtest(True) == (full, kept)  # again, now from the summaries alone
