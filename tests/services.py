@@ -11,6 +11,7 @@ import contextlib
 import http.client
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -50,13 +51,32 @@ def free_port() -> int:
     return _free_ports(1)[0]
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands to outgoing connections (Linux; else 32768)."""
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text(encoding="ascii")
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def _free_ports(n: int) -> list[int]:
-    # Hold all sockets open until every port is chosen, so the ports are distinct.
+    # Ports below the ephemeral range: a port the kernel picks for bind(0) comes from the
+    # range it also gives every outgoing connection (to Mosquitto, InfluxDB, PostgreSQL),
+    # and one of those could take it before the service under test binds it. Hold all
+    # sockets open until every port is chosen, so the ports are distinct.
+    low = _ephemeral_low()
+    pool = range(max(1024, low - 12_000), low) if low > 2048 else range(0)
+    rng = random.Random()
     socks: list[socket.socket] = []
     try:
-        for _ in range(n):
+        while len(socks) < n:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
+            try:
+                s.bind(("127.0.0.1", rng.choice(pool) if pool else 0))
+            except OSError:
+                s.close()
+                continue
             socks.append(s)
         return [s.getsockname()[1] for s in socks]
     finally:
