@@ -100,19 +100,15 @@ class Database:
         if current is not None:
             yield current
             return
-        self._ensure_schema()
-        try:
-            with self._pool.connection() as conn:
-                self._local.conn = conn
-                try:
-                    with conn.transaction():
-                        yield conn
-                finally:
-                    self._local.conn = None
-        except _DOWN as exc:
-            if not is_outage(exc):
-                raise
-            raise self._away(exc) from exc
+        # `connection` takes a pooled one after the schema check and turns an outage,
+        # in the body or at commit, into StateUnavailable.
+        with self.connection() as conn:
+            self._local.conn = conn
+            try:
+                with conn.transaction():
+                    yield conn
+            finally:
+                self._local.conn = None
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
