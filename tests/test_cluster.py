@@ -163,8 +163,16 @@ def test_three_workers_one_truth_through_kills_mid_stream_and_mid_pass(
     assert all(w.metric("monitor_messages_received_total") > 0 for w in workers)
 
     # Mid-pass: the pass is requested from one worker; another is killed while it holds
-    # a partition; its lease runs out and the others finish the pass.
-    with psycopg.connect(postgres_url, autocommit=True) as db:
+    # a partition; its lease runs out and the others finish the pass. The test holds the
+    # staging table locked meanwhile, so no partition can complete: the asking worker
+    # cannot finish the pass alone before the others join it (they look for a running
+    # pass once a second), and the partition a helper holds is still held when the test
+    # sees it. Claims and leases live in another table and go on.
+    with (
+        psycopg.connect(postgres_url, autocommit=True) as db,
+        psycopg.connect(postgres_url) as gate,
+    ):
+        gate.execute("LOCK TABLE pass_decisions IN EXCLUSIVE MODE")
         answer: dict[str, Any] = {}
 
         def request() -> None:
@@ -185,9 +193,12 @@ def test_three_workers_one_truth_through_kills_mid_stream_and_mid_pass(
             victim.extend(found or ())
             return bool(found)
 
-        wait_for(a_helper_holds_one, 60, "another worker holding a partition")
-        killed = second if victim[0] == "w2" else third
-        killed.kill()
+        try:
+            wait_for(a_helper_holds_one, 60, "another worker holding a partition")
+            killed = second if victim[0] == "w2" else third
+            killed.kill()
+        finally:
+            gate.rollback()  # the lock goes: the pass goes on without the killed worker
         asking.join(300)
         taken = db.execute(
             "SELECT count(*) FROM pass_partitions WHERE attempts > 1 AND status = 'done'"
