@@ -256,7 +256,9 @@ def cmd_rules_backtest(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     candidate = load_rules(Path(args.file)) if args.file else current
     backend = open_state(settings.state, settings.storage.data_dir, "monitor-backtest")
     state = backend.state
-    store = open_store(settings.storage, Metrics(), marks=None if backend.shared else state)
+    store = open_store(
+        settings.storage, Metrics(), marks=state if day_summaries(settings) else None
+    )
     try:
         book_of_tariffs = load_tariffs(settings.tariffs_file, settings.scheduling.timezone)
         # Both rule books replay the same days: from the day summaries (which hold each

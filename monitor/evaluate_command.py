@@ -129,8 +129,10 @@ def run_here(
     data = settings.storage.data_dir
     backend = open_state(settings.state, data, f"monitor-evaluate-{os.getpid()}")
     state = backend.state
-    # Marks only into an embedded state (as the service: see service.day_summaries).
-    store = open_store(settings.storage, Metrics(), marks=None if backend.shared else state)
+    # A pass here may replay the spool: what it writes is marked as the service's writes.
+    store = open_store(
+        settings.storage, Metrics(), marks=state if day_summaries(settings) else None
+    )
     alerts = AlertBook(backend.alerts, int(settings.alerts.clear_after_h * HOUR_MS))
     address = broker_address(settings)
     link = PublishLink(address, f"monitor-evaluate-{os.getpid()}")

@@ -30,6 +30,7 @@ from monitor.core.clock import HOUR_MS, format_ts
 from monitor.core.ports import (
     AuditEntry,
     AuditLog,
+    DayMarks,
     RulesShelf,
     StateStore,
     StateUnavailable,
@@ -51,6 +52,7 @@ from monitor.platform.mqtt import BrokerAddress, parse_broker_url
 from monitor.platform.reload import HotFile
 from monitor.store import open_store
 from monitor.store.backends import StateBackend, open_state
+from monitor.store.marks import PendingMarks
 from monitor.store.postgres.passes import PostgresPasses
 from monitor.taxi.tariff import TariffBook, load_tariffs
 
@@ -88,21 +90,15 @@ class Components:
 
 def day_summaries(settings: Settings) -> bool:
     """Whether passes may keep day summaries: every writer of readings to the telemetry
-    store must mark this state, which workers sharing InfluxDB with a state file each do
-    not (a day another worker wrote would never be re-read)."""
+    store must mark the state the passes read, which workers sharing InfluxDB with a
+    state file each do not (a day another worker wrote would never be re-read)."""
     s = settings
     if not s.scheduling.day_summaries:
         return False
-    if s.state.url is not None:
-        # On the shared state a mark would put the database on the ingest path (an outage
-        # would hold telemetry back), and a cluster's partitioned pass reads each
-        # district's window in full.
-        log.info("day summaries off: the state is shared (state.url)")
-        return False
-    if s.mqtt.shared_group and s.storage.backend == "influxdb":
+    if s.state.url is None and s.mqtt.shared_group and s.storage.backend == "influxdb":
         log.warning(
             "day summaries off: workers of the shared group %s write to one InfluxDB and "
-            "each marks only its own state",
+            "each marks only its own state file (share the state: state.url)",
             s.mqtt.shared_group,
         )
         return False
@@ -163,8 +159,16 @@ class Service:
         state = backend.state
         summaries = day_summaries(s)
         # The store marks the (district, day)s each batch wrote in the state, once readable:
-        # what lets a pass re-read only those days (`summaries=state` below).
-        store = open_store(s.storage, self.metrics, marks=state if summaries else None)
+        # what lets a pass re-read only those days (`summaries=state` below). A shared
+        # state's outage must not hold telemetry back: marks wait on disk meanwhile.
+        marks: DayMarks | None = None
+        if summaries:
+            marks = (
+                PendingMarks(backend.ingest, self.data_dir / "pending-marks.json", self.metrics)
+                if backend.shared
+                else state
+            )
+        store = open_store(s.storage, self.metrics, marks=marks)
         worker = IngestWorker(
             mqtt, address, store, backend.ingest, self.metrics, self.clock, s.ingest
         )
@@ -238,6 +242,10 @@ class Service:
                 id="passes",
                 max_instances=1,
                 coalesce=True,
+            )
+        if isinstance(marks, PendingMarks):
+            self._scheduler.add_job(
+                marks.retry, "interval", seconds=5, id="marks", max_instances=1, coalesce=True
             )
         self._scheduler.add_job(
             _waiting(self._deliver),

@@ -290,6 +290,8 @@ def test_a_postgresql_outage_loses_no_telemetry_and_the_api_says_why(
         pub.wait_all(30)
         wait_for(lambda: worker.metric("monitor_points_written_total") >= 150, 30, "150 stored")
         assert worker.proc is not None and worker.proc.poll() is None
+        # The days those readings wrote wait on disk to be marked in the state.
+        assert worker.metric("monitor_day_marks_pending") > 0
 
         pg.start()
         wait_for(lambda: worker.get("/healthz").status_code == 200, 60, "state back")
@@ -300,6 +302,7 @@ def test_a_postgresql_outage_loses_no_telemetry_and_the_api_says_why(
             30,
             "the meters seen during the outage written",
         )
+        wait_for(lambda: worker.metric("monitor_day_marks_pending") == 0, 30, "marks delivered")
         pub.close()
     finally:
         if worker is not None:

@@ -19,9 +19,13 @@ from monitor.platform.config import InfluxSettings
 from monitor.platform.metrics import Metrics
 from monitor.store.embedded import EmbeddedStore
 from monitor.store.influx import InfluxStore
+from monitor.store.marks import PendingMarks
+from monitor.store.postgres.db import Database
+from monitor.store.postgres.state import PostgresState
 from monitor.store.state import SqliteState
+from tests.conftest import _require
 from tests.helpers import BASE_MS, wait_for
-from tests.services import InfluxStack
+from tests.services import InfluxStack, PostgreSQL, find_postgres
 
 STEP = 900_000
 DAY0 = BASE_MS // DAY_MS  # BASE_MS is 16:00 UTC: reading 32 is the next UTC day
@@ -148,3 +152,59 @@ def test_summaries_clear_only_the_marks_they_hold(state: SqliteState) -> None:
     assert state.forget_days(11) == 1
     assert state.day_summaries("TA1", 0, 100) == {11: b"new"}
     assert everything(state, "TA1") == set() and everything(state, "TB") == {12}
+
+
+def test_a_shared_state_away_holds_no_telemetry_back_and_loses_no_mark(
+    influxdb: InfluxStack, tmp_path: Path
+) -> None:
+    """On a cluster the marks go to PostgreSQL; while it is away InfluxDB still takes
+    every batch (the spool empties) and the marks wait on disk, through a restart."""
+    _require(find_postgres, "initdb", "postgresql")
+    pg = PostgreSQL()  # its own server: this test stops it
+    try:
+        pg.start()
+        db = Database(pg.create_database("marks"), timeout_s=1, retry_s=0.2)
+        state = PostgresState(db, "w1")
+        pending = tmp_path / "pending-marks.json"
+        metrics = Metrics()
+        marks = PendingMarks(state, pending, metrics)
+        store = InfluxStore(influx_settings(influxdb), tmp_path / "spool", metrics, marks)
+        store.write([elec(0)])
+        assert store.flush(30)
+        assert state.marked_days("TA1", 0, 10**9) == {DAY0}
+        before = state.mark_sequence()
+
+        pg.stop()
+        store.write([elec(40, district="TA2"), elec(41, meter="M2", district="TA2")])
+        assert store.flush(30), store.health().detail  # InfluxDB took it: nothing held back
+        assert store.health().buffered_points == 0
+        assert marks.pending == 1 and pending.exists()
+        assert metrics.registry.get_sample_value("monitor_day_marks_pending") == 1
+        store.write([elec(200)])  # another day: it waits beside the first
+        assert store.flush(30)
+        assert marks.pending == 2
+        store.close()
+
+        # A restart meanwhile: the new process finds the marks on disk.
+        again = PendingMarks(state, pending, Metrics())
+        assert again.pending == 2
+        again.retry()  # still away: kept
+        assert again.pending == 2 and pending.exists()
+
+        pg.start()
+
+        def delivered() -> bool:
+            again.retry()
+            return again.pending == 0
+
+        wait_for(delivered, 30, "the marks delivered")
+        assert not pending.exists()
+        assert state.marked_days("TA2", 0, 10**9) == {DAY0 + 1}
+        assert state.marked_days("TA1", 0, 10**9) == {DAY0, DAY0 + 2}
+        # Numbered after every summary made before them: their days are read again.
+        assert state.mark_sequence() > before
+        rows = influxdb.rows("SELECT count(energy_kwh) FROM elec_reading")
+        assert rows[0]["count"] == 4
+        db.close()
+    finally:
+        pg.cleanup()

@@ -47,16 +47,22 @@ from monitor.core.ports import (
 )
 from monitor.core.registry import MeterRow
 from monitor.core.rulebook import RuleBook
+from monitor.electricity.balance import FeederPlace
 from monitor.electricity.evaluate import (
     DistrictResult,
     fit_district,
-    load_district,
     load_events,
     meter_decision,
     misfit_reason,
 )
 from monitor.electricity.lots import decide_lot
-from monitor.evaluation.runner import EVALUATION_RULES, EvaluationResult, Evaluator, stamped
+from monitor.evaluation.runner import (
+    EVALUATION_RULES,
+    EvaluationResult,
+    Evaluator,
+    feeder_places,
+    stamped,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +95,7 @@ class _PassInputs:
     by_district: dict[str, list[str]]
     by_lot: dict[str, list[MeterRow]]
     masters: dict[str, MeterRow]
+    places: dict[str, dict[str, FeederPlace]]
     events: dict[str, list[MeterPoint]] | None = None
 
 
@@ -265,7 +272,8 @@ class ClusterPasses:
         masters = {
             r.district: r for r in registry.values() if r.effective_role == "master" and r.district
         }
-        self._inputs = _PassInputs(ticket.id, registry, by_district, by_lot, masters)
+        places = feeder_places(registry.values())
+        self._inputs = _PassInputs(ticket.id, registry, by_district, by_lot, masters, places)
         return self._inputs
 
     def _events(
@@ -296,8 +304,9 @@ class ClusterPasses:
             rules = book.rules.elec
             as_of_ms = ticket.as_of_ms
             start = as_of_ms - int(rules.estimation.window_days * DAY_MS)
+            upto = self._ev.summary_sequence()
             for name in part.items:
-                series = load_district(self._ev.store, name, start, as_of_ms)
+                series = self._ev.district_series(name, start, as_of_ms, upto)
                 master = inputs.masters.get(name)
                 dist = fit_district(
                     name,
@@ -308,6 +317,7 @@ class ClusterPasses:
                     as_of_ms,
                     self._ev.zone,
                     master.accuracy_class if master else None,
+                    inputs.places.get(name),
                 )
                 decided: dict[str, Decision] = {}
                 for meter in sorted(set(dist.series) | set(inputs.by_district.get(name, []))):
@@ -389,6 +399,9 @@ class ClusterPasses:
             summary = {"as_of": as_of, "rules_version": book.version, **self._board.counts(pass_id)}
             self._board.publish_pass(pass_id, summary)
         log.info("pass %d as of %s done: %s", pass_id, as_of, summary["meter_decisions"])
+        with contextlib.suppress(StateUnavailable):  # housekeeping: the next pass retries
+            window = int(book.rules.elec.estimation.window_days * DAY_MS)
+            self._ev.forget_summaries(as_of_ms - window)
         for r in self._board.staged(pass_id, "meter"):
             self._ev.publish_decision(r.body)
         self._after(pass_id, as_of_ms, book)

@@ -11,7 +11,7 @@ import json
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, tzinfo
 from typing import Any, Literal, Protocol
@@ -126,6 +126,16 @@ class ShadowHook(Protocol):
 
     def observe(self, current: EvaluationResult, candidate: EvaluationResult) -> None:
         """One recorded pass and the candidate's dry run at the same `as_of`."""
+
+
+def feeder_places(rows: Iterable[MeterRow]) -> dict[str, dict[str, FeederPlace]]:
+    """Where the registry places each meter on its district's feeder (optional columns),
+    by district."""
+    places: dict[str, dict[str, FeederPlace]] = defaultdict(dict)
+    for r in rows:
+        if r.district and r.feeder_branch:
+            places[r.district][r.meter_id] = FeederPlace(r.feeder_branch, r.feeder_distance_m)
+    return dict(places)
 
 
 class Evaluator:
@@ -257,10 +267,8 @@ class Evaluator:
         lookback = max(rules.tamper.lookback_days, rules.hardware.lookback_days) * DAY_MS
         events = load_events(self._store, min(start, as_of_ms - int(lookback)), as_of_ms)
         districts = self._districts(registry, rules, start, as_of_ms)
-        if record and self._summaries is not None:
-            # Days before the window are read by no pass from now on (a backtest to an
-            # earlier `as_of` reads and keeps them again).
-            self._summaries.forget_days(start // DAY_MS)
+        if record:
+            self.forget_summaries(start)
         stamp = Stamp(as_of, book.version)
         meters = self._meters(registry, districts, events, rules, stamp, lot_extension={})
         lots = self._lots(registry, meters, as_of_ms, book)
@@ -310,16 +318,11 @@ class Evaluator:
         names = {r.district for r in registry.values() if r.district}
         names |= {s.district for s in self._state.all_seen("elec").values() if s.district}
         masters = {r.district: r for r in registry.values() if r.effective_role == "master"}
-        # Where the registry places each meter on its feeder (optional columns).
-        places: dict[str, dict[str, FeederPlace]] = defaultdict(dict)
-        for r in registry.values():
-            if r.district and r.feeder_branch:
-                places[r.district][r.meter_id] = FeederPlace(r.feeder_branch, r.feeder_distance_m)
+        places = feeder_places(registry.values())
         out = {}
-        # Read before any day is: what a day read from now on holds (see DaySummaries).
-        upto = self._summaries.mark_sequence() if self._summaries is not None else 0
+        upto = self.summary_sequence()
         for name in sorted(names):
-            series = self._load(name, start, end, upto)
+            series = self.district_series(name, start, end, upto)
             row = masters.get(name)
             out[name] = fit_district(
                 name,
@@ -334,9 +337,21 @@ class Evaluator:
             )
         return out
 
-    def _load(self, district: str, start: int, end: int, upto: int) -> dict[str, Series]:
+    def summary_sequence(self) -> int:
+        """The day marks' sequence number, read before any day of a pass is read: what a
+        summary made from now on holds (see DaySummaries; 0 without summaries)."""
+        return self._summaries.mark_sequence() if self._summaries is not None else 0
+
+    def forget_summaries(self, window_start_ms: int) -> None:
+        """Drop the day summaries before a recorded pass's window: no later pass reads
+        them (a backtest to an earlier `as_of` reads and keeps them again)."""
+        if self._summaries is not None:
+            self._summaries.forget_days(window_start_ms // DAY_MS)
+
+    def district_series(self, district: str, start: int, end: int, upto: int) -> dict[str, Series]:
         """A district's readings in [start, end]: from the day summaries and the days that
-        changed, or all from the telemetry store (identical Series either way)."""
+        changed, or all from the telemetry store (identical Series either way); `upto`
+        is `summary_sequence()` as read before the pass's first read."""
         if self._summaries is None:
             return load_district(self._store, district, start, end)
         series, _ = load_district_days(

@@ -299,8 +299,9 @@ class SchedulingSettings(_Section):
         True,
         description="passes read from the telemetry store only the days written since the "
         "last pass (and keep the others in the state); off: every pass reads its whole "
-        "window. Only where every writer of readings marks this state: off by itself when "
-        "workers share InfluxDB (mqtt.shared_group), each with its own state file",
+        "window. Only where every writer of readings marks the state the passes read: on "
+        "a cluster's shared state (state.url) too; off by itself when workers share "
+        "InfluxDB (mqtt.shared_group), each with its own state file",
     )
 
     @field_validator("timezone")

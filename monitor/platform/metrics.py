@@ -100,6 +100,12 @@ class Metrics:
             "1 while the state store (the shared database of a cluster) answers",
             registry=r,
         )
+        self.marks_pending = Gauge(
+            "monitor_day_marks_pending",
+            "Written (district, day)s not yet marked in the shared state (it was away); "
+            "kept on disk and sent when it answers",
+            registry=r,
+        )
         self.passes = Counter(
             "monitor_evaluation_partitions",
             "Evaluation partitions this worker finished, by stage",

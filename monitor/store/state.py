@@ -84,6 +84,9 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS day_summaries (
         district TEXT NOT NULL, day INTEGER NOT NULL, upto INTEGER NOT NULL, body BLOB NOT NULL,
         PRIMARY KEY (district, day))""",
+    # Each recorded pass forgets the days before its window (`forget_days`).
+    "CREATE INDEX IF NOT EXISTS day_summaries_by_day ON day_summaries (day)",
+    "CREATE INDEX IF NOT EXISTS day_marks_by_day ON day_marks (day)",
 ]
 # Days of estimated errors kept per meter (a year and some, for the meter page's chart).
 ERROR_HISTORY_DAYS = 400

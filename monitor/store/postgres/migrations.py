@@ -250,6 +250,14 @@ MIGRATIONS: tuple[Migration, ...] = (
                 body bytea NOT NULL, PRIMARY KEY (district, day))""",
         ),
     ),
+    Migration(
+        8,
+        "day summaries and marks by day (each pass forgets the days before its window)",
+        (
+            "CREATE INDEX day_summaries_by_day ON day_summaries (day)",
+            "CREATE INDEX day_marks_by_day ON day_marks (day)",
+        ),
+    ),
 )
 
 
