@@ -187,7 +187,7 @@ def test_variable_queries_list_the_fleet(loaded: Loaded) -> None:
     assert meters == {
         m
         for m, d in last.meters.items()
-        if d.kind == "elec" and m in last.districts[district].series
+        if d.kind == "elec" and m in last.districts[district].members
     }
     taxis = {r["value"] for r in loaded.run(variables["taxi"], {})}
     assert taxis == {m for m, d in last.meters.items() if d.kind == "taxi"}

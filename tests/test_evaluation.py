@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import gc
+import weakref
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from fastapi.testclient import TestClient
@@ -14,9 +16,11 @@ from monitor.api.app import create_app
 from monitor.api.context import ApiContext
 from monitor.core.catalogue import block_of
 from monitor.core.clock import format_ts
+from monitor.core.decision import Stamp
+from monitor.core.ports import Series, TelemetryStore
 from monitor.core.registry import parse_rows
 from monitor.core.rulebook import load_rules
-from monitor.core.schema import Record
+from monitor.core.schema import Measurement, Record
 from monitor.evaluation.runner import Evaluator
 from monitor.ingest.telemetry import parse_message
 from monitor.ingest.worker import summarise_seen
@@ -319,3 +323,48 @@ def test_the_registrys_feeder_branches_reach_the_estimator(tmp_path: Path) -> No
     assert models and all("topology" in m for m in models)
     store.close()
     state.close()
+
+
+class WatchedStore:
+    """The world's store, read through as it is, remembering (weakly) every district's
+    readings it handed out: which of them a pass still holds."""
+
+    def __init__(self, store: EmbeddedStore) -> None:
+        self._store = store
+        self.handed: dict[str, list[weakref.ref[Series]]] = {}
+        self.alive_at_read: list[list[str]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def series(
+        self,
+        measurement: Measurement,
+        fields: Sequence[str],
+        start_ms: int,
+        end_ms: int,
+        district: str | None = None,
+    ) -> dict[str, Series]:
+        gc.collect()
+        self.alive_at_read.append(
+            sorted(d for d, refs in self.handed.items() if any(r() is not None for r in refs))
+        )
+        out = self._store.series(measurement, fields, start_ms, end_ms, district=district)
+        if district is not None:
+            self.handed.setdefault(district, []).extend(weakref.ref(s) for s in out.values())
+        return out
+
+
+def test_a_pass_holds_one_districts_readings_at_a_time(world: World) -> None:
+    # A province in one pass: 10 000 districts × ~30 MB of 60 days' readings each would
+    # not fit in memory; decisions and fits (O(meters)) do.
+    store = WatchedStore(world.store)
+    ev = Evaluator(cast(TelemetryStore, store), world.state)
+    result = ev.run(world.last_ms, load_rules(REPO / "config" / "rules.yaml"), record=False)
+    assert len(store.handed) == 2 == len(result.districts)
+    assert store.alive_at_read == [[], []]  # the first district's were gone before the second's
+    gc.collect()
+    assert not any(r() for refs in store.handed.values() for r in refs)
+    assert all(d.members and not d.series for d in result.districts.values())
+    report = result.districts[sorted(result.districts)[0]].report(result.meters, Stamp("x", "y"))
+    assert len(report["meters"]) == len(result.districts[sorted(result.districts)[0]].members)

@@ -306,11 +306,10 @@ class ClusterPasses:
             start = as_of_ms - int(rules.estimation.window_days * DAY_MS)
             upto = self._ev.summary_sequence()
             for name in part.items:
-                series = self._ev.district_series(name, start, as_of_ms, upto)
                 master = inputs.masters.get(name)
                 dist = fit_district(
                     name,
-                    series,
+                    self._ev.district_series(name, start, as_of_ms, upto),
                     master.meter_id if master else None,
                     rules,
                     start,
@@ -337,7 +336,8 @@ class ClusterPasses:
                         [r.as_dict() for r in reasons],
                     )
                 )
-                fitted[name] = dist
+                # One district's readings at a time (see Evaluator._districts).
+                fitted[name] = dist = dist.without_series()
                 decisions |= decided
         with self._board.completing(part, self._s.owner):
             self._board.stage_decisions(part.pass_id, rows)

@@ -107,7 +107,7 @@ def _district_line(
     dist: DistrictResult, meters: dict[str, Decision], ts: int, region_of: RegionOf
 ) -> str | None:
     gates, fit = dist.gates, dist.fit
-    customers = [m for m in dist.series if m != dist.master]
+    customers = [m for m in dist.members if m != dist.master]
     fields = {
         "gates_passed": bool(gates and gates.passed),
         "line_loss_pct": gates.line_loss_pct if gates else None,

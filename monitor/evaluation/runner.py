@@ -13,7 +13,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, tzinfo
+from datetime import UTC, tzinfo
 from typing import Any, Literal, Protocol
 
 from monitor import __version__
@@ -24,6 +24,7 @@ from monitor.core.decision import (
     Reason,
     Stamp,
     decision_from_dict,
+    extend_decision,
 )
 from monitor.core.ports import (
     DaySummaries,
@@ -266,15 +267,16 @@ class Evaluator:
         registry = {r.meter_id: r for r in self._state.registry_rows("elec")}
         lookback = max(rules.tamper.lookback_days, rules.hardware.lookback_days) * DAY_MS
         events = load_events(self._store, min(start, as_of_ms - int(lookback)), as_of_ms)
-        districts = self._districts(registry, rules, start, as_of_ms)
+        stamp = Stamp(as_of, book.version)
+        districts, meters = self._districts(registry, events, rules, stamp, start)
         if record:
             self.forget_summaries(start)
-        stamp = Stamp(as_of, book.version)
-        meters = self._meters(registry, districts, events, rules, stamp, lot_extension={})
         lots = self._lots(registry, meters, as_of_ms, book)
         extended = {lot: d.new_due_on for lot, d in lots.items() if d.decision == "extend"}
-        if extended:
-            meters = self._meters(registry, districts, events, rules, stamp, extended)
+        if extended:  # their members keep or extend (as `decide_meter` with the lot's date)
+            for meter, d in meters.items():
+                lot = registry[meter].lot if meter in registry else None
+                meters[meter] = extend_decision(d, extended.get(lot or ""))
         meters |= self._taxis(as_of_ms, book, stamp)
         result = EvaluationResult(as_of, book.version, meters, lots, districts)
         if record:
@@ -313,20 +315,33 @@ class Evaluator:
         self._shadow.observe(result, self._run(as_of_ms, candidate, False))
 
     def _districts(
-        self, registry: dict[str, MeterRow], rules: ElecRules, start: int, end: int
-    ) -> dict[str, DistrictResult]:
+        self,
+        registry: dict[str, MeterRow],
+        events: dict[str, list[MeterPoint]],
+        rules: ElecRules,
+        stamp: Stamp,
+        start: int,
+    ) -> tuple[dict[str, DistrictResult], dict[str, Decision]]:
+        """Every district's balance and its meters' decisions, one district at a time:
+        its readings are dropped once its meters are decided, so a pass holds one
+        district's readings at a time (memory grows with meters, not readings)."""
+        end = parse_ts(stamp.as_of)
         names = {r.district for r in registry.values() if r.district}
         names |= {s.district for s in self._state.all_seen("elec").values() if s.district}
         masters = {r.district: r for r in registry.values() if r.effective_role == "master"}
         places = feeder_places(registry.values())
-        out = {}
+        registered: dict[str, set[str]] = defaultdict(set)
+        for r in registry.values():
+            if r.district:
+                registered[r.district].add(r.meter_id)
+        districts: dict[str, DistrictResult] = {}
+        meters: dict[str, Decision] = {}
         upto = self.summary_sequence()
         for name in sorted(names):
-            series = self.district_series(name, start, end, upto)
             row = masters.get(name)
-            out[name] = fit_district(
+            dist = fit_district(
                 name,
-                series,
+                self.district_series(name, start, end, upto),
                 row.meter_id if row else None,
                 rules,
                 start,
@@ -335,7 +350,12 @@ class Evaluator:
                 row.accuracy_class if row else None,
                 places.get(name),
             )
-        return out
+            for meter in sorted(set(dist.series) | registered[name]):
+                meters[meter] = meter_decision(
+                    meter, registry.get(meter), dist, events.get(meter, []), rules, stamp, None
+                )
+            districts[name] = dist = dist.without_series()  # (this name held them too)
+        return districts, meters
 
     def summary_sequence(self) -> int:
         """The day marks' sequence number, read before any day of a pass is read: what a
@@ -358,27 +378,6 @@ class Evaluator:
             self._store, self._summaries, district, start, end, upto, READING_FIELDS
         )
         return series
-
-    def _meters(
-        self,
-        registry: dict[str, MeterRow],
-        districts: dict[str, DistrictResult],
-        events: dict[str, list[MeterPoint]],
-        rules: ElecRules,
-        stamp: Stamp,
-        lot_extension: dict[str, date | None],
-    ) -> dict[str, Decision]:
-        out = {}
-        for dist in districts.values():
-            for meter in sorted(
-                set(dist.series) | {m for m, r in registry.items() if r.district == dist.district}
-            ):
-                row = registry.get(meter)
-                ext = lot_extension.get(row.lot) if row is not None and row.lot else None
-                out[meter] = meter_decision(
-                    meter, row, dist, events.get(meter, []), rules, stamp, ext
-                )
-        return out
 
     def _lots(
         self,
