@@ -129,6 +129,11 @@ class ShadowHook(Protocol):
         """One recorded pass and the candidate's dry run at the same `as_of`."""
 
 
+# Days of summaries kept before a pass's window: the span of a default `rules backtest`
+# (one pass a day for 7 days), which then reads nothing from the telemetry store.
+SUMMARY_MARGIN_DAYS = 7
+
+
 def feeder_places(rows: Iterable[MeterRow]) -> dict[str, dict[str, FeederPlace]]:
     """Where the registry places each meter on its district's feeder (optional columns),
     by district."""
@@ -363,10 +368,11 @@ class Evaluator:
         return self._summaries.mark_sequence() if self._summaries is not None else 0
 
     def forget_summaries(self, window_start_ms: int) -> None:
-        """Drop the day summaries before a recorded pass's window: no later pass reads
-        them (a backtest to an earlier `as_of` reads and keeps them again)."""
+        """Drop the day summaries more than `SUMMARY_MARGIN_DAYS` before a recorded
+        pass's window: no later pass reads them, and a backtest of up to that many days
+        still finds all it reads (a longer one reads the older days from the store)."""
         if self._summaries is not None:
-            self._summaries.forget_days(window_start_ms // DAY_MS)
+            self._summaries.forget_days(window_start_ms // DAY_MS - SUMMARY_MARGIN_DAYS)
 
     def district_series(self, district: str, start: int, end: int, upto: int) -> dict[str, Series]:
         """A district's readings in [start, end]: from the day summaries and the days that
