@@ -96,7 +96,7 @@ def cmd_telemetry_import(args: argparse.Namespace, env: Mapping[str, str]) -> in
     summaries."""
     from monitor.core.rulebook import load_rules
     from monitor.evaluation.backfill import summarise
-    from monitor.ingest.importer import ImportRules, import_lines
+    from monitor.ingest.importer import ImportRules, ImportStalled, import_lines
     from monitor.ingest.limits import Limits
     from monitor.platform.metrics import Metrics
     from monitor.service import day_summaries
@@ -137,6 +137,9 @@ def cmd_telemetry_import(args: argparse.Namespace, env: Mapping[str, str]) -> in
             handle = sys.stdin if name == "-" else open(name, encoding="utf-8")  # noqa: SIM115
             try:
                 report = import_lines(handle, store, state, rules, rejects)
+            except ImportStalled as exc:
+                print(f"{name}: {exc}; what was read is stored or spooled", file=sys.stderr)
+                return 1
             finally:
                 if handle is not sys.stdin:
                     handle.close()

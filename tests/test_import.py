@@ -18,12 +18,16 @@ from monitor.core.schema import ELEC_READING
 from monitor.electricity.days import load_district_days
 from monitor.electricity.evaluate import READING_FIELDS
 from monitor.evaluation.runner import SUMMARY_MARGIN_DAYS, Evaluator
-from monitor.platform.config import Settings, load_settings
+from monitor.ingest.importer import ImportRules, ImportStalled, Pace, import_lines
+from monitor.ingest.limits import IngestSettings, Limits
+from monitor.platform.config import InfluxSettings, Settings, load_settings
 from monitor.platform.metrics import Metrics
 from monitor.simulate import Fleet, FleetSpec
 from monitor.store import open_store
 from monitor.store.audit import SqliteAudit
+from monitor.store.influx import InfluxStore
 from monitor.store.state import SqliteState
+from tests.helpers import reading
 from tests.services import InfluxStack
 
 REPO = Path(__file__).resolve().parent.parent
@@ -205,6 +209,35 @@ def test_an_import_keeps_what_passes_and_backtests_read_and_a_pass_keeps_it_too(
         assert set(state.day_summaries("D01", 0, 10**9)) == {
             d for d in recent if d >= window_start - SUMMARY_MARGIN_DAYS
         }
+    finally:
+        store.close()
+        state.close()
+
+
+def test_an_import_waits_for_influxdb_and_says_when_it_takes_nothing(
+    influxdb: InfluxStack, tmp_path: Path
+) -> None:
+    settings = InfluxSettings(
+        url=influxdb.url, token=influxdb.token, org=influxdb.org, bucket=influxdb.bucket,
+        retry_max_s=0.5,
+    )  # fmt: skip
+    metrics = Metrics()
+    store = InfluxStore(settings, tmp_path / "spool", metrics)
+    state = SqliteState(tmp_path / "state.sqlite")
+    rules = ImportRules("meters", 65536, Limits.of(IngestSettings()), 10**13, {})
+    lines = [json.dumps({"topic": t, "payload": p}) for t, p in (reading(i) for i in range(60))]
+    pace = Pace(max_buffered=10, stall_s=2.0)
+    try:
+        # Up: the import goes at InfluxDB's pace, never more than a batch ahead of it.
+        assert import_lines(lines[:30], store, state, rules, batch=10, pace=pace).stored == 30
+        influxdb.server.stop()
+        with pytest.raises(ImportStalled, match="took nothing for 2 s"):
+            import_lines(lines[30:], store, state, rules, batch=10, pace=pace)
+        assert store.health().dropped_points == 0  # waiting, not dropping
+        influxdb.server.start()
+        assert store.flush(30)
+        rows = influxdb.rows("SELECT count(energy_kwh) FROM elec_reading WHERE meter = 'M1'")
+        assert rows[0]["count"] >= 40  # what was read before it gave up is stored
     finally:
         store.close()
         state.close()

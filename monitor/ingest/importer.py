@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -41,6 +42,33 @@ class ImportRules:
     limits: Limits
     received_ms: int
     districts: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Pace:
+    """Back-pressure on a store that buffers (InfluxDB's spool): a file is read far
+    faster than InfluxDB takes it, and a spool past its bound drops its oldest points.
+    The import waits while more than `max_buffered` points wait to be sent, and gives up
+    (raising `ImportStalled`) when none has gone for `stall_s`."""
+
+    max_buffered: int = 200_000
+    stall_s: float = 300.0
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+
+    def wait(self, store: TelemetryStore) -> None:
+        health = store.health()
+        waiting, since = health.buffered_points, self.clock()
+        while health.buffered_points > self.max_buffered:
+            if health.buffered_points < waiting:
+                waiting, since = health.buffered_points, self.clock()
+            elif self.clock() - since > self.stall_s:
+                raise ImportStalled(
+                    f"the telemetry store took nothing for {self.stall_s:.0f} s "
+                    f"({health.buffered_points} points waiting): {health.detail}"
+                )
+            self.sleep(0.05)
+            health = store.health()
 
 
 @dataclass
@@ -100,6 +128,7 @@ def import_lines(
     rejects: TextIO | None = None,
     batch: int = 5000,
     progress: Callable[[ImportReport], None] | None = None,
+    pace: Pace = Pace(),
 ) -> ImportReport:
     """Validate and store every line; refused lines go to `rejects` (JSON Lines)."""
     report = ImportReport()
@@ -119,18 +148,27 @@ def import_lines(
         else:
             pending.append(result)
             if len(pending) >= batch:
-                _write(pending, store, state, report)
+                _write(pending, store, state, report, pace)
                 pending = []
                 if progress is not None:
                     progress(report)
     if pending:
-        _write(pending, store, state, report)
+        _write(pending, store, state, report, pace)
     return report
 
 
+class ImportStalled(RuntimeError):
+    """The telemetry store stopped taking the import (InfluxDB away, or refusing)."""
+
+
 def _write(
-    records: list[Record], store: TelemetryStore, state: IngestState, report: ImportReport
+    records: list[Record],
+    store: TelemetryStore,
+    state: IngestState,
+    report: ImportReport,
+    pace: Pace,
 ) -> None:
+    pace.wait(store)
     store.write(records)
     report.stored += len(records)
     # History is heard of at its own time, not now: importing last year's readings
