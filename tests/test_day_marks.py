@@ -13,8 +13,15 @@ from pathlib import Path
 import pytest
 
 from monitor.core.clock import DAY_MS
-from monitor.core.ports import TelemetryStore, written_days
-from monitor.core.schema import ELEC_EVENT, ELEC_READING, TAXI_TRIP, Record
+from monitor.core.ports import TelemetryStore, taxi_day_key, written_days
+from monitor.core.schema import (
+    ELEC_EVENT,
+    ELEC_READING,
+    TAXI_EVENT,
+    TAXI_STATUS,
+    TAXI_TRIP,
+    Record,
+)
 from monitor.platform.config import InfluxSettings
 from monitor.platform.metrics import Metrics
 from monitor.store.embedded import EmbeddedStore
@@ -67,7 +74,7 @@ def store(
     opened.close()
 
 
-def test_written_days_are_the_districts_and_utc_days_of_readings_only() -> None:
+def test_written_days_are_the_days_of_readings_and_of_taxi_telemetry_by_bucket() -> None:
     batch = [
         elec(0),
         elec(31, meter="M2"),
@@ -76,8 +83,18 @@ def test_written_days_are_the_districts_and_utc_days_of_readings_only() -> None:
         Record(ELEC_READING, "M9", "", BASE_MS, {"energy_kwh": 1.0}),  # no district
         Record(ELEC_EVENT, "M1", "TC", BASE_MS, {"code": "cover_open"}),
         Record(TAXI_TRIP, "T1", "", BASE_MS, {"trip_id": "x", "meter_km": 1.0}),
+        Record(TAXI_STATUS, "T1", "", BASE_MS - DAY_MS, {"seal": "intact"}),
+        Record(TAXI_EVENT, "T2", "", BASE_MS, {"code": "power_cycle"}),
     ]
-    assert written_days(batch) == {("TA1", DAY0), ("TA1", DAY0 + 1), ("TB", DAY0 - 1)}
+    assert taxi_day_key("T1") != taxi_day_key("T2")
+    assert written_days(batch) == {
+        ("TA1", DAY0),
+        ("TA1", DAY0 + 1),
+        ("TB", DAY0 - 1),
+        (taxi_day_key("T1"), DAY0),
+        (taxi_day_key("T1"), DAY0 - 1),
+        (taxi_day_key("T2"), DAY0),
+    }
 
 
 def test_a_store_marks_the_days_of_every_batch_once_readable(
@@ -87,10 +104,12 @@ def test_a_store_marks_the_days_of_every_batch_once_readable(
     store.write([elec(40), elec(1, kwh=2.0)])  # the next day, and a changed duplicate
     store.write([elec(-170, district="TB")])  # late: two days back, another district
     store.write([Record(ELEC_EVENT, "M1", "TC", BASE_MS, {"code": "cover_open"})])
+    store.write([Record(TAXI_STATUS, "T1", "", BASE_MS - DAY_MS, {"seal": "intact"})])
     assert store.flush(20)  # readable, so marked (a store marks before it forgets a batch)
     assert everything(state, "TA1") == {DAY0, DAY0 + 1}
     assert everything(state, "TB") == {DAY0 - 2}
     assert everything(state, "TC") == set()  # events are not what a summary keeps
+    assert everything(state, taxi_day_key("T1")) == {DAY0 - 1}  # a taxi's are, by bucket
     # A summary clears the marks it holds; a batch after it marks its day again.
     upto = state.mark_sequence()
     state.save_day_summaries("TA1", {DAY0: b"s", DAY0 + 1: b"s"}, upto)

@@ -382,6 +382,12 @@ def test_summaries_clear_only_the_marks_they_hold_in_either_store(backend: Reope
     assert other.forget_days(11) == 1
     assert state.day_summaries("TA1", 0, 100) == {11: b"new"}
     assert state.marked_days("TA1", 0, 100) == set() and state.marked_days("TB", 0, 99) == {12}
+    # Taxi keys go by the taxi window: kept from day 5 while districts' go before day 11.
+    state.save_day_summaries("taxi/07", {4: b"t", 5: b"t", 9: b"t"}, state.mark_sequence())
+    state.mark_days({("taxi/07", 4), ("taxi/07", 6), ("TB", 9)})
+    assert other.forget_days(11, 5) == 1
+    assert state.day_summaries("taxi/07", 0, 100) == {5: b"t", 9: b"t"}
+    assert state.marked_days("taxi/07", 0, 99) == {6} and state.marked_days("TB", 0, 99) == {12}
 
 
 def test_marks_from_two_writers_at_once_each_get_their_own_number(backend: Reopen) -> None:

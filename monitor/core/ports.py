@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import zlib
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -15,7 +16,14 @@ from numpy.typing import NDArray
 
 from monitor.core.clock import DAY_MS
 from monitor.core.registry import MeterRow
-from monitor.core.schema import ELEC_READING, Measurement, Record
+from monitor.core.schema import (
+    ELEC_READING,
+    TAXI_EVENT,
+    TAXI_STATUS,
+    TAXI_TRIP,
+    Measurement,
+    Record,
+)
 
 
 @dataclass(frozen=True)
@@ -457,8 +465,9 @@ class DistrictGuard(Protocol):
 
 
 class DayMarks(Protocol):
-    """Which (district, UTC day)s got electricity readings: what a telemetry store reports
-    once a batch it accepted is readable (the evaluation re-summarises those days)."""
+    """Which (district or taxi key, UTC day)s got electricity readings or taxi telemetry
+    (`written_days`): what a telemetry store reports once a batch it accepted is readable
+    (the evaluation re-summarises those days)."""
 
     def mark_days(self, days: Collection[tuple[str, int]]) -> None:
         """Mark (district, UTC day number = ts_ms // DAY_MS) pairs as written, durably and
@@ -466,14 +475,45 @@ class DayMarks(Protocol):
         ...
 
 
+# Taxi telemetry is kept per (bucket of meters, UTC day) (`taxi.days`): a late trip of one
+# taxi makes its bucket's day stale, not the whole fleet's. 64 buckets: a late trip re-reads
+# 1/64 of a day's heartbeats (per meter), while a pass looks up 64 keys' summaries and
+# marks (two small state queries each) and a bucket still holds enough taxis for zstd to
+# pack its day well from a few hundred taxis up. Changing it orphans every taxi summary
+# (they are read again once, and forgotten as their days leave the window).
+TAXI_DAY_BUCKETS = 64
+TAXI_KEY_PREFIX = "taxi/"
+_TAXI_MEASUREMENTS = frozenset({TAXI_TRIP.name, TAXI_EVENT.name, TAXI_STATUS.name})
+
+
+def taxi_day_key(meter: str) -> str:
+    """The key a taxi meter's day summaries and marks go under, in place of a district:
+    `taxi/<bucket>`, a stable hash (CRC-32, the same in every process and release) of the
+    meter id. No district can be named so: a district is one topic level, without "/"."""
+    return f"{TAXI_KEY_PREFIX}{zlib.crc32(meter.encode()) % TAXI_DAY_BUCKETS:02d}"
+
+
+# Which `forget_days` bound applies to a row of the day tables: SQL of SQLite and
+# PostgreSQL alike (no `%`, which a PostgreSQL driver reads as a placeholder).
+FORGET_BOUND = (
+    f"CASE WHEN substr(district, 1, {len(TAXI_KEY_PREFIX)}) = '{TAXI_KEY_PREFIX}' "
+    "THEN {taxi} ELSE {elec} END"
+)
+
+
 def written_days(records: Iterable[Record]) -> set[tuple[str, int]]:
-    """The (district, UTC day) pairs a batch writes electricity readings to: what a store
-    marks once the batch is readable (late and duplicate readings too)."""
-    return {
-        (r.district, r.ts_ms // DAY_MS)
-        for r in records
-        if r.measurement.name == ELEC_READING.name and r.district
-    }
+    """The (district, UTC day) pairs a batch writes electricity readings to, and the
+    (`taxi_day_key`, UTC day) pairs it writes taxi trips, events or heartbeats to: what a
+    store marks once the batch is readable (late and duplicate points too)."""
+    out = set()
+    for r in records:
+        name = r.measurement.name
+        if name == ELEC_READING.name:
+            if r.district:
+                out.add((r.district, r.ts_ms // DAY_MS))
+        elif name in _TAXI_MEASUREMENTS:
+            out.add((taxi_day_key(r.meter), r.ts_ms // DAY_MS))
+    return out
 
 
 class DaySummaries(DayMarks, Protocol):
@@ -503,8 +543,10 @@ class DaySummaries(DayMarks, Protocol):
         ≤ `upto`, in one transaction."""
         ...
 
-    def forget_days(self, before: int) -> int:
-        """Drop summaries and marks of days before `before`; returns summaries dropped."""
+    def forget_days(self, before: int, taxi_before: int | None = None) -> int:
+        """Drop summaries and marks of districts' days before `before` and of taxi keys'
+        (`taxi_day_key`) before `taxi_before` (default: `before`; the taxi window is its
+        own); returns summaries dropped."""
         ...
 
 

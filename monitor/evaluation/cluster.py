@@ -63,6 +63,7 @@ from monitor.evaluation.runner import (
     feeder_places,
     stamped,
 )
+from monitor.taxi import evaluate as evaluate_taxi
 
 log = logging.getLogger(__name__)
 
@@ -401,7 +402,8 @@ class ClusterPasses:
         log.info("pass %d as of %s done: %s", pass_id, as_of, summary["meter_decisions"])
         with contextlib.suppress(StateUnavailable):  # housekeeping: the next pass retries
             window = int(book.rules.elec.estimation.window_days * DAY_MS)
-            self._ev.forget_summaries(as_of_ms - window)
+            taxi_start = evaluate_taxi.window_start(as_of_ms, book.rules.taxi)
+            self._ev.forget_summaries(as_of_ms - window, taxi_start)
         for r in self._board.staged(pass_id, "meter"):
             self._ev.publish_decision(r.body)
         self._after(pass_id, as_of_ms, book)

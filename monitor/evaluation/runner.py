@@ -163,8 +163,9 @@ class Evaluator:
         shadow: ShadowHook | None = None,
         summaries: DaySummaries | None = None,
     ) -> None:
-        # Day summaries (`electricity.days`): a district's complete days that no store
-        # marked as written since are taken from them instead of the telemetry store.
+        # Day summaries (`electricity.days`, `taxi.days`): a district's (a bucket of
+        # taxis') complete days that no store marked as written since are taken from
+        # them instead of the telemetry store.
         # Only where every writer of readings marks (stores opened with the state).
         self._summaries = summaries
         # Candidate rules a recorded pass also evaluates, as a dry run.
@@ -275,7 +276,7 @@ class Evaluator:
         stamp = Stamp(as_of, book.version)
         districts, meters = self._districts(registry, events, rules, stamp, start)
         if record:
-            self.forget_summaries(start)
+            self.forget_summaries(start, evaluate_taxi.window_start(as_of_ms, book.rules.taxi))
         lots = self._lots(registry, meters, as_of_ms, book)
         extended = {lot: d.new_due_on for lot, d in lots.items() if d.decision == "extend"}
         if extended:  # their members keep or extend (as `decide_meter` with the lot's date)
@@ -367,12 +368,14 @@ class Evaluator:
         summary made from now on holds (see DaySummaries; 0 without summaries)."""
         return self._summaries.mark_sequence() if self._summaries is not None else 0
 
-    def forget_summaries(self, window_start_ms: int) -> None:
+    def forget_summaries(self, window_start_ms: int, taxi_start_ms: int | None = None) -> None:
         """Drop the day summaries more than `SUMMARY_MARGIN_DAYS` before a recorded
-        pass's window: no later pass reads them, and a backtest of up to that many days
-        still finds all it reads (a longer one reads the older days from the store)."""
+        pass's window (taxi keys': before the taxi window, `taxi_start_ms`, when given):
+        no later pass reads them, and a backtest of up to that many days still finds all
+        it reads (a longer one reads the older days from the store)."""
         if self._summaries is not None:
-            self._summaries.forget_days(window_start_ms // DAY_MS - SUMMARY_MARGIN_DAYS)
+            taxi = None if taxi_start_ms is None else taxi_start_ms // DAY_MS - SUMMARY_MARGIN_DAYS
+            self._summaries.forget_days(window_start_ms // DAY_MS - SUMMARY_MARGIN_DAYS, taxi)
 
     def district_series(self, district: str, start: int, end: int, upto: int) -> dict[str, Series]:
         """A district's readings in [start, end]: from the day summaries and the days that
@@ -417,7 +420,14 @@ class Evaluator:
         fares = self._taxi_fares
         rules = book.rules.taxi
         return evaluate_taxi.evaluate(
-            self._store, self._state, self._tariffs(), rules, as_of_ms, stamp, fares=fares
+            self._store,
+            self._state,
+            self._tariffs(),
+            rules,
+            as_of_ms,
+            stamp,
+            fares=fares,
+            summaries=self._summaries,
         )
 
     def _raise_alerts(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor.core.ports import (
+    FORGET_BOUND,
     DueMeter,
     ErrorPoint,
     MeterFilter,
@@ -385,12 +386,14 @@ class SqliteState:
                     self._db.execute("ROLLBACK")
                 raise
 
-    def forget_days(self, before: int) -> int:
-        """Drop summaries and marks of days before `before`; returns summaries dropped."""
+    def forget_days(self, before: int, taxi_before: int | None = None) -> int:
+        """Drop summaries and marks of days before `before` (taxi keys': `taxi_before`)."""
+        bound = FORGET_BOUND.format(taxi="?", elec="?")
+        args = (before if taxi_before is None else taxi_before, before)
         with self._lock:
             self._db.execute("BEGIN")
-            gone = self._db.execute("DELETE FROM day_summaries WHERE day < ?", (before,)).rowcount
-            self._db.execute("DELETE FROM day_marks WHERE day < ?", (before,))
+            gone = self._db.execute(f"DELETE FROM day_summaries WHERE day < {bound}", args).rowcount
+            self._db.execute(f"DELETE FROM day_marks WHERE day < {bound}", args)
             self._db.execute("COMMIT")
         return int(gone)
 

@@ -12,10 +12,18 @@ from typing import Protocol
 
 from monitor.core.clock import DAY_MS, format_ts, ms_to_datetime
 from monitor.core.decision import Decision, Finding, Reason, Stamp, decide_meter
-from monitor.core.ports import MeterPoint, Presence, Registry, TaxiLedger, TelemetryStore
+from monitor.core.ports import (
+    DaySummaries,
+    MeterPoint,
+    Presence,
+    Registry,
+    TaxiLedger,
+    TelemetryStore,
+)
 from monitor.core.registry import MeterRow, add_years
 from monitor.core.rulebook import Severity, TaxiRules
 from monitor.core.schema import TAXI_EVENT, TAXI_STATUS, TAXI_TRIP
+from monitor.taxi.days import by_meter, event_order, load_taxi_days
 from monitor.taxi.distance import extendable, fleet_median, fleet_sigma, log_ratios
 from monitor.taxi.fares import FareCache
 from monitor.taxi.findings import taxi_findings
@@ -37,13 +45,6 @@ class TaxiData:
     status: dict[str, list[MeterPoint]]
     events: dict[str, list[MeterPoint]]
     work_orders: dict[str, list[WorkOrder]]
-
-
-def _group(points: list[MeterPoint]) -> dict[str, list[MeterPoint]]:
-    out: dict[str, list[MeterPoint]] = defaultdict(list)
-    for p in points:
-        out[p.meter].append(p)
-    return out
 
 
 def taxi_meters(state: TaxiState) -> tuple[dict[str, MeterRow], list[str]]:
@@ -95,27 +96,36 @@ def load(
     start_ms: int,
     as_of_ms: int,
     meters: Sequence[str] | None = None,
+    summaries: DaySummaries | None = None,
 ) -> TaxiData:
     """Read the window's taxi telemetry of `meters` (default: `taxi_meters`) and the work orders.
 
     Heartbeats — 288 a day per meter — are read as columns, only the fields the rules
     read, and cut to those that tell (`telling_points`): the decisions are
-    those of every heartbeat, at a fraction of the memory and time.
+    those of every heartbeat, at a fraction of the memory and time. With `summaries`,
+    the complete days no store marked since they were kept come from the day summaries
+    (`taxi.days`); the data is the same either way, meters in sorted order.
     """
     if meters is None:
         meters = taxi_meters(state)[1]
     with _collector_paused():
-        status = _heartbeats(store, meters, start_ms, as_of_ms)
-        trips = {
-            m: trips_from_points(ps)
-            for m, ps in _group(store.points(TAXI_TRIP, start_ms, as_of_ms)).items()
-        }
+        if summaries is None:
+            status = _heartbeats(store, meters, start_ms, as_of_ms)
+            trip_points = by_meter(store.points(TAXI_TRIP, start_ms, as_of_ms))
+            events = {
+                m: event_order(ps)
+                for m, ps in by_meter(store.points(TAXI_EVENT, start_ms, as_of_ms)).items()
+            }
+        else:
+            # Read before any day is: what a day read from now on holds (see DaySummaries).
+            upto = summaries.mark_sequence()
+            got, _ = load_taxi_days(store, summaries, meters, start_ms, as_of_ms, upto)
+            status, trip_points, events = got.status, got.trips, got.events
+        trips = {m: trips_from_points(ps) for m, ps in trip_points.items()}
     orders: dict[str, list[WorkOrder]] = defaultdict(list)
     for _, meter, start, end, reason, _created in state.workorders(limit=1_000_000):
         orders[meter].append(WorkOrder(meter, start, end, reason))
-    return TaxiData(
-        trips, status, _group(store.points(TAXI_EVENT, start_ms, as_of_ms)), dict(orders)
-    )
+    return TaxiData(trips, status, events, dict(orders))
 
 
 def tariff_book(config: TariffBook, state: TaxiLedger) -> TariffBook:
@@ -245,17 +255,19 @@ def evaluate(
     stamp: Stamp,
     data: TaxiData | None = None,
     fares: FareCache | None = None,
+    summaries: DaySummaries | None = None,
 ) -> dict[str, Decision]:
     """The taxi half of an evaluation pass: every registered or seen taxi meter's decision.
 
     `data` is what `load` reads for the window (`window_start` … as_of); a caller that keeps
     the same points by other means (a benchmark reading the store incrementally) passes
-    them instead. `fares` carries fare checks over between passes (`FareCache`).
+    them instead. `fares` carries fare checks over between passes (`FareCache`);
+    `summaries`, the day summaries `load` reads complete days from (`taxi.days`).
     """
     registry, meters = taxi_meters(state)
     if not meters:
         return {}
     if data is None:
-        data = load(store, state, window_start(as_of_ms, rules), as_of_ms, meters)
+        data = load(store, state, window_start(as_of_ms, rules), as_of_ms, meters, summaries)
     tariffs = tariff_book(config_tariffs, state)
     return decide_taxis(meters, registry, data, tariffs, rules, state, as_of_ms, stamp, fares)

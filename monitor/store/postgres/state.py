@@ -21,6 +21,7 @@ from typing import Any
 from psycopg import sql
 
 from monitor.core.ports import (
+    FORGET_BOUND,
     DueMeter,
     ErrorPoint,
     MeterFilter,
@@ -596,10 +597,12 @@ class PostgresState:
                 [(district, day, upto) for day in days],
             )
 
-    def forget_days(self, before: int) -> int:
+    def forget_days(self, before: int, taxi_before: int | None = None) -> int:
+        bound = FORGET_BOUND.format(taxi="%s", elec="%s")
+        args = (before if taxi_before is None else taxi_before, before)
         with self._db.transaction() as conn:
-            gone = conn.execute("DELETE FROM day_summaries WHERE day < %s", (before,)).rowcount
-            conn.execute("DELETE FROM day_marks WHERE day < %s", (before,))
+            gone = conn.execute(f"DELETE FROM day_summaries WHERE day < {bound}", args).rowcount
+            conn.execute(f"DELETE FROM day_marks WHERE day < {bound}", args)
         return int(gone)
 
     def close(self) -> None:
