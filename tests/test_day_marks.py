@@ -227,3 +227,18 @@ def test_a_shared_state_away_holds_no_telemetry_back_and_loses_no_mark(
         db.close()
     finally:
         pg.cleanup()
+
+
+def test_a_trip_resent_with_another_end_time_marks_the_day_it_leaves_too(
+    tmp_path: Path, state: SqliteState
+) -> None:
+    # The embedded store keys a trip by its id: the re-sent copy replaces the stored row,
+    # so the day that held it changed as well (InfluxDB keeps both copies: nothing left).
+    embedded = EmbeddedStore(tmp_path / "telemetry.sqlite", Metrics(), marks=state)
+    trip = Record(TAXI_TRIP, "T1", "", BASE_MS, {"trip_id": "x", "meter_km": 1.0})
+    embedded.write([trip])
+    state.save_day_summaries(taxi_day_key("T1"), {DAY0: b"s"}, state.mark_sequence())
+    assert everything(state, taxi_day_key("T1")) == set()
+    embedded.write([Record(TAXI_TRIP, "T1", "", BASE_MS + DAY_MS, dict(trip.values))])
+    assert everything(state, taxi_day_key("T1")) == {DAY0, DAY0 + 1}
+    embedded.close()

@@ -4,7 +4,7 @@ both stores.
 Hypothesis draws a small fleet (a few taxis over four days: heartbeats every 15 minutes
 with runs of seal, pulse constant and tariff, broken seals among them; trips; events),
 points held back and written late into old days, duplicates (the same values, or changed
-ones), a meter the pass starts deciding only later, and `as_of` values (on, just before
+ones; a trip re-sent with another end time), a meter the pass starts deciding only later, and `as_of` values (on, just before
 and just after day boundaries, and anywhere): at each, the window's `TaxiData` loaded
 from the summaries (`taxi.days`: reading only marked, missing and partial days) must
 equal the full read's, and so must every decision. Then the runner's pass with and
@@ -46,6 +46,7 @@ from monitor.taxi import evaluate as evaluate_taxi
 from monitor.taxi.days import KEYS, TaxiDay, decode, encode, load_taxi_days
 from monitor.taxi.seals import HEARTBEAT_FIELDS
 from monitor.taxi.tariff import default_tariff_book
+from monitor.taxi.trips import Trip
 from tests.helpers import BASE_MS
 from tests.services import InfluxStack
 
@@ -227,14 +228,17 @@ def test_taxi_day_summaries_load_and_decide_exactly_what_a_full_read_does(
             old = every.get(key) or late.get(key)
             if old is None:
                 continue
-            values = dict(old.values)
+            values, ts = dict(old.values), old.ts_ms
             if changed and what == TAXI_STATUS.name:
                 values["seal"] = "broken" if values["seal"] == "intact" else "intact"
             elif changed and what == TAXI_TRIP.name:
+                # Another fare and another end time: the embedded store moves the trip's
+                # row to the next (or previous) day; InfluxDB keeps both copies.
                 values["fare_cny"] = float(values["fare_cny"]) + 3.0
+                ts += DAY_MS if ts + DAY_MS < START + DAYS * DAY_MS else -DAY_MS
             elif changed:
                 values["detail"] = "again"
-            rewrites.append(replace(old, values=values))
+            rewrites.append(replace(old, values=values, ts_ms=ts))
     store.write([*late.values(), *rewrites])
     assert store.flush(20)
     decided = fleet
@@ -264,7 +268,7 @@ def test_a_late_trip_rereads_its_buckets_day_only(stores: Stores) -> None:
     upto = state.mark_sequence()
     after, third = load_taxi_days(store, state, fleet, start, as_of, upto)
     assert third.read == 1 and third.ranges[0] == (START + DAY_MS, START + 2 * DAY_MS - 1)
-    assert [t.values["trip_id"] for t in after.trips["T1"] if t.ts_ms == late.ts_ms] == [
+    assert [t.trip_id for t in after.trips["T1"] if t.end_ms == late.ts_ms] == [
         trip.values["trip_id"]
     ]
     assert state.marked_days(key, 0, START // DAY_MS + 2) == set()
@@ -323,16 +327,19 @@ def test_a_taxi_day_summary_keeps_every_point_and_says_when_it_is_of_another_kin
             "tariff_version": np.array([None, "SH-2022"], dtype=object),
         },
     )
-    trip = MeterPoint("T1", day * DAY_MS + 9, {"trip_id": "a", "start_ts": 3, "meter_km": 1e300})
-    piece = TaxiDay({"T1": [trip]}, {}, {"T1": beats}, ["T1", "T2"])
+    trip = Trip("a", 3, day * DAY_MS + 9, 1e300, 0.1, "SH-2022", None, 5.0)
+    event = MeterPoint("T2", day * DAY_MS + 1, {"code": "power_cycle", "n": 3, "x": -0.0})
+    piece = TaxiDay({"T1": [trip], "T3": []}, {"T2": [event]}, {"T1": beats}, ["T1", "T2"])
     back = decode(encode(piece, day), day)
     assert back is not None
-    assert back.trips == piece.trips and back.events == {} and back.covered == ["T1", "T2"]
+    assert back.trips == piece.trips and back.events == piece.events
+    assert back.covered == ["T1", "T2"]
     got = back.beats["T1"]
     assert got.ts_ms.tolist() == beats.ts_ms.tolist() and list(got.values) == list(HEARTBEAT_FIELDS)
     assert got.values["seal"].tolist() == ["intact", None]
     assert got.values["pulses_per_km"].tobytes() == beats.values["pulses_per_km"].tobytes()
-    assert isinstance(back.trips["T1"][0].values["start_ts"], int)
+    assert isinstance(back.trips["T1"][0].start_ms, int)
+    assert isinstance(back.events["T2"][0].values["n"], int)
     assert decode(encode(piece, day), day + 1) is None  # another day
 
 

@@ -7,7 +7,9 @@ to it since, so each (`core.ports.taxi_day_key` bucket, complete day) is kept in
 as a *day summary* (the same `DaySummaries` tables as electricity, the key in place of the
 district): the store's answer for that day, of the bucket's meters —
 
-- every trip and event point, as the store answers them (`store.points`);
+- every trip (`trips.trip_from_point` of each trip point the store answers: the
+  window's trips are then `unique_trips` of them all, as `trips_from_points` makes them
+  of every point) and every event point;
 - the heartbeats that tell (`seals.telling_mask`) among the day's: the ends of every run
   of equal HEARTBEAT_FIELDS values and every broken seal.
 
@@ -39,7 +41,8 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -56,22 +59,25 @@ from monitor.core.ports import (
 )
 from monitor.core.schema import TAXI_EVENT, TAXI_STATUS, TAXI_TRIP
 from monitor.taxi.seals import HEARTBEAT_FIELDS, telling_mask, telling_points
+from monitor.taxi.trips import Trip, trip_from_point
 
 # Bumped when the encoding changes: a summary of another format is read again.
-FORMAT = 1
+FORMAT = 2
 KEYS = tuple(f"taxi/{b:02d}" for b in range(TAXI_DAY_BUCKETS))
 # A day more than this many buckets need is read once for the whole fleet, not per meter.
 WHOLE_DAY_BUCKETS = TAXI_DAY_BUCKETS // 8
+# A trip in a summary: its fields in `Trip`'s order (one list, not a dict, per trip).
+_TRIP_FIELDS_OF = attrgetter(*(f.name for f in fields(Trip)))
 _TEXT = frozenset(f for f in HEARTBEAT_FIELDS if TAXI_STATUS.fields.get(f) == "str")
 
 
 @dataclass
 class TaxiDay:
-    """What one span holds of some meters: trip and event points per meter (each in
+    """What one span holds of some meters: trips and event points per meter (each in
     time order) and heartbeat columns per meter. `covered`: the meters whose heartbeats
     were read (None: every meter the store had)."""
 
-    trips: dict[str, list[MeterPoint]] = field(default_factory=dict)
+    trips: dict[str, list[Trip]] = field(default_factory=dict)
     events: dict[str, list[MeterPoint]] = field(default_factory=dict)
     beats: dict[str, Columns] = field(default_factory=dict)
     covered: list[str] | None = None
@@ -79,10 +85,10 @@ class TaxiDay:
 
 @dataclass(frozen=True)
 class TaxiPoints:
-    """The window's taxi telemetry as `taxi.evaluate.load` reads it, before trips are
-    made of the points: per meter, trip and event points and telling heartbeats."""
+    """The window's taxi telemetry as `taxi.evaluate.load` reads it, per meter: trips
+    (not yet `unique_trips`), event points and telling heartbeats."""
 
-    trips: dict[str, list[MeterPoint]]
+    trips: dict[str, list[Trip]]
     events: dict[str, list[MeterPoint]]
     status: dict[str, list[MeterPoint]]
 
@@ -132,8 +138,12 @@ def read_span(
         status = {}
         for m in meters:
             status |= store.columns(TAXI_STATUS, HEARTBEAT_FIELDS, lo_ms, hi_ms, m)
+    trips = {
+        m: [t for t in map(trip_from_point, ps) if t is not None]
+        for m, ps in by_meter(store.points(TAXI_TRIP, lo_ms, hi_ms)).items()
+    }
     return TaxiDay(
-        by_meter(store.points(TAXI_TRIP, lo_ms, hi_ms)),
+        trips,
         {m: event_order(ps) for m, ps in by_meter(store.points(TAXI_EVENT, lo_ms, hi_ms)).items()},
         {m: cut(c) for m, c in sorted(status.items()) if len(c)},
         None if meters is None else sorted(meters),
@@ -146,11 +156,16 @@ def split(span: TaxiDay, first: int, last: int) -> dict[tuple[str, int], TaxiDay
     if span.covered is not None:
         covered = {k: [m for m in span.covered if taxi_day_key(m) == k] for k in KEYS}
     out = {(k, d): TaxiDay(covered=covered[k]) for k in KEYS for d in range(first, last + 1)}
-    for name in ("trips", "events"):
-        for meter, points in getattr(span, name).items():
-            key = taxi_day_key(meter)
-            for p in points:
-                getattr(out[key, p.ts_ms // DAY_MS], name).setdefault(meter, []).append(p)
+    for meter, trips in span.trips.items():
+        key = taxi_day_key(meter)
+        if not trips:  # points without a trip: the meter is listed all the same
+            out[key, first].trips.setdefault(meter, [])
+        for t in trips:
+            out[key, t.end_ms // DAY_MS].trips.setdefault(meter, []).append(t)
+    for meter, points in span.events.items():
+        key = taxi_day_key(meter)
+        for p in points:
+            out[key, p.ts_ms // DAY_MS].events.setdefault(meter, []).append(p)
     for meter, cols in span.beats.items():
         key = taxi_day_key(meter)
         days = cols.ts_ms // DAY_MS
@@ -175,7 +190,7 @@ def encode(piece: TaxiDay, day: int) -> bytes:
         "day": day,
         "fields": list(HEARTBEAT_FIELDS),
         "covered": piece.covered,
-        "trips": {m: [[p.ts_ms, p.values] for p in ps] for m, ps in piece.trips.items()},
+        "trips": {m: [_TRIP_FIELDS_OF(t) for t in ts] for m, ts in piece.trips.items()},
         "events": {m: [[p.ts_ms, p.values] for p in ps] for m, ps in piece.events.items()},
         "beats": {
             m: {
@@ -206,6 +221,8 @@ def decode(body: bytes, day: int) -> TaxiDay | None:
     def points(rows: Mapping[str, list[list[Any]]]) -> dict[str, list[MeterPoint]]:
         return {m: [MeterPoint(m, int(ts), values) for ts, values in ps] for m, ps in rows.items()}
 
+    trips = {m: [Trip(*row) for row in rows] for m, rows in head["trips"].items()}
+
     beats = {}
     for m, cols in head["beats"].items():
         values: dict[str, Any] = {}
@@ -217,20 +234,20 @@ def decode(body: bytes, day: int) -> TaxiDay | None:
                     else np.array([np.nan if x is None else x for x in cols[f]], dtype=np.float64)
                 )
         beats[m] = Columns(np.array(cols["ts"], dtype=np.int64), values)
-    return TaxiDay(points(head["trips"]), points(head["events"]), beats, head["covered"])
+    return TaxiDay(trips, points(head["events"]), beats, head["covered"])
 
 
 def join(pieces: Sequence[TaxiDay], meters: Sequence[str]) -> TaxiPoints:
     """Consecutive pieces (in time order) → the window's points, as `load` reads them in
     one go: each meter's points of every piece in order; heartbeats only of `meters`,
     joined and cut again (module doc: the same cut as of the whole window)."""
-    trips: dict[str, list[MeterPoint]] = defaultdict(list)
+    trips: dict[str, list[Trip]] = defaultdict(list)
     events: dict[str, list[MeterPoint]] = defaultdict(list)
     beats: dict[str, list[Columns]] = defaultdict(list)
     wanted = set(meters)
     for piece in pieces:
-        for m, ps in piece.trips.items():
-            trips[m].extend(ps)
+        for m, ts in piece.trips.items():
+            trips[m].extend(ts)
         for m, ps in piece.events.items():
             events[m].extend(ps)
         for m, c in piece.beats.items():

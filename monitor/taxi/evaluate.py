@@ -30,7 +30,7 @@ from monitor.taxi.findings import taxi_findings
 from monitor.taxi.rollout import Rollout, applied_at, progress
 from monitor.taxi.seals import HEARTBEAT_FIELDS, telling_points
 from monitor.taxi.tariff import TariffBook
-from monitor.taxi.trips import Trip, WorkOrder, trips_from_points
+from monitor.taxi.trips import Trip, WorkOrder, trips_from_points, unique_trips
 
 
 class TaxiState(Registry, Presence, TaxiLedger, Protocol):
@@ -111,7 +111,8 @@ def load(
     with _collector_paused():
         if summaries is None:
             status = _heartbeats(store, meters, start_ms, as_of_ms)
-            trip_points = by_meter(store.points(TAXI_TRIP, start_ms, as_of_ms))
+            points = by_meter(store.points(TAXI_TRIP, start_ms, as_of_ms))
+            trips = {m: trips_from_points(ps) for m, ps in points.items()}
             events = {
                 m: event_order(ps)
                 for m, ps in by_meter(store.points(TAXI_EVENT, start_ms, as_of_ms)).items()
@@ -120,8 +121,8 @@ def load(
             # Read before any day is: what a day read from now on holds (see DaySummaries).
             upto = summaries.mark_sequence()
             got, _ = load_taxi_days(store, summaries, meters, start_ms, as_of_ms, upto)
-            status, trip_points, events = got.status, got.trips, got.events
-        trips = {m: trips_from_points(ps) for m, ps in trip_points.items()}
+            status, events = got.status, got.events
+            trips = {m: unique_trips(ts) for m, ts in got.trips.items()}
     orders: dict[str, list[WorkOrder]] = defaultdict(list)
     for _, meter, start, end, reason, _created in state.workorders(limit=1_000_000):
         orders[meter].append(WorkOrder(meter, start, end, reason))

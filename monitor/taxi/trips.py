@@ -58,7 +58,8 @@ def optional_float(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _trip_from_point(point: MeterPoint) -> Trip | None:
+def trip_from_point(point: MeterPoint) -> Trip | None:
+    """The trip of one stored point, or None when it lacks what makes a trip."""
     values = point.values
     trip_id = values.get("trip_id")
     meter_km = optional_float(values.get("meter_km"))
@@ -84,7 +85,12 @@ def trips_from_points(points: Sequence[MeterPoint]) -> list[Trip]:
     `MeterPoint.ts_ms` is the trip's end. Of duplicates the earliest-ending copy is kept,
     so the answer does not depend on the order the store returns them in.
     """
-    trips = [t for t in (_trip_from_point(p) for p in points) if t is not None]
+    return unique_trips([t for t in (trip_from_point(p) for p in points) if t is not None])
+
+
+def unique_trips(trips: list[Trip]) -> list[Trip]:
+    """Trips (of `trip_from_point`, in any order) sorted by end time and trip id, the
+    earliest-ending copy of each trip_id kept (`trips_from_points`). Sorts `trips`."""
     trips.sort(key=lambda t: (t.end_ms, t.trip_id))
     seen: set[str] = set()
     unique = []

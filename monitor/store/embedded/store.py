@@ -33,10 +33,11 @@ from monitor.core.ports import (
     Series,
     StoreHealth,
     meter_series,
+    taxi_day_key,
     text_or_float_columns,
     written_days,
 )
-from monitor.core.schema import MEASUREMENTS, Measurement, Record
+from monitor.core.schema import MEASUREMENTS, TAXI_TRIP, Measurement, Record
 from monitor.platform.metrics import Metrics
 from monitor.store.embedded.blocks import (
     PACK_ROWS,
@@ -116,6 +117,8 @@ class EmbeddedStore:
         with self._lock:
             try:
                 self._db.execute("BEGIN")
+                # Days a re-sent trip leaves (it replaces its row: see `_moved_days`).
+                moved = self._moved_days(records) if self._marks is not None else set()
                 for name, rows in groups.items():
                     self._db.executemany(self._inserts[name], rows)
                 for name, listed in pairs.items():
@@ -138,9 +141,28 @@ class EmbeddedStore:
             # After the commit: a mark never names a day before its readings are readable.
             # Should it fail, `write` raises and the caller writes the batch again (the
             # rows replace themselves), so no acknowledged reading goes unmarked.
-            days = written_days(records)
+            days = written_days(records) | moved
             if days:
                 self._marks.mark_days(days)
+
+    def _moved_days(self, records: Sequence[Record]) -> set[tuple[str, int]]:
+        """The (taxi key, day)s of stored trips the batch re-sends with another end time.
+
+        A trip's row is keyed by its trip_id: re-sent with another time it replaces the row
+        in another day, and the day it leaves changed too (its summary still holds the
+        old copy). Inside `write`'s transaction, before the inserts; one look-up per trip.
+        """
+        out = set()
+        for r in records:
+            if r.measurement.name != TAXI_TRIP.name or "trip_id" not in r.values:
+                continue
+            found = self._db.execute(
+                "SELECT ts FROM taxi_trip WHERE meter = ? AND trip_id = ?",
+                (r.meter, r.values["trip_id"]),
+            ).fetchone()
+            if found is not None and int(found[0]) // DAY_MS != r.ts_ms // DAY_MS:
+                out.add((taxi_day_key(r.meter), int(found[0]) // DAY_MS))
+        return out
 
     def _unpack(self, name: str, rows: list[tuple[object, ...]]) -> None:
         """Drop the day blocks of the (meter, day)s these rows were written to.
