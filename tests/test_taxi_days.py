@@ -345,4 +345,5 @@ def test_a_taxi_day_summary_keeps_every_point_and_says_when_it_is_of_another_kin
 
 def test_taxi_keys_are_stable_buckets_no_district_can_be_named() -> None:
     assert taxi_day_key("T1") == "taxi/21"  # CRC-32 of "T1" is 0xCED08A95: the same everywhere
-    assert len({taxi_day_key(f"T{k}") for k in range(1000)}) == TAXI_DAY_BUCKETS
+    assert {taxi_day_key(f"T{k}") for k in range(1000)} == set(KEYS)  # all 64, only them
+    assert len(KEYS) == TAXI_DAY_BUCKETS

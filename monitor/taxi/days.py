@@ -51,6 +51,7 @@ import zstandard
 from monitor.core.clock import DAY_MS
 from monitor.core.ports import (
     TAXI_DAY_BUCKETS,
+    TAXI_KEY_PREFIX,
     Columns,
     DaySummaries,
     MeterPoint,
@@ -63,7 +64,7 @@ from monitor.taxi.trips import Trip, trip_from_point
 
 # Bumped when the encoding changes: a summary of another format is read again.
 FORMAT = 2
-KEYS = tuple(f"taxi/{b:02d}" for b in range(TAXI_DAY_BUCKETS))
+KEYS = tuple(f"{TAXI_KEY_PREFIX}{b:02d}" for b in range(TAXI_DAY_BUCKETS))
 # A day more than this many buckets need is read once for the whole fleet, not per meter.
 WHOLE_DAY_BUCKETS = TAXI_DAY_BUCKETS // 8
 # A trip in a summary: its fields in `Trip`'s order (one list, not a dict, per trip).
