@@ -58,7 +58,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
 from bench.common import mosquitto_version
-from monitor.core.ports import StateStore, TelemetryStore
+from monitor.core.ports import DayMarks, StateStore, TelemetryStore
 from monitor.core.registry import parse_rows
 from monitor.ingest.worker import IngestWorker
 from monitor.platform.config import InfluxSettings, MqttSettings, StateSettings
@@ -66,6 +66,7 @@ from monitor.platform.metrics import Metrics
 from monitor.platform.mqtt import BrokerAddress, connect_properties, make_client, parse_broker_url
 from monitor.store.backends import open_state
 from monitor.store.embedded import EmbeddedStore
+from monitor.store.marks import PendingMarks
 from monitor.store.state import SqliteState
 from tests.services import InfluxDB1, InfluxV2Adapter, Mosquitto, PostgreSQL
 
@@ -776,7 +777,12 @@ def child_main(
     logging.basicConfig(level=logging.WARNING)
     data = Path(spec.data_dir)
     backend = open_state(StateSettings(url=spec.state_url), data, spec.client_id)
-    marks = None if backend.shared else backend.state
+    # As the service marks: the shared state through a local waiting file, else its own.
+    marks: DayMarks = (
+        PendingMarks(backend.ingest, data / "pending-marks.json", Metrics())
+        if backend.shared
+        else backend.state
+    )
     store = EmbeddedStore(data / "telemetry.sqlite", Metrics(), marks=marks)
     register_fleet(backend.state, spec.meters)
     settings = mqtt_settings(

@@ -493,12 +493,10 @@ def taxi_day_key(meter: str) -> str:
     return f"{TAXI_KEY_PREFIX}{zlib.crc32(meter.encode()) % TAXI_DAY_BUCKETS:02d}"
 
 
-# Which `forget_days` bound applies to a row of the day tables: SQL of SQLite and
-# PostgreSQL alike (no `%`, which a PostgreSQL driver reads as a placeholder).
-FORGET_BOUND = (
-    f"CASE WHEN substr(district, 1, {len(TAXI_KEY_PREFIX)}) = '{TAXI_KEY_PREFIX}' "
-    "THEN {taxi} ELSE {elec} END"
-)
+# Which rows of the day tables are taxi keys': SQL of SQLite and PostgreSQL alike (no
+# `%`, which a PostgreSQL driver reads as a placeholder). `forget_days` deletes the two
+# kinds apart, each by a range of the day index.
+TAXI_KEY_SQL = f"substr(district, 1, {len(TAXI_KEY_PREFIX)}) = '{TAXI_KEY_PREFIX}'"
 
 
 def written_days(records: Iterable[Record]) -> set[tuple[str, int]]:

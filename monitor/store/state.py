@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor.core.ports import (
-    FORGET_BOUND,
+    TAXI_KEY_SQL,
     DueMeter,
     ErrorPoint,
     MeterFilter,
@@ -388,14 +388,18 @@ class SqliteState:
 
     def forget_days(self, before: int, taxi_before: int | None = None) -> int:
         """Drop summaries and marks of days before `before` (taxi keys': `taxi_before`)."""
-        bound = FORGET_BOUND.format(taxi="?", elec="?")
-        args = (before if taxi_before is None else taxi_before, before)
+        taxi = before if taxi_before is None else taxi_before
+        gone = 0
         with self._lock:
             self._db.execute("BEGIN")
-            gone = self._db.execute(f"DELETE FROM day_summaries WHERE day < {bound}", args).rowcount
-            self._db.execute(f"DELETE FROM day_marks WHERE day < {bound}", args)
+            for table in ("day_summaries", "day_marks"):
+                for key, bound in ((f"NOT {TAXI_KEY_SQL}", before), (TAXI_KEY_SQL, taxi)):
+                    n = self._db.execute(
+                        f"DELETE FROM {table} WHERE day < ? AND {key}", (bound,)
+                    ).rowcount
+                    gone += n if table == "day_summaries" else 0
             self._db.execute("COMMIT")
-        return int(gone)
+        return gone
 
     # -- decisions ---------------------------------------------------------
 

@@ -21,7 +21,7 @@ from typing import Any
 from psycopg import sql
 
 from monitor.core.ports import (
-    FORGET_BOUND,
+    TAXI_KEY_SQL,
     DueMeter,
     ErrorPoint,
     MeterFilter,
@@ -598,12 +598,17 @@ class PostgresState:
             )
 
     def forget_days(self, before: int, taxi_before: int | None = None) -> int:
-        bound = FORGET_BOUND.format(taxi="%s", elec="%s")
-        args = (before if taxi_before is None else taxi_before, before)
+        taxi = before if taxi_before is None else taxi_before
+        gone = 0
         with self._db.transaction() as conn:
-            gone = conn.execute(f"DELETE FROM day_summaries WHERE day < {bound}", args).rowcount
-            conn.execute(f"DELETE FROM day_marks WHERE day < {bound}", args)
-        return int(gone)
+            for table in ("day_summaries", "day_marks"):
+                for key, bound in ((f"NOT {TAXI_KEY_SQL}", before), (TAXI_KEY_SQL, taxi)):
+                    n = conn.execute(
+                        f"DELETE FROM {table} WHERE day < %s AND {key}",
+                        (bound,),
+                    ).rowcount
+                    gone += n if table == "day_summaries" else 0
+        return gone
 
     def close(self) -> None:
         """Write the meters seen still in memory (when the database is there)."""
