@@ -19,9 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zstandard
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+from numpy.typing import NDArray
 
 from monitor.core.clock import DAY_MS, format_ts
 from monitor.core.decision import Stamp
@@ -29,7 +31,15 @@ from monitor.core.ports import Series, TelemetryStore
 from monitor.core.registry import MeterRow
 from monitor.core.rulebook import RuleBook, load_rules
 from monitor.core.schema import ELEC_READING, Record
-from monitor.electricity.days import decode_day, encode_day, load_district_days, piece_of
+from monitor.electricity.days import (
+    DayPiece,
+    _join,
+    _unpack,
+    decode_day,
+    encode_day,
+    load_district_days,
+    piece_of,
+)
 from monitor.electricity.evaluate import (
     READING_FIELDS,
     fit_district,
@@ -363,3 +373,99 @@ def test_rules_backtest_replays_from_the_day_summaries_and_finds_what_a_full_rea
     assert kept > 0  # the replay made (and read) the summaries
     assert from_days == full
     assert backtest(True) == (full, kept)  # again, now from the summaries alone
+
+
+decimals = st.one_of(
+    st.integers(-(10**12), 10**12).flatmap(
+        lambda k: st.integers(0, 9).map(lambda s: float(f"{k}e-{s}"))
+    ),
+    st.sampled_from([np.nan, -0.0, 0.0, np.inf, -np.inf, 1e300, 0.1 + 0.2]),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+
+
+@st.composite
+def day_pieces(draw: st.DrawFn, day: int) -> DayPiece:
+    """A day of a few meters: times anywhere in the day (on a grid or not), columns of
+    decimals of any scale, odd values among them (NaN, -0.0, ±inf, no short decimal),
+    or absent."""
+    meters = sorted(draw(st.sets(st.sampled_from(METERS), max_size=len(METERS))))
+    grid = draw(st.sampled_from([1, 7, 1000, STEP]))
+    series = {}
+    for m in meters:
+        offsets = draw(st.sets(st.integers(0, (DAY_MS - 1) // grid), min_size=1, max_size=120))
+        ts = np.array(sorted(offsets), dtype=np.int64) * grid + day * DAY_MS
+        series[m] = Series(ts, {})
+    n = sum(len(s.ts_ms) for s in series.values())
+    cols: dict[str, NDArray[np.float64]] = {}
+    for f in FIELDS[:3]:
+        kind = draw(st.sampled_from(["decimals", "steady", "absent"]))
+        if kind == "absent":
+            continue
+        if kind == "steady":  # a register: small steps, a few odd values
+            start = draw(st.integers(0, 10**9))
+            scale = draw(st.integers(0, 4))
+            steps = np.array(draw(st.lists(st.integers(0, 5000), min_size=n, max_size=n)))
+            col = (start + np.cumsum(steps)) / 10.0**scale
+            for i in draw(st.lists(st.integers(0, max(n - 1, 0)), max_size=2 if n else 0)):
+                col[i] = draw(decimals)
+        else:
+            col = np.array(draw(st.lists(decimals, min_size=n, max_size=n)), dtype=np.float64)
+        cols[f] = col
+    at = 0
+    for m in meters:
+        k = len(series[m].ts_ms)
+        series[m] = Series(series[m].ts_ms, {f: c[at : at + k] for f, c in cols.items()})
+        at += k
+    return piece_of(series, FIELDS[:3])
+
+
+def joined(pieces: list[DayPiece], fields: list[str]) -> dict[str, Series]:
+    """What one read of the pieces' span answers, built meter by meter."""
+    out = {}
+    for m in sorted({m for p in pieces for m in p.meters}):
+        ts: list[NDArray[np.int64]] = []
+        cols: dict[str, list[NDArray[np.float64]]] = {f: [] for f in fields}
+        for p in pieces:
+            if m not in p.meters:
+                continue
+            i = p.meters.index(m)
+            a = int(p.counts[:i].sum())
+            rows = slice(a, a + int(p.counts[i]))
+            ts.append(p.ts[rows])
+            for f in fields:
+                col = p.cols[f]
+                cols[f].append(np.full(rows.stop - a, np.nan) if col is None else col[rows])
+        out[m] = Series(np.concatenate(ts), {f: np.concatenate(cols[f]) for f in fields})
+    return out
+
+
+@given(data=st.data(), days=st.integers(1, 4))
+@hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_day_summaries_of_any_values_give_back_every_bit_alone_and_joined(
+    data: st.DataObject, days: int
+) -> None:
+    """Every value (decimals of any scale, odd ones, absent columns) and time comes back
+    to the bit from a summary alone and from a window that joins summaries with pieces
+    read from the store, whatever mix of scales and time units the days have."""
+    fields = FIELDS[:3]
+    pieces = [data.draw(day_pieces(20_000 + d)) for d in range(days)]
+    for d, piece in enumerate(pieces):
+        back = decode_day(encode_day(piece, 20_000 + d), 20_000 + d, fields)
+        assert back is not None
+        assert back.meters == piece.meters and back.counts.tolist() == piece.counts.tolist()
+        assert back.ts.tobytes() == piece.ts.tobytes()
+        for f in fields:
+            col, got = piece.cols[f], back.cols[f]
+            assert (col is None and got is None) or (
+                col is not None and got is not None and got.tobytes() == col.tobytes()
+            )
+    kept = data.draw(st.lists(st.booleans(), min_size=days, max_size=days))
+    parts = [
+        _unpack(encode_day(p, 20_000 + d), 20_000 + d, fields, zstandard.ZstdDecompressor())
+        if keep
+        else p
+        for d, (p, keep) in enumerate(zip(pieces, kept, strict=True))
+    ]
+    assert all(p is not None for p in parts)
+    same(_join([p for p in parts if p is not None], fields), joined(pieces, fields))

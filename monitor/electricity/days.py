@@ -25,9 +25,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import struct
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import zstandard
@@ -38,7 +41,7 @@ from monitor.core.ports import DaySummaries, Series, TelemetryStore
 from monitor.core.schema import ELEC_READING
 
 # Bumped when the encoding changes: a summary of another format is read again.
-FORMAT = 1
+FORMAT = 2
 _HEAD = struct.Struct("<I")
 
 
@@ -119,93 +122,350 @@ def since(piece: DayPiece, start_ms: int) -> DayPiece:
 
 
 def encode_day(piece: DayPiece, day: int) -> bytes:
-    """One day's piece → bytes: a JSON head (format, day, fields, meters, counts), then one
-    zstd frame of the times (ms into the day, as int32 steps) and of each present column
-    (float64 as it is). Lossless: every bit comes back.
+    """One day's piece → bytes: a JSON head (format, day, fields, meters, counts, how each
+    column is kept), then one zstd frame of the columns. Lossless: every bit comes back.
 
-    zstd (level 3) rather than zlib: on meter readings (decimals) it packs as tightly and
-    unpacks 3-4x faster, and unpacking is what every pass does (bench/README.md, "Day
-    summaries"); shuffling the bytes of the floats made it worse on decimals.
+    A column is kept as integers wherever that is exact: the times as milliseconds into
+    the day in units of their greatest common divisor (900 000 on a 15-minute grid), a
+    field as decimals k / 10**s with the smallest s that gives back every bit (meters
+    report decimals; the few rows that are not, NaN, -0.0, ±inf, more decimals, kept
+    beside as float64), else as float64. Integers are kept as each meter's first value and the steps from row to row,
+    in the narrowest of int8-int64 that holds them: ~10 bytes a reading before zstd
+    instead of 44, half the summary after it, and a pass decodes a whole window's
+    integers at once (`_Rows`) instead of day by day.
+
+    zstd (level 3) rather than zlib: on meter readings it packs as tightly and unpacks
+    3-4x faster, and unpacking is what every pass does (bench/README.md, "Day summaries").
     """
     n = piece.n
     offsets = piece.ts - day * DAY_MS
     if n and (int(offsets.min()) < 0 or int(offsets.max()) >= DAY_MS):
         raise ValueError(f"a reading outside day {day}")
-    steps = np.diff(offsets, prepend=0).astype("<i4")
-    present = [f for f, c in piece.cols.items() if c is not None]
+    starts = _starts(piece.counts)
+    # A unit that divides a day too: a pass adds the day's start in units (`_Rows.times`).
+    unit = math.gcd(int(np.gcd.reduce(offsets)) if n else 0, DAY_MS)
+    width, parts = _ints(offsets // unit, starts)
+    cols: dict[str, list[int | str] | str | None] = {}
+    for f, col in piece.cols.items():
+        decimal = None if col is None else _decimal(col)
+        if col is None:
+            cols[f] = None
+        elif decimal is None:
+            cols[f] = "f8"
+            parts.append(np.ascontiguousarray(col, dtype="<f8").tobytes())
+        else:
+            scale, ints, odd = decimal
+            steps, more = _ints(ints, starts)
+            cols[f] = [scale, steps, len(odd)]
+            parts += [*more, odd.astype("<i4").tobytes(), col[odd].astype("<f8").tobytes()]
     head = json.dumps(
         {
             "format": FORMAT,
             "day": day,
             "fields": list(piece.cols),
-            "present": present,
             "meters": piece.meters,
             "counts": piece.counts.tolist(),
+            "times": [unit, width],
+            "cols": cols,
         },
         separators=(",", ":"),
     ).encode()
-    parts = [steps.tobytes()]
-    for f in present:
-        col = piece.cols[f]
-        assert col is not None
-        parts.append(np.ascontiguousarray(col, dtype="<f8").tobytes())
     packed: bytes = zstandard.ZstdCompressor(level=3).compress(b"".join(parts))
     return _HEAD.pack(len(head)) + head + packed
 
 
-def decode_day(body: bytes, day: int, fields: Sequence[str]) -> DayPiece | None:
-    """Bytes of `encode_day` → the piece, or None when they are of another format, day or
-    set of fields (the day is then read again)."""
+# The largest decimal exponent tried; the integers a float64 holds exactly.
+_MAX_SCALE = 9
+_EXACT = 2.0**53
+_WIDTHS = ("<i1", "<i2", "<i4", "<i8")
+
+
+def _starts(counts: NDArray[np.int64]) -> NDArray[np.int64]:
+    """The first row of each meter's run."""
+    return (np.cumsum(counts) - counts).astype(np.int64)
+
+
+def _ints(values: NDArray[np.int64], starts: NDArray[np.int64]) -> tuple[str, list[bytes]]:
+    """Integers → (width of the steps, [every meter's first value as int64, the steps
+    from row to row, 0 at each meter's first row])."""
+    n = len(values)
+    steps = np.diff(values, prepend=values[:1])
+    steps[starts[starts < n]] = 0
+    top = int(np.abs(steps).max()) if n else 0
+    width = next(w for w in _WIDTHS if top <= np.iinfo(w).max)
+    firsts = values[np.minimum(starts, n - 1)] if n else np.zeros(len(starts), dtype=np.int64)
+    return width, [firsts.astype("<i8").tobytes(), steps.astype(width).tobytes()]
+
+
+def _decimal(col: NDArray[np.float64]) -> tuple[int, NDArray[np.int64], NDArray[np.int64]] | None:
+    """(s, integers k, odd rows) such that k / 10**s is `col` bit for bit but in the odd
+    rows (NaN, -0.0, ±inf, more decimals: kept as they are), for the smallest s that
+    leaves at most 1/64 of the rows (and one) odd; None when none does (kept as float64)."""
+    n = len(col)
+    bits = col.view(np.int64)
+    sample = slice(0, 64)  # a few rows first: a column of no short decimals fails there
+    for scale in range(_MAX_SCALE + 1):
+        ten = 10.0**scale
+        for rows in (sample, slice(None)):
+            part = col[rows]
+            with np.errstate(invalid="ignore", over="ignore"):
+                fits = np.abs(part) * ten < _EXACT  # False for NaN and ±inf too
+            k = np.rint(np.where(fits, part, 0.0) * ten).astype(np.int64)
+            odd = ~fits | ((k / ten).view(np.int64) != bits[rows])
+            if int(odd.sum()) > len(part) // 64 + 1:
+                break
+        else:
+            odd_rows = np.flatnonzero(odd)
+            if len(odd_rows):  # an odd row takes the value before it: steps stay small
+                k = k[np.maximum.accumulate(np.where(odd, 0, np.arange(n)))]
+            return scale, k, odd_rows
+    return None
+
+
+@dataclass(frozen=True)
+class _Ints:
+    """A column kept as integers: every meter's first value, the steps, odd rows."""
+
+    firsts: NDArray[np.int64]
+    steps: NDArray[Any]
+    scale: int  # times: their unit (ms); a field: the decimal exponent
+    odd: NDArray[Any]  # rows kept as float64 (`_decimal`), and their values
+    odd_values: NDArray[Any]
+
+
+@dataclass(frozen=True)
+class _Coded:
+    """A day summary unpacked, its columns still as kept: a pass decodes them together
+    with the other days of its window (`_Rows`)."""
+
+    day: int
+    meters: list[str]
+    counts: NDArray[np.int64]
+    ts: _Ints
+    cols: dict[str, _Ints | NDArray[np.float64] | None]
+
+    @property
+    def n(self) -> int:
+        return len(self.ts.steps)
+
+
+def _unpack(
+    body: bytes, day: int, fields: Sequence[str], unzstd: zstandard.ZstdDecompressor
+) -> _Coded | None:
+    """Bytes of `encode_day` → its columns as kept, or None when they are of another
+    format, day or set of fields (the day is then read again)."""
     (size,) = _HEAD.unpack_from(body)
     head = json.loads(body[_HEAD.size : _HEAD.size + size])
     if head.get("format") != FORMAT or head.get("day") != day or head.get("fields") != list(fields):
         return None
     counts = np.array(head["counts"], dtype=np.int64)
-    n = int(counts.sum())
-    raw = zstandard.ZstdDecompressor().decompress(body[_HEAD.size + size :])
-    steps = np.frombuffer(raw, dtype="<i4", count=n)
-    ts = np.cumsum(steps, dtype=np.int64) + day * DAY_MS
-    cols: dict[str, NDArray[np.float64] | None] = dict.fromkeys(fields)
-    offset = 4 * n
-    for f in head["present"]:
-        cols[f] = np.frombuffer(raw, dtype="<f8", count=n, offset=offset).astype(np.float64)
-        offset += 8 * n
-    return DayPiece(list(head["meters"]), counts, ts, cols)
+    m, n = len(counts), int(counts.sum())
+    raw = unzstd.decompress(body[_HEAD.size + size :])
+    at = 0
+
+    def take(dtype: str, count: int) -> NDArray[Any]:
+        nonlocal at
+        out = np.frombuffer(raw, dtype=dtype, count=count, offset=at)
+        at += out.nbytes
+        return out
+
+    def ints(scale: int, width: str, odd: int) -> _Ints:
+        return _Ints(take("<i8", m), take(width, n), scale, take("<i4", odd), take("<f8", odd))
+
+    unit, width = head["times"]
+    ts = ints(unit, width, 0)
+    cols: dict[str, _Ints | NDArray[np.float64] | None] = {}
+    for f in fields:
+        how = head["cols"][f]
+        cols[f] = None if how is None else take("<f8", n) if how == "f8" else ints(*how)
+    return _Coded(day, list(head["meters"]), counts, ts, cols)
+
+
+def decode_day(body: bytes, day: int, fields: Sequence[str]) -> DayPiece | None:
+    """Bytes of `encode_day` → the piece, or None when they are of another format, day or
+    set of fields (the day is then read again)."""
+    coded = _unpack(body, day, fields, zstandard.ZstdDecompressor())
+    return None if coded is None else _piece(coded, fields)
+
+
+def _piece(coded: _Coded, fields: Sequence[str]) -> DayPiece:
+    """A day summary as kept → its piece (one piece: its rows are already meter after
+    meter, each meter's in time order)."""
+    rows = _Rows.of([coded])
+    kept = {f: None if coded.cols[f] is None else rows.field([coded], f) for f in fields}
+    return DayPiece(coded.meters, coded.counts, rows.times([coded]), kept)
 
 
 def join_days(pieces: Sequence[DayPiece], fields: Sequence[str]) -> dict[str, Series]:
     """Consecutive pieces (in time order) → one Series per meter, as one read of their
     whole span answers: meters sorted, each meter's rows of every piece in order."""
-    meters = sorted(set(itertools.chain.from_iterable(p.meters for p in pieces)))
-    if not meters:
+    return _join(pieces, fields)
+
+
+def _join(parts: Sequence[DayPiece | _Coded], fields: Sequence[str]) -> dict[str, Series]:
+    """`join_days` of pieces and day summaries still as kept (`_unpack`)."""
+    rows = _Rows.of(parts)
+    if not rows.meters:
         return {}
-    index = {m: i for i, m in enumerate(meters)}
-    counts = np.zeros((len(pieces), len(meters)), dtype=np.int64)
-    codes = [np.array([index[m] for m in p.meters], dtype=np.int64) for p in pieces]
-    for k, p in enumerate(pieces):
-        counts[k, codes[k]] = p.counts
-    per_meter = counts.sum(axis=0)
-    meter_start = np.concatenate(([0], np.cumsum(per_meter)[:-1]))
-    before = np.cumsum(counts, axis=0) - counts  # a meter's rows in earlier pieces
-    total = int(per_meter.sum())
-    ts = np.empty(total, dtype=np.int64)
-    cols = {f: np.full(total, np.nan) for f in fields}
-    for k, p in enumerate(pieces):
-        if not p.n:
-            continue
-        target = meter_start[codes[k]] + before[k, codes[k]]
-        source = np.concatenate(([0], np.cumsum(p.counts)[:-1]))
-        dest = np.repeat(target - source, p.counts) + np.arange(p.n)
-        ts[dest] = p.ts
-        for f in fields:
-            col = p.cols.get(f)
-            if col is not None:
-                cols[f][dest] = col
+    ts = rows.times(parts)
+    cols = {f: rows.field(parts, f) for f in fields}
     out = {}
-    for i, m in enumerate(meters):
-        a, b = int(meter_start[i]), int(meter_start[i] + per_meter[i])
+    for i, m in enumerate(rows.meters):
+        a, b = int(rows.meter_start[i]), int(rows.meter_start[i] + rows.per_meter[i])
         out[m] = Series(ts[a:b], {f: cols[f][a:b] for f in fields})
     return out
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """Where the rows of consecutive pieces go in the joined window, meter after meter.
+
+    A piece's rows come as blocks, one per meter (in the piece's order: meter after
+    meter); the window puts each meter's blocks of every piece one after another. The
+    columns kept as integers are decoded for the whole window at once: their steps,
+    gathered into the window's order (`source`), summed up once (each block starting
+    from its first value) and scaled once, a few numpy operations over every row instead
+    of a few per day and column (at 60 days × 6 columns those were most of a pass). The
+    rest (a piece read from the store, a column kept as float64, NaN rows, a day of
+    another scale) is then written into its rows."""
+
+    meters: list[str]
+    per_meter: NDArray[np.int64]  # rows of each meter in the window
+    meter_start: NDArray[np.int64]
+    counts: NDArray[np.int64]  # rows of each block, blocks piece after piece
+    target: NDArray[np.int64]  # each block's first row in the window
+    order: NDArray[np.int64]  # blocks in the window's order (with rows only)
+    source: NDArray[np.int64]  # for each row of the window, its row among the pieces'
+    begin: list[int]  # each piece's first row and first block among the pieces'
+    first_block: list[int]
+
+    @classmethod
+    def of(cls, parts: Sequence[DayPiece | _Coded]) -> _Rows:
+        meters = sorted(set(itertools.chain.from_iterable(p.meters for p in parts)))
+        index = {m: i for i, m in enumerate(meters)}
+        codes: list[NDArray[np.int64]] = []
+        for p in parts:  # most days list the same meters as the day before
+            same = bool(codes) and p.meters == parts[len(codes) - 1].meters
+            codes.append(codes[-1] if same else np.array([index[m] for m in p.meters], np.int64))
+        table = np.zeros((len(parts), len(meters)), dtype=np.int64)  # rows of meter in piece
+        for k, p in enumerate(parts):
+            table[k, codes[k]] = p.counts
+        per_meter = table.sum(axis=0)
+        meter_start = np.cumsum(per_meter) - per_meter
+        before = np.cumsum(table, axis=0) - table  # a meter's rows in earlier pieces
+        code = np.concatenate(codes) if codes else np.zeros(0, np.int64)
+        piece = np.repeat(np.arange(len(parts)), [len(c) for c in codes])
+        counts = table[piece, code]
+        target = meter_start[code] + before[piece, code]
+        begins = np.cumsum(counts) - counts  # each block's first row among the pieces'
+        order = np.argsort(target, kind="stable")
+        order = order[counts[order] > 0]
+        # source = 0, 1, 2, … within a block; at a block's first row, the jump from the
+        # last row of the block before it: one cumulative sum.
+        total = int(per_meter.sum())
+        jump = np.ones(total, dtype=np.int64)
+        first, size = begins[order], counts[order]
+        if len(order):
+            jump[target[order]] = first - np.concatenate(([0], first[:-1] + size[:-1] - 1))
+        sizes = [p.n for p in parts]
+        blocks = [len(c) for c in codes]
+        return cls(
+            meters,
+            per_meter,
+            meter_start,
+            counts,
+            target,
+            order,
+            np.cumsum(jump),
+            (np.cumsum(sizes) - sizes).tolist() if sizes else [],
+            (np.cumsum(blocks) - blocks).tolist() if blocks else [],
+        )
+
+    def rows_of(
+        self, k: int, part: DayPiece | _Coded, rows: NDArray[np.int64]
+    ) -> NDArray[np.int64]:
+        """Where rows of piece `k` (numbered within it) are in the window."""
+        a = self.first_block[k]
+        counts = self.counts[a : a + len(part.counts)]
+        offset = np.repeat(
+            self.target[a : a + len(part.counts)] - (np.cumsum(counts) - counts), counts
+        )
+        return offset[rows] + rows
+
+    def integers(
+        self, ints: Sequence[_Ints | None], parts: Sequence[DayPiece | _Coded], base: Sequence[int]
+    ) -> NDArray[np.int64]:
+        """The integers of every row of the window (0 in the rows of a piece not kept as
+        integers), each block's first value raised by its piece's `base`: every block's
+        first value plus the steps since, by one cumulative sum over the window (int64
+        wraps around and the differences wrap back: exact whatever the sums)."""
+        steps = np.concatenate(
+            [
+                np.zeros(p.n, np.int8) if i is None else i.steps
+                for i, p in zip(ints, parts, strict=True)
+            ],
+            dtype=np.int64,
+            casting="same_kind",
+        )[self.source]
+        if not len(steps):
+            return steps
+        firsts = np.concatenate(
+            [
+                np.zeros(len(p.counts), np.int64) if i is None else i.firsts + b
+                for i, p, b in zip(ints, parts, base, strict=True)
+            ]
+        )[self.order]
+        at = self.target[self.order]
+        # A block's step at its first row is 0: the sums over blocks are what it adds.
+        added = np.add.reduceat(steps, at)
+        steps[at] = firsts - np.concatenate(([0], firsts[:-1] + added[:-1]))
+        return np.cumsum(steps, out=steps)
+
+    def times(self, parts: Sequence[DayPiece | _Coded]) -> NDArray[np.int64]:
+        """ms of every row of the window."""
+        ints = [p.ts if isinstance(p, _Coded) else None for p in parts]
+        units = Counter(i.scale for i in ints if i is not None)
+        unit = units.most_common(1)[0][0] if units else 1
+        # A unit divides a day (`encode_day`): the day's start is added to first values.
+        base = [
+            p.day * (DAY_MS // i.scale) if isinstance(p, _Coded) and i else 0
+            for p, i in zip(parts, ints, strict=True)
+        ]
+        k = self.integers(ints, parts, base)
+        out = k * unit
+        for n, (p, i) in enumerate(zip(parts, ints, strict=True)):
+            if i is not None and i.scale == unit:
+                continue
+            at = self.rows_of(n, p, np.arange(p.n))
+            if isinstance(p, DayPiece):
+                out[at] = p.ts
+            elif i is not None:
+                out[at] = k[at] * i.scale
+        return out
+
+    def field(self, parts: Sequence[DayPiece | _Coded], f: str) -> NDArray[np.float64]:
+        """Values of field `f` in every row of the window (NaN where it is absent)."""
+        kept = [p.cols.get(f) for p in parts]
+        ints = [i if isinstance(i, _Ints) else None for i in kept]
+        scales = Counter(i.scale for i in ints if i is not None)
+        out = np.empty(int(self.per_meter.sum()))
+        scale = scales.most_common(1)[0][0] if scales else None
+        k = self.integers(ints, parts, [0] * len(parts)) if scales else np.zeros(0, np.int64)
+        if scale is not None:
+            np.divide(k, 10.0**scale, out=out)  # k / 10**s: exact, as `_decimal` checked
+        for n, (p, i, got) in enumerate(zip(parts, ints, kept, strict=True)):
+            if i is not None and i.scale == scale and not len(i.odd):
+                continue
+            at = self.rows_of(n, p, np.arange(p.n))
+            if i is not None:
+                if i.scale != scale:
+                    out[at] = k[at] / 10.0**i.scale
+                out[at[i.odd]] = i.odd_values
+            elif isinstance(got, np.ndarray):
+                out[at] = got
+            else:
+                out[at] = np.nan
+        return out
 
 
 def load_district_days(
@@ -231,11 +491,12 @@ def load_district_days(
         return read, stats
     stored = summaries.day_summaries(district, first, last)
     marked = summaries.marked_days(district, first, last)
-    pieces: dict[int, DayPiece] = {}
+    pieces: dict[int, DayPiece | _Coded] = {}
+    unzstd = zstandard.ZstdDecompressor()
     for day, body in stored.items():
-        piece = None if day in marked else decode_day(body, day, fields)
-        if piece is not None:
-            pieces[day] = piece
+        coded = None if day in marked else _unpack(body, day, fields, unzstd)
+        if coded is not None:
+            pieces[day] = coded
     stats.kept = len(pieces)
     todo = [d for d in range(first, last + 1) if d not in pieces]
     tail = (last + 1) * DAY_MS <= end_ms  # a partial day after the last complete one
@@ -263,10 +524,13 @@ def load_district_days(
         )
     summaries.save_day_summaries(district, fresh, upto)
     stats.saved = len(fresh)
-    ordered = [since(pieces[first], start_ms), *(pieces[d] for d in range(first + 1, last + 1))]
+    head = pieces[first]
+    if start_ms > first * DAY_MS:  # the window starts within its first day
+        head = since(_piece(head, fields) if isinstance(head, _Coded) else head, start_ms)
+    ordered = [head, *(pieces[d] for d in range(first + 1, last + 1))]
     if tail_piece is not None:
         ordered.append(tail_piece)
-    return join_days(ordered, fields), stats
+    return _join(ordered, fields), stats
 
 
 def _runs(days: Sequence[int]) -> list[tuple[int, int]]:
