@@ -23,9 +23,12 @@ summaries' size per district-day and for a province. Nothing is asserted on time
 from __future__ import annotations
 
 import argparse
+import hashlib
+import itertools
 import os
 import platform
 import random
+import resource
 import sqlite3
 import statistics
 import time
@@ -38,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from bench.estimate import BASE_MS, DAY_MS, RULES_PATH, SynthDistrict, scratch_dir, synth_district
-from bench.store import COLS, INSERT, district_rows, same
+from bench.store import COLS, INSERT, district_rows
 from monitor.core.clock import format_ts
 from monitor.core.decision import Stamp
 from monitor.core.ports import Series, TelemetryStore
@@ -65,10 +68,10 @@ class PassTime:
     districts: int = 0
     days_read: int = 0
     days_kept: int = 0
+    cores: int = 0  # districts whose core ran (`--core-districts`)
 
     def per_district_ms(self) -> tuple[float, float]:
-        n = max(self.districts, 1)
-        return 1000 * self.read_s / n, 1000 * self.core_s / n
+        return 1000 * self.read_s / max(self.districts, 1), 1000 * self.core_s / max(self.cores, 1)
 
 
 @dataclass
@@ -80,14 +83,20 @@ class Fleet:
     meters: int
     days: int
 
-    made: dict[int, SynthDistrict] = field(default_factory=dict)
+    kept: dict[int, SynthDistrict] = field(default_factory=dict)
 
     def district(self, i: int) -> SynthDistrict:
-        # One day more than the history: the new day of the daily pass. Kept (~25 MB a
-        # district): made once, outside any timing.
-        if i not in self.made:
-            self.made[i] = synth_district(self.seed, i, self.meters, self.days + 1)
-        return self.made[i]
+        """District i with its readings (~25 MB): made again each time (~0.3 s, outside any
+        timing), so that memory does not grow with the fleet. One day more than the
+        history: the new day of the daily pass."""
+        return synth_district(self.seed, i, self.meters, self.days + 1)
+
+    def meta(self, i: int) -> SynthDistrict:
+        """District i without its readings (name, master, registry rows): what a pass
+        needs beside the store; kept (a few kB a district)."""
+        if i not in self.kept:
+            self.kept[i] = replace(self.district(i), series={})
+        return self.kept[i]
 
     @property
     def history_end(self) -> int:
@@ -101,15 +110,21 @@ class Report:
     def add(self, name: str, t: PassTime) -> None:
         self.rows.append((name, t))
         read, core = t.per_district_ms()
-        n = max(t.districts, 1)
-        total = (t.read_s + t.core_s) / n
+        n, c = max(t.districts, 1), max(t.cores, 1)
+        total = (read + core) / 1000
         print(
-            f"  {name:<42} read {read:7.0f} ms (cpu {1000 * t.read_cpu_s / n:5.0f})  "
-            f"core {core:6.0f} ms (cpu {1000 * t.core_cpu_s / n:5.0f})  per district "
+            f"  {name:<42} {t.districts:4d} × read {read:7.0f} ms (cpu {1000 * t.read_cpu_s / n:5.0f})  "
+            f"{t.cores:4d} × core {core:6.0f} ms (cpu {1000 * t.core_cpu_s / c:5.0f})  per district "
             f"{1000 * total:7.0f} ms  → 10 000: {_span(total * 10_000):>8}  "
-            f"130 000: {_span(total * PROVINCE):>8}  (days read {t.days_read}, kept {t.days_kept})",
+            f"130 000: {_span(total * PROVINCE):>8}  (days read {t.days_read}, kept {t.days_kept}; "
+            f"peak RSS {peak_rss_mb():.0f} MB)",
             flush=True,
         )
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux: ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _span(seconds: float) -> str:
@@ -141,15 +156,20 @@ def a_pass(
     store: TelemetryStore,
     state: SqliteState | None,
     as_of: int,
-    check: dict[str, dict[str, Series]] | None = None,
-    keep: dict[str, dict[str, Series]] | None = None,
+    check: dict[str, bytes] | None = None,
+    keep: dict[str, bytes] | None = None,
+    districts: int | None = None,
+    cores: int | None = None,
 ) -> PassTime:
-    """One pass over the fleet: full reads (state None) or from day summaries."""
+    """One pass over the fleet (its first `districts`): full reads (state None) or from
+    day summaries, the core on the first `cores` districts. `keep` gets a digest of each
+    district's Series, `check` has those the Series must have (a digest: the Series of
+    hundreds of districts would not fit in memory; a pass streams districts)."""
     start = as_of - fleet.days * DAY_MS
     upto = state.mark_sequence() if state is not None else 0
     t = PassTime()
-    for i in range(fleet.n):
-        d = fleet.district(i)
+    for i in range(fleet.n if districts is None else min(districts, fleet.n)):
+        d = fleet.meta(i)
         t0, c0 = time.perf_counter(), time.process_time()
         if state is None:
             series = load_district(store, d.name, start, as_of)
@@ -158,23 +178,55 @@ def a_pass(
             t.days_read += got.read_days
             t.days_kept += got.kept
         t1, c1 = time.perf_counter(), time.process_time()
-        core(book, d, series, start, as_of)
         t.read_s += t1 - t0
-        t.core_s += time.perf_counter() - t1
         t.read_cpu_s += c1 - c0
-        t.core_cpu_s += time.process_time() - c1
         t.districts += 1
-        if check is not None and not same(series, check[d.name]):
+        if cores is None or i < cores:
+            core(book, d, series, start, as_of)
+            t.core_s += time.perf_counter() - t1
+            t.core_cpu_s += time.process_time() - c1
+            t.cores += 1
+        if check is not None and d.name in check and digest(series) != check[d.name]:
             raise SystemExit(f"{d.name}: the Series from day summaries differ from a full read")
         if keep is not None:
-            keep[d.name] = series
+            keep[d.name] = digest(series)
     return t
 
 
+def digest(series: dict[str, Series]) -> bytes:
+    """A district's Series to the bit (meters, times, fields, values)."""
+    h = hashlib.blake2b(digest_size=32)
+    for m, s in series.items():
+        h.update(m.encode() + b"\0" + s.ts_ms.dtype.str.encode() + s.ts_ms.tobytes())
+        for f, col in s.values.items():
+            h.update(f.encode() + b"\0" + col.dtype.str.encode() + col.tobytes())
+    return h.digest()
+
+
 def rows(d: SynthDistrict, lo: int, hi: int) -> list[tuple[Any, ...]]:
-    """The district's store rows with lo <= ts < hi (values as meters report them:
-    `bench.store.district_rows`)."""
-    return [r for r in district_rows(d) if lo <= r[1] < hi]
+    """The district's store rows with lo <= ts < hi: `bench.store.district_rows`'s (values
+    as meters report them, the reading's index as its seq), made column by column and
+    only for the span (10x faster: at hundreds of districts the rows took longer to make
+    than the passes to time)."""
+    out: list[tuple[Any, ...]] = []
+    for meter, s in d.series.items():
+        a, b = (int(x) for x in np.searchsorted(s.ts_ms, [lo, hi]))
+        cols = {k: np.asarray(v)[a:b].tolist() for k, v in s.values.items()}
+        volts, amps = cols["voltage_v"], cols["current_a"]
+        out += zip(
+            itertools.repeat(meter),
+            s.ts_ms[a:b].tolist(),
+            itertools.repeat(d.name),
+            [round(x, 3) for x in cols["energy_kwh"]],
+            itertools.repeat(0.0),
+            [round(x, 1) for x in volts],
+            [round(x, 2) for x in amps],
+            [round(x * v / 1000, 3) for x, v in zip(amps, volts, strict=True)],
+            [round(x, 1) for x in cols["clock_offset_s"]],
+            range(a, b),
+            strict=False,
+        )
+    return out
 
 
 def records(d: SynthDistrict, lo: int, hi: int) -> list[Record]:
@@ -201,12 +253,11 @@ def late_records(fleet: Fleet, touches: list[tuple[int, int]]) -> list[Record]:
     out = []
     for i in sorted({i for i, _ in touches}):
         d = fleet.district(i)
-        every = {(r.meter, r.ts_ms): r for r in records(d, 0, fleet.history_end)}
         for day in [day for k, day in touches if k == i]:
             meter = sorted(d.series)[day % len(d.series)]
             s = d.series[meter]
-            j = int(np.searchsorted(s.ts_ms, BASE_MS + day * DAY_MS + DAY_MS // 2))
-            out.append(_changed(every[(meter, int(s.ts_ms[j]))]))
+            at = int(s.ts_ms[np.searchsorted(s.ts_ms, BASE_MS + day * DAY_MS + DAY_MS // 2)])
+            out.append(_changed(records(replace(d, series={meter: s}), at, at + 1)[0]))
     return out
 
 
@@ -224,36 +275,43 @@ def scenario(
     state: SqliteState,
     state_path: Path,
     late_share: float,
+    full_n: int | None,
+    core_n: int | None,
     report: Report,
 ) -> None:
     """The three passes beside the full-read pass, on one store."""
     book = rules_for(fleet.days)
     as_of = fleet.history_end
     print(f"{label}: {fleet.n} districts × {fleet.meters} meters × {fleet.days} days", flush=True)
-    full: dict[str, dict[str, Series]] = {}
+    full: dict[str, bytes] = {}
+
+    def full_pass(keep: dict[str, bytes] | None = None) -> PassTime:
+        return a_pass(fleet, book, store, None, as_of, None, keep, full_n, core_n)
+
+    def summary_pass() -> PassTime:
+        return a_pass(fleet, book, store, state, as_of, full, None, None, core_n)
+
     first = " (packs day blocks)" if label == "embedded" else ""
-    report.add(
-        f"{label} full read, first{first}", a_pass(fleet, book, store, None, as_of, keep=full)
-    )
-    report.add(f"{label} full read", a_pass(fleet, book, store, None, as_of))
-    report.add(f"{label} summaries, first pass", a_pass(fleet, book, store, state, as_of, full))
-    report.add(f"{label} summaries, nothing new", a_pass(fleet, book, store, state, as_of, full))
+    report.add(f"{label} full read, first{first}", full_pass(full))
+    report.add(f"{label} full read", full_pass())
+    report.add(f"{label} summaries, first pass", summary_pass())
+    report.add(f"{label} summaries, nothing new", summary_pass())
     # One new day, written as ingest writes it (the store marks its days).
     for i in range(fleet.n):
         store.write(records(fleet.district(i), as_of, as_of + DAY_MS))
     assert store.flush(600)
     as_of += DAY_MS
     full.clear()
-    report.add(f"{label} full read, new day", a_pass(fleet, book, store, None, as_of, keep=full))
-    report.add(f"{label} summaries, new day", a_pass(fleet, book, store, state, as_of, full))
+    report.add(f"{label} full read, new day", full_pass(full))
+    report.add(f"{label} summaries, new day", summary_pass())
     touches = late_touches(fleet, late_share, fleet.seed)
     store.write(late_records(fleet, touches))
     assert store.flush(600)
     full.clear()
     name = f"{label} full read, late {100 * late_share:g} %"
-    report.add(name, a_pass(fleet, book, store, None, as_of, keep=full))
+    report.add(name, full_pass(full))
     name = f"{label} summaries, late {100 * late_share:g} % ({len(touches)} days)"
-    report.add(name, a_pass(fleet, book, store, state, as_of, full))
+    report.add(name, summary_pass())
     with sqlite3.connect(state_path) as db:
         sizes = [int(n) for (n,) in db.execute("SELECT length(body) FROM day_summaries")]
     per_day = statistics.mean(sizes)
@@ -282,13 +340,13 @@ def write_embedded(path: Path, fleet: Fleet) -> float:
     return time.perf_counter() - t0
 
 
-def embedded(fleet: Fleet, workdir: Path, late: float, report: Report) -> None:
+def embedded(fleet: Fleet, workdir: Path, args: argparse.Namespace, report: Report) -> None:
     path = workdir / "telemetry.sqlite"
     print(f"embedded: history written in {write_embedded(path, fleet):.0f} s", flush=True)
     state = SqliteState(workdir / "state.sqlite")
     store = EmbeddedStore(path, Metrics(), synchronous="OFF", marks=state)
     try:
-        scenario("embedded", fleet, store, state, workdir / "state.sqlite", late, report)
+        scenario("embedded", fleet, store, state, workdir / "state.sqlite", *limits(args), report)
     finally:
         store.close()
         state.close()
@@ -312,7 +370,7 @@ def influx_server(workdir: Path) -> Iterator[tuple[str, str]]:
         server.stop()
 
 
-def influx(fleet: Fleet, workdir: Path, late: float, report: Report) -> None:
+def influx(fleet: Fleet, workdir: Path, args: argparse.Namespace, report: Report) -> None:
     import httpx
 
     from monitor.platform.config import InfluxSettings
@@ -337,10 +395,23 @@ def influx(fleet: Fleet, workdir: Path, late: float, report: Report) -> None:
         )
         store = InfluxStore(settings, workdir / "spool", Metrics(), state)
         try:
-            scenario("influxdb", fleet, store, state, workdir / "influx-state.sqlite", late, report)
+            scenario(
+                "influxdb",
+                fleet,
+                store,
+                state,
+                workdir / "influx-state.sqlite",
+                *limits(args),
+                report,
+            )
         finally:
             store.close()
             state.close()
+
+
+def limits(args: argparse.Namespace) -> tuple[float, int | None, int | None]:
+    """(late share, districts of the full-read passes, districts with the core)."""
+    return args.late, args.full_districts, args.core_districts
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -355,6 +426,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--days", type=int, default=60)
     p.add_argument("--late", type=float, default=0.01, help="share of district-days touched late")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--full-districts",
+        type=int,
+        default=None,
+        help="full-read passes (the baseline and the check) over the first N districts only",
+    )
+    p.add_argument(
+        "--core-districts",
+        type=int,
+        default=None,
+        help="the core in every pass over the first N districts only (its time per district)",
+    )
     return p.parse_args(argv)
 
 
@@ -366,14 +449,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         flush=True,
     )
     report = Report()
+    d = Fleet(args.seed, 1, 3, 2).district(0)  # the rows are district_rows's
+    if rows(d, 0, d.end_ms + 1) != district_rows(d):
+        raise SystemExit("bench.incremental.rows differs from bench.store.district_rows")
     workdir = scratch_dir("bench-incremental-")
     runs: list[Callable[[], None]] = []
     if args.districts:
         fleet = Fleet(args.seed, args.districts, args.meters, args.days)
-        runs.append(lambda: embedded(fleet, workdir, args.late, report))
+        runs.append(lambda: embedded(fleet, workdir, args, report))
     if args.influx_districts:
         small = Fleet(args.seed, args.influx_districts, args.meters, args.days)
-        runs.append(lambda: influx(small, workdir, args.late, report))
+        runs.append(lambda: influx(small, workdir, args, report))
     try:
         for run in runs:
             run()
@@ -381,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         import shutil
 
         shutil.rmtree(workdir, ignore_errors=True)
-    print(f"load at end {os.getloadavg()[0]:.2f}")
+    print(f"load at end {os.getloadavg()[0]:.2f}, peak RSS {peak_rss_mb():.0f} MB")
 
 
 if __name__ == "__main__":
