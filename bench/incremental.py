@@ -69,6 +69,7 @@ class PassTime:
     days_read: int = 0
     days_kept: int = 0
     cores: int = 0  # districts whose core ran (`--core-districts`)
+    peak_mb: float | None = None  # this process's peak resident memory during the pass
 
     def per_district_ms(self) -> tuple[float, float]:
         return 1000 * self.read_s / max(self.districts, 1), 1000 * self.core_s / max(self.cores, 1)
@@ -117,7 +118,7 @@ class Report:
             f"{t.cores:4d} × core {core:6.0f} ms (cpu {1000 * t.core_cpu_s / c:5.0f})  per district "
             f"{1000 * total:7.0f} ms  → 10 000: {_span(total * 10_000):>8}  "
             f"130 000: {_span(total * PROVINCE):>8}  (days read {t.days_read}, kept {t.days_kept}; "
-            f"peak RSS {peak_rss_mb():.0f} MB)",
+            f"pass peak RSS {_mb(t.peak_mb)})",
             flush=True,
         )
 
@@ -125,6 +126,32 @@ class Report:
 def peak_rss_mb() -> float:
     """This process's peak resident memory so far (Linux: ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak() -> bool:
+    """Start a new peak of this process's resident memory (Linux: clear_refs 5 resets
+    VmHWM), so that a pass's own peak is not the history's writing; False elsewhere."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def pass_peak_mb() -> float | None:
+    """VmHWM since `reset_peak` (None where /proc/self/status does not say it)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
+def _mb(mb: float | None) -> str:
+    return "?" if mb is None else f"{mb:.0f} MB"
 
 
 def _span(seconds: float) -> str:
@@ -168,6 +195,7 @@ def a_pass(
     start = as_of - fleet.days * DAY_MS
     upto = state.mark_sequence() if state is not None else 0
     t = PassTime()
+    counted = reset_peak()
     for i in range(fleet.n if districts is None else min(districts, fleet.n)):
         d = fleet.meta(i)
         t0, c0 = time.perf_counter(), time.process_time()
@@ -190,6 +218,7 @@ def a_pass(
             raise SystemExit(f"{d.name}: the Series from day summaries differ from a full read")
         if keep is not None:
             keep[d.name] = digest(series)
+    t.peak_mb = pass_peak_mb() if counted else None
     return t
 
 
