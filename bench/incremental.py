@@ -496,7 +496,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         import shutil
 
         shutil.rmtree(workdir, ignore_errors=True)
-    print(f"load at end {os.getloadavg()[0]:.2f}, peak RSS {peak_rss_mb():.0f} MB")
+    print(f"load at end {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
