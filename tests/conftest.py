@@ -10,6 +10,7 @@ import os
 import sys
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,12 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+from monitor.core.ports import TelemetryStore  # noqa: E402
+from monitor.platform.config import InfluxSettings  # noqa: E402
+from monitor.platform.metrics import Metrics  # noqa: E402
+from monitor.store.embedded import EmbeddedStore  # noqa: E402
+from monitor.store.influx import InfluxStore  # noqa: E402
+from monitor.store.state import SqliteState  # noqa: E402
 from tests.services import (  # noqa: E402
     InfluxDB1,
     InfluxStack,
@@ -98,3 +105,28 @@ def postgres_url(postgres_server: PostgreSQL) -> str:
     schema = f"t_{uuid.uuid4().hex[:12]}"
     postgres_server.psql(f"CREATE SCHEMA {schema}", "monitor_tests")
     return f"{postgres_server.url('monitor_tests')}?options=-csearch_path%3D{schema}"
+
+
+@dataclass
+class Stores:
+    """A telemetry store that marks the days it writes in a SQLite state, and the state."""
+
+    store: TelemetryStore
+    state: SqliteState
+
+
+@pytest.fixture(params=["embedded", "influxdb"])
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stores]:
+    """Each telemetry store in turn (embedded, a real InfluxDB), marking a SQLite state."""
+    state = SqliteState(tmp_path / "state.sqlite")
+    if request.param == "embedded":
+        store: TelemetryStore = EmbeddedStore(tmp_path / "telemetry.sqlite", Metrics(), marks=state)
+    else:
+        stack: InfluxStack = request.getfixturevalue("influxdb")
+        settings = InfluxSettings(
+            url=stack.url, token=stack.token, org=stack.org, bucket=stack.bucket, retry_max_s=0.5
+        )
+        store = InfluxStore(settings, tmp_path / "spool", Metrics(), state)
+    yield Stores(store, state)
+    store.close()
+    state.close()

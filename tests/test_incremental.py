@@ -13,8 +13,7 @@ runner with and without summaries) over a late write.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ from numpy.typing import NDArray
 
 from monitor.core.clock import DAY_MS, format_ts
 from monitor.core.decision import Stamp
-from monitor.core.ports import Series, TelemetryStore
+from monitor.core.ports import Series
 from monitor.core.registry import MeterRow
 from monitor.core.rulebook import RuleBook, load_rules
 from monitor.core.schema import ELEC_READING, Record
@@ -47,14 +46,13 @@ from monitor.electricity.evaluate import (
     meter_decision,
 )
 from monitor.evaluation.runner import Evaluator
-from monitor.platform.config import InfluxSettings, load_settings
+from monitor.platform.config import load_settings
 from monitor.platform.metrics import Metrics
 from monitor.service import day_summaries
 from monitor.store.embedded import EmbeddedStore
-from monitor.store.influx import InfluxStore
 from monitor.store.state import SqliteState
+from tests.conftest import Stores
 from tests.helpers import BASE_MS
-from tests.services import InfluxStack
 
 REPO = Path(__file__).resolve().parent.parent
 STEP = 900_000
@@ -73,28 +71,6 @@ def rules_for(window_days: float) -> RuleBook:
     )
     elec = BOOK.rules.elec.model_copy(update={"estimation": est})
     return replace(BOOK, rules=BOOK.rules.model_copy(update={"elec": elec}))
-
-
-@dataclass
-class Stores:
-    store: TelemetryStore
-    state: SqliteState
-
-
-@pytest.fixture(params=["embedded", "influxdb"])
-def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stores]:
-    state = SqliteState(tmp_path / "state.sqlite")
-    if request.param == "embedded":
-        store: TelemetryStore = EmbeddedStore(tmp_path / "telemetry.sqlite", Metrics(), marks=state)
-    else:
-        stack: InfluxStack = request.getfixturevalue("influxdb")
-        settings = InfluxSettings(
-            url=stack.url, token=stack.token, org=stack.org, bucket=stack.bucket, retry_max_s=0.5
-        )
-        store = InfluxStore(settings, tmp_path / "spool", Metrics(), state)
-    yield Stores(store, state)
-    store.close()
-    state.close()
 
 
 def readings(district: str, seed: int) -> dict[tuple[str, int], Record]:

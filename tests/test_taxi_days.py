@@ -14,12 +14,10 @@ without summaries, and what the summaries keep.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -30,25 +28,20 @@ from monitor.core.ports import (
     TAXI_DAY_BUCKETS,
     Columns,
     MeterPoint,
-    TelemetryStore,
     taxi_day_key,
 )
 from monitor.core.registry import MeterRow
 from monitor.core.rulebook import RuleBook, load_rules
 from monitor.core.schema import TAXI_EVENT, TAXI_STATUS, TAXI_TRIP, Record
 from monitor.evaluation.runner import Evaluator
-from monitor.platform.config import InfluxSettings
-from monitor.platform.metrics import Metrics
-from monitor.store.embedded import EmbeddedStore
-from monitor.store.influx import InfluxStore
 from monitor.store.state import SqliteState
 from monitor.taxi import evaluate as evaluate_taxi
 from monitor.taxi.days import KEYS, TaxiDay, decode, encode, load_taxi_days
 from monitor.taxi.seals import HEARTBEAT_FIELDS
 from monitor.taxi.tariff import default_tariff_book
 from monitor.taxi.trips import Trip
+from tests.conftest import Stores
 from tests.helpers import BASE_MS
-from tests.services import InfluxStack
 
 REPO = Path(__file__).resolve().parent.parent
 BEAT = 900_000  # a heartbeat every 15 minutes (the rules do not care how often)
@@ -64,28 +57,6 @@ def rules_for(window_days: float) -> RuleBook:
     distance = BOOK.rules.taxi.distance.model_copy(update={"window_days": window_days})
     taxi = BOOK.rules.taxi.model_copy(update={"distance": distance})
     return replace(BOOK, rules=BOOK.rules.model_copy(update={"taxi": taxi}))
-
-
-@dataclass
-class Stores:
-    store: TelemetryStore
-    state: SqliteState
-
-
-@pytest.fixture(params=["embedded", "influxdb"])
-def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stores]:
-    state = SqliteState(tmp_path / "state.sqlite")
-    if request.param == "embedded":
-        store: TelemetryStore = EmbeddedStore(tmp_path / "telemetry.sqlite", Metrics(), marks=state)
-    else:
-        stack: InfluxStack = request.getfixturevalue("influxdb")
-        settings = InfluxSettings(
-            url=stack.url, token=stack.token, org=stack.org, bucket=stack.bucket, retry_max_s=0.5
-        )
-        store = InfluxStore(settings, tmp_path / "spool", Metrics(), state)
-    yield Stores(store, state)
-    store.close()
-    state.close()
 
 
 Key = tuple[str, str, int]  # (measurement, meter, index)
