@@ -19,7 +19,6 @@ from monitor.platform.config import Settings, config_dir_from_env, load_settings
 from monitor.platform.listen import StartupError
 
 if TYPE_CHECKING:
-    from monitor.core.ports import TelemetryStore
     from monitor.store.backends import StateBackend
 
 log = logging.getLogger("monitor")
@@ -108,21 +107,17 @@ def cmd_telemetry_import(args: argparse.Namespace, env: Mapping[str, str]) -> in
         print(f"no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
     backend = _backend(settings, "monitor-telemetry-import")
-    summaries = day_summaries(settings)
     state = backend.state
+    marked = day_summaries(settings)  # passes read summaries: the import's days are marked
+    window = (
+        load_rules(settings.rules_file).rules.elec.estimation.window_days
+        if marked and not args.no_summaries
+        else None
+    )
     # Its own spool beside a running service's: it is flushed before the command ends.
-    storage = settings.storage
-    if storage.backend == "influxdb":
-        from monitor.store.influx import InfluxStore
-
-        store: TelemetryStore = InfluxStore(
-            storage.influx,
-            storage.data_dir / "spool-import",
-            Metrics(),
-            state if summaries else None,
-        )
-    else:
-        store = open_store(storage, Metrics(), marks=state if summaries else None)
+    store = open_store(
+        settings.storage, Metrics(), marks=state if marked else None, spool="spool-import"
+    )
     rules = ImportRules(
         settings.mqtt.topic_root,
         settings.mqtt.max_payload_bytes,
@@ -147,8 +142,7 @@ def cmd_telemetry_import(args: argparse.Namespace, env: Mapping[str, str]) -> in
                 print(f"{name}: the telemetry store did not take everything", file=sys.stderr)
                 return 1
             state.flush_seen()
-            if summaries and not args.no_summaries:
-                window = load_rules(settings.rules_file).rules.elec.estimation.window_days
+            if window is not None:
                 report.summarised = summarise(store, state, report.days, window)
             totals[name] = report.as_dict()
             print(json.dumps({"file": name, **report.as_dict()}, ensure_ascii=False))
@@ -334,9 +328,8 @@ def cmd_rules_backtest(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     candidate = load_rules(Path(args.file)) if args.file else current
     backend = open_state(settings.state, settings.storage.data_dir, "monitor-backtest")
     state = backend.state
-    store = open_store(
-        settings.storage, Metrics(), marks=state if day_summaries(settings) else None
-    )
+    summaries = state if day_summaries(settings) else None
+    store = open_store(settings.storage, Metrics(), marks=summaries)
     try:
         book_of_tariffs = load_tariffs(settings.tariffs_file, settings.scheduling.timezone)
         # Both rule books replay the same days: from the day summaries (which hold each
@@ -347,7 +340,7 @@ def cmd_rules_backtest(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             state,
             tariffs=lambda: book_of_tariffs,
             zone=settings.scheduling.zone,
-            summaries=state if day_summaries(settings) else None,
+            summaries=summaries,
         )
         latest = evaluator.default_as_of()
         if latest is None:

@@ -129,10 +129,9 @@ def run_here(
     data = settings.storage.data_dir
     backend = open_state(settings.state, data, f"monitor-evaluate-{os.getpid()}")
     state = backend.state
+    summaries = state if day_summaries(settings) else None
     # A pass here may replay the spool: what it writes is marked as the service's writes.
-    store = open_store(
-        settings.storage, Metrics(), marks=state if day_summaries(settings) else None
-    )
+    store = open_store(settings.storage, Metrics(), marks=summaries)
     alerts = AlertBook(backend.alerts, int(settings.alerts.clear_after_h * HOUR_MS))
     address = broker_address(settings)
     link = PublishLink(address, f"monitor-evaluate-{os.getpid()}")
@@ -153,7 +152,7 @@ def run_here(
         alerts,
         notify,
         zone=settings.scheduling.zone,
-        summaries=state if day_summaries(settings) else None,
+        summaries=summaries,
     )
     if backend.database is not None:
         # The cluster's state: take part in its pass as a worker would (a running pass

@@ -47,7 +47,6 @@ from monitor.core.ports import (
 )
 from monitor.core.registry import MeterRow
 from monitor.core.rulebook import RuleBook
-from monitor.electricity.balance import FeederPlace
 from monitor.electricity.evaluate import (
     DistrictResult,
     fit_district,
@@ -60,10 +59,10 @@ from monitor.evaluation.runner import (
     EVALUATION_RULES,
     EvaluationResult,
     Evaluator,
-    feeder_places,
+    RegistryDistricts,
+    registry_districts,
     stamped,
 )
-from monitor.taxi import evaluate as evaluate_taxi
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +92,8 @@ class _PassInputs:
 
     pass_id: int
     registry: dict[str, MeterRow]
-    by_district: dict[str, list[str]]
+    districts: RegistryDistricts
     by_lot: dict[str, list[MeterRow]]
-    masters: dict[str, MeterRow]
-    places: dict[str, dict[str, FeederPlace]]
     events: dict[str, list[MeterPoint]] | None = None
 
 
@@ -263,18 +260,12 @@ class ClusterPasses:
         if self._inputs is not None and self._inputs.pass_id == ticket.id:
             return self._inputs
         registry = {r.meter_id: r for r in self._ev.state.registry_rows("elec")}
-        by_district: dict[str, list[str]] = defaultdict(list)
         by_lot: dict[str, list[MeterRow]] = defaultdict(list)
-        for meter, row in registry.items():
-            if row.district:
-                by_district[row.district].append(meter)
+        for row in registry.values():
             if row.lot:
                 by_lot[row.lot].append(row)
-        masters = {
-            r.district: r for r in registry.values() if r.effective_role == "master" and r.district
-        }
-        places = feeder_places(registry.values())
-        self._inputs = _PassInputs(ticket.id, registry, by_district, by_lot, masters, places)
+        districts = registry_districts(registry.values())
+        self._inputs = _PassInputs(ticket.id, registry, districts, by_lot)
         return self._inputs
 
     def _events(
@@ -307,7 +298,7 @@ class ClusterPasses:
             start = as_of_ms - int(rules.estimation.window_days * DAY_MS)
             upto = self._ev.summary_sequence()
             for name in part.items:
-                master = inputs.masters.get(name)
+                master = inputs.districts.masters.get(name)
                 dist = fit_district(
                     name,
                     self._ev.district_series(name, start, as_of_ms, upto),
@@ -317,10 +308,10 @@ class ClusterPasses:
                     as_of_ms,
                     self._ev.zone,
                     master.accuracy_class if master else None,
-                    inputs.places.get(name),
+                    inputs.districts.places.get(name),
                 )
                 decided: dict[str, Decision] = {}
-                for meter in sorted(set(dist.series) | set(inputs.by_district.get(name, []))):
+                for meter in sorted(set(dist.series) | set(inputs.districts.members.get(name, ()))):
                     row = inputs.registry.get(meter)
                     found = events.get(meter, [])
                     decided[meter] = meter_decision(meter, row, dist, found, rules, stamp, None)
@@ -401,9 +392,7 @@ class ClusterPasses:
             self._board.publish_pass(pass_id, summary)
         log.info("pass %d as of %s done: %s", pass_id, as_of, summary["meter_decisions"])
         with contextlib.suppress(StateUnavailable):  # housekeeping: the next pass retries
-            window = int(book.rules.elec.estimation.window_days * DAY_MS)
-            taxi_start = evaluate_taxi.window_start(as_of_ms, book.rules.taxi)
-            self._ev.forget_summaries(as_of_ms - window, taxi_start)
+            self._ev.forget_summaries(as_of_ms, book)
         for r in self._board.staged(pass_id, "meter"):
             self._ev.publish_decision(r.body)
         self._after(pass_id, as_of_ms, book)

@@ -134,14 +134,30 @@ class ShadowHook(Protocol):
 SUMMARY_MARGIN_DAYS = 7
 
 
-def feeder_places(rows: Iterable[MeterRow]) -> dict[str, dict[str, FeederPlace]]:
-    """Where the registry places each meter on its district's feeder (optional columns),
-    by district."""
+@dataclass(frozen=True)
+class RegistryDistricts:
+    """The registry by district: what a pass (one process's, or a cluster partition's)
+    fits each district with."""
+
+    members: dict[str, list[str]]  # its registered meters
+    masters: dict[str, MeterRow]  # its master meter
+    places: dict[str, dict[str, FeederPlace]]  # where its meters hang (optional columns)
+
+
+def registry_districts(rows: Iterable[MeterRow]) -> RegistryDistricts:
+    """Group registry rows by district, once per pass."""
+    members: dict[str, list[str]] = defaultdict(list)
+    masters: dict[str, MeterRow] = {}
     places: dict[str, dict[str, FeederPlace]] = defaultdict(dict)
     for r in rows:
-        if r.district and r.feeder_branch:
+        if not r.district:
+            continue
+        members[r.district].append(r.meter_id)
+        if r.effective_role == "master":
+            masters[r.district] = r
+        if r.feeder_branch:
             places[r.district][r.meter_id] = FeederPlace(r.feeder_branch, r.feeder_distance_m)
-    return dict(places)
+    return RegistryDistricts(dict(members), masters, dict(places))
 
 
 class Evaluator:
@@ -276,7 +292,7 @@ class Evaluator:
         stamp = Stamp(as_of, book.version)
         districts, meters = self._districts(registry, events, rules, stamp, start)
         if record:
-            self.forget_summaries(start, evaluate_taxi.window_start(as_of_ms, book.rules.taxi))
+            self.forget_summaries(as_of_ms, book)
         lots = self._lots(registry, meters, as_of_ms, book)
         extended = {lot: d.new_due_on for lot, d in lots.items() if d.decision == "extend"}
         if extended:  # their members keep or extend (as `decide_meter` with the lot's date)
@@ -332,19 +348,14 @@ class Evaluator:
         its readings are dropped once its meters are decided, so a pass holds one
         district's readings at a time (memory grows with meters, not readings)."""
         end = parse_ts(stamp.as_of)
-        names = {r.district for r in registry.values() if r.district}
+        index = registry_districts(registry.values())
+        names = set(index.members)
         names |= {s.district for s in self._state.all_seen("elec").values() if s.district}
-        masters = {r.district: r for r in registry.values() if r.effective_role == "master"}
-        places = feeder_places(registry.values())
-        registered: dict[str, set[str]] = defaultdict(set)
-        for r in registry.values():
-            if r.district:
-                registered[r.district].add(r.meter_id)
         districts: dict[str, DistrictResult] = {}
         meters: dict[str, Decision] = {}
         upto = self.summary_sequence()
         for name in sorted(names):
-            row = masters.get(name)
+            row = index.masters.get(name)
             dist = fit_district(
                 name,
                 self.district_series(name, start, end, upto),
@@ -354,9 +365,9 @@ class Evaluator:
                 end,
                 self._zone,
                 row.accuracy_class if row else None,
-                places.get(name),
+                index.places.get(name),
             )
-            for meter in sorted(set(dist.series) | registered[name]):
+            for meter in sorted(set(dist.series) | set(index.members.get(name, ()))):
                 meters[meter] = meter_decision(
                     meter, registry.get(meter), dist, events.get(meter, []), rules, stamp, None
                 )
@@ -368,14 +379,19 @@ class Evaluator:
         summary made from now on holds (see DaySummaries; 0 without summaries)."""
         return self._summaries.mark_sequence() if self._summaries is not None else 0
 
-    def forget_summaries(self, window_start_ms: int, taxi_start_ms: int | None = None) -> None:
-        """Drop the day summaries more than `SUMMARY_MARGIN_DAYS` before a recorded
-        pass's window (taxi keys': before the taxi window, `taxi_start_ms`, when given):
-        no later pass reads them, and a backtest of up to that many days still finds all
-        it reads (a longer one reads the older days from the store)."""
-        if self._summaries is not None:
-            taxi = None if taxi_start_ms is None else taxi_start_ms // DAY_MS - SUMMARY_MARGIN_DAYS
-            self._summaries.forget_days(window_start_ms // DAY_MS - SUMMARY_MARGIN_DAYS, taxi)
+    def forget_summaries(self, as_of_ms: int, book: RuleBook) -> None:
+        """Drop the day summaries more than `SUMMARY_MARGIN_DAYS` before the windows of a
+        recorded pass as of `as_of_ms` (the estimation window for districts, the taxi
+        window for taxi keys): no later pass reads them, and a backtest of up to that
+        many days still finds all it reads (a longer one reads the older days from the
+        store)."""
+        if self._summaries is None:
+            return
+        elec = as_of_ms - int(book.rules.elec.estimation.window_days * DAY_MS)
+        taxi = evaluate_taxi.window_start(as_of_ms, book.rules.taxi)
+        self._summaries.forget_days(
+            elec // DAY_MS - SUMMARY_MARGIN_DAYS, taxi // DAY_MS - SUMMARY_MARGIN_DAYS
+        )
 
     def district_series(self, district: str, start: int, end: int, upto: int) -> dict[str, Series]:
         """A district's readings in [start, end]: from the day summaries and the days that
