@@ -23,9 +23,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from monitor.core.clock import DAY_MS
-from monitor.core.ports import IngestState, TelemetryStore
-from monitor.core.schema import ELEC_READING, Record
+from monitor.core.ports import TAXI_KEY_PREFIX, IngestState, TelemetryStore, written_days
+from monitor.core.schema import Record
 from monitor.ingest.limits import Limits
 from monitor.ingest.telemetry import Rejection, parse_message
 
@@ -127,7 +126,6 @@ def import_lines(
     rules: ImportRules,
     rejects: TextIO | None = None,
     batch: int = 5000,
-    progress: Callable[[ImportReport], None] | None = None,
     pace: Pace = Pace(),
 ) -> ImportReport:
     """Validate and store every line; refused lines go to `rejects` (JSON Lines)."""
@@ -150,8 +148,6 @@ def import_lines(
             if len(pending) >= batch:
                 _write(pending, store, state, report, pace)
                 pending = []
-                if progress is not None:
-                    progress(report)
     if pending:
         _write(pending, store, state, report, pace)
     return report
@@ -174,8 +170,7 @@ def _write(
     # History is heard of at its own time, not now: importing last year's readings
     # must not make a meter that fell silent since look alive to the offline check.
     state.note_records(records, max(r.ts_ms for r in records) / 1000)
-    for r in records:
-        if r.measurement.name == ELEC_READING.name and r.district:
-            day = r.ts_ms // DAY_MS
-            lo, hi = report.days.get(r.district, (day, day))
-            report.days[r.district] = (min(lo, day), max(hi, day))
+    for key, day in written_days(records):  # what the store marks: districts' days here
+        if not key.startswith(TAXI_KEY_PREFIX):
+            lo, hi = report.days.get(key, (day, day))
+            report.days[key] = (min(lo, day), max(hi, day))
